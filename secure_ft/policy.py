@@ -1,0 +1,93 @@
+"""Export policy: which audits a model must pass, and each threshold.
+
+A policy is a YAML file validated like the run config. The shipped default
+(`secure_ft/policies/regulated-default.yaml`) is meant for regulated use: DP required,
+bounded ε, bounded group gaps (judged on the pessimistic end of the confidence interval),
+a minimum accuracy under attack for every recipe and a membership-inference AUC close to
+chance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from secure_ft.errors import PolicyError
+
+DEFAULT_POLICY_NAME = "regulated-default.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PerformancePolicy(_Section):
+    min_accuracy: float | None = Field(None, ge=0, le=1, description="test-split accuracy")
+    min_macro_f1: float | None = Field(None, ge=0, le=1)
+    min_gain_over_majority: float | None = Field(
+        None, description="accuracy minus the majority-class baseline must reach this"
+    )
+
+
+class RobustnessPolicy(_Section):
+    # per recipe name; the key "default" applies to recipes not named
+    min_accuracy_under_attack: dict[str, float] = Field(default_factory=dict)
+    max_attack_success_rate: dict[str, float] = Field(default_factory=dict)
+
+
+class FairnessPolicy(_Section):
+    max_demographic_parity_difference: float | None = Field(None, ge=0)
+    max_equalized_odds_difference: float | None = Field(None, ge=0)
+    max_equal_opportunity_difference: float | None = Field(None, ge=0)
+    max_worst_group_accuracy_gap: float | None = Field(None, ge=0)
+    use_ci_bound: bool = Field(True, description="judge the pessimistic CI bound instead of the point estimate")
+    insufficient_data: Literal["fail", "warn"] = Field(
+        "warn", description="a group below min_group_size fails the audit, or is reported as a warning"
+    )
+
+
+class PrivacyPolicy(_Section):
+    require_dp: bool = True
+    max_epsilon: float | None = Field(None, gt=0)
+    max_delta: float | None = Field(None, gt=0)
+    max_membership_auc: float | None = Field(None, ge=0, le=1)
+    max_tpr_at_1pct_fpr: float | None = Field(None, ge=0, le=1)
+    use_ci_bound: bool = Field(False, description="judge the upper CI bound of the attack metrics")
+
+
+class Policy(_Section):
+    name: str = "unnamed policy"
+    required_audits: list[str] = Field(default_factory=lambda: ["performance", "robustness", "fairness", "privacy"])
+    performance: PerformancePolicy = Field(default_factory=PerformancePolicy)
+    robustness: RobustnessPolicy = Field(default_factory=RobustnessPolicy)
+    fairness: FairnessPolicy = Field(default_factory=FairnessPolicy)
+    privacy: PrivacyPolicy = Field(default_factory=PrivacyPolicy)
+
+
+def default_policy_path() -> Path:
+    return Path(str(resources.files("secure_ft") / "policies" / DEFAULT_POLICY_NAME))
+
+
+def load_policy(path: str | Path | None = None) -> tuple[Policy, str]:
+    """Load and validate a policy; returns it with the SHA-256 of the file's bytes."""
+    path = Path(path) if path is not None else default_policy_path()
+    if not path.is_file():
+        raise PolicyError(f"{path}: policy file not found (the shipped default is {default_policy_path()})")
+    data = path.read_bytes()
+    try:
+        raw = yaml.safe_load(data.decode("utf-8")) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as error:
+        raise PolicyError(f"{path}: not a valid UTF-8 YAML file ({error})") from None
+    try:
+        policy = Policy.model_validate(raw)
+    except ValidationError as error:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}" for item in error.errors()
+        )
+        raise PolicyError(f"{path}: invalid policy: {details}") from None
+    return policy, hashlib.sha256(data).hexdigest()
