@@ -132,8 +132,16 @@ def lora_target_modules(model: nn.Module, requested: list[str] | None) -> list[s
 
 
 def classifier_module_names(model: nn.Module) -> list[str]:
-    """Names of the head modules that train in every transfer mode."""
-    return [name for name in ("classifier", "pre_classifier", "score") if hasattr(model, name)]
+    """Names of the head modules that train in every transfer mode.
+
+    BERT's pooler belongs to the head here: sentence-transformers checkpoints such as
+    all-MiniLM never trained it, so freezing it would freeze an untrained layer.
+    """
+    names = [name for name in ("classifier", "pre_classifier", "score") if hasattr(model, name)]
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if getattr(base, "pooler", None) is not None:
+        names.append("pooler")
+    return names
 
 
 def apply_transfer(model: PreTrainedModel, config: ModelConfig) -> nn.Module:
@@ -160,13 +168,10 @@ def apply_transfer(model: PreTrainedModel, config: ModelConfig) -> nn.Module:
     for layer in layers[len(layers) - config.top_k_layers:] if config.top_k_layers else []:
         for parameter in layer.parameters():
             parameter.requires_grad = True
-    for name in classifier_module_names(model):
-        for parameter in getattr(model, name).parameters():
-            parameter.requires_grad = True
-    pooler = getattr(getattr(model, model.base_model_prefix, None), "pooler", None)
-    if pooler is not None and config.top_k_layers:
-        for parameter in pooler.parameters():
-            parameter.requires_grad = True
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in classifier_module_names(model):
+            for parameter in module.parameters():
+                parameter.requires_grad = True
     return model
 
 

@@ -1,0 +1,138 @@
+"""The `secure-ft` command line.
+
+Exit codes: 0 success; 2 bad input or config; 3 export refused by the gate; 4 a bundle or
+ledger failed verification; 1 an internal error. Bad input prints one message and no
+traceback (`--debug` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import pkgutil
+import sys
+import traceback
+from pathlib import Path
+
+from secure_ft.errors import SecureFTError
+
+log = logging.getLogger("secure_ft")
+
+
+def _quiet_third_party() -> None:
+    # offline by design: never let a library reach for a hub or phone home
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from secure_ft.config import load_config
+    from secure_ft.trainer import new_run_dir, train_run
+
+    if args.resume:
+        trained = train_run(None, Path(args.resume), resume=True)
+    else:
+        config = load_config(args.config)
+        out = Path(args.out or config.output_dir)
+        trained = train_run(config, new_run_dir(out))
+    print_training_summary(trained.metrics, trained.run_dir)
+    return 0
+
+
+def print_training_summary(metrics: dict, run_dir: Path) -> None:
+    best = metrics.get("best") or {}
+    print(f"run directory: {run_dir}")
+    print(f"model: {run_dir / 'model'} (sha256 {metrics['model_sha256'][:16]}…)")
+    print(f"steps: {metrics['steps']}  stopped: {metrics['stopped_reason']}  best epoch: {metrics['best_epoch']}")
+    if best:
+        print(f"validation accuracy: {best['val_accuracy']:.4f}  macro-F1: {best['val_macro_f1']:.4f}  "
+              f"(majority-class baseline accuracy: {metrics['majority_baseline_accuracy']:.4f})")
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from secure_ft.config import load_config
+
+    print(load_config(args.file).to_yaml(), end="")
+    return 0
+
+
+def cmd_config_init(args: argparse.Namespace) -> int:
+    from secure_ft.config import atomic_write_text, starter_config_text
+    from secure_ft.errors import ConfigError
+
+    target = Path(args.file)
+    if target.exists() and not args.force:
+        raise ConfigError(f"{target}: already exists; pass --force to overwrite it")
+    atomic_write_text(target, starter_config_text())
+    print(f"wrote {target}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="secure-ft", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = commands.add_parser("train", help="fine-tune a model (plain or DP) into a new run directory")
+    train.add_argument("--config", help="run config YAML (default: the built-in demo)")
+    train.add_argument("--out", help="folder for run directories (default: config output_dir)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    train.set_defaults(handler=cmd_train)
+
+    config = commands.add_parser("config", help="show or create run configs")
+    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = config_commands.add_parser("show", help="print the effective config")
+    show.add_argument("file", nargs="?", help="config YAML (default: built-in)")
+    show.set_defaults(handler=cmd_config_show)
+    init = config_commands.add_parser("init", help="write a commented starter config")
+    init.add_argument("file", nargs="?", default="secure-ft.yaml")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.set_defaults(handler=cmd_config_init)
+
+    # every module in secure_ft/commands adds its own subcommands
+    import secure_ft.commands as command_package
+
+    for module_info in sorted(pkgutil.iter_modules(command_package.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"secure_ft.commands.{module_info.name}")
+        if hasattr(module, "register"):
+            module.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    _quiet_third_party()
+    try:
+        return int(args.handler(args) or 0)
+    except SecureFTError as error:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; resume with `secure-ft train --resume RUN_DIR`", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug: say so, keep the traceback behind --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
