@@ -36,14 +36,13 @@ def _quiet_third_party() -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from secure_ft.config import load_config
-    from secure_ft.trainer import new_run_dir, train_run
+    from secure_ft.trainer import train_run
 
     if args.resume:
         trained = train_run(None, Path(args.resume), resume=True)
     else:
         config = load_config(args.config)
-        out = Path(args.out or config.output_dir)
-        trained = train_run(config, new_run_dir(out))
+        trained = train_run(config, output_dir=args.out or config.resolve_path(config.output_dir))
     print_training_summary(trained.metrics, trained.run_dir)
     return 0
 

@@ -154,18 +154,37 @@ class RobustnessAuditConfig(_Section):
 
 
 class FairnessAuditConfig(_Section):
-    sensitive_columns: list[str] | None = Field(None, description="null = data.group_columns")
-    intersections: bool = Field(False)
-    min_group_size: int = Field(20, ge=1)
-    positive_class: str | None = Field(None, description="one-vs-rest class for rates; null = macro")
-    n_boot: int = Field(200, ge=0)
-    ci_level: float = Field(0.95, gt=0, lt=1)
+    sensitive_columns: list[str] | None = Field(
+        None, description="group columns to audit; null = data.group_columns"
+    )
+    intersections: bool = Field(False, description="also audit the intersection of all sensitive columns")
+    min_group_size: int = Field(
+        20, ge=1, description="groups with fewer test rows are reported as insufficient data and left out of summaries"
+    )
+    positive_class: str | None = Field(
+        None,
+        description="label whose one-vs-rest rates are compared; null = the second label of a binary task, "
+        "macro over classes for a multi-class task",
+    )
+    n_boot: int = Field(200, ge=0, description="bootstrap resamples for confidence intervals; 0 = no intervals")
+    ci_level: float = Field(0.95, gt=0, lt=1, description="confidence level of the intervals")
 
 
 class PrivacyAuditConfig(_Section):
-    membership_examples: int = Field(200, ge=10, description="members and non-members each")
-    n_boot: int = Field(200, ge=0)
+    membership_examples: int = Field(
+        200, ge=10, description="members (train rows) and as many non-members (test, then validation rows) to attack"
+    )
+    n_boot: int = Field(200, ge=0, description="bootstrap resamples for the attack metrics' intervals")
+    ci_level: float = Field(0.95, gt=0, lt=1, description="confidence level of intervals and of the empirical ε bound")
+    calibrated_attack: bool = Field(
+        True, description="also run the attack calibrated by the pretrained base model's loss (loads the base model)"
+    )
     canaries: int = Field(0, ge=0, description="secret-sharer canaries in a throw-away run; 0 = off")
+    canary_repeats: int = Field(4, ge=1, description="times each canary is inserted into the throw-away training data")
+    canary_candidates: int = Field(
+        1000, ge=10, description="random candidate secrets each canary is ranked against"
+    )
+    canary_steps: int = Field(100, ge=1, description="optimizer steps of the throw-away canary run")
 
 
 class AuditsConfig(_Section):
@@ -179,6 +198,11 @@ class ExportConfig(_Section):
         None, description="Ed25519 private key (PEM); null = $SECURE_FT_SIGNING_KEY or a run-local key"
     )
     include_evidence: bool = Field(False, description="copy adversarial-example evidence into the bundle")
+    intended_use: str | None = Field(
+        None, description="model card: what the model is for and who uses it; null = a generic statement"
+    )
+    out_of_scope_use: str | None = Field(None, description="model card: uses the model must not be put to")
+    license: str | None = Field(None, description="model card: license identifier (e.g. apache-2.0, other)")
 
 
 class ReportConfig(_Section):
@@ -261,6 +285,12 @@ def load_config(path: str | os.PathLike[str] | None = None) -> RunConfig:
         raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, model:, ...)")
     config = config_from_dict(raw, str(path))
     config._source_path = path.resolve()
+    # paths in a config file are relative to the file, so a config and its data travel together
+    config.data.source = config.resolve_path(config.data.source)
+    if config.model.name_or_path != "default":
+        config.model.name_or_path = config.resolve_path(config.model.name_or_path)
+    if config.policy is not None:
+        config.policy = config.resolve_path(config.policy)
     return config
 
 

@@ -27,7 +27,14 @@ from secure_ft.config import RunConfig, atomic_write_text, load_config
 from secure_ft.data import DatasetSplits, load_splits
 from secure_ft.errors import CheckpointError
 from secure_ft.ledger import Ledger
-from secure_ft.models import apply_transfer, load_base_model, resolve_device, save_trained_model, trainable_parameter_count
+from secure_ft.models import (
+    apply_transfer,
+    load_base_model,
+    resolve_device,
+    resolve_model_source,
+    save_trained_model,
+    trainable_parameter_count,
+)
 from secure_ft.training import EpochRecord, TrainingEngine, encode, fit
 
 log = logging.getLogger(__name__)
@@ -63,31 +70,41 @@ def make_engine(config: RunConfig, splits: DatasetSplits) -> TrainingEngine:
     return TrainingEngine(config.training.max_grad_norm)
 
 
-def train_run(config: RunConfig, run_dir: Path, *, resume: bool = False, progress: bool = True) -> TrainedRun:
-    """Load data and base model, fine-tune, save the model; resumable from the last checkpoint."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(run_dir)
+def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_dir: str | Path | None = None,
+              resume: bool = False, progress: bool = True) -> TrainedRun:
+    """Load data and base model, fine-tune, save the model; resumable from the last checkpoint.
+
+    A new run validates its data and base model *before* creating the run directory (under
+    `output_dir`, or `run_dir` when given), so bad input leaves nothing behind. With
+    `resume=True`, `run_dir` is an earlier run whose saved config is used.
+    """
     if resume:
+        run_dir = Path(run_dir)
         saved_config = run_dir / "config.yaml"
         if not saved_config.is_file():
             raise CheckpointError(f"{run_dir}: not a run directory (no config.yaml); give the folder of an earlier run")
         config = load_config(saved_config)
-        ledger.append("run_resumed")
+        CheckpointStore(run_dir / "checkpoints").load()  # fail early on a missing or corrupt checkpoint
+        splits = load_splits(config.data, config.seed)
+        ledger = Ledger(run_dir)
+        ledger.append("run_resumed", fingerprint=splits.fingerprint)
     else:
+        splits = load_splits(config.data, config.seed)
+        resolve_model_source(config.model.name_or_path)
+        if run_dir is None:
+            run_dir = new_run_dir(output_dir if output_dir is not None else config.output_dir)
+        run_dir = Path(run_dir)
         if (run_dir / "model").exists() or CheckpointStore(run_dir / "checkpoints").exists():
             raise CheckpointError(f"{run_dir}: already holds a run; use --resume to continue it or choose a new folder")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ledger = Ledger(run_dir)
         config_text = config.to_yaml()
         atomic_write_text(run_dir / "config.yaml", config_text)
         ledger.append("config_loaded", config_sha256=hashlib.sha256(config_text.encode()).hexdigest(),
                       source=str(config.source_path) if config.source_path else "built-in default")
-
-    splits = load_splits(config.data, config.seed)
-    data_summary = splits.summary()
-    write_json(run_dir / "data.json", data_summary)
-    if not resume:
-        ledger.append("data_fingerprinted", fingerprint=splits.fingerprint, rows=data_summary["rows"],
+        ledger.append("data_fingerprinted", fingerprint=splits.fingerprint, rows=splits.summary()["rows"],
                       dropped_classes=splits.dropped_classes)
+    write_json(run_dir / "data.json", splits.summary())
 
     device = resolve_device(config.device)
     base, tokenizer = load_base_model(config.model, splits.label_names)

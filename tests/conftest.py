@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny BERT built from a config (no downloads) and small labelled CSVs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(1)
+
+from toy_data import VOCAB, toy_frame  # noqa: E402  (tests/ is on sys.path under pytest)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from secure_ft.models import tiny_bert_folder
+
+    return tiny_bert_folder(tmp_path_factory.mktemp("tiny-bert"), VOCAB, num_labels=3)
+
+
+@pytest.fixture
+def toy_csv(tmp_path) -> Path:
+    path = tmp_path / "complaints.csv"
+    toy_frame().to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def toy_config(tmp_path, toy_csv, tiny_model_dir):
+    """A fast plain-training config on the toy data and the tiny model."""
+    from secure_ft.config import RunConfig
+
+    return RunConfig.model_validate({
+        "output_dir": str(tmp_path / "runs"),
+        "data": {"source": str(toy_csv), "label_column": "product", "group_columns": ["region", "senior"],
+                 "min_class_count": 5},
+        "model": {"name_or_path": str(tiny_model_dir), "transfer": "full", "max_length": 16},
+        "training": {"epochs": 2, "batch_size": 16, "learning_rate": 5e-3, "early_stopping_patience": None},
+        "privacy": {"mode": "none"},
+    })
