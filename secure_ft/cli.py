@@ -47,6 +47,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from secure_ft.config import load_config
+    from secure_ft.pipeline import print_outcome, run_pipeline
+
+    config = load_config(args.config)
+    out = Path(args.out or config.resolve_path(config.output_dir))
+    resume = Path(args.resume) if args.resume else None
+    if resume is not None:
+        config = load_config(resume / "config.yaml")
+        out = resume.parent
+    outcome = run_pipeline(config, out, resume_dir=resume)
+    metrics_file = outcome.run_dir / "metrics.json"
+    if metrics_file.is_file():
+        import json
+
+        print_training_summary(json.loads(metrics_file.read_text()), outcome.run_dir)
+    print_outcome(outcome)
+    return outcome.exit_code
+
+
 def print_training_summary(metrics: dict, run_dir: Path) -> None:
     best = metrics.get("best") or {}
     print(f"run directory: {run_dir}")
@@ -80,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secure-ft", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="the main job: train, audit, gate, report and export if passed")
+    run.add_argument("--config", help="run config YAML (default: the built-in demo)")
+    run.add_argument("--out", help="folder for the run directory and bundle (default: config output_dir)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run, then audit it")
+    run.set_defaults(handler=cmd_run)
 
     train = commands.add_parser("train", help="fine-tune a model (plain or DP) into a new run directory")
     train.add_argument("--config", help="run config YAML (default: the built-in demo)")

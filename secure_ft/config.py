@@ -212,6 +212,9 @@ class ReportConfig(_Section):
 class RunConfig(_Section):
     """Everything one run needs. All fields have defaults: the built-in demo."""
 
+    mode: Literal["central", "federated"] = Field(
+        "central", description="train on one machine (plain or DP), or across sites with Flower"
+    )
     seed: int = Field(13)
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto")
     output_dir: str = Field("runs", description="run directories are created under this folder")

@@ -1,0 +1,141 @@
+"""The main job: train → audits → gate → report → export when the gate passes.
+
+Everything goes under one output folder: the run directory (model, metrics, ledger, audit
+evidence, verdict, report) and, when the policy is met, the signed bundle beside it. Each
+step appends to the run's hash-chained ledger, so the record of what happened can be
+checked later with `secure-ft ledger verify`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from audits.context import AuditContext
+from audits.gate import Verdict, decide
+from audits.registry import run_audit
+from audits.result import AuditResult
+from secure_ft.config import RunConfig, atomic_write_text
+from secure_ft.errors import SecureFTError
+from secure_ft.ledger import Ledger
+from secure_ft.models import model_hash, resolve_device
+from secure_ft.policy import default_policy_path, load_policy
+from secure_ft.trainer import TrainedRun, train_run, write_json
+
+log = logging.getLogger(__name__)
+
+VERDICT_FILE = "verdict.json"
+POLICY_COPY = "policy.yaml"
+
+
+@dataclass
+class PipelineOutcome:
+    run_dir: Path
+    verdict: Verdict
+    results: list[AuditResult]
+    report_json: Path
+    report_html: Path
+    bundle: Path | None
+    export_error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.bundle is not None else 3
+
+
+def train(config: RunConfig, output_dir: Path, resume_dir: Path | None, progress: bool) -> TrainedRun:
+    if config.mode == "federated":
+        from federated import run_federated
+        from secure_ft.trainer import new_run_dir
+
+        return run_federated(config, new_run_dir(output_dir), progress=progress)
+    if resume_dir is not None:
+        return train_run(None, resume_dir, resume=True, progress=progress)
+    return train_run(config, output_dir=output_dir, progress=progress)
+
+
+def run_audits(trained: TrainedRun, config: RunConfig, policy, ledger: Ledger) -> list[AuditResult]:
+    """Every audit the policy requires, in the policy's order; failures are results, not crashes."""
+    context = AuditContext(run_dir=trained.run_dir, model_dir=trained.model_dir, splits=trained.splits,
+                           config=config, policy=policy, device=resolve_device(config.device))
+    results = []
+    for name in dict.fromkeys(policy.required_audits):
+        log.info("audit %s: running", name)
+        result = run_audit(name, context)
+        results.append(result)
+        write_json(trained.run_dir / "audits" / f"{name}.json", result.to_dict())
+        ledger.append("audit_finished", audit=name, passed=result.passed, error=result.error,
+                      failed_checks=[check.name for check in result.checks if not check.passed])
+        log.info("audit %s: %s", name, "passed" if result.passed else "FAILED")
+    return results
+
+
+def run_pipeline(config: RunConfig, output_dir: str | Path, *, resume_dir: Path | None = None,
+                 progress: bool = True) -> PipelineOutcome:
+    from secure_ft.export import export_bundle, verify_bundle
+    from secure_ft.report import write_report
+
+    output_dir = Path(output_dir)
+    policy_path = Path(config.policy) if config.policy else default_policy_path()
+    policy, policy_sha256 = load_policy(policy_path)  # a bad policy fails before any training
+    trained = train(config, output_dir, resume_dir, progress)
+    if resume_dir is not None:
+        config = _saved_config(trained.run_dir)
+    run_dir = trained.run_dir
+    ledger = Ledger(run_dir)
+    shutil.copyfile(policy_path, run_dir / POLICY_COPY)
+    ledger.append("policy_loaded", policy=policy.name, policy_sha256=policy_sha256, source=str(policy_path))
+
+    results = run_audits(trained, config, policy, ledger)
+    verdict = decide(results, policy, model_hash(trained.model_dir), policy_sha256)
+    atomic_write_text(run_dir / VERDICT_FILE, _json(verdict.to_dict()))
+    ledger.append("verdict", passed=verdict.passed, reasons=verdict.reasons, model_sha256=verdict.model_sha256)
+
+    report_json, report_html = write_report(run_dir, results, verdict, config)
+    ledger.append("report_written", files=[report_json.name, report_html.name])
+
+    bundle, export_error = None, None
+    if verdict.passed:
+        target = output_dir / f"{run_dir.name}-bundle"
+        try:
+            bundle = export_bundle(run_dir, target)
+            verify_bundle(bundle)
+        except SecureFTError as error:
+            bundle, export_error = None, str(error)
+            log.error("export failed: %s", error)
+    return PipelineOutcome(run_dir, verdict, results, report_json, report_html, bundle, export_error)
+
+
+def _saved_config(run_dir: Path) -> RunConfig:
+    from secure_ft.config import load_config
+
+    return load_config(run_dir / "config.yaml")
+
+
+def _json(payload) -> str:
+    import json
+
+    return json.dumps(payload, indent=2, default=str) + "\n"
+
+
+def print_outcome(outcome: PipelineOutcome) -> None:
+    verdict = outcome.verdict
+    print()
+    print(f"run directory: {outcome.run_dir}")
+    for result in outcome.results:
+        state = "passed" if result.passed else ("could not run" if result.error else "FAILED")
+        print(f"  audit {result.name:<12} {state}")
+    print(f"verdict: {'PASSED' if verdict.passed else 'BLOCKED'} (policy {verdict.policy_name}, "
+          f"model sha256 {verdict.model_sha256[:16]}…)")
+    for reason in verdict.reasons:
+        print(f"  - {reason}")
+    print(f"report: {outcome.report_html}")
+    print(f"        {outcome.report_json}")
+    if outcome.bundle is not None:
+        print(f"bundle: {outcome.bundle} (signed and verified)")
+    elif verdict.passed:
+        print(f"bundle: not written: {outcome.export_error}")
+    else:
+        print("bundle: not written: the gate blocked export")
