@@ -1,0 +1,277 @@
+"""The bundle's model card: a Hugging Face ``README.md`` written from the audit report.
+
+The card follows the Hugging Face model-card layout: YAML front matter (``library_name``,
+``pipeline_tag``, ``tags``, ``base_model``, ``model-index`` with the test metrics) followed by
+Markdown sections for intended use, training data (its fingerprint, never its text),
+training procedure, privacy guarantee, evaluation, fairness, robustness, membership
+inference, limitations, how to load the model and how to verify the bundle.
+
+It is rendered from the report document alone, so the card can never claim more than the
+filed report holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+# the packaged default encoder is this hub model
+_DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _value(value: Any) -> Any:
+    """Point value of an estimate dict, or the value itself."""
+    return value.get("value") if isinstance(value, dict) and "value" in value else value
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if isinstance(value, dict) and "value" in value:
+        point, low, high = value.get("value"), value.get("ci_lower"), value.get("ci_upper")
+        if low is None or high is None:
+            return _fmt(point, digits)
+        return f"{_fmt(point, digits)} (CI {_fmt(low, digits)}–{_fmt(high, digits)})"
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _cell(value: Any) -> str:
+    return _fmt(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cell(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _front_matter(report: dict[str, Any]) -> dict[str, Any]:
+    run = report.get("run") or {}
+    model = run.get("model") or {}
+    config = run.get("config") or {}
+    export = config.get("export") or {}
+    performance = ((report.get("audits") or {}).get("performance") or {}).get("metrics") or {}
+    tags = ["secure-ft", "text-classification", "audited"]
+    if report.get("privacy_guarantee"):
+        tags.append("differential-privacy")
+    if run.get("mode") == "federated":
+        tags.append("federated-learning")
+    matter: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-classification", "tags": tags}
+    if export.get("license"):
+        matter["license"] = export["license"]
+    base = model.get("base_model")
+    if base == "default":
+        matter["base_model"] = _DEFAULT_BASE_MODEL
+    elif isinstance(base, str) and base.count("/") == 1 and not base.startswith((".", "/", "~")):
+        matter["base_model"] = base
+    results = []
+    for key, metric_type, label in (("accuracy", "accuracy", "test accuracy"), ("macro_f1", "f1", "test macro-F1")):
+        value = _value(performance.get(key))
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            results.append({"type": metric_type, "value": round(float(value), 6), "name": label})
+    if results:
+        data = run.get("data") or {}
+        matter["model-index"] = [{
+            "name": run.get("name") or "secure-ft model",
+            "results": [{
+                "task": {"type": "text-classification", "name": "Text classification"},
+                "dataset": {"name": str(data.get("source") or "private dataset"), "type": "private",
+                            "split": "test", "revision": data.get("fingerprint")},
+                "metrics": results,
+            }],
+        }]
+    return matter
+
+
+def _intended_use(report: dict[str, Any]) -> list[str]:
+    run = report.get("run") or {}
+    export = (run.get("config") or {}).get("export") or {}
+    labels = (run.get("data") or {}).get("labels") or []
+    lines = ["## Intended use", ""]
+    lines.append(export.get("intended_use") or (
+        f"Classifying text into {len(labels)} classes ({', '.join(map(str, labels))}) for texts of the same kind "
+        "and population as the training data, as decision support whose outputs a qualified person reviews."
+    ))
+    lines += ["", "### Out-of-scope use", ""]
+    lines.append(export.get("out_of_scope_use") or (
+        "Fully automated decisions about individuals; texts from other domains, languages or populations than the "
+        "training data; any use that the fairness and robustness results below do not support."
+    ))
+    return lines
+
+
+def _data_section(report: dict[str, Any]) -> list[str]:
+    data = (report.get("run") or {}).get("data") or {}
+    rows = data.get("rows") or {}
+    derived = set(data.get("derived_group_columns") or [])
+    groups = [f"{c} (derived proxy)" if c in derived else str(c) for c in data.get("group_columns") or []]
+    return [
+        "## Training data", "",
+        "The training text is not part of this bundle. The data is identified by its fingerprint: the SHA-256 of "
+        "its canonical rows, labels and configuration, which anyone holding the data can recompute.", "",
+        _table(["field", "value"], [
+            ["source", data.get("source")], ["fingerprint (SHA-256)", data.get("fingerprint")],
+            ["rows train / validation / test", f"{rows.get('train')} / {rows.get('validation')} / {rows.get('test')}"],
+            ["labels", ", ".join(map(str, data.get("labels") or [])) or None],
+            ["sensitive group columns (never model input)", ", ".join(groups) or None],
+            ["majority-class baseline accuracy", data.get("majority_baseline_accuracy")],
+        ]),
+    ]
+
+
+def _training_section(report: dict[str, Any]) -> list[str]:
+    run = report.get("run") or {}
+    model = run.get("model") or {}
+    training = report.get("training") or {}
+    config = run.get("config") or {}
+    best = training.get("best") or {}
+    return [
+        "## Training procedure", "",
+        _table(["field", "value"], [
+            ["mode", run.get("mode")], ["base model", model.get("base_model")], ["transfer", model.get("transfer")],
+            ["epochs configured", (config.get("training") or {}).get("epochs")],
+            ["optimizer steps", training.get("steps")], ["best epoch", training.get("best_epoch")],
+            ["best validation accuracy", best.get("val_accuracy")], ["best validation macro-F1", best.get("val_macro_f1")],
+            ["seed", run.get("seed")], ["model SHA-256", model.get("sha256")],
+        ]),
+    ]
+
+
+def _privacy_section(report: dict[str, Any]) -> list[str]:
+    guarantee = report.get("privacy_guarantee")
+    lines = ["## Privacy guarantee", ""]
+    if not isinstance(guarantee, dict):
+        return lines + ["This model was **not** trained with differential privacy; it may memorise training examples."]
+    lines.append(
+        f"Trained with sample-level differential privacy (DP-SGD, Opacus): **ε = {_fmt(guarantee.get('epsilon'))}, "
+        f"δ = {_fmt(guarantee.get('delta'))}** ({guarantee.get('accountant')} accountant). Adding or removing one "
+        "training example changes the probability of any training outcome by at most a factor e^ε, except with "
+        "probability δ."
+    )
+    lines += ["", _table(["parameter", "value"], [
+        ["noise multiplier", guarantee.get("noise_multiplier")], ["clipping norm", guarantee.get("max_grad_norm")],
+        ["sampling rate", guarantee.get("sample_rate")], ["steps", guarantee.get("steps")],
+        ["epochs", guarantee.get("epochs")], ["training set size", guarantee.get("dataset_size")],
+    ])]
+    return lines
+
+
+def _audit_status(report: dict[str, Any], name: str) -> tuple[dict[str, Any] | None, str]:
+    result = (report.get("audits") or {}).get(name)
+    if not result:
+        return None, "not run"
+    if result.get("error"):
+        return None, f"could not run: {result['error']}"
+    return result, "passed" if result.get("passed") else "FAILED"
+
+
+def _checks(result: dict[str, Any]) -> list[str]:
+    checks = result.get("checks") or []
+    if not checks:
+        return []
+    return ["", _table(["check", "measured", "required", "result"], [
+        [c.get("name"), c.get("actual"), f"{c.get('comparison')} {_fmt(c.get('threshold'))}", "ok" if c.get("passed") else "FAILED"]
+        for c in checks
+    ])]
+
+
+def _audit_sections(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    result, status = _audit_status(report, "performance")
+    lines += ["## Evaluation", "", f"Performance audit on the held-out test split: **{status}**."]
+    if result:
+        metrics = result.get("metrics") or {}
+        scalars = [[k, v] for k, v in metrics.items() if not isinstance(v, (list, dict)) or (isinstance(v, dict) and "value" in v)]
+        if scalars:
+            lines += ["", _table(["metric", "value"], scalars)]
+        lines += _checks(result)
+
+    result, status = _audit_status(report, "fairness")
+    lines += ["", "## Fairness", "", f"Fairness audit: **{status}**."]
+    if result:
+        for column, table in ((result.get("metrics") or {}).get("columns") or {}).items():
+            summary = table.get("summary") or {}
+            title = f"{column} (derived proxy, not ground truth)" if table.get("derived") else column
+            if table.get("status") not in (None, "ok"):
+                lines += ["", f"- **{title}**: not assessed — {table.get('reason')}"]
+                continue
+            lines += ["", f"**{title}** (worst group: {table.get('worst_group')})", "",
+                      _table(["measure", "estimate"], [[k, v] for k, v in summary.items()])]
+        lines += _checks(result)
+
+    result, status = _audit_status(report, "robustness")
+    lines += ["", "## Robustness", "", f"Adversarial robustness audit (TextAttack): **{status}**."]
+    if result:
+        recipes = (result.get("metrics") or {}).get("recipes") or {}
+        if isinstance(recipes, dict) and recipes:
+            fields = ["original_accuracy", "accuracy_under_attack", "attack_success_rate"]
+            lines += ["", _table(["recipe", *fields], [[name, *[(r or {}).get(f) for f in fields]] for name, r in recipes.items()])]
+        lines += _checks(result)
+
+    result, status = _audit_status(report, "privacy")
+    lines += ["", "## Membership inference", "", f"Privacy audit (ε bound and membership-inference attack): **{status}**."]
+    if result:
+        lines += _checks(result)
+    return lines
+
+
+def _limitations(report: dict[str, Any]) -> list[str]:
+    data = (report.get("run") or {}).get("data") or {}
+    lines = [
+        "## Limitations", "",
+        "- The audits measure this model on a held-out sample of the same data; performance, fairness and "
+        "robustness on other populations are unknown.",
+        "- Confidence intervals come from bootstrap resampling of a finite test split; small groups have wide "
+        "intervals and groups below the minimum size are not assessed.",
+        "- Robustness is measured against the listed attack recipes and query budget only; stronger or different "
+        "attacks may succeed more often.",
+        "- The membership-inference attack gives empirical evidence, not a proof; the differential-privacy "
+        "guarantee (if any) is the formal bound.",
+    ]
+    if data.get("derived_group_columns"):
+        lines.append("- Some group columns are derived proxies (" + ", ".join(data["derived_group_columns"])
+                     + "), not self-reported attributes; their fairness results are approximate.")
+    warnings = (report.get("verdict") or {}).get("warnings") or []
+    lines += [f"- Warning from the gate: {warning}" for warning in warnings]
+    return lines
+
+
+def render_model_card(report: dict[str, Any]) -> str:
+    """README.md text for an export bundle, from the report document."""
+    run = report.get("run") or {}
+    verdict = report.get("verdict") or {}
+    front = yaml.safe_dump(_front_matter(report), sort_keys=False, allow_unicode=True)
+    lines = [
+        "---", front.rstrip(), "---", "",
+        f"# {run.get('name') or 'secure-ft model'}", "",
+        "A text classifier fine-tuned and audited with secure-ft. It was exported only because it passed "
+        f"policy **{verdict.get('policy_name')}** (SHA-256 `{verdict.get('policy_sha256')}`) on "
+        f"{verdict.get('timestamp')}; the full evidence is in `audit_report.html` / `audit_report.json`.", "",
+        f"- Model SHA-256 (config + weights): `{verdict.get('model_sha256')}`",
+        f"- Data fingerprint: `{(run.get('data') or {}).get('fingerprint')}`", "",
+    ]
+    lines += _intended_use(report) + [""]
+    lines += _data_section(report) + [""]
+    lines += _training_section(report) + [""]
+    lines += _privacy_section(report) + [""]
+    lines += _audit_sections(report) + [""]
+    lines += _limitations(report) + [""]
+    lines += [
+        "## How to use", "",
+        "```python",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        "",
+        'model = AutoModelForSequenceClassification.from_pretrained("model", use_safetensors=True)',
+        'tokenizer = AutoTokenizer.from_pretrained("model")',
+        "```", "",
+        "## Verification", "",
+        "`manifest.json` lists the SHA-256 of every file in this bundle and `manifest.sig` is its Ed25519 "
+        "signature. Check both before use, with the signer's public key:", "",
+        "```", "secure-ft verify BUNDLE --public-key SIGNER.pub", "```", "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,189 @@
+"""The report as data: one JSON document with a versioned schema, built from a run directory.
+
+Everything the HTML shows comes from this document, so the JSON is the record an auditor
+files and the HTML is only a view of it. Top-level keys (schema version 1.0)::
+
+    schema_version      "1.0"; readers refuse a major version they do not know
+    kind                "secure-ft audit report"
+    generated_at        UTC ISO 8601
+    verdict             Verdict.to_dict(): passed, reasons, warnings, model and policy hashes
+    run                 identity: run name, data summary + fingerprint, model (hash, base model,
+                        transfer), seed, effective config, policy, library versions, platform,
+                        ledger (lines, verified)
+    training            metrics.json (per-epoch validation metrics, majority baseline) or null
+    privacy_guarantee   privacy.json (ε, δ, accountant, noise, clipping, sampling, steps, ε history)
+                        or null for a non-private run
+    audits              {name: AuditResult.to_dict()} for every audit that ran
+    examples_included   whether report.include_examples allowed text from the data
+
+Text from the data (training or test examples, adversarial examples) is withheld unless
+``report.include_examples`` is true: any metric field named like ``text``, ``texts`` or
+``examples`` is replaced by a marker. Audits keep such text in separate evidence files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import socket
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from audits.gate import Verdict
+from audits.result import AuditResult
+from secure_ft.config import RunConfig
+from secure_ft.errors import BundleError
+from secure_ft.ledger import verify_ledger
+from secure_ft.models import HASH_FILE, model_hash
+
+REPORT_SCHEMA_VERSION = "1.0"
+REPORT_KIND = "secure-ft audit report"
+WITHHELD = "[withheld: report.include_examples is false]"
+
+# libraries whose versions decide what a run computed
+LIBRARIES = ("secure-ft", "torch", "transformers", "peft", "opacus", "flwr", "textattack", "fairlearn",
+             "datasets", "scikit-learn", "numpy", "pandas", "safetensors", "cryptography")
+# metric keys that may carry text from the data
+_TEXT_KEYS = ("text", "texts", "example", "examples", "sentence", "sentences")
+
+
+def build_report(run_dir: str | os.PathLike[str], results: list[AuditResult], verdict: Verdict,
+                 config: RunConfig) -> dict[str, Any]:
+    """The report document of one run (see the module docstring for its keys)."""
+    run_dir = Path(run_dir)
+    include = bool(config.report.include_examples)
+    audits = {}
+    for result in results:
+        raw = result.to_dict()
+        audits[result.name] = raw if include else withhold_text(raw)
+    return json_safe({
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "kind": REPORT_KIND,
+        "generated_at": datetime.now(timezone.utc).isoformat(),
+        "verdict": verdict.to_dict(),
+        "run": run_identity(run_dir, verdict, config),
+        "training": read_json(run_dir / "metrics.json"),
+        "privacy_guarantee": read_json(run_dir / "privacy.json"),
+        "audits": audits,
+        "examples_included": include,
+    })
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with NaN / infinity as null, so the file is strict JSON any reader accepts."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # numpy / torch scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def withhold_text(value: Any) -> Any:
+    """A copy of `value` with every field named like text/examples replaced by a marker."""
+    if isinstance(value, dict):
+        return {
+            key: WITHHELD if _is_text_key(key) and value[key] not in (None, [], {}) else withhold_text(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [withhold_text(item) for item in value]
+    return value
+
+
+def _is_text_key(key: Any) -> bool:
+    name = str(key).lower()
+    return any(name == word or name.endswith("_" + word) for word in _TEXT_KEYS)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content, or None when the file is absent."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        return {"error": f"{path.name} is unreadable: {error}"}
+
+
+def run_identity(run_dir: Path, verdict: Verdict, config: RunConfig) -> dict[str, Any]:
+    data = read_json(run_dir / "data.json") or {}
+    model_dir = run_dir / "model"
+    current_hash = model_hash(model_dir) if (model_dir / "config.json").is_file() else None
+    return {
+        "name": run_dir.name,
+        "data": data,
+        "model": {
+            "sha256": current_hash,
+            "audited_sha256": verdict.model_sha256,
+            "matches_verdict": current_hash == verdict.model_sha256,
+            "hash_recorded_at_save": (read_json(model_dir / HASH_FILE) or {}).get("sha256"),
+            "base_model": config.model.name_or_path,
+            "base_model_revision": config.model.revision,
+            "transfer": config.model.transfer,
+            "max_length": config.model.max_length,
+            "labels": data.get("labels"),
+        },
+        "seed": config.seed,
+        "mode": _training_mode(run_dir, config),
+        "config": config.model_dump(mode="json"),
+        "policy": _policy_summary(run_dir, verdict),
+        "library_versions": library_versions(),
+        "platform": machine_identity(),
+        "ledger": _ledger_state(run_dir),
+    }
+
+
+def _training_mode(run_dir: Path, config: RunConfig) -> str:
+    privacy = read_json(run_dir / "privacy.json") or {}
+    if privacy.get("sites") or privacy.get("central") or (run_dir / "federated.json").is_file():
+        return "federated"
+    return "central, differentially private" if config.privacy.mode == "dp" else "central, not private"
+
+
+def _policy_summary(run_dir: Path, verdict: Verdict) -> dict[str, Any]:
+    summary: dict[str, Any] = {"name": verdict.policy_name, "sha256": verdict.policy_sha256}
+    path = run_dir / "policy.yaml"
+    if path.is_file():
+        try:
+            summary["content"] = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError):
+            summary["content"] = None
+    return summary
+
+
+def _ledger_state(run_dir: Path) -> dict[str, Any]:
+    try:
+        return {"lines": verify_ledger(run_dir), "verified": True, "problem": None}
+    except BundleError as error:
+        return {"lines": None, "verified": False, "problem": str(error)}
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def machine_identity() -> dict[str, Any]:
+    return {
+        "hostname": socket.gethostname(),
+        "system": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "python_implementation": platform.python_implementation(),
+    }

@@ -1,0 +1,470 @@
+"""The report document rendered as one self-contained HTML page.
+
+The page opens with the verdict and its reasons, then run identity, training summary,
+privacy guarantee, the audits (performance, fairness, robustness, membership inference),
+and the effective configuration. Charts are PNGs embedded as ``data:`` URIs and the style
+sheet is inline: the page makes no network request and can be archived as a single file.
+Every section renders from whatever the document holds; a missing part shows as "not run"
+or "not recorded" instead of failing the report.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any, Iterable
+
+import yaml
+
+from secure_ft.report import plots
+
+SECTIONS = (
+    ("verdict", "Verdict"),
+    ("identity", "Run identity"),
+    ("training", "Training summary"),
+    ("privacy", "Privacy guarantee"),
+    ("performance", "Performance"),
+    ("fairness", "Fairness"),
+    ("robustness", "Robustness"),
+    ("membership", "Membership inference"),
+    ("configuration", "Configuration"),
+)
+_DEDICATED = {"performance", "fairness", "robustness", "privacy"}
+
+_STYLE = """
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0;color:#1d1d1f;background:#f6f7f9}
+main{max-width:1040px;margin:0 auto;padding:24px 28px 64px;background:#fff}
+h1{font-size:1.6em;margin:0 0 4px}h2{border-bottom:2px solid #e3e6ea;padding-bottom:4px;margin-top:36px}
+h3{margin:22px 0 8px;font-size:1.05em}
+table{border-collapse:collapse;margin:8px 0 14px;font-size:.9em}
+th,td{border:1px solid #dde1e6;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f1f3f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.banner{padding:16px 20px;border-radius:6px;color:#fff;font-size:1.25em;font-weight:600}
+.pass{background:#1b7f3b}.fail{background:#b3261e}.muted{color:#666}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:.85em;font-weight:600;color:#fff}
+.badge.pass{background:#1b7f3b}.badge.fail{background:#b3261e}.badge.none{background:#8a8f98}
+.note{background:#fff8e1;border-left:4px solid #f2b600;padding:6px 10px;margin:8px 0}
+code,pre{font-family:"SFMono-Regular",Consolas,monospace;font-size:.85em}
+pre{background:#f6f8fa;padding:10px;overflow-x:auto;border:1px solid #e3e6ea}
+img{max-width:100%;height:auto;display:block;margin:8px 0}
+nav a{margin-right:12px}details{margin:8px 0}
+"""
+
+
+# -- formatting helpers --------------------------------------------------------------------
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_estimate(value: Any) -> bool:
+    return isinstance(value, dict) and "value" in value and ("ci_lower" in value or "ci_upper" in value)
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A value as the report shows it: numbers to `digits` significant figures, estimates with CI."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if _is_number(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        return f"{value:,}" if isinstance(value, int) else f"{value:.{digits}g}"
+    if _is_estimate(value):
+        point = fmt(value.get("value"), digits)
+        low, high = value.get("ci_lower"), value.get("ci_upper")
+        return point if low is None and high is None else f"{point} [{fmt(low, digits)}, {fmt(high, digits)}]"
+    if isinstance(value, list) and all(not isinstance(item, (dict, list)) for item in value):
+        return ", ".join(fmt(item, digits) for item in value) if len(value) <= 12 else f"{len(value)} values"
+    return str(value)
+
+
+def _table(headers: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = []
+    for row in rows:
+        cells = []
+        for cell in row:
+            css = ' class="num"' if _is_number(cell) or _is_estimate(cell) else ""
+            cells.append(f"<td{css}>{_e(fmt(cell))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _pairs(rows: Iterable[tuple[str, Any]]) -> str:
+    return _table(("field", "value"), [(name, value) for name, value in rows])
+
+
+def _image(uri: str | None, alt: str) -> str:
+    return f'<img src="{uri}" alt="{_e(alt)}">' if uri else ""
+
+
+def _badge(status: str) -> str:
+    css = {"passed": "pass", "FAILED": "fail", "could not run": "fail"}.get(status, "none")
+    return f'<span class="badge {css}">{_e(status)}</span>'
+
+
+def flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested metrics as (dotted name, leaf) rows; estimates and short lists stay whole."""
+    if isinstance(value, dict) and not _is_estimate(value):
+        rows: list[tuple[str, Any]] = []
+        for key, item in value.items():
+            rows += flatten(item, f"{prefix}.{key}" if prefix else str(key))
+        return rows
+    if isinstance(value, list) and any(isinstance(item, dict) for item in value):
+        rows = []
+        for index, item in enumerate(value):
+            label = item.get("group") or item.get("name") or item.get("recipe") if isinstance(item, dict) else None
+            rows += flatten(item, f"{prefix}[{label if label is not None else index}]")
+        return rows
+    return [(prefix, value)]
+
+
+# -- sections ------------------------------------------------------------------------------
+
+
+def _verdict(report: dict[str, Any]) -> str:
+    verdict = report.get("verdict") or {}
+    passed = verdict.get("passed") is True
+    banner = ("PASSED — the model may be exported" if passed
+              else "BLOCKED — the model may not be exported")
+    parts = [f'<div class="banner {"pass" if passed else "fail"}" id="verdict-banner">Verdict: {banner}</div>']
+    reasons = verdict.get("reasons") or []
+    if reasons:
+        parts.append("<h3>Reasons</h3><ol>" + "".join(f"<li>{_e(r)}</li>" for r in reasons) + "</ol>")
+    elif passed:
+        parts.append("<p>Every audit the policy requires ran and passed every check.</p>")
+    warnings = verdict.get("warnings") or []
+    if warnings:
+        parts.append("<h3>Warnings (do not block export)</h3><ul>" + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul>")
+    audits = verdict.get("audits") or {}
+    if audits:
+        parts.append(_table(("audit", "passed"), sorted(audits.items())))
+    parts.append(_pairs([
+        ("policy", verdict.get("policy_name")), ("policy SHA-256", verdict.get("policy_sha256")),
+        ("model SHA-256", verdict.get("model_sha256")), ("decided at (UTC)", verdict.get("timestamp")),
+    ]))
+    return "".join(parts)
+
+
+def _identity(report: dict[str, Any]) -> str:
+    run = report.get("run") or {}
+    data, model = run.get("data") or {}, run.get("model") or {}
+    parts = []
+    if model and model.get("matches_verdict") is False:
+        parts.append('<p class="note">The model folder no longer matches the audited SHA-256: '
+                     "it was changed after the audit, and export will be refused.</p>")
+    derived = set(data.get("derived_group_columns") or [])
+    groups = [f"{c} (derived proxy)" if c in derived else c for c in data.get("group_columns") or []]
+    rows = data.get("rows") or {}
+    parts.append(_pairs([
+        ("run", run.get("name")), ("mode", run.get("mode")),
+        ("data source", data.get("source")), ("data fingerprint (SHA-256)", data.get("fingerprint")),
+        ("rows (train / validation / test)", " / ".join(fmt(rows.get(k)) for k in ("train", "validation", "test"))),
+        ("labels", data.get("labels")), ("group columns", groups or None),
+        ("dropped classes", data.get("dropped_classes") or None),
+        ("model SHA-256", model.get("sha256")), ("audited model SHA-256", model.get("audited_sha256")),
+        ("base model", model.get("base_model")), ("base model revision", model.get("base_model_revision")),
+        ("transfer", model.get("transfer")), ("max sequence length", model.get("max_length")),
+        ("seed", run.get("seed")),
+        ("policy", f"{(run.get('policy') or {}).get('name')} (SHA-256 {(run.get('policy') or {}).get('sha256')})"),
+    ]))
+    ledger = run.get("ledger") or {}
+    if ledger:
+        state = (f"{ledger.get('lines')} events, hash chain verified" if ledger.get("verified")
+                 else f"DOES NOT VERIFY: {ledger.get('problem')}")
+        parts.append(_pairs([("run ledger (ledger.jsonl)", state)]))
+    versions = run.get("library_versions") or {}
+    if versions:
+        parts.append("<h3>Library versions</h3>" + _table(("library", "version"), sorted(versions.items())))
+    machine = run.get("platform") or {}
+    if machine:
+        parts.append("<h3>Machine</h3>" + _pairs(list(machine.items())))
+    return "".join(parts)
+
+
+def _training(report: dict[str, Any]) -> str:
+    training = report.get("training")
+    if not isinstance(training, dict):
+        return '<p class="muted">No training metrics recorded (metrics.json missing).</p>'
+    epochs = [row for row in training.get("epochs") or [] if isinstance(row, dict)]
+    parts = [_pairs([
+        ("engine", training.get("engine")), ("device", training.get("device")),
+        ("optimizer steps", training.get("steps")), ("best epoch", training.get("best_epoch")),
+        ("stopped because", training.get("stopped_reason")),
+        ("resumed from step", training.get("resumed_from_step")),
+        ("training examples", training.get("train_examples")),
+        ("trainable / total parameters", f"{fmt(training.get('trainable_parameters'))} / {fmt(training.get('total_parameters'))}"),
+        ("majority-class baseline accuracy (validation)", training.get("majority_baseline_accuracy")),
+    ])]
+    if epochs:
+        columns = [("epoch", "epoch"), ("step", "step"), ("train_loss", "training loss"),
+                   ("val_loss", "validation loss"), ("val_accuracy", "validation accuracy"),
+                   ("val_macro_f1", "validation macro-F1"), ("epsilon", "ε"), ("seconds", "seconds")]
+        def lookup(row, key):
+            return row.get(key, (row.get("extra") or {}).get(key))
+        present = [(key, title) for key, title in columns if any(lookup(row, key) is not None for row in epochs)]
+        parts.append(_table([title for _, title in present], [[lookup(row, key) for key, _ in present] for row in epochs]))
+        parts.append(_image(plots.training_curves(epochs), "validation accuracy and macro-F1 per epoch"))
+    else:
+        parts.append('<p class="muted">No per-epoch records.</p>')
+    return "".join(parts)
+
+
+def _privacy(report: dict[str, Any]) -> str:
+    guarantee = report.get("privacy_guarantee")
+    if not isinstance(guarantee, dict):
+        mode = ((report.get("run") or {}).get("config") or {}).get("privacy", {}).get("mode")
+        why = "the run was not differentially private (privacy.mode: none)" if mode == "none" else "privacy.json missing"
+        return f'<p class="muted">No privacy guarantee recorded: {_e(why)}.</p>'
+    rows = [
+        ("ε (epsilon)", guarantee.get("epsilon")), ("δ (delta)", guarantee.get("delta")),
+        ("accountant", guarantee.get("accountant")), ("noise multiplier σ", guarantee.get("noise_multiplier")),
+        ("per-sample clipping norm C", guarantee.get("max_grad_norm")), ("sampling rate q", guarantee.get("sample_rate")),
+        ("optimizer steps", guarantee.get("steps")), ("epochs", guarantee.get("epochs")),
+        ("training set size", guarantee.get("dataset_size")), ("trained", guarantee.get("trained")),
+        ("Opacus version", guarantee.get("opacus_version")),
+    ]
+    shown = {"epsilon", "delta", "accountant", "noise_multiplier", "max_grad_norm", "sample_rate", "steps", "epochs",
+             "dataset_size", "trained", "opacus_version", "epsilon_history", "sites", "central"}
+    rows += [(key, value) for key, value in guarantee.items() if key not in shown and not isinstance(value, (dict, list))]
+    parts = [_pairs(rows)]
+    if _is_number(guarantee.get("epsilon")) and _is_number(guarantee.get("delta")):
+        parts.append(f"<p>Sample-level (ε = {fmt(guarantee['epsilon'])}, δ = {fmt(guarantee['delta'])})-differential "
+                     "privacy: adding or removing any one training example changes the probability of any outcome of "
+                     f"training by at most a factor e<sup>ε</sup>, except with probability δ.</p>")
+    limit = _check_threshold(report, "privacy", "epsilon")
+    parts.append(_image(plots.epsilon_curve(guarantee.get("epsilon_history"), limit), "epsilon spent over optimizer steps"))
+    for key, title in (("sites", "Per-site guarantees (federated)"), ("central", "Central (server-side) DP")):
+        value = guarantee.get(key)
+        if isinstance(value, dict) and value:
+            if all(isinstance(item, dict) for item in value.values()):
+                fields = sorted({field for item in value.values() for field in item if field != "epsilon_history"})
+                parts.append(f"<h3>{_e(title)}</h3>" + _table(["site", *fields], [[site, *[item.get(f) for f in fields]] for site, item in value.items()]))
+            else:
+                parts.append(f"<h3>{_e(title)}</h3>" + _pairs(flatten(value)))
+        elif isinstance(value, list) and value:
+            parts.append(f"<h3>{_e(title)}</h3>" + _pairs(flatten({str(i): item for i, item in enumerate(value)})))
+    return "".join(parts)
+
+
+def _check_threshold(report: dict[str, Any], audit: str, needle: str) -> float | None:
+    result = (report.get("audits") or {}).get(audit) or {}
+    for check in result.get("checks") or []:
+        if needle in str(check.get("name", "")) and _is_number(check.get("threshold")):
+            return check["threshold"]
+    return None
+
+
+def _audit_header(result: dict[str, Any] | None, name: str) -> tuple[str, bool]:
+    """Status line, checks table and notes of one audit; False when the audit did not run."""
+    if not result:
+        return f"<p>{_badge('not run')} The {_e(name)} audit was not run.</p>", False
+    if result.get("error"):
+        return f"<p>{_badge('could not run')} {_e(result['error'])}</p>", False
+    parts = [f"<p>{_badge('passed' if result.get('passed') else 'FAILED')}</p>"]
+    checks = result.get("checks") or []
+    if checks:
+        parts.append("<h3>Policy checks</h3>" + _table(
+            ("check", "measured", "required", "result", "note"),
+            [(c.get("name"), c.get("actual"), f"{c.get('comparison')} {fmt(c.get('threshold'))}",
+              "ok" if c.get("passed") else "FAILED", c.get("note") or "") for c in checks]))
+    notes = result.get("notes") or []
+    if notes:
+        parts.append("<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
+    return "".join(parts), True
+
+
+def _all_metrics(result: dict[str, Any]) -> str:
+    rows = [(name, value) for name, value in flatten(result.get("metrics") or {}) if name]
+    evidence = result.get("evidence") or []
+    parts = []
+    if rows:
+        parts.append("<details><summary>All measurements</summary>" + _pairs(rows) + "</details>")
+    if evidence:
+        parts.append("<p class='muted'>Evidence files (in the run directory): " + ", ".join(f"<code>{_e(p)}</code>" for p in evidence) + "</p>")
+    return "".join(parts)
+
+
+def _performance(report: dict[str, Any]) -> str:
+    result = (report.get("audits") or {}).get("performance")
+    header, ran = _audit_header(result, "performance")
+    return header + (_all_metrics(result) if ran else "")
+
+
+def _fairness(report: dict[str, Any]) -> str:
+    result = (report.get("audits") or {}).get("fairness")
+    header, ran = _audit_header(result, "fairness")
+    if not ran:
+        return header
+    metrics = result.get("metrics") or {}
+    parts = [header]
+    overall = metrics.get("overall") or {}
+    if overall:
+        parts.append("<h3>Overall (test split)</h3>" + _pairs(list(overall.items())))
+    level = metrics.get("ci_level")
+    if level:
+        parts.append(f"<p class='muted'>Intervals: {fmt(level)} {_e(metrics.get('bootstrap') or 'bootstrap')} "
+                     f"({fmt(metrics.get('n_boot'))} resamples). Mode: {_e(metrics.get('mode'))}"
+                     f"{', positive class ' + _e(metrics.get('positive_class')) if metrics.get('positive_class') else ''}.</p>")
+    overall_accuracy = (overall.get("accuracy") or {}).get("value") if isinstance(overall.get("accuracy"), dict) else None
+    for column, table in (metrics.get("columns") or {}).items():
+        if not isinstance(table, dict):
+            continue
+        title = column + (" — derived proxy attribute, not ground truth" if table.get("derived") else "")
+        parts.append(f"<h3>{_e(title)}</h3>")
+        if table.get("status") not in (None, "ok"):
+            parts.append(f"<p class='note'>Not assessed: {_e(table.get('reason'))}</p>")
+        groups = [g for g in table.get("groups") or [] if isinstance(g, dict)]
+        if groups:
+            rates = [r for r in ("accuracy", "selection_rate", "tpr", "fpr", "fnr") if any(g.get(r) is not None for g in groups)]
+            parts.append(_table(["group", "count", "too small", *rates],
+                                [[g.get("group"), g.get("count"), g.get("insufficient_data"), *[g.get(r) for r in rates]] for g in groups]))
+            bars = [(str(g.get("group")), *_estimate_parts(g.get("accuracy"))) for g in groups]
+            parts.append(_image(plots.group_bars(f"accuracy by {column} (with CI)", bars, overall_accuracy, "overall accuracy"),
+                                f"accuracy per group of {column}"))
+        summary = table.get("summary") or {}
+        if summary:
+            parts.append(_table(("measure", "estimate [CI]"), list(summary.items())))
+    parts.append(_all_metrics({"evidence": result.get("evidence")}))
+    return "".join(parts)
+
+
+def _estimate_parts(value: Any) -> tuple[float | None, float | None, float | None]:
+    if _is_estimate(value):
+        return value.get("value"), value.get("ci_lower"), value.get("ci_upper")
+    return (value, None, None) if _is_number(value) else (None, None, None)
+
+
+def _robustness(report: dict[str, Any]) -> str:
+    result = (report.get("audits") or {}).get("robustness")
+    header, ran = _audit_header(result, "robustness")
+    if not ran:
+        return header
+    metrics = result.get("metrics") or {}
+    recipes = metrics.get("recipes") or {}
+    if isinstance(recipes, list):
+        recipes = {str(r.get("recipe") or r.get("name") or i): r for i, r in enumerate(recipes) if isinstance(r, dict)}
+    parts = [header]
+    rows = {name: r for name, r in recipes.items() if isinstance(r, dict)}
+    if rows:
+        fields = [f for f in dict.fromkeys(k for r in rows.values() for k, v in r.items() if not isinstance(v, (dict, list)) or _is_estimate(v))]
+        parts.append(_table(["recipe", *fields], [[name, *[r.get(f) for f in fields]] for name, r in rows.items()]))
+        limits = {}
+        for check in result.get("checks") or []:
+            name = str(check.get("name", ""))
+            if "accuracy_under_attack" in name:
+                limits[name.split(".")[0]] = check.get("threshold")
+        bars = [(name, _point(r.get("original_accuracy", r.get("clean_accuracy"))),
+                 _point(r.get("accuracy_under_attack")), limits.get(name)) for name, r in rows.items()]
+        parts.append(_image(plots.robustness_bars(bars), "clean accuracy and accuracy under attack per recipe"))
+    parts.append(_all_metrics({"metrics": {k: v for k, v in metrics.items() if k != "recipes"}, "evidence": result.get("evidence")}))
+    return "".join(parts)
+
+
+def _point(value: Any) -> float | None:
+    return _estimate_parts(value)[0]
+
+
+def _find_roc(value: Any) -> dict[str, Any] | None:
+    """The first dict holding parallel `fpr` / `tpr` lists."""
+    if isinstance(value, dict):
+        if isinstance(value.get("fpr"), list) and isinstance(value.get("tpr"), list):
+            return value
+        for item in value.values():
+            found = _find_roc(item)
+            if found is not None:
+                return found
+    return None
+
+
+def _membership(report: dict[str, Any]) -> str:
+    result = (report.get("audits") or {}).get("privacy")
+    header, ran = _audit_header(result, "privacy")
+    if not ran:
+        return header
+    metrics = result.get("metrics") or {}
+    parts = [header]
+    roc = _find_roc(metrics)
+    if roc is not None:
+        auc = roc.get("auc")
+        if not _is_number(auc):
+            auc = _point(next((v for k, v in _walk(metrics) if k.endswith("auc")), None))
+        parts.append(_image(plots.roc_curve(roc["fpr"], roc["tpr"], auc), "membership-inference ROC curve"))
+    compact = _drop_curves(metrics)
+    parts.append(_pairs([(k, v) for k, v in flatten(compact)]) if compact else "")
+    parts.append(_all_metrics({"evidence": result.get("evidence")}))
+    return "".join(parts)
+
+
+def _walk(value: Any, prefix: str = ""):
+    for name, leaf in flatten(value, prefix):
+        yield name, leaf
+
+
+def _drop_curves(value: Any) -> Any:
+    """Metrics without long numeric arrays (ROC points), which the chart shows instead."""
+    if isinstance(value, dict):
+        return {k: _drop_curves(v) for k, v in value.items()
+                if not (isinstance(v, list) and len(v) > 12 and all(_is_number(x) for x in v))}
+    return value
+
+
+def _other_audits(report: dict[str, Any]) -> str:
+    parts = []
+    for name, result in (report.get("audits") or {}).items():
+        if name in _DEDICATED:
+            continue
+        header, ran = _audit_header(result, name)
+        parts.append(f"<h3>{_e(name)}</h3>" + header + (_all_metrics(result) if ran else ""))
+    return "".join(parts)
+
+
+def _configuration(report: dict[str, Any]) -> str:
+    run = report.get("run") or {}
+    parts = []
+    config = run.get("config")
+    parts.append("<h3>Effective run configuration</h3>" + (
+        f"<pre>{_e(yaml.safe_dump(config, sort_keys=False))}</pre>" if config else "<p class='muted'>not recorded</p>"))
+    policy = (run.get("policy") or {}).get("content")
+    if policy:
+        parts.append("<h3>Policy</h3>" + f"<pre>{_e(yaml.safe_dump(policy, sort_keys=False))}</pre>")
+    return "".join(parts)
+
+
+_RENDERERS = {
+    "verdict": _verdict, "identity": _identity, "training": _training, "privacy": _privacy,
+    "performance": _performance, "fairness": _fairness, "robustness": _robustness,
+    "membership": _membership, "configuration": _configuration,
+}
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The whole report page as one HTML string (no external resources)."""
+    run = report.get("run") or {}
+    title = f"secure-ft audit report — {run.get('name') or 'run'}"
+    nav = "".join(f'<a href="#{key}">{_e(label)}</a>' for key, label in SECTIONS)
+    body = []
+    for key, label in SECTIONS:
+        body.append(f'<section id="{key}"><h2>{_e(label)}</h2>{_RENDERERS[key](report)}</section>')
+        if key == "membership":
+            others = _other_audits(report)
+            if others:
+                body.append(f'<section id="other-audits"><h2>Other audits</h2>{others}</section>')
+    examples = ("Examples from the data are included (report.include_examples: true)." if report.get("examples_included")
+                else "No training or test text is included (report.include_examples: false).")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<meta name=\"generator\" content=\"secure-ft report schema {_e(report.get('schema_version'))}\">"
+        f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body><main>"
+        f"<h1>{_e(title)}</h1><p class=\"muted\">Generated {_e(report.get('generated_at'))} · report schema "
+        f"{_e(report.get('schema_version'))} · {_e(examples)}</p><nav>{nav}</nav>"
+        + "".join(body) + "</main></body></html>\n"
+    )
