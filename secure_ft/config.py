@@ -203,11 +203,6 @@ class ExportConfig(_Section):
     )
     out_of_scope_use: str | None = Field(None, description="model card: uses the model must not be put to")
     license: str | None = Field(None, description="model card: license identifier (e.g. apache-2.0, other)")
-    intended_use: str | None = Field(
-        None, description="model card: what the model is for and who uses it; null = a generic statement"
-    )
-    out_of_scope_use: str | None = Field(None, description="model card: uses the model must not be put to")
-    license: str | None = Field(None, description="model card: license identifier (e.g. apache-2.0, other)")
 
 
 class ReportConfig(_Section):
