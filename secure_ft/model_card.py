@@ -216,6 +216,12 @@ def _audit_sections(report: dict[str, Any]) -> list[str]:
     result, status = _audit_status(report, "privacy")
     lines += ["", "## Membership inference", "", f"Privacy audit (ε bound and membership-inference attack): **{status}**."]
     if result:
+        attacks = ((result.get("metrics") or {}).get("membership") or {}).get("attacks") or {}
+        fields = ["auc", "advantage", "tpr_at_1pct_fpr"]
+        if isinstance(attacks, dict) and attacks:
+            lines += ["", "An attacker who sees the model's loss on a text tries to tell training members from "
+                      "held-out texts; an AUC near 0.5 means it cannot.", "",
+                      _table(["attack", *fields], [[name, *[(a or {}).get(f) for f in fields]] for name, a in attacks.items()])]
         lines += _checks(result)
     return lines
 

@@ -36,8 +36,13 @@ def audit_results(passing: bool = True) -> list[AuditResult]:
     epsilon = 3.2 if passing else 11.5
     performance = AuditResult.from_checks(
         "performance",
-        {"accuracy": _estimate(0.71, 0.64, 0.78), "macro_f1": _estimate(0.66, 0.58, 0.73), "n_test": 120,
-         "majority_baseline_accuracy": 0.41},
+        {"n_test": 120, "labels": LABELS, "n_boot": 200, "ci_level": 0.95, "majority_class": "credit_card",
+         "accuracy": _estimate(0.71, 0.64, 0.78), "macro_f1": _estimate(0.66, 0.58, 0.73),
+         "majority_baseline_accuracy": _estimate(0.41, 0.41, 0.41), "gain_over_majority": _estimate(0.30, 0.22, 0.37),
+         "min_class_recall": _estimate(0.55, 0.4, 0.7),
+         "per_class": [{"label": label, "support": 40, "predicted": 38 + i, "precision": 0.7, "recall": 0.55 + 0.1 * i,
+                        "f1": 0.6 + 0.05 * i, "recall_ci": [0.4, 0.8]} for i, label in enumerate(LABELS)],
+         "confusion_matrix": {"labels": LABELS, "counts": [[30, 5, 5], [6, 28, 6], [4, 8, 28]]}},
         [Check.evaluate("gain_over_majority", 0.30, ">=", 0.05), Check.evaluate("macro_f1", 0.66, ">=", 0.20)],
     )
     groups = [
@@ -78,13 +83,24 @@ def audit_results(passing: bool = True) -> list[AuditResult]:
          Check.evaluate("pwws.accuracy_under_attack", 0.42, ">=", 0.10)],
         evidence=["audits/robustness/adversarial_examples.jsonl"],
     )
-    fpr = [i / 20 for i in range(21)]
+    roc = [[i / 20, min(1.0, i / 20 * 1.08)] for i in range(21)]
+    attack = {"auc": _estimate(0.53, 0.48, 0.58), "balanced_accuracy": _estimate(0.52, 0.49, 0.55),
+              "advantage": _estimate(0.04, 0.0, 0.09), "tpr_at_1pct_fpr": _estimate(0.02, 0.0, 0.05),
+              "tpr_at_0_1pct_fpr": _estimate(0.0, 0.0, 0.01), "roc_curve": roc, "fpr_resolution": 0.005,
+              "empirical_epsilon": {"point_estimate": 0.2, "lower_bound": 0.0, "confidence": 0.95, "delta": 1e-5}}
     privacy = AuditResult.from_checks(
         "privacy",
-        {"epsilon": epsilon, "delta": 1e-5,
-         "membership": {"auc": _estimate(0.53, 0.48, 0.58), "tpr_at_1pct_fpr": 0.02,
-                        "roc": {"fpr": fpr, "tpr": [min(1.0, f * 1.08) for f in fpr]}}},
-        [Check.evaluate("epsilon", epsilon, "<=", 8.0), Check.evaluate("membership_auc", 0.53, "<=", 0.60)],
+        {"guarantee": {"dp": True, "source": "privacy.json", "epsilon": epsilon, "delta": 1e-5,
+                       "epsilon_unbounded": False, "scopes": [{"scope": "run", "epsilon": epsilon, "delta": 1e-5}],
+                       "epsilon_history": [[s, 0.06 * s] for s in range(1, 55)]},
+         "membership": {"n_members": 120, "n_non_members": 120, "non_member_sources": {"test": 120},
+                        "excluded_duplicates": 0, "n_boot": 200, "ci_level": 0.95,
+                        "attacks": {"loss": attack, "calibrated": {**attack, "auc": _estimate(0.55, 0.5, 0.6)}}},
+         "epsilon_comparison": {"accountant_epsilon": epsilon, "empirical_lower_bound": 0.0,
+                                "empirical_point_estimate": 0.2},
+         "canary": None},
+        [Check.evaluate("run.epsilon", epsilon, "<=", 8.0), Check.evaluate("membership_auc", 0.55, "<=", 0.60)],
+        evidence=["audits/privacy/roc_loss.csv"],
     )
     return [performance, fairness, robustness, privacy]
 
@@ -136,6 +152,8 @@ def make_run(root: Path, *, passing: bool = True, config: RunConfig | None = Non
     (evidence / "adversarial_examples.jsonl").write_text(json.dumps({"original": CANARY, "perturbed": CANARY}) + "\n")
     (run_dir / "audits" / "fairness").mkdir(parents=True)
     (run_dir / "audits" / "fairness" / "groups.csv").write_text("column,group,count\nolder_american,none,70\n")
+    (run_dir / "audits" / "privacy").mkdir(parents=True)
+    (run_dir / "audits" / "privacy" / "roc_loss.csv").write_text("fpr,tpr\n0,0\n1,1\n")
 
     shutil.copy(default_policy_path(), run_dir / "policy.yaml")
     policy, policy_sha = load_policy(run_dir / "policy.yaml")

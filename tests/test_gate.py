@@ -82,3 +82,19 @@ def test_unrequired_failure_is_a_warning_and_duplicates_block():
     assert verdict.warnings and "not required" in verdict.warnings[0]
     twice = decide([_passing("performance"), _passing("performance")], policy, MODEL, POLICY_HASH, NOW)
     assert not twice.passed and "more than once" in twice.reasons[0]
+
+
+def test_shipped_policies_load_and_are_ordered_by_strictness():
+    from importlib import resources
+
+    from secure_ft.policy import load_policy
+
+    folder = resources.files("secure_ft") / "policies"
+    policies = {path.name: load_policy(str(path))[0] for path in folder.iterdir() if path.name.endswith(".yaml")}
+    assert {"regulated-default.yaml", "strict.yaml", "research.yaml"} <= set(policies)
+    strict, default, research = policies["strict.yaml"], policies["regulated-default.yaml"], policies["research.yaml"]
+    assert strict.privacy.max_epsilon < default.privacy.max_epsilon
+    assert strict.fairness.insufficient_data == "fail" and strict.fairness.use_ci_bound
+    assert research.privacy.require_dp is False and default.privacy.require_dp is True
+    for policy in policies.values():
+        assert set(policy.required_audits) <= {"performance", "robustness", "fairness", "privacy"}

@@ -80,8 +80,12 @@ def fmt(value: Any, digits: int = 4) -> str:
         point = fmt(value.get("value"), digits)
         low, high = value.get("ci_lower"), value.get("ci_upper")
         return point if low is None and high is None else f"{point} [{fmt(low, digits)}, {fmt(high, digits)}]"
-    if isinstance(value, list) and all(not isinstance(item, (dict, list)) for item in value):
-        return ", ".join(fmt(item, digits) for item in value) if len(value) <= 12 else f"{len(value)} values"
+    if isinstance(value, dict) and len(value) <= 12 and all(not isinstance(v, (dict, list)) for v in value.values()):
+        return ", ".join(f"{key}: {fmt(item, digits)}" for key, item in value.items()) or "—"
+    if isinstance(value, list):
+        if len(value) <= 12 and all(not isinstance(item, (dict, list)) for item in value):
+            return ", ".join(fmt(item, digits) for item in value)
+        return f"{len(value)} values (see audit_report.json)"
     return str(value)
 
 
@@ -295,7 +299,31 @@ def _all_metrics(result: dict[str, Any]) -> str:
 def _performance(report: dict[str, Any]) -> str:
     result = (report.get("audits") or {}).get("performance")
     header, ran = _audit_header(result, "performance")
-    return header + (_all_metrics(result) if ran else "")
+    if not ran:
+        return header
+    metrics = result.get("metrics") or {}
+    parts = [header]
+    headline = [(title, metrics.get(key)) for key, title in (
+        ("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("majority_baseline_accuracy", "majority-class baseline accuracy"),
+        ("gain_over_majority", "gain over the majority baseline"), ("min_class_recall", "lowest class recall"),
+        ("n_test", "test rows"), ("majority_class", "majority class")) if metrics.get(key) is not None]
+    if headline:
+        level = metrics.get("ci_level")
+        parts.append(f"<h3>Test split{f' ({fmt(level)} intervals)' if level else ''}</h3>" + _table(("measure", "estimate [CI]"), headline))
+    per_class = [row for row in metrics.get("per_class") or [] if isinstance(row, dict)]
+    if per_class:
+        parts.append("<h3>Per class</h3>" + _table(
+            ("class", "support", "predicted", "precision", "recall", "recall CI", "F1"),
+            [(r.get("label"), r.get("support"), r.get("predicted"), r.get("precision"), r.get("recall"),
+              r.get("recall_ci"), r.get("f1")) for r in per_class]))
+    confusion = metrics.get("confusion_matrix") or {}
+    labels, counts = confusion.get("labels") or [], confusion.get("counts") or []
+    if labels and len(counts) == len(labels):
+        parts.append("<h3>Confusion matrix (rows: true class, columns: predicted)</h3>"
+                     + _table(["true \\ predicted", *labels], [[label, *row] for label, row in zip(labels, counts)]))
+    rest = {k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}
+    parts.append(_all_metrics({"metrics": rest, "evidence": result.get("evidence")}))
+    return "".join(parts)
 
 
 def _fairness(report: dict[str, Any]) -> str:
@@ -372,16 +400,19 @@ def _point(value: Any) -> float | None:
     return _estimate_parts(value)[0]
 
 
-def _find_roc(value: Any) -> dict[str, Any] | None:
-    """The first dict holding parallel `fpr` / `tpr` lists."""
-    if isinstance(value, dict):
-        if isinstance(value.get("fpr"), list) and isinstance(value.get("tpr"), list):
-            return value
-        for item in value.values():
-            found = _find_roc(item)
-            if found is not None:
-                return found
-    return None
+def _roc_points(attack: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """ROC of one attack: `roc_curve` [[fpr, tpr], ...] or parallel `fpr` / `tpr` lists."""
+    curve = attack.get("roc_curve") or attack.get("roc")
+    if isinstance(curve, dict):
+        return list(curve.get("fpr") or []), list(curve.get("tpr") or [])
+    if isinstance(curve, list):
+        pairs = [p for p in curve if isinstance(p, (list, tuple)) and len(p) >= 2]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+    return list(attack.get("fpr") or []), list(attack.get("tpr") or [])
+
+
+_ATTACK_COLUMNS = (("auc", "AUC"), ("balanced_accuracy", "balanced accuracy"), ("advantage", "advantage (TPR − FPR)"),
+                   ("tpr_at_1pct_fpr", "TPR at 1% FPR"), ("tpr_at_0_1pct_fpr", "TPR at 0.1% FPR"))
 
 
 def _membership(report: dict[str, Any]) -> str:
@@ -391,28 +422,52 @@ def _membership(report: dict[str, Any]) -> str:
         return header
     metrics = result.get("metrics") or {}
     parts = [header]
-    roc = _find_roc(metrics)
-    if roc is not None:
-        auc = roc.get("auc")
-        if not _is_number(auc):
-            auc = _point(next((v for k, v in _walk(metrics) if k.endswith("auc")), None))
-        parts.append(_image(plots.roc_curve(roc["fpr"], roc["tpr"], auc), "membership-inference ROC curve"))
-    compact = _drop_curves(metrics)
-    parts.append(_pairs([(k, v) for k, v in flatten(compact)]) if compact else "")
-    parts.append(_all_metrics({"evidence": result.get("evidence")}))
+    guarantee = metrics.get("guarantee") or {}
+    scopes = [s for s in guarantee.get("scopes") or [] if isinstance(s, dict)]
+    if guarantee:
+        state = "differentially private" if guarantee.get("dp") else "NOT differentially private"
+        parts.append(f"<h3>Formal guarantee</h3><p>The run was {state}"
+                     f"{' (from ' + _e(guarantee.get('source')) + ')' if guarantee.get('source') else ''}.</p>")
+        if scopes:
+            parts.append(_table(("scope", "ε (— = unbounded)", "δ"), [(s.get("scope"), s.get("epsilon"), s.get("delta")) for s in scopes]))
+    membership = metrics.get("membership") or {}
+    attacks = {name: a for name, a in (membership.get("attacks") or {}).items() if isinstance(a, dict)}
+    if membership:
+        parts.append("<h3>Membership-inference attacks</h3>" + _pairs([
+            ("members attacked (train rows)", membership.get("n_members")),
+            ("non-members (held-out rows)", membership.get("n_non_members")),
+            ("non-member sources", membership.get("non_member_sources")),
+            ("left out (text also in train)", membership.get("excluded_duplicates")),
+            ("confidence level", membership.get("ci_level")), ("bootstrap resamples", membership.get("n_boot")),
+        ]))
+    if attacks:
+        parts.append(_table(["attack", *[title for _, title in _ATTACK_COLUMNS], "empirical ε lower bound"],
+                            [[name, *[a.get(key) for key, _ in _ATTACK_COLUMNS],
+                              (a.get("empirical_epsilon") or {}).get("lower_bound")] for name, a in attacks.items()]))
+        curves = {name: (*_roc_points(a), _point(a.get("auc"))) for name, a in attacks.items()}
+        parts.append(_image(plots.roc_curves(curves), "membership-inference ROC curves"))
+    elif isinstance(membership.get("roc"), dict) or isinstance(metrics.get("roc"), dict):
+        holder = membership if isinstance(membership.get("roc"), dict) else metrics
+        curves = {"attack": (*_roc_points(holder), _point(holder.get("auc")))}
+        parts.append(_image(plots.roc_curves(curves), "membership-inference ROC curve"))
+    comparison = metrics.get("epsilon_comparison") or {}
+    if comparison:
+        parts.append("<h3>Accountant ε against the attack</h3>" + _pairs([
+            ("ε from the accountant (upper bound)", comparison.get("accountant_epsilon")),
+            ("empirical ε lower bound (from the attacks)", comparison.get("empirical_lower_bound")),
+            ("empirical ε point estimate", comparison.get("empirical_point_estimate")),
+        ]))
+    canary = metrics.get("canary")
+    if isinstance(canary, dict):
+        parts.append("<h3>Canary exposure</h3>" + _pairs([(k, v) for k, v in canary.items() if k != "canaries"]))
+    parts.append(_all_metrics({"metrics": _drop_curves(metrics), "evidence": result.get("evidence")}))
     return "".join(parts)
 
 
-def _walk(value: Any, prefix: str = ""):
-    for name, leaf in flatten(value, prefix):
-        yield name, leaf
-
-
 def _drop_curves(value: Any) -> Any:
-    """Metrics without long numeric arrays (ROC points), which the chart shows instead."""
+    """Metrics without long arrays (ROC points, ε history), which the charts show instead."""
     if isinstance(value, dict):
-        return {k: _drop_curves(v) for k, v in value.items()
-                if not (isinstance(v, list) and len(v) > 12 and all(_is_number(x) for x in v))}
+        return {k: _drop_curves(v) for k, v in value.items() if not (isinstance(v, list) and len(v) > 12)}
     return value
 
 

@@ -121,20 +121,26 @@ def robustness_bars(recipes: list[tuple[str, float | None, float | None, float |
     return _data_uri(figure)
 
 
-def roc_curve(fpr: list[float], tpr: list[float], auc: float | None = None) -> str | None:
-    """Membership-inference ROC against the chance diagonal."""
-    points = [(f, t) for f, t in zip(fpr or [], tpr or []) if _finite(f) and _finite(t)]
-    if len(points) < 2:
+def roc_curves(curves: dict[str, tuple[list[float], list[float], float | None]]) -> str | None:
+    """Membership-inference ROC curves (one per attack) against the chance diagonal."""
+    drawable = {}
+    for name, (fpr, tpr, auc) in curves.items():
+        points = [(f, t) for f, t in zip(fpr or [], tpr or []) if _finite(f) and _finite(t)]
+        if len(points) >= 2:
+            drawable[name] = (points, auc)
+    if not drawable:
         return None
     figure, axes = plt.subplots(figsize=(4.8, 4.2))
-    xs, ys = zip(*points)
-    label = "attack" + (f" (AUC {auc:.3f})" if _finite(auc) else "")
-    axes.plot(xs, ys, color=_FAIL, label=label)
+    colors = (_FAIL, _NEUTRAL, _PASS, "#8a5a00")
+    for index, (name, (points, auc)) in enumerate(drawable.items()):
+        xs, ys = zip(*points)
+        label = name + (f" (AUC {auc:.3f})" if _finite(auc) else "")
+        axes.plot(xs, ys, color=colors[index % len(colors)], label=label)
     axes.plot([0, 1], [0, 1], color="#888888", linestyle="--", label="chance")
     axes.set_xlabel("false positive rate (non-members flagged)")
     axes.set_ylabel("true positive rate (members found)")
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1)
     axes.grid(alpha=0.3)
-    axes.legend(loc="lower right")
+    axes.legend(loc="lower right", fontsize=8)
     return _data_uri(figure)
