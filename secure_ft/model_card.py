@@ -59,7 +59,7 @@ def _front_matter(report: dict[str, Any]) -> dict[str, Any]:
     tags = ["secure-ft", "text-classification", "audited"]
     if report.get("privacy_guarantee"):
         tags.append("differential-privacy")
-    if run.get("mode") == "federated":
+    if str(run.get("mode", "")).startswith("federated"):
         tags.append("federated-learning")
     matter: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-classification", "tags": tags}
     if export.get("license"):

@@ -117,3 +117,17 @@ def test_non_finite_metrics_become_null_and_edited_model_is_flagged(tmp_path):
     page = _parse(html_path)
     assert "changed after the audit" in page.full_text
     assert "other-audits" in page.ids
+
+
+def test_federated_guarantee_renders_sites_and_central(tmp_path):
+    run = make_run(tmp_path, report=False)
+    privacy = json.loads((run.run_dir / "privacy.json").read_text())
+    privacy["sites"] = {"north": {"epsilon": 2.5, "delta": 1e-5}, "south": {"epsilon": None, "delta": 1e-5}}
+    privacy["central"] = {"epsilon": 4.0, "delta": 1e-5}
+    (run.run_dir / "privacy.json").write_text(json.dumps(privacy))
+    json_path, html_path = write_report(run.run_dir, run.results, run.verdict, run.config)
+    text = _parse(html_path).full_text
+    assert "Per-site guarantees (federated)" in text and "north" in text and "south" in text
+    assert "Central (server-side) DP" in text
+    report = json.loads(json_path.read_text())
+    assert report["run"]["mode"] == "federated, sample-level DP on each site and central DP"

@@ -145,8 +145,11 @@ def run_identity(run_dir: Path, verdict: Verdict, config: RunConfig) -> dict[str
 
 def _training_mode(run_dir: Path, config: RunConfig) -> str:
     privacy = read_json(run_dir / "privacy.json") or {}
-    if privacy.get("sites") or privacy.get("central") or (run_dir / "federated.json").is_file():
-        return "federated"
+    if getattr(config, "mode", None) == "federated" or privacy.get("sites") or privacy.get("central"):
+        site_dp = bool(privacy.get("sites"))
+        central_dp = bool(privacy.get("central"))
+        kinds = [kind for kind, on in (("sample-level DP on each site", site_dp), ("central DP", central_dp)) if on]
+        return "federated" + (f", {' and '.join(kinds)}" if kinds else ", not private")
     return "central, differentially private" if config.privacy.mode == "dp" else "central, not private"
 
 
