@@ -10,13 +10,14 @@ A config file only needs the fields it changes. Unknown keys and bad values rais
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from secure_ft.errors import ConfigError
 
@@ -102,17 +103,66 @@ class TrainingConfig(_Section):
 
 
 class PrivacyConfig(_Section):
+    """Sample-level differential privacy: DP-SGD through Opacus (see `secure_ft.privacy`).
+
+    Give `target_epsilon` to calibrate the noise so that training.epochs end at that ε, or
+    `noise_multiplier` to fix the noise; with both, the noise is fixed and `target_epsilon`
+    is a hard budget: training stops before the step that would exceed it.
+    """
+
     mode: Literal["none", "dp"] = Field("dp", description="none, or sample-level differential privacy (Opacus)")
-    target_epsilon: float | None = Field(8.0, description="calibrate noise to reach this ε after all epochs")
-    noise_multiplier: float | None = Field(None, description="explicit noise multiplier instead of target_epsilon")
-    target_delta: float | None = Field(None, description="δ; null = 1 / (10 N) for N training examples")
-    max_grad_norm: float = Field(1.0, description="per-sample clipping norm")
-    accountant: Literal["prv", "rdp", "gdp"] = Field("prv")
-    max_physical_batch_size: int = Field(32, ge=1, description="largest batch computed at once")
-    grad_sample_mode: Literal["auto", "ghost", "hooks", "functorch", "ew"] = Field(
+    target_epsilon: float | None = Field(
+        8.0, description="ε budget; alone, the noise is calibrated to reach it after training.epochs"
+    )
+    noise_multiplier: float | None = Field(
+        None, description="fixed noise multiplier σ (noise std = σ · max_grad_norm); target_epsilon then caps the run"
+    )
+    target_delta: float | None = Field(
+        None, description="δ; must be below 1/N for N training examples; null = 1 / (10 N)"
+    )
+    max_grad_norm: float = Field(1.0, description="per-sample clipping norm C")
+    accountant: Literal["prv", "rdp", "gdp"] = Field(
+        "prv", description="privacy accountant: prv (tight upper bound), rdp, or gdp (approximation, may understate ε)"
+    )
+    max_physical_batch_size: int = Field(
+        32, ge=1, description="largest batch computed at once; larger logical batches are accumulated"
+    )
+    grad_sample_mode: Literal["auto", "ghost", "hooks", "functorch"] = Field(
         "auto", description="per-sample gradient method; auto = the fastest exact one that supports the model"
     )
-    secure_mode: bool = Field(False, description="cryptographically secure noise (slower)")
+    secure_mode: bool = Field(
+        False, description="cryptographically secure sampling and noise (needs the torchcsprng package)"
+    )
+
+    @field_validator("target_epsilon")
+    @classmethod
+    def _positive_epsilon(cls, value: float | None) -> float | None:
+        if value is not None and not (0 < value < math.inf):
+            raise ValueError("target_epsilon must be a finite number > 0 (typical values: 1 to 10); "
+                             "use noise_multiplier alone for a run without a budget")
+        return value
+
+    @field_validator("noise_multiplier")
+    @classmethod
+    def _positive_noise(cls, value: float | None) -> float | None:
+        if value is not None and not (0 < value < math.inf):
+            raise ValueError("noise_multiplier must be a finite number > 0 (0 means no noise and no privacy)")
+        return value
+
+    @field_validator("target_delta")
+    @classmethod
+    def _delta_in_range(cls, value: float | None) -> float | None:
+        if value is not None and not (0 < value < 1):
+            raise ValueError("target_delta must lie strictly between 0 and 1, and below 1/N for N training "
+                             "examples; null chooses 1/(10 N)")
+        return value
+
+    @field_validator("max_grad_norm")
+    @classmethod
+    def _positive_clip(cls, value: float) -> float:
+        if not (0 < value < math.inf):
+            raise ValueError("max_grad_norm (the per-sample clipping norm) must be a finite number > 0, e.g. 1.0")
+        return value
 
     @model_validator(mode="after")
     def _one_noise_source(self) -> "PrivacyConfig":

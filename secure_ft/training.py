@@ -62,7 +62,8 @@ def _trim(batch: list[torch.Tensor]) -> list[torch.Tensor]:
     if len(input_ids) == 0:
         return batch
     used = int(attention_mask.sum(dim=1).max())
-    return [input_ids[:, :used], attention_mask[:, :used], token_types[:, :used], positions[:, :used], labels]
+    # contiguous copies: Opacus' ghost-clipping embedding norm sampler needs .view()-able ids
+    return [t[:, :used].contiguous() for t in (input_ids, attention_mask, token_types, positions)] + [labels]
 
 
 def forward_logits(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:

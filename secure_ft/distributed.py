@@ -1,0 +1,196 @@
+"""Central DP training on several processes or GPUs with ``torchrun``.
+
+    torchrun --nproc_per_node 2 -m secure_ft.distributed --config run.yaml [--out runs/]
+    torchrun --nproc_per_node 2 -m secure_ft.distributed --resume runs/run-…
+
+Every process holds the whole (small) training set and a replica of the model. The model is
+wrapped in Opacus' ``DifferentiallyPrivateDistributedDataParallel`` and the optimizer becomes
+Opacus' ``DistributedDPOptimizer``: each process clips its examples' gradients, process 0
+adds the Gaussian noise once, and the sums are all-reduced, so all replicas take the same
+step. The guarantee is that of one logical batch per step, exactly as on one process.
+
+Sampling. Opacus' own distributed sampler lets each process sample its shard with its own
+draws and *skips* a process's empty batch, which leaves the processes out of step (one
+waits forever in the all-reduce). `ShardedPoissonBatchSampler` instead draws the global
+Poisson batch with the same seeded generator on every process (each example joins with
+probability q, independently) and deals the chosen examples out round-robin, so every
+process takes every step, possibly with zero examples. The union of the shards is exactly
+the single-process batch: a 2-process run sees the same batches as a 1-process run with the
+same seed, and ε (computed from the global q, σ and steps) is the same.
+
+Process 0 writes the run directory (model, metrics, privacy.json, checkpoints); the other
+processes train and read the same checkpoint on resume. On CPU the gloo backend is used,
+on GPUs nccl with one device per local rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from secure_ft.checkpoint import CheckpointStore
+
+log = logging.getLogger(__name__)
+
+
+class ShardedPoissonBatchSampler(Sampler[list[int]]):
+    """This process's share of a global Poisson-sampled batch, `steps` batches per epoch.
+
+    Every process must hold an identically seeded `generator`; process `rank` of
+    `world_size` receives the chosen indices ``chosen[rank::world_size]``.
+    """
+
+    def __init__(self, *, num_samples: int, sample_rate: float, generator: torch.Generator, rank: int,
+                 world_size: int, steps: int | None = None):
+        if num_samples <= 0:
+            raise ValueError("num_samples must be positive")
+        self.num_samples = num_samples
+        self.sample_rate = sample_rate
+        self.generator = generator
+        self.rank = rank
+        self.world_size = world_size
+        self.steps = steps if steps is not None else int(1 / sample_rate)  # as Opacus' Poisson sampler
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _ in range(self.steps):
+            mask = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
+            chosen = mask.nonzero(as_tuple=False).reshape(-1)
+            yield chosen[self.rank::self.world_size].tolist()
+
+
+def sharded_poisson_loader(loader: DataLoader, rank: int, world_size: int) -> DataLoader:
+    """A loader over `loader`'s dataset that yields this process's share of each Poisson batch.
+
+    The sampling probability is that of Opacus' single-process `DPDataLoader` built from
+    `loader` (1 / len(loader)); the loader's generator drives it (and is reseeded per epoch
+    by the training loop), so that all processes draw the same global batches.
+    """
+    from opacus.data_loader import dtype_safe, shape_safe, wrap_collate_with_empty
+    from torch.utils.data._utils.collate import default_collate
+
+    if loader.generator is None:
+        raise ValueError("the training loader needs a seeded generator for distributed Poisson sampling")
+    dataset = loader.dataset
+    sampler = ShardedPoissonBatchSampler(num_samples=len(dataset), sample_rate=1 / len(loader),
+                                         generator=loader.generator, rank=rank, world_size=world_size)
+    first = dataset[0]
+    collate = wrap_collate_with_empty(collate_fn=loader.collate_fn or default_collate,
+                                      sample_empty_shapes=[(0, *shape_safe(x)) for x in first],
+                                      dtypes=[dtype_safe(x) for x in first])
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, generator=loader.generator,
+                      num_workers=0)
+
+
+class FollowerCheckpoints(CheckpointStore):
+    """The checkpoints of process 0, read (for resume) but never written by another process."""
+
+    def save(self, state):  # noqa: D401 - process 0 writes; the state is identical here
+        return self.last_path
+
+
+def _init_process_group() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise SystemExit("secure_ft.distributed must be started by torchrun (RANK / WORLD_SIZE are not set), e.g.\n"
+                         "  torchrun --nproc_per_node 2 -m secure_ft.distributed --config run.yaml")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))  # "cuda" then means this process's GPU
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def train_distributed(config, run_dir: Path | None, *, resume: bool, rank: int,
+                      progress: bool = True):
+    """Train one central DP run; process 0 builds the run directory via `train_run`."""
+    import torch.distributed as dist
+
+    from secure_ft.config import load_config
+    from secure_ft.data import load_splits
+    from secure_ft.models import apply_transfer, load_base_model, resolve_device
+    from secure_ft.trainer import make_engine, new_run_dir, train_run
+    from secure_ft.training import encode, fit
+
+    if config is not None and config.privacy.mode != "dp":
+        raise SystemExit("secure_ft.distributed trains central DP runs; set privacy.mode: dp")
+    # process 0 chooses the run directory and tells the others
+    if rank == 0 and run_dir is None:
+        run_dir = new_run_dir(config.output_dir)
+    shared = [str(run_dir) if run_dir is not None else None]
+    dist.broadcast_object_list(shared, src=0)
+    run_dir = Path(shared[0])
+    if rank == 0:
+        return train_run(None if resume else config, run_dir, resume=resume, progress=progress)
+    if resume:
+        config = load_config(run_dir / "config.yaml")
+    splits = load_splits(config.data, config.seed)
+    base, tokenizer = load_base_model(config.model, splits.label_names)
+    model = apply_transfer(base, config.model)
+    max_length = config.model.max_length
+    train_set = encode(tokenizer, splits.train["text"].tolist(), splits.train["label"].tolist(), max_length)
+    validation_set = encode(tokenizer, splits.validation["text"].tolist(), splits.validation["label"].tolist(),
+                            max_length)
+    engine = make_engine(config, splits)
+    fit(model, train_set, validation_set, splits.label_names, config.training, seed=config.seed,
+        device=resolve_device(config.device),
+        engine=engine, checkpoints=FollowerCheckpoints(run_dir / "checkpoints"), resume=resume,
+        fingerprint=splits.fingerprint, progress=False)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="torchrun … -m secure_ft.distributed", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="run config YAML (default: the built-in demo)")
+    parser.add_argument("--out", help="folder for run directories (default: config output_dir)")
+    parser.add_argument("--run-dir", help="exact run directory to create (default: a new one under --out)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a killed distributed run")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    from secure_ft.cli import _quiet_third_party
+    from secure_ft.config import load_config
+    from secure_ft.errors import SecureFTError
+
+    rank, world_size = _init_process_group()
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"[rank {rank}/{world_size}] %(levelname)s %(name)s: %(message)s")
+    _quiet_third_party()
+    import torch.distributed as dist
+
+    try:
+        if args.resume:
+            trained = train_distributed(None, Path(args.resume), resume=True, rank=rank,
+                                        progress=not args.no_progress)
+        else:
+            config = load_config(args.config)
+            if args.out:
+                config = config.model_copy(update={"output_dir": args.out})
+            run_dir = Path(args.run_dir) if args.run_dir else None
+            trained = train_distributed(config, run_dir, resume=False, rank=rank,
+                                        progress=not args.no_progress)
+        if rank == 0 and trained is not None:
+            from secure_ft.cli import print_training_summary
+
+            print_training_summary(trained.metrics, trained.run_dir)
+        return 0
+    except SecureFTError as error:
+        print(f"[rank {rank}] error: {error}", file=sys.stderr)
+        return error.exit_code
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

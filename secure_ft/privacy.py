@@ -1,0 +1,494 @@
+"""Differentially private fine-tuning: DP-SGD through Opacus, wrapped around the one training loop.
+
+What the guarantee means
+------------------------
+A model trained with (ε, δ)-differential privacy reveals little about any single training
+example: for any two training sets that differ in one example, every outcome of training is
+at most e^ε times more likely with one than with the other, except with probability δ.
+ε is the privacy *budget* a team states and defends; δ must be well below 1/N for N training
+examples (by default δ = 1/(10 N)).
+
+How DP-SGD gets it (Abadi et al. 2016), and where each piece lives here
+-----------------------------------------------------------------------
+1. **Poisson sampling** – each example joins a step's logical batch independently with
+   probability q = batch_size / N (Opacus' ``DPDataLoader``). Logical batches larger than
+   ``max_physical_batch_size`` are split by Opacus' ``BatchMemoryManager`` and accumulated.
+2. **Per-sample clipping** – every example's gradient is scaled down to L2 norm ≤ C
+   (``max_grad_norm``). The per-sample norms come from ``grad_sample_mode``: ``hooks``
+   (materialise per-sample gradients), ``ghost`` (ghost clipping: norms without the
+   gradients, a second backward pass), ``functorch``.
+3. **Gaussian noise** – N(0, σ²C²) is added to the sum of clipped gradients; σ is the
+   ``noise_multiplier``, either given or calibrated so that ``training.epochs`` end exactly at
+   ``target_epsilon`` (Opacus' ``make_private_with_epsilon``).
+4. **Accounting** – an Opacus accountant (``prv`` by default) composes the steps into ε.
+   Its history is the *privacy ledger* (`secure_ft.privacy_ledger`), saved with every
+   checkpoint, restored on resume, and written to the run directory with ``privacy.json``.
+
+`PrivateEngine` plugs these into `secure_ft.training.fit` through the `TrainingEngine` hooks:
+it wraps the loop's own model, optimizer and loader, reports ε in the progress bar and after
+every epoch, and stops the run cleanly before a step that would exceed ``target_epsilon``.
+Under ``torchrun`` (several processes) it trains one central DP model with Opacus'
+distributed support, see `secure_ft.distributed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from secure_ft.config import PrivacyConfig, RunConfig, atomic_write_text
+from secure_ft.errors import CheckpointError, PrivacyError
+from secure_ft.privacy_ledger import LEDGER_FILE, PrivacyLedger, steps_within_budget
+from secure_ft.training import FitResult, Prepared, TrainingEngine
+
+log = logging.getLogger(__name__)
+
+PRIVACY_FILE = "privacy.json"
+
+
+def default_delta(dataset_size: int) -> float:
+    """δ = 1/(10 N): an order of magnitude below the 1/N at which δ stops meaning anything."""
+    return 1.0 / (10 * dataset_size)
+
+
+def resolve_delta(settings: PrivacyConfig, dataset_size: int) -> tuple[float, str]:
+    """The δ of a run and where it came from; δ ≥ 1/N is refused."""
+    if dataset_size < 1:
+        raise PrivacyError("privacy: the training split is empty; DP training needs training examples")
+    if settings.target_delta is None:
+        return default_delta(dataset_size), f"default 1/(10 N) with N = {dataset_size}"
+    if settings.target_delta >= 1.0 / dataset_size:
+        raise PrivacyError(
+            f"privacy.target_delta = {settings.target_delta:g} is not below 1/N = {1.0 / dataset_size:g} for the "
+            f"N = {dataset_size} training examples; such a δ allows leaking whole examples. Set target_delta "
+            f"below {1.0 / dataset_size:.2g} (e.g. {default_delta(dataset_size):.2g}) or leave it null"
+        )
+    return settings.target_delta, "configured"
+
+
+def check_secure_mode_available() -> None:
+    try:
+        import torchcsprng  # noqa: F401
+    except ImportError:
+        raise PrivacyError(
+            "privacy.secure_mode: true needs the torchcsprng package (a cryptographically secure generator for "
+            "Opacus' sampling and noise), which is not installed and has no build for this torch version. "
+            "Set secure_mode: false (noise then comes from torch's default generator, which is fine for "
+            "evaluation but not against an adversary who can predict it), or install torchcsprng"
+        ) from None
+
+
+def distributed_world() -> tuple[int, int]:
+    """(rank, world size) of a running torch.distributed job, (0, 1) otherwise."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _tied_parameters(model: nn.Module) -> list[str]:
+    seen: dict[int, str] = {}
+    tied = []
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        if parameter.requires_grad and id(parameter) in seen:
+            tied.append(f"{seen[id(parameter)]} = {name}")
+        seen.setdefault(id(parameter), name)
+    return tied
+
+
+def _trains_embeddings(model: nn.Module) -> bool:
+    return any(isinstance(module, nn.Embedding) and module.weight.requires_grad for module in model.modules())
+
+
+def choose_grad_sample_mode(model: nn.Module, requested: str) -> tuple[str, str]:
+    """The per-sample gradient method to use and why.
+
+    ``auto`` picks the fastest exact method measured on this kind of model: ghost clipping
+    when embeddings train (their per-sample gradients dominate time and memory with hooks),
+    hooks otherwise (LoRA / top-k: few trainable parameters, one backward pass). Ghost
+    clipping cannot handle tied parameters; that falls back to hooks with the reason logged.
+    """
+    tied = _tied_parameters(model)
+    if requested == "ghost" and tied:
+        raise PrivacyError(f"privacy.grad_sample_mode: ghost does not support tied parameters ({tied[0]}); "
+                           "use hooks or auto")
+    if requested != "auto":
+        return requested, "configured"
+    if not _trains_embeddings(model):
+        return "hooks", "auto: no trainable embeddings (LoRA / top-k); per-sample gradients are small, hooks is fastest"
+    if tied:
+        reason = f"auto: ghost clipping does not support tied parameters ({tied[0]}); falling back to hooks"
+        log.warning("DP: %s", reason)
+        return "hooks", reason
+    return "ghost", "auto: trainable embeddings; ghost clipping avoids per-sample embedding gradients"
+
+
+def make_compatible(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The model Opacus can train (after `ModuleValidator.fix` where needed) and a matching optimizer.
+
+    Raises :class:`PrivacyError` naming the modules Opacus cannot handle even after the fix.
+    """
+    from opacus.grad_sample import GradSampleModule
+    from opacus.validators import ModuleValidator
+
+    problems = [error for error in ModuleValidator.validate(model, strict=False)
+                if "training mode" not in str(error)]
+    if problems:
+        try:
+            fixed = ModuleValidator.fix(model)
+        except Exception as error:  # a fixer that cannot handle this module's configuration
+            raise PrivacyError(f"privacy: the model has modules DP-SGD cannot train ({problems[0]}) and Opacus' "
+                               f"ModuleValidator.fix failed on them: {error}") from None
+        remaining = ModuleValidator.validate(fixed.train(), strict=False)
+        if remaining:
+            raise PrivacyError("privacy: the model has modules DP-SGD cannot train, even after Opacus' "
+                               f"ModuleValidator.fix: {'; '.join(str(e) for e in remaining[:3])}")
+        log.warning("DP: Opacus replaced modules DP-SGD cannot train (%s); the saved model holds the replacements",
+                    "; ".join(str(e).split(".")[0] for e in problems[:3]))
+        model = fixed
+        optimizer = type(optimizer)([p for p in model.parameters() if p.requires_grad], **optimizer.defaults)
+    unsupported = GradSampleModule.validate(model, strict=False)
+    if unsupported:
+        raise PrivacyError(
+            "privacy: Opacus cannot compute per-sample gradients for this model: "
+            + "; ".join(str(error).strip() for error in unsupported[:3])
+            + ". Freeze those layers (e.g. model.transfer: lora) or replace them with buffer-free equivalents"
+        )
+    return model, optimizer
+
+
+class PrivateEngine(TrainingEngine):
+    """DP-SGD (Opacus) around the loop's own model, optimizer and data loader."""
+
+    name = "dp"
+
+    def __init__(self, settings: PrivacyConfig, *, dataset_size: int, fingerprint: str = "",
+                 trained: str = "full", epochs: int | None = None, batch_size: int | None = None):
+        super().__init__(settings.max_grad_norm)
+        self.settings = settings
+        self.dataset_size = int(dataset_size)
+        self.fingerprint = fingerprint
+        self.trained = trained
+        self.delta, self.delta_source = resolve_delta(settings, self.dataset_size)
+        if settings.secure_mode:
+            check_secure_mode_available()
+        if settings.accountant == "gdp":
+            log.warning("DP: the gdp accountant is a central-limit approximation and can understate ε; "
+                        "use prv (default) or rdp for a guarantee you can defend")
+        if batch_size is not None and batch_size > self.dataset_size:
+            log.warning("DP: training.batch_size %d exceeds the %d training examples; every step samples with "
+                        "q = 1", batch_size, self.dataset_size)
+        self.planned_epochs = epochs
+        self.ledger: PrivacyLedger | None = None
+        self.grad_sample_mode = ""
+        self.grad_sample_reason = ""
+        self.noise_source = ""
+        self.rank, self.world_size = distributed_world()
+        self._privacy_engine = None
+        self._optimizer = None
+        self._steps_per_epoch = 0
+        self._within_budget = math.inf  # steps known to stay within target_epsilon
+        self._budget_message: str | None = None
+        self._last_epsilon = 0.0
+        self._report_every = 1
+        self.sampling_probability = 0.0
+
+    @classmethod
+    def from_config(cls, config: RunConfig, *, dataset_size: int, fingerprint: str = "") -> "PrivateEngine":
+        return cls(config.privacy, dataset_size=dataset_size, fingerprint=fingerprint,
+                   trained=config.model.transfer, epochs=config.training.epochs,
+                   batch_size=config.training.batch_size)
+
+    # -- wrapping ---------------------------------------------------------------------------
+
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, epochs: int) -> Prepared:
+        from opacus import PrivacyEngine, __version__ as opacus_version
+
+        settings = self.settings
+        if len(loader.dataset) != self.dataset_size:
+            raise PrivacyError(f"privacy: the engine was built for {self.dataset_size} training examples but the "
+                               f"loader holds {len(loader.dataset)}; ε would be computed for the wrong N")
+        model.train()  # from_pretrained returns eval mode, which Opacus refuses
+        model, optimizer = make_compatible(model, optimizer)
+        self.grad_sample_mode, self.grad_sample_reason = choose_grad_sample_mode(model, settings.grad_sample_mode)
+        self.planned_epochs = epochs
+        poisson_in_opacus = True
+        if self.world_size > 1:
+            from opacus.distributed import DifferentiallyPrivateDistributedDataParallel
+
+            from secure_ft.distributed import sharded_poisson_loader
+
+            model = DifferentiallyPrivateDistributedDataParallel(model)
+            loader = sharded_poisson_loader(loader, self.rank, self.world_size)
+            poisson_in_opacus = False  # the sharded loader already samples (see secure_ft.distributed)
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            warnings.filterwarnings("ignore", message="GDP accounting is experimental")
+            engine = PrivacyEngine(accountant=settings.accountant, secure_mode=settings.secure_mode)
+        common = dict(module=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(), data_loader=loader,
+                      max_grad_norm=settings.max_grad_norm, poisson_sampling=poisson_in_opacus,
+                      grad_sample_mode=self.grad_sample_mode)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Ignoring drop_last.*")
+            warnings.filterwarnings("ignore", category=UserWarning, module="opacus.privacy_engine")
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            if settings.noise_multiplier is not None:
+                wrapped = engine.make_private(noise_multiplier=settings.noise_multiplier, **common)
+                self.noise_source = "configured"
+            elif settings.accountant == "gdp":
+                sigma = _gdp_noise_for_epsilon(settings.target_epsilon, self.delta, 1 / len(loader), epochs)
+                wrapped = engine.make_private(noise_multiplier=sigma, **common)
+                self.noise_source = f"calibrated to target_epsilon={settings.target_epsilon:g} over {epochs} epochs (gdp)"
+            else:
+                try:
+                    wrapped = engine.make_private_with_epsilon(target_epsilon=settings.target_epsilon,
+                                                               target_delta=self.delta, epochs=epochs, **common)
+                except ValueError as error:
+                    if "privacy budget is too low" not in str(error):
+                        raise
+                    raise PrivacyError(
+                        f"privacy.target_epsilon = {settings.target_epsilon:g} cannot be reached in {epochs} epochs "
+                        f"with q = {1 / len(loader):.4g} and δ = {self.delta:.2g} even with σ = 10⁶; raise "
+                        "target_epsilon, lower training.batch_size or train fewer epochs") from None
+                self.noise_source = (f"calibrated to target_epsilon={settings.target_epsilon:g} over {epochs} epochs "
+                                     "(opacus make_private_with_epsilon)")
+        if len(wrapped) == 4:
+            dp_model, dp_optimizer, criterion, dp_loader = wrapped
+        else:
+            (dp_model, dp_optimizer, dp_loader), criterion = wrapped, nn.CrossEntropyLoss()
+        if not poisson_in_opacus:
+            dp_model.forbid_grad_accumulation()  # what make_private does when it samples itself
+        self._privacy_engine, self._optimizer = engine, dp_optimizer
+        # the rate Opacus' accountant hook uses (1 / steps per epoch); the sampler's own
+        # probability 1 / len(loader) is never larger, so accounting with this one is safe
+        sample_rate = 1 / len(dp_loader)
+        self.sampling_probability = 1 / len(loader)
+        self._steps_per_epoch = len(dp_loader)
+        self._report_every = max(1, self._steps_per_epoch // 4)
+        self.ledger = PrivacyLedger(
+            accountant=settings.accountant, sample_rate=sample_rate,
+            noise_multiplier=float(dp_optimizer.noise_multiplier), max_grad_norm=settings.max_grad_norm,
+            delta=self.delta, dataset_size=self.dataset_size, fingerprint=self.fingerprint,
+            target_epsilon=settings.target_epsilon, opacus_version=opacus_version,
+        )
+        self._plan_budget(self._steps_per_epoch * epochs)
+        log.info("DP-SGD: σ = %.4f (%s), q = %.5f (expected logical batch %.1f), C = %g, δ = %.3g, accountant %s, "
+                 "per-sample gradients: %s (%s)%s", self.ledger.noise_multiplier, self.noise_source, sample_rate,
+                 sample_rate * self.dataset_size, settings.max_grad_norm, self.delta, settings.accountant,
+                 self.grad_sample_mode, self.grad_sample_reason,
+                 f", {self.world_size} processes" if self.world_size > 1 else "")
+        return Prepared(dp_model, dp_optimizer, dp_loader, criterion)
+
+    def _plan_budget(self, planned_steps: int) -> None:
+        """How many steps stay within target_epsilon, so the per-step budget check costs nothing."""
+        ledger = self.ledger
+        if ledger.target_epsilon is None:
+            self._within_budget = math.inf
+            return
+        remaining = max(0, planned_steps - ledger.steps)
+        extra = steps_within_budget(ledger.accountant, ledger.history_tuple(), ledger.noise_multiplier,
+                                    ledger.sample_rate, ledger.delta, ledger.target_epsilon, remaining)
+        self._within_budget = ledger.steps + extra
+        if extra < remaining:
+            log.warning("DP: target_epsilon=%g allows %d of the %d planned steps; training will stop there",
+                        ledger.target_epsilon, self._within_budget, planned_steps)
+
+    # -- the loop's hooks ---------------------------------------------------------------------
+
+    def begin_epoch(self, prepared: Prepared, epoch: int, seed: int) -> None:
+        if self.settings.secure_mode:
+            return  # a cryptographic generator cannot (and must not) be reseeded
+        super().begin_epoch(prepared, epoch, seed)
+
+    @contextlib.contextmanager
+    def physical_batches(self, prepared: Prepared) -> Iterator[Iterable]:
+        from opacus.utils.batch_memory_manager import BatchMemoryManager
+
+        optimizer = prepared.optimizer
+        with warnings.catch_warnings(), BatchMemoryManager(data_loader=prepared.loader, max_physical_batch_size=self.settings.max_physical_batch_size,
+                                optimizer=optimizer) as batches:
+            # Opacus' hooks trigger this on every backward when the input embeddings are frozen
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            def physical() -> Iterator:
+                for batch in batches:
+                    # The splitting sampler queued one "skip step?" flag for this batch. A resumed
+                    # epoch passes over batches it already trained on without stepping, so keep
+                    # only the flag of the batch being handed out.
+                    del optimizer._step_skip_queue[:-1]
+                    yield batch
+
+            yield physical()
+
+    def before_step(self, prepared: Prepared) -> None:
+        """Opacus clips per sample inside optimizer.step(); only an empty Poisson batch needs help.
+
+        An empty logical batch still takes a (noise-only) step, as the analysis assumes; the
+        loop skips forward/backward for it, so give Opacus zero-size per-sample gradients.
+        """
+        for parameter in self._optimizer.params:
+            if self.grad_sample_mode == "ghost":
+                if parameter.grad is None:
+                    parameter.grad = torch.zeros_like(parameter)
+            elif getattr(parameter, "grad_sample", None) is None:
+                parameter.grad_sample = torch.zeros((0, *parameter.shape), dtype=parameter.dtype,
+                                                    device=parameter.device)
+
+    def step_taken(self, prepared: Prepared) -> bool:
+        return not self._optimizer._is_last_step_skipped
+
+    def steps_per_epoch(self, loader: DataLoader) -> int:
+        return len(loader)
+
+    def _sync(self) -> PrivacyLedger:
+        self.ledger.history = [list(entry) for entry in self._privacy_engine.accountant.history]
+        return self.ledger
+
+    def after_step(self, steps: int) -> dict[str, float]:
+        ledger = self._sync()
+        if ledger.steps != steps:
+            raise PrivacyError(f"privacy accounting is out of step: the loop took {steps} steps but the accountant "
+                               f"recorded {ledger.steps}; the run's ε cannot be trusted, stop and report this")
+        if steps % self._report_every == 0:
+            self._last_epsilon = ledger.epsilon()
+        return {"epsilon": self._last_epsilon}
+
+    def stop_reason(self) -> str | None:
+        ledger = self.ledger
+        if ledger.target_epsilon is None or self._budget_message is not None:
+            return self._budget_message
+        steps = ledger.steps
+        if steps + 1 <= self._within_budget:
+            return None
+        next_epsilon = ledger.epsilon(extra_steps=1)
+        if next_epsilon <= ledger.target_epsilon:
+            self._within_budget = steps + 1
+            return None
+        self._budget_message = (
+            f"privacy budget exhausted: step {steps + 1} would raise ε from {ledger.epsilon():.4f} to "
+            f"{next_epsilon:.4f}, above target_epsilon={ledger.target_epsilon:g} (δ={ledger.delta:.3g}); "
+            f"stopped after {steps} steps"
+        )
+        ledger.events.append({"event": "budget_exhausted", "step": steps, "next_epsilon": next_epsilon})
+        log.warning("DP: %s", self._budget_message)
+        return self._budget_message
+
+    def epoch_metrics(self) -> dict[str, Any]:
+        ledger = self._sync()
+        self._last_epsilon = ledger.record_epsilon(ledger.steps)
+        return {"epsilon": self._last_epsilon}
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        from opacus.grad_sample import AbstractGradSampleModule
+        from opacus.distributed import DifferentiallyPrivateDistributedDataParallel
+
+        if isinstance(model, AbstractGradSampleModule):
+            model = model._module
+        if isinstance(model, (DifferentiallyPrivateDistributedDataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        return model
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ledger": self._sync().to_dict(), "accountant": self.ledger.accountant_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = PrivacyLedger.from_dict(state.get("ledger"), "checkpoint privacy ledger")
+        current = self.ledger
+        for name in ("accountant", "sample_rate", "max_grad_norm", "delta", "dataset_size", "fingerprint"):
+            if getattr(saved, name) != getattr(current, name):
+                raise CheckpointError(
+                    f"checkpoint privacy ledger: {name} was {getattr(saved, name)!r} but this run has "
+                    f"{getattr(current, name)!r}; resuming would mix two accountings. Resume with the same "
+                    "config and data, or start a new run")
+        if saved.noise_multiplier != current.noise_multiplier:
+            # the ledger is authoritative: continue with the noise the run was started with
+            log.warning("DP: recalibrated σ %.6f differs from the checkpoint's %.6f; continuing with the checkpoint's",
+                        current.noise_multiplier, saved.noise_multiplier)
+            self._optimizer.noise_multiplier = saved.noise_multiplier
+        self._privacy_engine.accountant.load_state_dict(
+            {"history": [tuple(entry) for entry in saved.history_tuple()], "mechanism": saved.accountant})
+        saved.target_epsilon = current.target_epsilon
+        saved.events.append({"event": "resumed", "step": saved.steps})
+        self.ledger = saved
+        self._last_epsilon = saved.epsilon()
+        self._plan_budget(self._steps_per_epoch * (self.planned_epochs or 0))
+        log.info("DP: resumed the privacy ledger at step %d (ε = %.4f)", saved.steps, self._last_epsilon)
+
+    def guarantee(self, result: FitResult | None = None) -> dict[str, Any]:
+        """The privacy.json payload: enough for an auditor to recompute ε."""
+        from opacus import __version__ as opacus_version
+
+        ledger = self._sync()
+        epsilon = ledger.record_epsilon(ledger.steps)
+        stopped = result.stopped_reason if result is not None else None
+        return {
+            "epsilon": epsilon,
+            "delta": ledger.delta,
+            "accountant": ledger.accountant,
+            "noise_multiplier": ledger.noise_multiplier,
+            "max_grad_norm": ledger.max_grad_norm,
+            "sample_rate": ledger.sample_rate,
+            "sampling_probability": self.sampling_probability,
+            "steps": ledger.steps,
+            "epochs": len(result.history) if result is not None else None,
+            "dataset_size": ledger.dataset_size,
+            "trained": self.trained,
+            "opacus_version": opacus_version,
+            "epsilon_history": ledger.epsilon_history,
+            "target_epsilon": ledger.target_epsilon,
+            "delta_source": self.delta_source,
+            "noise_source": self.noise_source,
+            "epochs_planned": self.planned_epochs,
+            "steps_per_epoch": self._steps_per_epoch,
+            "expected_batch_size": ledger.sample_rate * ledger.dataset_size,
+            "max_physical_batch_size": self.settings.max_physical_batch_size,
+            "poisson_sampling": True,
+            "grad_sample_mode": self.grad_sample_mode,
+            "grad_sample_mode_reason": self.grad_sample_reason,
+            "secure_mode": self.settings.secure_mode,
+            "world_size": self.world_size,
+            "data_fingerprint": ledger.fingerprint,
+            "stopped_early": self._budget_message is not None and stopped == self._budget_message,
+            "stop_reason": stopped,
+            "ledger": LEDGER_FILE,
+            "accountant_note": ("gdp is a central-limit approximation and can understate ε"
+                                if ledger.accountant == "gdp" else
+                                "prv: upper bound with eps_error 0.01" if ledger.accountant == "prv" else
+                                "rdp: Rényi-DP bound converted to (ε, δ)"),
+        }
+
+    def write_artifacts(self, run_dir, result: FitResult) -> list[str]:
+        import json
+
+        guarantee = self.guarantee(result)
+        self.ledger.save(Path(run_dir))
+        atomic_write_text(Path(run_dir) / PRIVACY_FILE, json.dumps(guarantee, indent=2) + "\n")
+        return [PRIVACY_FILE, LEDGER_FILE]
+
+
+def _gdp_noise_for_epsilon(target_epsilon: float, delta: float, sample_rate: float, epochs: int) -> float:
+    """σ for (ε, δ) under the gdp accountant (Opacus' own search breaks for large σ under gdp)."""
+    from secure_ft.privacy_ledger import epsilon_from_history
+
+    steps = int(epochs / sample_rate)
+    low, high = 0.0, 1.0
+    while epsilon_from_history("gdp", ((high, sample_rate, steps),), delta) > target_epsilon:
+        low, high = high, 2 * high
+        if high > 1e6:
+            raise PrivacyError(f"privacy.target_epsilon = {target_epsilon:g} cannot be reached in {epochs} epochs")
+    while high - low > 1e-4 * high:
+        middle = (low + high) / 2
+        if epsilon_from_history("gdp", ((middle, sample_rate, steps),), delta) > target_epsilon:
+            low = middle
+        else:
+            high = middle
+    return high

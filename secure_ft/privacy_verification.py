@@ -1,0 +1,158 @@
+"""Check a run's stated privacy guarantee against its ledger, with fresh Opacus accountants.
+
+`verify_privacy(run_dir)` trusts nothing the run computed: it recomputes ε twice, once from
+the ledger's accountant history and once from the (q, σ, steps) that ``privacy.json``
+declares, and checks that the two files, the data fingerprint and the budget agree. Used by
+``secure-ft privacy RUN_DIR`` (exit 0 when everything matches, 4 otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from secure_ft.errors import PrivacyError
+from secure_ft.privacy_ledger import LEDGER_FILE, PrivacyLedger, epsilon_from_history, load_ledger
+
+PRIVACY_FILE = "privacy.json"
+RELATIVE_TOLERANCE = 1e-9  # the same inputs give the same ε; allow only float noise
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class PrivacyVerification:
+    run_dir: Path
+    reported_epsilon: float | None
+    recomputed_epsilon: float | None
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(check.passed for check in self.checks)
+
+    def add(self, name: str, passed: bool, detail: str) -> None:
+        self.checks.append(Check(name, bool(passed), detail))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "passed": self.passed, "reported_epsilon": self.reported_epsilon,
+                "recomputed_epsilon": self.recomputed_epsilon,
+                "checks": [check.__dict__ for check in self.checks]}
+
+
+def _same(a: float, b: float) -> bool:
+    if math.isinf(a) or math.isinf(b):
+        return a == b
+    return math.isclose(a, b, rel_tol=RELATIVE_TOLERANCE, abs_tol=1e-12)
+
+
+def _read_report(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / PRIVACY_FILE
+    if not path.is_file():
+        raise PrivacyError(f"{path}: not found; {run_dir} is not a differentially private run "
+                           "(train with privacy.mode: dp) or is not a run directory")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PrivacyError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(report, dict):
+        raise PrivacyError(f"{path}: expected a JSON object")
+    return report
+
+
+def verify_privacy(run_dir: str | Path) -> PrivacyVerification:
+    """Recompute ε from the ledger and compare it, and the ledger, with privacy.json."""
+    from opacus import __version__ as opacus_version
+
+    run_dir = Path(run_dir)
+    report = _read_report(run_dir)
+    reported = report.get("epsilon")
+    result = PrivacyVerification(run_dir, reported if isinstance(reported, (int, float)) else None, None)
+    try:
+        ledger = load_ledger(run_dir)
+    except PrivacyError as error:
+        result.add("ledger readable", False, str(error))
+        return result
+    result.add("ledger readable", True, f"{LEDGER_FILE}: {ledger.steps} steps, accountant {ledger.accountant}")
+
+    recomputed = epsilon_from_history(ledger.accountant, ledger.history_tuple(), ledger.delta)
+    result.recomputed_epsilon = recomputed
+    if result.reported_epsilon is None:
+        result.add("ε matches ledger", False, f"privacy.json has no numeric epsilon ({reported!r})")
+    else:
+        result.add("ε matches ledger", _same(result.reported_epsilon, recomputed),
+                   f"reported {result.reported_epsilon!r}, recomputed from the ledger {recomputed!r}")
+
+    _compare_fields(result, report, ledger)
+    _check_declared_parameters(result, report)
+    _check_history(result, report, ledger)
+    _check_fingerprint(result, run_dir, ledger)
+    target = ledger.target_epsilon
+    if target is not None:
+        result.add("within target ε", recomputed <= target, f"ε {recomputed:.6g} vs target_epsilon {target:g}")
+    recorded_version = report.get("opacus_version") or ledger.opacus_version
+    if recorded_version and recorded_version != opacus_version:
+        result.add("same Opacus version", False,
+                   f"recorded with Opacus {recorded_version}, recomputed with {opacus_version}; accountant "
+                   "numerics may differ between versions: recompute with the recorded version")
+    return result
+
+
+def _compare_fields(result: PrivacyVerification, report: dict[str, Any], ledger: PrivacyLedger) -> None:
+    for name in ("delta", "accountant", "noise_multiplier", "max_grad_norm", "sample_rate", "steps", "dataset_size"):
+        stated, kept = report.get(name), getattr(ledger, name)
+        if isinstance(kept, float) and isinstance(stated, (int, float)):
+            same = _same(float(stated), kept)
+        else:
+            same = stated == kept
+        result.add(f"{name} matches ledger", same, f"privacy.json {stated!r}, ledger {kept!r}")
+
+
+def _check_declared_parameters(result: PrivacyVerification, report: dict[str, Any]) -> None:
+    """An independent recomputation from the three declared numbers alone."""
+    try:
+        sigma, rate, steps = float(report["noise_multiplier"]), float(report["sample_rate"]), int(report["steps"])
+        epsilon = epsilon_from_history(str(report["accountant"]), ((sigma, rate, steps),), float(report["delta"]))
+    except (KeyError, TypeError, ValueError, PrivacyError) as error:
+        result.add("ε from declared (q, σ, steps)", False, f"cannot recompute from privacy.json: {error}")
+        return
+    stated = result.reported_epsilon
+    result.add("ε from declared (q, σ, steps)", stated is not None and _same(stated, epsilon),
+               f"fresh {report.get('accountant')} accountant with q={rate!r}, σ={sigma!r}, steps={steps}: {epsilon!r}")
+
+
+def _check_history(result: PrivacyVerification, report: dict[str, Any], ledger: PrivacyLedger) -> None:
+    history = report.get("epsilon_history") or []
+    if not history:
+        result.add("ε history", False, "privacy.json has no epsilon_history")
+        return
+    last_step, last_epsilon = history[-1]
+    ok = int(last_step) == ledger.steps and result.reported_epsilon is not None and _same(float(last_epsilon),
+                                                                                          result.reported_epsilon)
+    steps = [int(step) for step, _ in history]
+    values = [float(value) for _, value in history]
+    monotone = steps == sorted(steps) and values == sorted(values)
+    result.add("ε history", ok and monotone,
+               f"{len(history)} entries, last [{last_step}, {last_epsilon:.6g}]"
+               + ("" if monotone else "; not increasing"))
+
+
+def _check_fingerprint(result: PrivacyVerification, run_dir: Path, ledger: PrivacyLedger) -> None:
+    data_file = run_dir / "data.json"
+    if not data_file.is_file():
+        return
+    try:
+        fingerprint = json.loads(data_file.read_text(encoding="utf-8")).get("fingerprint")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        result.add("data fingerprint", False, f"{data_file}: unreadable")
+        return
+    result.add("data fingerprint", fingerprint == ledger.fingerprint,
+               f"ledger {ledger.fingerprint[:16]}…, data.json {str(fingerprint)[:16]}…")
