@@ -28,10 +28,14 @@ class _Section(BaseModel):
 
 class PerformancePolicy(_Section):
     min_accuracy: float | None = Field(None, ge=0, le=1, description="test-split accuracy")
-    min_macro_f1: float | None = Field(None, ge=0, le=1)
+    min_macro_f1: float | None = Field(None, ge=0, le=1, description="test-split macro-averaged F1")
     min_gain_over_majority: float | None = Field(
         None, description="accuracy minus the majority-class baseline must reach this"
     )
+    min_class_recall: float | None = Field(
+        None, ge=0, le=1, description="every class's recall must reach this (no class silently ignored)"
+    )
+    use_ci_bound: bool = Field(False, description="judge the lower CI bound instead of the point estimate")
 
 
 class RobustnessPolicy(_Section):
@@ -42,9 +46,12 @@ class RobustnessPolicy(_Section):
 
 class FairnessPolicy(_Section):
     max_demographic_parity_difference: float | None = Field(None, ge=0)
+    min_demographic_parity_ratio: float | None = Field(None, ge=0, le=1)
     max_equalized_odds_difference: float | None = Field(None, ge=0)
+    min_equalized_odds_ratio: float | None = Field(None, ge=0, le=1)
     max_equal_opportunity_difference: float | None = Field(None, ge=0)
-    max_worst_group_accuracy_gap: float | None = Field(None, ge=0)
+    max_worst_group_accuracy_gap: float | None = Field(None, description="overall accuracy minus the worst group's")
+    min_worst_group_accuracy: float | None = Field(None, ge=0, le=1)
     use_ci_bound: bool = Field(True, description="judge the pessimistic CI bound instead of the point estimate")
     insufficient_data: Literal["fail", "warn"] = Field(
         "warn", description="a group below min_group_size fails the audit, or is reported as a warning"
@@ -52,11 +59,16 @@ class FairnessPolicy(_Section):
 
 
 class PrivacyPolicy(_Section):
-    require_dp: bool = True
-    max_epsilon: float | None = Field(None, gt=0)
+    require_dp: bool = Field(True, description="a run without a differential-privacy guarantee fails")
+    max_epsilon: float | None = Field(None, gt=0, description="applies to the central ε and to every site's ε")
     max_delta: float | None = Field(None, gt=0)
-    max_membership_auc: float | None = Field(None, ge=0, le=1)
+    max_membership_auc: float | None = Field(None, ge=0, le=1, description="strongest attack variant's AUC")
     max_tpr_at_1pct_fpr: float | None = Field(None, ge=0, le=1)
+    max_tpr_at_0_1pct_fpr: float | None = Field(None, ge=0, le=1)
+    max_membership_advantage: float | None = Field(
+        None, ge=0, le=1, description="TPR - FPR at the attack's best threshold (2 x balanced accuracy - 1)"
+    )
+    max_canary_exposure: float | None = Field(None, ge=0, description="bits; needs audits.privacy.canaries > 0")
     use_ci_bound: bool = Field(False, description="judge the upper CI bound of the attack metrics")
 
 

@@ -1,0 +1,270 @@
+"""Fairness audit: how the trained model's errors and decisions differ between groups of people.
+
+The model scores the held-out test split once (text only). The audit then splits those
+predictions by each sensitive column of the data (``audits.fairness.sensitive_columns``,
+default ``data.group_columns``) and, with ``audits.fairness.intersections``, by the
+intersection of all of them, and reports per group: count, accuracy, selection rate, TPR,
+FPR and FNR (with per-class recall for multi-class tasks), each with a seeded bootstrap
+confidence interval, and per column the summary measures demographic parity difference and
+ratio, equalized odds difference and ratio, equal opportunity difference, worst-group
+accuracy and its gap to the overall accuracy. Definitions: :mod:`audits._group_rates`.
+
+**Which class is "positive".** Rates such as TPR need a positive class. With
+``audits.fairness.positive_class`` set, all rates are that class's one-vs-rest rates
+(``mode = "one_vs_rest"``). A binary task without it uses its second label (e.g. ``1``,
+``spam``, ``toxic``). A multi-class task without it uses ``mode = "macro"``: per-group TPR,
+FPR, FNR are averages over classes of the one-vs-rest rates; each summary measure is computed
+per class and averaged over classes; the per-group selection rate is then null (it averages
+to 1/K everywhere) and ``class_selection_rate`` shows the per-class rates instead.
+
+**Small groups.** A group with fewer than ``min_group_size`` test rows is reported with
+``insufficient_data: true`` and left out of the summary measures. The policy's
+``fairness.insufficient_data`` decides: ``fail`` adds a failing check per column with such
+groups; ``warn`` adds a note. A column without two sufficient groups cannot be compared
+(``status: "insufficient_data"``). If no column can be compared at all, the audit fails:
+fairness that could not be measured is never reported as passed.
+
+**Checks.** One per column and policy threshold, on the point estimate or, with
+``fairness.use_ci_bound``, on the pessimistic end of the interval (upper bound of a
+difference or gap, lower bound of a ratio or accuracy).
+
+Metric keys (``AuditResult.metrics``)
+-------------------------------------
+``mode`` ("one_vs_rest" | "macro"), ``positive_class`` (label or null),
+``positive_class_source``, ``labels``, ``n_test``, ``min_group_size``, ``ci_level``,
+``n_boot``, ``seed``, ``bootstrap`` (how the intervals were made), ``sensitive_columns``,
+``predicted_classes`` (labels the model predicted at least once),
+``overall``: {accuracy, selection_rate, tpr, fpr, fnr}, each an estimate
+``{"value", "ci_lower", "ci_upper"}`` (null where undefined),
+``columns``: {column name (an intersection is named "a & b", its groups "x | y"): {
+``derived`` (bool: proxy attribute, not ground truth), ``intersection`` (bool),
+``status`` ("ok" | "insufficient_data"), ``reason``, ``n_groups``, ``n_sufficient_groups``,
+``insufficient_groups`` [names], ``worst_group``,
+``groups``: [{``group``, ``count``, ``insufficient_data``, ``positives``, ``negatives`` (one-vs-rest
+mode), ``accuracy``, ``selection_rate``, ``tpr``, ``fpr``, ``fnr`` (estimates), and for multi-class
+tasks ``class_recall`` {label: estimate} and ``class_selection_rate`` {label: value}}],
+``summary``: {demographic_parity_difference, demographic_parity_ratio,
+equalized_odds_difference, equalized_odds_ratio, equal_opportunity_difference,
+worst_group_accuracy, worst_group_accuracy_gap: estimate}}}.
+
+Evidence (under ``audits/fairness/``): ``groups.csv`` (one row per column and group),
+``summary.csv`` (one row per column and measure), and ``class_recall.csv`` for multi-class
+tasks.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+
+from audits._disaggregation import disaggregate
+from audits._group_rates import GROUP_RATES, confusion_tensor, group_rates
+from audits._intervals import bootstrap_counts, estimate, percentile_intervals
+from audits._scoring import load_model_for, score_split
+from audits.context import AuditContext
+from audits.registry import register
+from audits.result import AuditResult, Check
+from secure_ft.config import atomic_write_text
+from secure_ft.errors import AuditError, ConfigError, DataError
+
+NAME = "fairness"
+
+# policy field -> (summary measure, comparison, pessimistic CI end)
+_THRESHOLDS = (
+    ("max_demographic_parity_difference", "demographic_parity_difference", "<=", "ci_upper"),
+    ("min_demographic_parity_ratio", "demographic_parity_ratio", ">=", "ci_lower"),
+    ("max_equalized_odds_difference", "equalized_odds_difference", "<=", "ci_upper"),
+    ("min_equalized_odds_ratio", "equalized_odds_ratio", ">=", "ci_lower"),
+    ("max_equal_opportunity_difference", "equal_opportunity_difference", "<=", "ci_upper"),
+    ("max_worst_group_accuracy_gap", "worst_group_accuracy_gap", "<=", "ci_upper"),
+    ("min_worst_group_accuracy", "worst_group_accuracy", ">=", "ci_lower"),
+)
+
+
+def resolve_positive_class(requested: str | None, label_names: list[str]) -> tuple[int | None, str]:
+    """Index of the positive class (None = macro) and where that choice came from."""
+    if requested is not None:
+        if requested not in label_names:
+            raise ConfigError(
+                f"audits.fairness.positive_class: {requested!r} is not a label of the data; "
+                f"choose one of {label_names} or null (macro over classes)"
+            )
+        return label_names.index(requested), "audits.fairness.positive_class"
+    if len(label_names) == 2:
+        return 1, "default: second label of a binary task"
+    return None, "macro over classes (multi-class task, no audits.fairness.positive_class)"
+
+
+def sensitive_columns(context: AuditContext) -> list[str]:
+    configured = context.config.audits.fairness.sensitive_columns
+    columns = list(configured) if configured is not None else list(context.splits.group_columns)
+    field = "audits.fairness.sensitive_columns" if configured is not None else "data.group_columns"
+    if not columns:
+        raise AuditError(
+            "no sensitive columns to audit: data.group_columns and audits.fairness.sensitive_columns are empty; "
+            "name the columns holding group membership (e.g. sex, age_group)"
+        )
+    test = context.splits.test
+    missing = [column for column in columns if column not in test.columns]
+    if missing:
+        available = [c for c in test.columns if c not in ("row", "text", "label", "label_name")]
+        raise AuditError(
+            f"{field}: sensitive column(s) {missing} are not in the test split (group columns present: "
+            f"{available or 'none'}); list them in data.group_columns so they are loaded with the data"
+        )
+    return columns
+
+
+def _group_values(test: pd.DataFrame, columns: list[str]) -> pd.Series:
+    values = test[columns[0]].astype(str)
+    for column in columns[1:]:
+        values = values + " | " + test[column].astype(str)
+    return values.reset_index(drop=True)
+
+
+def _overall(y_true, y_pred, n_classes, positive_class, weights, ci_level) -> tuple[dict, np.ndarray]:
+    """Whole-split rates with intervals, and the accuracy of the split and of every resample."""
+    confusion = confusion_tensor(y_true, y_pred, np.zeros(len(y_true), dtype=int), 1, n_classes, weights)
+    rates = group_rates(confusion, positive_class)
+    overall = {}
+    for name in GROUP_RATES:
+        low, high = percentile_intervals(rates[name][1:, 0], ci_level) if len(weights) > 1 else ([np.nan], [np.nan])
+        overall[name] = estimate(rates[name][0, 0], np.ravel(low)[0], np.ravel(high)[0])
+    return overall, rates["accuracy"][:, 0]
+
+
+def _checks_for(column: str, report: dict, policy, level: float) -> tuple[list[Check], list[str]]:
+    checks, notes = [], []
+    if report["insufficient_groups"]:
+        message = (f"{column}: {len(report['insufficient_groups'])} group(s) below the minimum size, left out of "
+                   f"the summary measures: {', '.join(report['insufficient_groups'][:10])}"
+                   + (" ..." if len(report["insufficient_groups"]) > 10 else ""))
+        if policy.insufficient_data == "fail":
+            checks.append(Check.evaluate(f"{column}.groups_below_min_size", len(report["insufficient_groups"]), "<=", 0,
+                                         note="policy fairness.insufficient_data: fail"))
+        else:
+            notes.append(f"warning: {message}")
+    if report["status"] != "ok":
+        if policy.insufficient_data == "fail":
+            checks.append(Check.evaluate(f"{column}.comparable_groups", report["n_sufficient_groups"], ">=", 2,
+                                         note=report["reason"]))
+        else:
+            notes.append(f"warning: {column}: not assessed: {report['reason']}")
+        return checks, notes
+    for field, measure, comparison, bound in _THRESHOLDS:
+        threshold = getattr(policy, field)
+        if threshold is None:
+            continue
+        value = report["summary"][measure]
+        actual = value[bound] if policy.use_ci_bound else value["value"]
+        note = f"{'lower' if bound == 'ci_lower' else 'upper'} {level:.0%} CI bound" if policy.use_ci_bound else "point estimate"
+        if actual is None:
+            note += "; undefined on this data (e.g. no positives or no selections in the compared groups)"
+        checks.append(Check.evaluate(f"{column}.{measure}", actual, comparison, threshold, note=note))
+    return checks, notes
+
+
+def _write_evidence(context: AuditContext, columns: dict[str, dict], multi_class: bool) -> list[str]:
+    folder = context.evidence_dir(NAME)
+    group_rows, summary_rows, recall_rows = [], [], []
+    for column, report in columns.items():
+        for group in report["groups"]:
+            row = {"column": column, "derived": report["derived"], "group": group["group"], "count": group["count"],
+                   "insufficient_data": group["insufficient_data"]}
+            for rate in GROUP_RATES:
+                row[rate] = group[rate]["value"]
+                row[f"{rate}_ci_lower"] = group[rate]["ci_lower"]
+                row[f"{rate}_ci_upper"] = group[rate]["ci_upper"]
+            group_rows.append(row)
+            for label, recall in group.get("class_recall", {}).items():
+                recall_rows.append({"column": column, "group": group["group"], "class": label, "recall": recall["value"],
+                                    "ci_lower": recall["ci_lower"], "ci_upper": recall["ci_upper"],
+                                    "selection_rate": group["class_selection_rate"][label]})
+        for measure, value in report["summary"].items():
+            summary_rows.append({"column": column, "status": report["status"], "measure": measure, **value})
+    tables = {"groups.csv": group_rows, "summary.csv": summary_rows}
+    if multi_class:
+        tables["class_recall.csv"] = recall_rows
+    evidence = []
+    for filename, rows in tables.items():
+        buffer = io.StringIO()
+        pd.DataFrame(rows).to_csv(buffer, index=False)
+        atomic_write_text(folder / filename, buffer.getvalue())
+        evidence.append(str((folder / filename).relative_to(context.run_dir)))
+    return evidence
+
+
+@register(NAME)
+def fairness_audit(context: AuditContext) -> AuditResult:
+    """Disaggregate the test-split predictions by every sensitive column; see the module docstring."""
+    settings = context.config.audits.fairness
+    policy = context.policy.fairness
+    test = context.splits.test.reset_index(drop=True)
+    if len(test) == 0:
+        raise DataError("the test split is empty; the fairness audit needs held-out rows (raise data.split.test_fraction)")
+    label_names = list(context.splits.label_names)
+    columns = sensitive_columns(context)
+    positive_class, positive_source = resolve_positive_class(settings.positive_class, label_names)
+    if policy.use_ci_bound and settings.n_boot == 0:
+        raise AuditError("policy fairness.use_ci_bound needs confidence intervals; set audits.fairness.n_boot > 0")
+
+    model, tokenizer = load_model_for(context)
+    scores = score_split(model, tokenizer, test, context)
+    y_true, y_pred = scores.labels, scores.predictions
+
+    rng = np.random.default_rng(context.config.seed)
+    weights = np.vstack([np.ones((1, len(test))), bootstrap_counts(len(test), settings.n_boot, rng)])
+    overall, overall_accuracy = _overall(y_true, y_pred, len(label_names), positive_class, weights, settings.ci_level)
+
+    groupings = {column: ([column], column in context.splits.derived_group_columns) for column in columns}
+    if settings.intersections and len(columns) > 1:
+        derived = any(column in context.splits.derived_group_columns for column in columns)
+        groupings[" & ".join(columns)] = (columns, derived)
+    reports = {}
+    for name, (parts, derived) in groupings.items():
+        report = disaggregate(
+            y_true, y_pred, _group_values(test, parts), label_names=label_names, positive_class=positive_class,
+            min_group_size=settings.min_group_size, row_weights=weights[1:], ci_level=settings.ci_level,
+            overall_accuracy=overall_accuracy,
+        )
+        reports[name] = {"derived": derived, "intersection": len(parts) > 1, **report}
+
+    checks, notes = [], []
+    for name, report in reports.items():
+        column_checks, column_notes = _checks_for(name, report, policy, settings.ci_level)
+        checks += column_checks
+        notes += column_notes
+    assessed = sum(report["status"] == "ok" for report in reports.values())
+    if assessed == 0:
+        checks.append(Check.evaluate("assessable_columns", 0, ">=", 1,
+                                     note=f"no sensitive column has two groups with at least {settings.min_group_size} test rows"))
+    predicted = sorted({label_names[index] for index in y_pred.tolist()})
+    if len(predicted) < len(label_names):
+        notes.append(f"the model never predicted {sorted(set(label_names) - set(predicted))} on the test split")
+    if positive_class is not None and not (y_true == positive_class).any():
+        notes.append(f"positive class {label_names[positive_class]!r} does not occur in the test split: "
+                     "TPR, FNR and the measures built on them are undefined")
+    for name, report in reports.items():
+        if report["derived"]:
+            notes.append(f"{name} is a derived (proxy) attribute, not ground truth; read its gaps with that in mind")
+
+    metrics = {
+        "mode": "one_vs_rest" if positive_class is not None else "macro",
+        "positive_class": label_names[positive_class] if positive_class is not None else None,
+        "positive_class_source": positive_source,
+        "labels": label_names,
+        "n_test": int(len(test)),
+        "min_group_size": settings.min_group_size,
+        "ci_level": settings.ci_level,
+        "n_boot": settings.n_boot,
+        "seed": context.config.seed,
+        "bootstrap": "percentile intervals over seeded resamples of the whole test split (rows drawn with replacement)",
+        "sensitive_columns": list(reports),
+        "predicted_classes": predicted,
+        "overall": overall,
+        "columns": reports,
+    }
+    evidence = _write_evidence(context, reports, multi_class=len(label_names) > 2)
+    return AuditResult.from_checks(NAME, metrics, checks, evidence=evidence, notes=notes)

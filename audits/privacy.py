@@ -1,0 +1,242 @@
+"""Privacy audit: the run's formal guarantee, and what an attacker can actually infer.
+
+1. **Guarantee.** ε and δ from the run's ``privacy.json`` (see :mod:`audits._guarantee` for the
+   schema): for a central run its (ε, δ); for a federated run also the central aggregate's and
+   every site's. Each is checked against ``policy.privacy.max_epsilon`` / ``max_delta``. A run
+   without ``privacy.json`` was trained without differential privacy and fails a policy with
+   ``require_dp: true``, saying so.
+2. **Membership inference** (:mod:`audits._membership`). Equal numbers of members (a seeded
+   sample of the train split) and non-members (the test split, topped up from validation;
+   rows whose text also occurs in train are left out) are scored by the trained model. The
+   ``loss`` attack scores a row by its negative loss; the ``calibrated`` attack by how much
+   lower its loss is under the trained model than under the pretrained base model (with a
+   classification head seeded by the run's seed), which removes per-row difficulty. The
+   policy checks the strongest attack on each metric.
+3. **Canaries** (optional, ``audits.privacy.canaries > 0``, :mod:`audits._canary`): exposure of
+   random secrets inserted into a throw-away run with the same recipe.
+
+Metric keys (``AuditResult.metrics``)
+-------------------------------------
+``guarantee``: {``dp`` (bool), ``source`` (file name or null), ``epsilon``, ``delta`` (the run's,
+or the central aggregate's; null if none), ``epsilon_unbounded`` (bool), ``scopes``:
+[{``scope`` ("run" | "central" | "site:<name>"), ``epsilon`` (null = unbounded), ``delta``}],
+and as recorded: ``accountant``, ``noise_multiplier``, ``max_grad_norm``, ``sample_rate``,
+``steps``, ``epochs``, ``dataset_size``, ``trained``, ``opacus_version``, ``epsilon_history``}.
+``membership``: {``n_members``, ``n_non_members``, ``non_member_sources`` {split: rows},
+``excluded_duplicates``, ``n_boot``, ``ci_level``, ``seed``,
+``attacks``: {"loss" | "calibrated": {``auc``, ``balanced_accuracy``, ``advantage``,
+``tpr_at_1pct_fpr``, ``tpr_at_0_1pct_fpr`` (each ``{"value", "ci_lower", "ci_upper"}``),
+``roc_curve`` [[fpr, tpr], ...] (≤ 200 points), ``fpr_resolution``, ``mean_score``
+{members, non_members}, ``empirical_epsilon`` {``point_estimate``, ``point_estimate_at``
+{fpr, tpr}, ``lower_bound``, ``confidence``, ``delta``, ``method``}}},
+``strongest``: {metric: {``attack``, ``value``, ``ci_lower``, ``ci_upper``}}}.
+``epsilon_comparison``: {``accountant_epsilon`` (null if none or unbounded),
+``empirical_lower_bound``, ``empirical_point_estimate`` (largest over attacks)}.
+``canary``: null, or {``canaries`` [{``sha256``, ``rank``, ``exposure``}], ``count``, ``repeats``,
+``candidates``, ``steps``, ``dp``, ``noise_multiplier``, ``max_grad_norm``, ``mean_exposure``,
+``max_exposure``, ``max_possible_exposure``, ``chance_exposure``, ``format``}.
+
+Evidence (under ``audits/privacy/``): ``roc_<attack>.csv`` (every ROC point) and, with
+canaries, ``canaries.csv`` (hashes, ranks, exposures).
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from audits._canary import canary_report
+from audits._guarantee import PrivacyGuarantee, read_guarantee
+from audits._intervals import finite_or_none
+from audits._membership import attack_report, default_delta, full_roc
+from audits._scoring import load_model_for, score_split
+from audits.context import AuditContext
+from audits.registry import register
+from audits.result import AuditResult, Check
+from secure_ft.config import atomic_write_text
+from secure_ft.errors import AuditError, ModelError
+from secure_ft.models import load_base_model, predict
+
+NAME = "privacy"
+MIN_ATTACK_ROWS = 10
+
+# policy field -> (attack metric, check name)
+_ATTACK_THRESHOLDS = (
+    ("max_membership_auc", "auc", "membership_auc"),
+    ("max_tpr_at_1pct_fpr", "tpr_at_1pct_fpr", "tpr_at_1pct_fpr"),
+    ("max_tpr_at_0_1pct_fpr", "tpr_at_0_1pct_fpr", "tpr_at_0_1pct_fpr"),
+    ("max_membership_advantage", "advantage", "membership_advantage"),
+)
+
+
+def guarantee_metrics(guarantee: PrivacyGuarantee | None) -> dict:
+    if guarantee is None:
+        return {"dp": False, "source": None, "epsilon": None, "delta": None, "epsilon_unbounded": True, "scopes": []}
+    main = next((s for s in guarantee.scopes if s.scope in ("run", "central")), None)
+    return {
+        "dp": True,
+        "source": guarantee.path.name,
+        "epsilon": finite_or_none(main.epsilon) if main else None,
+        "delta": main.delta if main else None,
+        "epsilon_unbounded": bool(main is not None and math.isinf(main.epsilon)),
+        "scopes": [{"scope": s.scope, "epsilon": finite_or_none(s.epsilon), "delta": s.delta} for s in guarantee.scopes],
+        **guarantee.details,
+    }
+
+
+def guarantee_checks(guarantee: PrivacyGuarantee | None, policy) -> tuple[list[Check], list[str]]:
+    checks, notes = [], []
+    if guarantee is None:
+        reason = "no privacy.json in the run directory: the model was trained without differential privacy"
+        if policy.require_dp:
+            checks.append(Check.evaluate("dp_guarantee", 0, "==", 1, note=reason))
+        else:
+            notes.append(f"{reason}; the policy does not require DP, so ε and δ are not checked")
+        return checks, notes
+    if policy.require_dp:
+        checks.append(Check.evaluate("dp_guarantee", 1, "==", 1, note=f"{guarantee.path.name} present"))
+    for scope in guarantee.scopes:
+        prefix = "" if scope.scope == "run" else f"{scope.scope}."
+        if policy.max_epsilon is not None:
+            unbounded = math.isinf(scope.epsilon)
+            checks.append(Check.evaluate(f"{prefix}epsilon", None if unbounded else scope.epsilon, "<=", policy.max_epsilon,
+                                         note="unbounded: the accountant gave no finite ε" if unbounded else ""))
+        if policy.max_delta is not None:
+            checks.append(Check.evaluate(f"{prefix}delta", scope.delta, "<=", policy.max_delta))
+    return checks, notes
+
+
+def attack_rows(context: AuditContext) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Equal-size seeded samples of members and non-members, and where they came from."""
+    splits, seed = context.splits, context.config.seed
+    train = splits.train
+    pool = pd.concat([splits.test.sample(frac=1, random_state=seed).assign(_split="test"),
+                      splits.validation.sample(frac=1, random_state=seed).assign(_split="validation")])
+    duplicates = pool["text"].isin(set(train["text"]))
+    pool = pool[~duplicates]
+    size = min(context.config.audits.privacy.membership_examples, len(train), len(pool))
+    if size < MIN_ATTACK_ROWS:
+        raise AuditError(
+            f"membership inference needs at least {MIN_ATTACK_ROWS} members and non-members; the splits give "
+            f"{len(train)} training rows and {len(pool)} held-out rows not seen in training"
+        )
+    members = train.sample(n=size, random_state=seed)
+    nonmembers = pool.head(size)
+    info = {"excluded_duplicates": int(duplicates.sum()),
+            "non_member_sources": {str(k): int(v) for k, v in nonmembers["_split"].value_counts().items()}}
+    return members, nonmembers.drop(columns="_split"), info
+
+
+def base_model_losses(context: AuditContext, frames: list[pd.DataFrame]) -> list[np.ndarray]:
+    """Per-row losses under the pretrained base model, its head seeded by the run's seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(context.config.seed)
+        model, tokenizer = load_base_model(context.config.model, list(context.splits.label_names))
+    model.to(context.device).eval()
+    losses = []
+    for frame in frames:
+        outputs = predict(model, tokenizer, frame["text"].tolist(), labels=frame["label"].astype(int).tolist(),
+                          max_length=context.config.model.max_length,
+                          batch_size=context.config.training.eval_batch_size, device=context.device)
+        losses.append(outputs.losses.numpy().astype(float))
+    return losses
+
+
+def strongest(attacks: dict[str, dict]) -> dict:
+    """Per metric, the attack with the highest point estimate (the one the policy judges)."""
+    result = {}
+    for metric in ("auc", "balanced_accuracy", "advantage", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr"):
+        name = max(attacks, key=lambda attack: attacks[attack][metric]["value"])
+        result[metric] = {"attack": name, **attacks[name][metric]}
+    return result
+
+
+def _write_csv(context: AuditContext, filename: str, table: pd.DataFrame) -> str:
+    path = context.evidence_dir(NAME) / filename
+    buffer = io.StringIO()
+    table.to_csv(buffer, index=False)
+    atomic_write_text(path, buffer.getvalue())
+    return str(path.relative_to(context.run_dir))
+
+
+@register(NAME)
+def privacy_audit(context: AuditContext) -> AuditResult:
+    """Check the DP guarantee and measure membership inference (and canaries); see the module docstring."""
+    settings = context.config.audits.privacy
+    policy = context.policy.privacy
+    if policy.use_ci_bound and settings.n_boot == 0:
+        raise AuditError("policy privacy.use_ci_bound needs confidence intervals; set audits.privacy.n_boot > 0")
+    guarantee = read_guarantee(context.run_dir)
+    checks, notes = guarantee_checks(guarantee, policy)
+
+    members, nonmembers, sources = attack_rows(context)
+    model, tokenizer = load_model_for(context)
+    member_losses = score_split(model, tokenizer, members, context).losses
+    nonmember_losses = score_split(model, tokenizer, nonmembers, context).losses
+    del model
+    gc.collect()
+    delta = guarantee.delta if guarantee is not None and guarantee.delta is not None else default_delta(len(context.splits.train))
+    rng = np.random.default_rng(context.config.seed)
+    options = {"n_boot": settings.n_boot, "ci_level": settings.ci_level, "rng": rng, "delta": delta}
+    scores = {"loss": (-member_losses, -nonmember_losses)}
+    if settings.calibrated_attack:
+        try:
+            base_members, base_nonmembers = base_model_losses(context, [members, nonmembers])
+            scores["calibrated"] = (base_members - member_losses, base_nonmembers - nonmember_losses)
+        except ModelError as error:
+            notes.append(f"calibrated attack skipped: the base model could not be loaded ({error})")
+    attacks = {name: attack_report(m, n, **options) for name, (m, n) in scores.items()}
+    evidence = []
+    for name, (m, n) in scores.items():
+        fpr, tpr = full_roc(m, n)
+        evidence.append(_write_csv(context, f"roc_{name}.csv", pd.DataFrame({"fpr": fpr, "tpr": tpr})))
+
+    top = strongest(attacks)
+    bound = "ci_upper" if policy.use_ci_bound else "value"
+    for field, metric, check_name in _ATTACK_THRESHOLDS:
+        threshold = getattr(policy, field)
+        if threshold is None:
+            continue
+        worst = max(attacks, key=lambda attack: attacks[attack][metric][bound] if attacks[attack][metric][bound] is not None else math.inf)
+        value = attacks[worst][metric][bound]
+        note = f"strongest attack: {worst}; " + (f"upper {settings.ci_level:.0%} CI bound" if policy.use_ci_bound else "point estimate")
+        checks.append(Check.evaluate(check_name, value, "<=", threshold, note=note))
+    if len(nonmembers) < 1000:
+        notes.append(f"TPR at 0.1% FPR is measured at FPR 0 (resolution 1/{len(nonmembers)} non-members)")
+
+    canary = None
+    if settings.canaries:
+        details = guarantee.details if guarantee is not None else {}
+        canary = canary_report(context, details.get("noise_multiplier"), details.get("max_grad_norm"))
+        evidence.append(_write_csv(context, "canaries.csv", pd.DataFrame(canary["canaries"])))
+    if policy.max_canary_exposure is not None:
+        checks.append(Check.evaluate("canary_max_exposure", canary["max_exposure"] if canary else None, "<=",
+                                     policy.max_canary_exposure,
+                                     note="" if canary else "canary test is off; set audits.privacy.canaries > 0"))
+
+    accountant = guarantee_metrics(guarantee)
+    metrics = {
+        "guarantee": accountant,
+        "membership": {
+            "n_members": int(len(members)),
+            "n_non_members": int(len(nonmembers)),
+            **sources,
+            "n_boot": settings.n_boot,
+            "ci_level": settings.ci_level,
+            "seed": context.config.seed,
+            "attacks": attacks,
+            "strongest": top,
+        },
+        "epsilon_comparison": {
+            "accountant_epsilon": accountant["epsilon"],
+            "empirical_lower_bound": max(a["empirical_epsilon"]["lower_bound"] for a in attacks.values()),
+            "empirical_point_estimate": max(a["empirical_epsilon"]["point_estimate"] or 0.0 for a in attacks.values()),
+        },
+        "canary": canary,
+    }
+    return AuditResult.from_checks(NAME, metrics, checks, evidence=evidence, notes=notes)
