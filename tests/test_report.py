@@ -131,3 +131,19 @@ def test_federated_guarantee_renders_sites_and_central(tmp_path):
     assert "Central (server-side) DP" in text
     report = json.loads(json_path.read_text())
     assert report["run"]["mode"] == "federated, sample-level DP on each site and central DP"
+
+
+def test_unexpected_metric_shapes_never_break_the_report(tmp_path):
+    run = make_run(tmp_path, report=False)
+    odd = [
+        AuditResult.from_checks("performance", {"accuracy": "n/a", "per_class": "oops", "confusion_matrix": {"labels": ["a"]}}, []),
+        AuditResult.from_checks("fairness", {"overall": [], "columns": {"x": "bad", "y": {"groups": [1, None, {"group": "g"}]}}}, []),
+        AuditResult.from_checks("robustness", {"recipes": [{"recipe": "pwws", "accuracy_under_attack": {"value": 0.2}}, "junk"]}, []),
+        AuditResult.from_checks("privacy", {"guarantee": {"scopes": [None]}, "membership": {"attacks": {"loss": {"roc_curve": [[0, 0], [1]]}}}}, []),
+    ]
+    (run.run_dir / "metrics.json").write_text('{"epochs": [{"epoch": "one"}, 3]}')
+    (run.run_dir / "privacy.json").write_text('{"epsilon": null, "epsilon_history": [[1], [2, "x"]], "sites": [1, 2]}')
+    _, html_path = write_report(run.run_dir, odd, run.verdict, run.config)
+    page = _parse(html_path)
+    assert page.ids[: len(SECTIONS)] == [key for key, _ in SECTIONS]
+    assert "pwws" in page.full_text

@@ -389,11 +389,16 @@ def _robustness(report: dict[str, Any]) -> str:
             name = str(check.get("name", ""))
             if "accuracy_under_attack" in name:
                 limits[name.split(".")[0]] = check.get("threshold")
-        bars = [(name, _point(r.get("original_accuracy", r.get("clean_accuracy"))),
-                 _point(r.get("accuracy_under_attack")), limits.get(name)) for name, r in rows.items()]
+        bars = [(name, _point(_first(r, "original_accuracy", "clean_accuracy", "accuracy")),
+                 _point(_first(r, "accuracy_under_attack", "attacked_accuracy", "adversarial_accuracy")),
+                 limits.get(name)) for name, r in rows.items()]
         parts.append(_image(plots.robustness_bars(bars), "clean accuracy and accuracy under attack per recipe"))
     parts.append(_all_metrics({"metrics": {k: v for k, v in metrics.items() if k != "recipes"}, "evidence": result.get("evidence")}))
     return "".join(parts)
+
+
+def _first(row: dict[str, Any], *keys: str) -> Any:
+    return next((row[key] for key in keys if row.get(key) is not None), None)
 
 
 def _point(value: Any) -> float | None:
