@@ -100,7 +100,8 @@ def run_pipeline(config: RunConfig, output_dir: str | Path, *, resume_dir: Path 
     if verdict.passed:
         target = output_dir / f"{run_dir.name}-bundle"
         try:
-            bundle = export_bundle(run_dir, target)
+            key = config.resolve_path(config.export.signing_key) if config.export.signing_key else None
+            bundle = export_bundle(run_dir, target, signing_key=key)
             verify_bundle(bundle)
         except SecureFTError as error:
             bundle, export_error = None, str(error)
