@@ -152,8 +152,8 @@ def make_compatible(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple
                                f"ModuleValidator.fix: {'; '.join(str(e) for e in remaining[:3])}")
         log.warning("DP: Opacus replaced modules DP-SGD cannot train (%s); the saved model holds the replacements",
                     "; ".join(str(e).split(".")[0] for e in problems[:3]))
+        _move_optimizer(optimizer, model, fixed)
         model = fixed
-        optimizer = type(optimizer)([p for p in model.parameters() if p.requires_grad], **optimizer.defaults)
     unsupported = GradSampleModule.validate(model, strict=False)
     if unsupported:
         raise PrivacyError(
@@ -162,6 +162,17 @@ def make_compatible(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple
             + ". Freeze those layers (e.g. model.transfer: lora) or replace them with buffer-free equivalents"
         )
     return model, optimizer
+
+
+def _move_optimizer(optimizer: torch.optim.Optimizer, old: nn.Module, new: nn.Module) -> None:
+    """Point a not-yet-used optimizer at `new`'s parameters (matched by name), keeping its settings."""
+    names = {id(p): name for name, p in old.named_parameters()}
+    replacements = dict(new.named_parameters())
+    for group in optimizer.param_groups:
+        group["params"] = [replacements[names[id(p)]] for p in group["params"] if names.get(id(p)) in replacements]
+    covered = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    optimizer.param_groups[0]["params"].extend(p for p in new.parameters() if p.requires_grad and id(p) not in covered)
+    optimizer.state.clear()
 
 
 class PrivateEngine(TrainingEngine):
