@@ -24,6 +24,13 @@ groups; ``warn`` adds a note. A column without two sufficient groups cannot be c
 (``status: "insufficient_data"``). If no column can be compared at all, the audit fails:
 fairness that could not be measured is never reported as passed.
 
+**Intervals.** Percentile intervals over seeded resamples of the whole test split (rows drawn
+with replacement, as Fairlearn's own bootstrap does), one resample shared by all columns so
+that measures combining metrics stay consistent. Max/min measures over many small groups are
+inflated under resampling: their intervals can sit above the point estimate, which makes the
+upper bound conservative for the gate; the audit adds a note whenever an estimate falls
+outside its own interval.
+
 **Checks.** One per column and policy threshold, on the point estimate or, with
 ``fairness.use_ci_bound``, on the pessimistic end of the interval (upper bound of a
 difference or gap, lower bound of a ratio or accuracy).
@@ -139,7 +146,7 @@ def _checks_for(column: str, report: dict, policy, level: float) -> tuple[list[C
     checks, notes = [], []
     if report["insufficient_groups"]:
         message = (f"{column}: {len(report['insufficient_groups'])} group(s) below the minimum size, left out of "
-                   f"the summary measures: {', '.join(report['insufficient_groups'][:10])}"
+                   f"the summary measures: {', '.join(map(repr, report['insufficient_groups'][:10]))}"
                    + (" ..." if len(report["insufficient_groups"]) > 10 else ""))
         if policy.insufficient_data == "fail":
             checks.append(Check.evaluate(f"{column}.groups_below_min_size", len(report["insufficient_groups"]), "<=", 0,
@@ -164,6 +171,21 @@ def _checks_for(column: str, report: dict, policy, level: float) -> tuple[list[C
             note += "; undefined on this data (e.g. no positives or no selections in the compared groups)"
         checks.append(Check.evaluate(f"{column}.{measure}", actual, comparison, threshold, note=note))
     return checks, notes
+
+
+def _interval_notes(reports: dict[str, dict], level: float) -> list[str]:
+    """Say so when a point estimate lies outside its own bootstrap interval (max/min measures over small groups)."""
+    notes = []
+    for column, report in reports.items():
+        for measure, value in report["summary"].items():
+            low, high, point = value["ci_lower"], value["ci_upper"], value["value"]
+            if None not in (low, high, point) and not low - 1e-12 <= point <= high + 1e-12:
+                notes.append(
+                    f"{column}.{measure}: the point estimate {point:.3g} lies outside its {level:.0%} bootstrap interval "
+                    f"[{low:.3g}, {high:.3g}]; max/min over many small groups shifts under resampling, so read the "
+                    "interval as a pessimistic bound rather than as centred on the estimate"
+                )
+    return notes
 
 
 def _write_evidence(context: AuditContext, columns: dict[str, dict], multi_class: bool) -> list[str]:
@@ -246,6 +268,7 @@ def fairness_audit(context: AuditContext) -> AuditResult:
     if positive_class is not None and not (y_true == positive_class).any():
         notes.append(f"positive class {label_names[positive_class]!r} does not occur in the test split: "
                      "TPR, FNR and the measures built on them are undefined")
+    notes += _interval_notes(reports, settings.ci_level)
     for name, report in reports.items():
         if report["derived"]:
             notes.append(f"{name} is a derived (proxy) attribute, not ground truth; read its gaps with that in mind")

@@ -1,0 +1,244 @@
+"""Fairness audit numbers against hand computations on synthetic predictions (not against Fairlearn).
+
+The trained model is replaced by fixed predictions, so every group rate and summary measure
+below can be checked by counting on paper; the computations are written out next to each
+expected value.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import audits.fairness as fairness
+from audits._intervals import bootstrap_counts
+from audits._scoring import SplitScores
+from audits.context import AuditContext
+from secure_ft.config import RunConfig
+from secure_ft.data import DatasetSplits
+from secure_ft.policy import Policy
+
+# binary task; groups A (6 rows), B (4 rows), C (2 rows, below min_group_size 3)
+BINARY = pd.DataFrame({
+    "group": list("AAAAAABBBBCC"),
+    "label": [1, 1, 1, 0, 0, 0, 1, 1, 0, 0, 1, 0],
+    "pred":  [1, 1, 0, 1, 0, 0, 1, 0, 0, 0, 0, 1],
+})
+# three classes; groups X and Y (4 rows each)
+MULTI = pd.DataFrame({
+    "group": list("XXXXYYYY"),
+    "label": [0, 1, 2, 0, 0, 1, 2, 2],
+    "pred":  [0, 1, 1, 2, 0, 2, 2, 2],
+})
+
+
+def make_context(tmp_path, table: pd.DataFrame, label_names, *, policy=None, derived=(), **fairness_settings):
+    test = pd.DataFrame({
+        "row": range(len(table)),
+        "text": [f"complaint number {i}" for i in range(len(table))],
+        "label": table["label"],
+        "label_name": [label_names[i] for i in table["label"]],
+        **{column: table[column] for column in table.columns if column not in ("label", "pred")},
+    })
+    group_columns = [c for c in table.columns if c not in ("label", "pred")]
+    splits = DatasetSplits(train=test.copy(), validation=test.copy(), test=test, label_names=list(label_names),
+                           group_columns=group_columns, derived_group_columns=list(derived), fingerprint="synthetic",
+                           source="synthetic")
+    settings = {"min_group_size": 3, "n_boot": 100, **fairness_settings}
+    config = RunConfig.model_validate({"audits": {"fairness": settings}})
+    policy = policy or Policy.model_validate({"fairness": {"use_ci_bound": False}})
+    return AuditContext(run_dir=tmp_path, model_dir=tmp_path / "model", splits=splits, config=config, policy=policy)
+
+
+@pytest.fixture
+def fixed_predictions(monkeypatch):
+    """Make the audit 'score' the split with given predictions; counts how often it scores."""
+    calls = []
+
+    def install(predictions):
+        def score(model, tokenizer, frame, context):
+            calls.append(len(frame))
+            n_classes = len(context.splits.label_names)
+            probabilities = np.eye(n_classes)[np.asarray(predictions)] * 0.9 + 0.1 / n_classes
+            return SplitScores(probabilities, np.zeros(len(frame)), frame["label"].to_numpy(dtype=int))
+
+        monkeypatch.setattr(fairness, "load_model_for", lambda context: (None, None))
+        monkeypatch.setattr(fairness, "score_split", score)
+        return calls
+
+    return install
+
+
+def rows(report):
+    return {group["group"]: group for group in report["groups"]}
+
+
+def values(group, names=("accuracy", "selection_rate", "tpr", "fpr", "fnr")):
+    return {name: group[name]["value"] for name in names}
+
+
+def test_binary_groups_and_summaries_match_hand_computation(tmp_path, fixed_predictions):
+    calls = fixed_predictions(BINARY["pred"])
+    result = fairness.fairness_audit(make_context(tmp_path, BINARY, ["0", "1"]))
+    assert calls == [12]  # the test split is scored once
+    metrics = result.metrics
+    assert metrics["mode"] == "one_vs_rest" and metrics["positive_class"] == "1"
+    report = metrics["columns"]["group"]
+    groups = rows(report)
+    # A: TP 2 FN 1 FP 1 TN 2 -> accuracy 4/6, selected 3/6, TPR 2/3, FPR 1/3, FNR 1/3
+    assert values(groups["A"]) == pytest.approx({"accuracy": 4 / 6, "selection_rate": 3 / 6, "tpr": 2 / 3,
+                                                 "fpr": 1 / 3, "fnr": 1 / 3})
+    # B: TP 1 FN 1 FP 0 TN 2 -> 3/4, 1/4, 1/2, 0, 1/2
+    assert values(groups["B"]) == pytest.approx({"accuracy": 3 / 4, "selection_rate": 1 / 4, "tpr": 1 / 2,
+                                                 "fpr": 0.0, "fnr": 1 / 2})
+    # C: TP 0 FN 1 FP 1 TN 0 -> 0, 1/2, 0, 1, 1 (reported, but too small to compare)
+    assert values(groups["C"]) == pytest.approx({"accuracy": 0.0, "selection_rate": 0.5, "tpr": 0.0,
+                                                 "fpr": 1.0, "fnr": 1.0})
+    assert [(g["count"], g["insufficient_data"], g["positives"], g["negatives"]) for g in report["groups"]] == [
+        (6, False, 3, 3), (4, False, 2, 2), (2, True, 1, 1)]
+    assert report["insufficient_groups"] == ["C"] and report["status"] == "ok"
+
+    summary = {name: value["value"] for name, value in report["summary"].items()}
+    assert summary == pytest.approx({
+        "demographic_parity_difference": 1 / 2 - 1 / 4,  # C excluded
+        "demographic_parity_ratio": (1 / 4) / (1 / 2),
+        "equal_opportunity_difference": 2 / 3 - 1 / 2,
+        "equalized_odds_difference": max(2 / 3 - 1 / 2, 1 / 3 - 0),
+        "equalized_odds_ratio": min((1 / 2) / (2 / 3), 0 / (1 / 3)),
+        "worst_group_accuracy": 4 / 6,
+        "worst_group_accuracy_gap": 7 / 12 - 4 / 6,  # overall: 4 + 3 + 0 correct of 12
+    })
+    assert report["worst_group"] == "A"
+    overall = {name: value["value"] for name, value in metrics["overall"].items()}
+    # overall: TP 3 FN 3 FP 2 TN 4
+    assert overall == pytest.approx({"accuracy": 7 / 12, "selection_rate": 5 / 12, "tpr": 3 / 6, "fpr": 2 / 6,
+                                     "fnr": 3 / 6})
+    json.dumps(result.to_dict())
+
+
+def test_macro_multiclass_matches_hand_computation(tmp_path, fixed_predictions):
+    fixed_predictions(MULTI["pred"])
+    result = fairness.fairness_audit(make_context(tmp_path, MULTI, ["0", "1", "2"]))
+    report = result.metrics["columns"]["group"]
+    assert result.metrics["mode"] == "macro" and result.metrics["positive_class"] is None
+    x, y = rows(report)["X"], rows(report)["Y"]
+    # X per class (TPR, FPR, selection): c0 (1/2, 0, 1/4), c1 (1, 1/3, 2/4), c2 (0, 1/3, 1/4)
+    # Y per class:                       c0 (1, 0, 1/4),   c1 (0, 0, 0),     c2 (1, 1/2, 3/4)
+    assert values(x, ("accuracy", "tpr", "fpr", "fnr")) == pytest.approx(
+        {"accuracy": 2 / 4, "tpr": (1 / 2 + 1 + 0) / 3, "fpr": (0 + 1 / 3 + 1 / 3) / 3, "fnr": (1 / 2 + 0 + 1) / 3})
+    assert values(y, ("accuracy", "tpr", "fpr", "fnr")) == pytest.approx(
+        {"accuracy": 3 / 4, "tpr": (1 + 0 + 1) / 3, "fpr": (0 + 0 + 1 / 2) / 3, "fnr": (0 + 1 + 0) / 3})
+    assert x["selection_rate"]["value"] is None  # macro: 1/K in every group, not reported
+    assert {label: r["value"] for label, r in x["class_recall"].items()} == pytest.approx({"0": 0.5, "1": 1.0, "2": 0.0})
+    assert y["class_selection_rate"] == pytest.approx({"0": 0.25, "1": 0.0, "2": 0.75})
+    summary = {name: value["value"] for name, value in report["summary"].items()}
+    assert summary == pytest.approx({
+        "demographic_parity_difference": (0 + 1 / 2 + 1 / 2) / 3,
+        "demographic_parity_ratio": (1 + 0 + 1 / 3) / 3,
+        "equal_opportunity_difference": (1 / 2 + 1 + 1) / 3,
+        "equalized_odds_difference": (max(1 / 2, 0) + max(1, 1 / 3) + max(1, 1 / 2 - 1 / 3)) / 3,
+        # class 0: FPR is 0 in both groups, its ratio 0/0 is undefined: averaged over classes 1 and 2
+        "equalized_odds_ratio": (min(0 / 1, 0 / (1 / 3)) + min(0 / 1, (1 / 3) / (1 / 2))) / 2,
+        "worst_group_accuracy": 2 / 4,
+        "worst_group_accuracy_gap": 5 / 8 - 2 / 4,
+    })
+
+
+def test_positive_class_gives_one_vs_rest_rates(tmp_path, fixed_predictions):
+    fixed_predictions(MULTI["pred"])
+    result = fairness.fairness_audit(make_context(tmp_path, MULTI, ["0", "1", "2"], positive_class="1"))
+    report = result.metrics["columns"]["group"]
+    assert result.metrics["mode"] == "one_vs_rest" and result.metrics["positive_class"] == "1"
+    assert values(rows(report)["X"]) == pytest.approx(
+        {"accuracy": 2 / 4, "selection_rate": 2 / 4, "tpr": 1.0, "fpr": 1 / 3, "fnr": 0.0})
+    assert values(rows(report)["Y"]) == pytest.approx(
+        {"accuracy": 3 / 4, "selection_rate": 0.0, "tpr": 0.0, "fpr": 0.0, "fnr": 1.0})
+    summary = {name: value["value"] for name, value in report["summary"].items()}
+    assert summary["demographic_parity_difference"] == pytest.approx(1 / 2)
+    assert summary["demographic_parity_ratio"] == pytest.approx(0.0)
+    assert summary["equalized_odds_difference"] == pytest.approx(1.0)
+    assert summary["equal_opportunity_difference"] == pytest.approx(1.0)
+
+
+def test_bootstrap_intervals_match_a_naive_reference(tmp_path, fixed_predictions):
+    fixed_predictions(BINARY["pred"])
+    context = make_context(tmp_path, BINARY, ["0", "1"], n_boot=300, ci_level=0.9)
+    report = fairness.fairness_audit(context).metrics["columns"]["group"]
+    # reference: the same seeded resamples, each metric counted row by row
+    counts = bootstrap_counts(12, 300, np.random.default_rng(context.config.seed))
+    y, p, g = BINARY["label"].to_numpy(), BINARY["pred"].to_numpy(), BINARY["group"].to_numpy()
+    dp, tpr_a = [], []
+    for weights in counts:
+        selected = {name: sum(w * (pi == 1) for w, pi, gi in zip(weights, p, g) if gi == name) /
+                    max(sum(w for w, gi in zip(weights, g) if gi == name), 1e-300) for name in "AB"}
+        present = [name for name in "AB" if sum(w for w, gi in zip(weights, g) if gi == name) > 0]
+        dp.append(max(selected[n] for n in present) - min(selected[n] for n in present) if len(present) == 2 else np.nan)
+        positives = sum(w for w, yi, gi in zip(weights, y, g) if gi == "A" and yi == 1)
+        hits = sum(w for w, yi, pi, gi in zip(weights, y, p, g) if gi == "A" and yi == 1 and pi == 1)
+        tpr_a.append(hits / positives if positives else np.nan)
+    for measured, reference in ((report["summary"]["demographic_parity_difference"], dp),
+                                (rows(report)["A"]["tpr"], tpr_a)):
+        reference = np.array(reference)
+        expected = np.quantile(reference[~np.isnan(reference)], [0.05, 0.95])
+        assert [measured["ci_lower"], measured["ci_upper"]] == pytest.approx(expected.tolist())
+
+
+def test_checks_use_point_estimate_or_pessimistic_bound(tmp_path, fixed_predictions):
+    fixed_predictions(BINARY["pred"])
+    thresholds = {"max_demographic_parity_difference": 0.3, "max_equalized_odds_difference": 0.3,
+                  "min_demographic_parity_ratio": 0.4, "max_worst_group_accuracy_gap": 0.2}
+    point = fairness.fairness_audit(make_context(tmp_path, BINARY, ["0", "1"], policy=Policy.model_validate(
+        {"fairness": {**thresholds, "use_ci_bound": False}})))
+    checks = {check.name: check for check in point.checks}
+    assert checks["group.demographic_parity_difference"].actual == pytest.approx(0.25)
+    assert checks["group.demographic_parity_difference"].passed
+    assert not checks["group.equalized_odds_difference"].passed  # 1/3 > 0.3
+    assert checks["group.demographic_parity_ratio"].passed  # 0.5 >= 0.4
+    assert not point.passed
+
+    bound = fairness.fairness_audit(make_context(tmp_path, BINARY, ["0", "1"], policy=Policy.model_validate(
+        {"fairness": {**thresholds, "use_ci_bound": True}})))
+    summary = bound.metrics["columns"]["group"]["summary"]
+    checks = {check.name: check for check in bound.checks}
+    assert checks["group.demographic_parity_difference"].actual == summary["demographic_parity_difference"]["ci_upper"]
+    assert checks["group.demographic_parity_ratio"].actual == summary["demographic_parity_ratio"]["ci_lower"]
+    assert "upper 95% CI bound" in checks["group.demographic_parity_difference"].note
+
+
+def test_small_groups_warn_or_fail_as_the_policy_says(tmp_path, fixed_predictions):
+    fixed_predictions(BINARY["pred"])
+    warn = fairness.fairness_audit(make_context(tmp_path, BINARY, ["0", "1"]))
+    assert warn.passed and any("below the minimum size" in note and "C" in note for note in warn.notes)
+    fail = fairness.fairness_audit(make_context(tmp_path, BINARY, ["0", "1"], policy=Policy.model_validate(
+        {"fairness": {"use_ci_bound": False, "insufficient_data": "fail"}})))
+    assert not fail.passed
+    assert [c.name for c in fail.checks if not c.passed] == ["group.groups_below_min_size"]
+
+
+def test_intersection_and_derived_columns_are_labelled(tmp_path, fixed_predictions):
+    table = BINARY.assign(sex_derived=list("FMFMFMFMFMFM"))
+    fixed_predictions(table["pred"])
+    result = fairness.fairness_audit(make_context(tmp_path, table, ["0", "1"], derived=["sex_derived"],
+                                                  intersections=True))
+    columns = result.metrics["columns"]
+    assert list(columns) == ["group", "sex_derived", "group & sex_derived"]
+    assert columns["sex_derived"]["derived"] and not columns["group"]["derived"]
+    assert columns["group & sex_derived"]["intersection"] and columns["group & sex_derived"]["derived"]
+    assert {g["group"] for g in columns["group & sex_derived"]["groups"]} == {"A | F", "A | M", "B | F", "B | M",
+                                                                               "C | F", "C | M"}
+    assert rows(columns["group & sex_derived"])["A | F"]["count"] == 3
+    assert any("derived (proxy)" in note for note in result.notes)
+
+
+def test_evidence_tables_are_written_and_listed(tmp_path, fixed_predictions):
+    fixed_predictions(MULTI["pred"])
+    result = fairness.fairness_audit(make_context(tmp_path, MULTI, ["0", "1", "2"]))
+    assert sorted(result.evidence) == ["audits/fairness/class_recall.csv", "audits/fairness/groups.csv",
+                                       "audits/fairness/summary.csv"]
+    groups = pd.read_csv(tmp_path / "audits/fairness/groups.csv")
+    assert list(groups["group"]) == ["X", "Y"] and "tpr_ci_upper" in groups.columns
+    assert len(pd.read_csv(tmp_path / "audits/fairness/class_recall.csv")) == 6
+    assert set(pd.read_csv(tmp_path / "audits/fairness/summary.csv")["measure"]) >= {"equalized_odds_difference"}
