@@ -193,14 +193,48 @@ class FederatedConfig(_Section):
     on_oversized_update: Literal["clip", "drop"] = Field("drop")
 
 
+class EmbeddingSwapConfig(_Section):
+    """The `embedding-swap` recipe: TextFooler-style word swaps from local resources only."""
+
+    embedding: str = Field(
+        "trained", description="word vectors: `trained` (the audited model's input embeddings), `default`, or a model folder"
+    )
+    max_candidates: int = Field(20, ge=1, description="nearest neighbours tried per word")
+    min_word_similarity: float = Field(0.40, ge=-1, le=1, description="cosine similarity a swapped word keeps")
+    sentence_encoder: str = Field(
+        "default", description="sentence-transformers folder for the meaning constraint; `default` = packaged MiniLM"
+    )
+    min_sentence_similarity: float = Field(
+        0.90, ge=-1, le=1, description="cosine similarity of the window around each swap, against the original"
+    )
+    window_size: int = Field(15, ge=1, description="words in the sentence-similarity window")
+    filter_antonyms: bool = Field(True, description="reject WordNet antonyms (direct and indirect)")
+    match_part_of_speech: bool = Field(True, description="a swap must share a WordNet part of speech with the word")
+
+
 class RobustnessAuditConfig(_Section):
+    """Adversarial robustness audit (TextAttack, offline); see `audits/robustness.py`."""
+
     recipes: list[str] = Field(
         default_factory=lambda: ["deepwordbug", "pwws", "embedding-swap"],
         description="attack recipes; stock TextAttack names also work where their resources are available",
+        min_length=1,
     )
     num_examples: int = Field(30, ge=1, description="seeded sample of the test split to attack")
-    query_budget: int = Field(200, ge=1)
-    workers: int = Field(2, ge=1, description="parallel processes")
+    query_budget: int = Field(200, ge=1, description="model queries allowed per attacked example")
+    workers: int = Field(2, ge=1, description="parallel processes (each with its own copy of the model)")
+    batch_size: int = Field(64, ge=1, description="texts per forward pass of the model")
+    visible_text_only: bool = Field(
+        True, description="attack the part of each text the model reads (its first model.max_length tokens)"
+    )
+    resume: bool = Field(True, description="continue an interrupted audit of the same model and settings")
+    allow_downloads: bool = Field(
+        False, description="let stock recipes download their resources (needs a network); off = fail fast"
+    )
+    resources_dir: str | None = Field(
+        None, description="offline NLTK/TextAttack resources; null = $SECURE_FT_RESOURCES or ~/.cache/secure-ft"
+    )
+    embedding_swap: EmbeddingSwapConfig = Field(default_factory=EmbeddingSwapConfig)
 
 
 class FairnessAuditConfig(_Section):

@@ -1,0 +1,258 @@
+"""Adversarial robustness audit: TextAttack recipes against the trained model, fully offline.
+
+An attack recipe perturbs a correctly classified text, within the recipe's constraints, until
+the model changes its answer or the query budget runs out. Per recipe the audit reports
+
+* ``original_accuracy``: share of the sampled test texts the model gets right unperturbed;
+* ``accuracy_under_attack``: share it still gets right after the attack (the robust accuracy);
+* ``attack_success_rate``: successful attacks over attempted ones (texts already misclassified
+  are *skipped*, not attacked);
+* ``avg_perturbed_word_pct`` (successful attacks), ``avg_queries`` (attempted attacks),
+  ``budget_exhausted`` (attacks stopped by the query budget: with many, accuracy under attack
+  is an upper bound), wall time and examples per minute;
+* the recipe's goal, transformation, search and constraints, so an auditor knows what
+  "robust" meant.
+
+The default recipes cover three families: character edits (``deepwordbug``), WordNet synonym
+swaps (``pwws``) and embedding-neighbour word swaps (``embedding-swap``, TextFooler-style,
+built from local resources: :mod:`audits._embedding_swap`). TextAttack's other recipes are
+selectable by name where their resources exist. Nothing is downloaded: the NLTK corpora come
+from :mod:`audits.offline_resources` and every download path is shut
+(:mod:`audits._textattack_offline`). A recipe that cannot run fails the audit with its reason.
+
+The adversarial pairs go to ``audits/robustness/adversarial_examples.csv`` in the run
+directory. They are test data and may hold personal data: metrics and notes never contain
+text. An interrupted audit resumes from ``.progress.jsonl`` beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import replace
+from pathlib import Path
+from statistics import mean
+
+import pandas as pd
+
+from audits._attack_progress import ProgressStore, run_key
+from audits._attack_runner import FAILED, SKIPPED, SUCCEEDED, AttackEngine, AttackExample, EngineSpec, run_recipes
+from audits.context import AuditContext
+from audits.registry import register
+from audits.result import AuditResult, Check
+from secure_ft.config import atomic_write_text
+from secure_ft.errors import AuditError, SecureFTError
+from secure_ft.models import model_hash
+
+log = logging.getLogger(__name__)
+
+NAME = "robustness"
+EVIDENCE_FILE = "adversarial_examples.csv"
+EVIDENCE_COLUMNS = [
+    "recipe", "example", "row", "label", "label_name", "original_prediction", "original_prediction_name",
+    "perturbed_prediction", "perturbed_prediction_name", "result", "num_queries", "budget_exhausted", "words_changed", "word_count",
+    "perturbed_word_pct", "seconds", "original_text", "perturbed_text",
+]
+_MIN_TASKS_PER_WORKER = 2  # below this, starting worker processes costs more than it saves
+
+
+@register(NAME)
+def robustness_audit(context: AuditContext) -> AuditResult:
+    """Attack a seeded sample of the test split with each configured recipe; judge per the policy."""
+    settings = context.config.audits.robustness
+    max_length = context.config.model.max_length
+    seed = context.config.seed
+    started = time.perf_counter()
+
+    spec = EngineSpec(model_dir=str(context.model_dir), max_length=max_length, settings=settings.model_dump(),
+                      resources_root=str(_resources_root(settings.resources_dir)), seed=seed, device=context.device)
+    engine = AttackEngine(spec)
+    _check_labels(engine.wrapper.model, context.splits.label_names)
+    examples = sample_examples(context.splits.test, settings.num_examples, seed)
+    if settings.visible_text_only:
+        examples = [replace(e, text=visible_prefix(e.text, engine.wrapper.tokenizer, max_length)) for e in examples]
+
+    descriptions, errors = {}, {}
+    for recipe in dict.fromkeys(settings.recipes):
+        try:
+            from audits._recipes import describe_attack
+
+            descriptions[recipe] = describe_attack(engine.attack_for(recipe))
+        except SecureFTError as error:
+            errors[recipe] = str(error)
+    runnable = [recipe for recipe in descriptions]
+
+    evidence_dir = context.evidence_dir(NAME)
+    store = ProgressStore(evidence_dir, run_key(model_hash(Path(context.model_dir)), examples,
+                                                settings.model_dump(), max_length, seed), settings.resume)
+    tasks = [(recipe, example) for recipe in runnable
+             for example in sorted(examples, key=lambda e: -len(e.text)) if not store.done(recipe, example.index)]
+    workers = min(settings.workers, max(1, len(tasks) // _MIN_TASKS_PER_WORKER))
+    bars = _ProgressBars({recipe: sum(1 for r, _ in tasks if r == recipe) for recipe in runnable})
+    try:
+        outcome = run_recipes(engine, spec, tasks, workers,
+                              on_record=lambda record: (store.add(record), bars.update(record["recipe"])))
+    finally:
+        bars.close()
+    for recipe, run in outcome.recipes.items():
+        if run.error is not None:
+            errors[recipe] = run.error if run.error.startswith(f"recipe {recipe}") else f"recipe {recipe}: {run.error}"
+
+    label_names = context.splits.label_names
+    records = [store.records[(recipe, e.index)] for recipe in runnable if recipe not in errors
+               for e in examples if (recipe, e.index) in store.records]
+    evidence_path = evidence_dir / EVIDENCE_FILE
+    write_evidence(evidence_path, records, label_names)
+
+    metrics = {
+        "num_examples": len(examples),
+        "query_budget": settings.query_budget,
+        "max_length": max_length,
+        "seed": seed,
+        "workers": outcome.workers,
+        "visible_text_only": settings.visible_text_only,
+        "example_rows": [e.row for e in examples],
+        "offline_resources": {"stopwords": engine.resources.stopwords_source,
+                              "wordnet": engine.resources.wordnet_source},
+        "recipes": {},
+    }
+    checks, notes = [], []
+    for recipe in runnable:
+        if recipe in errors:
+            continue
+        recipe_records = [r for r in records if r["recipe"] == recipe]
+        run = outcome.recipes.get(recipe)
+        summary = recipe_metrics(recipe_records)
+        wall = run.wall_time if run else 0.0
+        summary["wall_time_s"] = round(wall, 2)
+        summary["examples_per_minute"] = round(60.0 * run.attacked / wall, 2) if run and wall > 0 else None
+        summary["resumed_examples"] = len(recipe_records) - (run.attacked if run else 0)
+        summary.update(descriptions[recipe])
+        metrics["recipes"][recipe] = summary
+        checks += recipe_checks(recipe, summary, context.policy.robustness)
+        if summary["budget_exhausted"]:
+            notes.append(
+                f"{recipe}: {summary['budget_exhausted']} of {summary['succeeded'] + summary['failed']} attacks "
+                f"stopped at the query budget ({settings.query_budget}); accuracy under attack is an upper bound "
+                "(raise audits.robustness.query_budget for a stronger attack)"
+            )
+    metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
+    error = "; ".join(errors[recipe] for recipe in settings.recipes if recipe in errors) or None
+    if error is None:
+        store.remove()
+    notes.append("adversarial examples are test data and may contain personal data: "
+                 f"kept in {evidence_path.relative_to(context.run_dir)} only")
+    return AuditResult.from_checks(NAME, metrics, checks, evidence=[str(evidence_path.relative_to(context.run_dir))],
+                                   notes=notes, error=error)
+
+
+def sample_examples(test: pd.DataFrame, num_examples: int, seed: int) -> list[AttackExample]:
+    """A seeded random sample of the test split (all of it when it is smaller)."""
+    if test.empty:
+        raise AuditError("the test split is empty; the robustness audit needs held-out examples "
+                         "(check data.split.test_fraction)")
+    chosen = test.sample(n=min(num_examples, len(test)), random_state=seed)
+    return [AttackExample(index=i, row=int(row), text=str(text), label=int(label))
+            for i, (row, text, label) in enumerate(zip(chosen["row"], chosen["text"], chosen["label"]))]
+
+
+def visible_prefix(text: str, tokenizer, max_length: int) -> str:
+    """The longest run of whole words from the start of `text` that fits in `max_length` tokens."""
+    if len(tokenizer(text, truncation=False, verbose=False)["input_ids"]) <= max_length:
+        return text
+    ends = [match.end() for match in re.finditer(r"\S+", text)]
+    low, high = 1, len(ends)  # invariant: a prefix of `low` words fits (one word always kept)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(tokenizer(text[:ends[middle - 1]], truncation=False, verbose=False)["input_ids"]) <= max_length:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:ends[low - 1]]
+
+
+def recipe_metrics(records: list[dict]) -> dict:
+    """Aggregate numbers of one recipe from its per-example records (TextAttack's definitions)."""
+    total = len(records)
+    counts = {status: sum(1 for r in records if r["result"] == status) for status in (SUCCEEDED, FAILED, SKIPPED)}
+    attempted = counts[SUCCEEDED] + counts[FAILED]
+    successes = [r for r in records if r["result"] == SUCCEEDED]
+    return {
+        "examples": total,
+        "succeeded": counts[SUCCEEDED],
+        "failed": counts[FAILED],
+        "skipped": counts[SKIPPED],
+        "original_accuracy": (total - counts[SKIPPED]) / total if total else None,
+        "accuracy_under_attack": counts[FAILED] / total if total else None,
+        "attack_success_rate": counts[SUCCEEDED] / attempted if attempted else None,
+        "avg_perturbed_word_pct": mean(r["perturbed_word_pct"] for r in successes) if successes else None,
+        "avg_queries": mean(r["num_queries"] for r in records if r["result"] != SKIPPED) if attempted else None,
+        "budget_exhausted": sum(1 for r in records if r["budget_exhausted"]),
+    }
+
+
+def recipe_checks(recipe: str, summary: dict, policy) -> list[Check]:
+    """The policy's thresholds for `recipe` (or its "default") applied to the recipe's numbers."""
+    checks = []
+    for field, metric, comparison in (("min_accuracy_under_attack", "accuracy_under_attack", ">="),
+                                      ("max_attack_success_rate", "attack_success_rate", "<=")):
+        limits = getattr(policy, field)
+        threshold = limits.get(recipe, limits.get("default"))
+        if threshold is None:
+            continue
+        note = ""
+        if summary[metric] is None:
+            note = "no example was attacked: the model got every sampled example wrong"
+        checks.append(Check.evaluate(f"{recipe}.{metric}", summary[metric], comparison, threshold, note))
+    return checks
+
+
+def write_evidence(path: Path, records: list[dict], label_names: list[str]) -> None:
+    """The adversarial pairs as CSV, one row per (recipe, example), with class names beside ids."""
+    frame = pd.DataFrame(records, columns=[c for c in EVIDENCE_COLUMNS if not c.endswith("_name")])
+    for column in ("label", "original_prediction", "perturbed_prediction"):
+        frame.insert(frame.columns.get_loc(column) + 1, f"{column}_name",
+                     [label_names[v] if 0 <= v < len(label_names) else str(v) for v in frame[column]])
+    atomic_write_text(path, frame[EVIDENCE_COLUMNS].to_csv(index=False))
+
+
+def _resources_root(configured: str | None) -> Path:
+    from audits.offline_resources import resource_root
+
+    return resource_root(configured)
+
+
+def _check_labels(model, label_names: list[str]) -> None:
+    config = model.config
+    if config.num_labels != len(label_names):
+        raise AuditError(
+            f"the trained model has {config.num_labels} classes but the data has {len(label_names)} "
+            f"({', '.join(label_names)}); audit the model with the data it was trained on"
+        )
+    names = [config.id2label.get(i, "") for i in range(config.num_labels)]
+    if not all(re.fullmatch(r"LABEL_\d+", n) for n in names) and names != list(label_names):
+        raise AuditError(
+            f"the trained model's labels {names} differ from the data's {list(label_names)}; "
+            "audit the model with the data (and label order) it was trained on"
+        )
+
+
+class _ProgressBars:
+    """One tqdm bar per recipe (shown on a terminal only)."""
+
+    def __init__(self, totals: dict[str, int]):
+        self.totals = totals
+        self.bars = {}
+
+    def update(self, recipe: str) -> None:
+        if recipe not in self.bars:
+            from tqdm import tqdm
+
+            self.bars[recipe] = tqdm(total=self.totals.get(recipe, 0), desc=f"robustness {recipe}",
+                                     unit="example", disable=None, leave=True)
+        self.bars[recipe].update(1)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
