@@ -1,13 +1,14 @@
 """One sensitive column's fairness table: per-group rates, summary measures, bootstrap intervals.
 
-Point estimates of the per-group metrics come from Fairlearn's ``MetricFrame`` (the
-disaggregation users know); the summary measures and every confidence interval come from
-per-group confusion counts (:mod:`audits._group_rates`) evaluated on the same seeded
-bootstrap resamples of the test split. Fairlearn's own ``n_boot`` is not used because the
-summary measures combine several metrics of one resample (equalized odds is the larger of
-two differences, the worst-group gap subtracts a group from the overall accuracy) and need
-joint resamples, and because Fairlearn scores an undefined rate (no positives in a group) as
-0, which would enter the differences as a real value. The two computations are cross-checked.
+Fairlearn's ``MetricFrame`` disaggregates the predictions by group (count, accuracy and every
+class's one-vs-rest selection rate, TPR, FPR, FNR). The same numbers are recomputed from
+per-group confusion counts (:mod:`audits._group_rates`), which also serve every seeded
+bootstrap resample of the test split; the audit refuses to report if the two disagree on any
+defined value. Fairlearn's own ``n_boot`` is not used because the summary measures combine
+several metrics of one resample (equalized odds is the larger of two differences, the
+worst-group gap subtracts a group from the overall accuracy) and need joint resamples, and
+because Fairlearn scores an undefined rate (no positives in a group) as 0, which would enter
+the differences as a real value; here such a rate stays undefined (null).
 """
 
 from __future__ import annotations
@@ -52,8 +53,14 @@ def fairlearn_group_table(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.Ser
     return frame.by_group
 
 
-def _check_agreement(table: pd.DataFrame, point: dict[str, np.ndarray], n_classes: int) -> None:
-    """Fairlearn and the confusion counts must give the same defined rates (guards both)."""
+def _check_agreement(table: pd.DataFrame, point: dict[str, np.ndarray], confusion: np.ndarray, n_classes: int) -> None:
+    """Fairlearn and the confusion counts must give the same counts, accuracies and defined rates."""
+    counts = confusion.sum(axis=(1, 2))
+    if not np.array_equal(table["count"].to_numpy(dtype=float), counts):
+        raise AuditError("internal inconsistency between Fairlearn and the confusion counts for count; report this bug")
+    correct = np.trace(confusion, axis1=1, axis2=2)
+    if not np.allclose(table["accuracy"].to_numpy(dtype=float), correct / counts, atol=1e-9):
+        raise AuditError("internal inconsistency between Fairlearn and the confusion counts for accuracy; report this bug")
     for name in _FAIRLEARN_RATES:
         ours = point[name][0]  # (G, K)
         theirs = np.stack([table[f"{name}[{c}]"].to_numpy(dtype=float) for c in range(n_classes)], axis=1)
@@ -81,7 +88,7 @@ def disaggregate(y_true: np.ndarray, y_pred: np.ndarray, group_values: pd.Series
 
     table = fairlearn_group_table(y_true, y_pred, group_values, n_classes).reindex(names)
     per_class = class_rates(confusion)
-    _check_agreement(table, per_class, n_classes)
+    _check_agreement(table, per_class, confusion[0], n_classes)
     rates = group_rates(confusion, positive_class)
     low, high = {}, {}
     for name in GROUP_RATES:

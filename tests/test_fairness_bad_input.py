@@ -122,3 +122,19 @@ def test_real_model_sees_only_the_text_column(tmp_path, monkeypatch):
     assert not any("secretgroup" in text for text in seen[0])
     assert result.metrics["n_test"] == 12 and context.model_dir == model_dir
     assert pd.read_csv(tmp_path / "audits/fairness/groups.csv")["count"].sum() == 12
+
+
+def test_disagreement_with_fairlearn_is_refused_not_reported(tmp_path, fixed_predictions, monkeypatch):
+    import audits._disaggregation as disaggregation
+
+    original = disaggregation.fairlearn_group_table
+
+    def corrupted(*args, **kwargs):
+        table = original(*args, **kwargs)
+        table["tpr[1]"] = table["tpr[1]"] + 0.1
+        return table
+
+    fixed_predictions(BINARY["pred"])
+    monkeypatch.setattr(disaggregation, "fairlearn_group_table", corrupted)
+    with pytest.raises(AuditError, match="internal inconsistency .* tpr"):
+        fairness.fairness_audit(make_context(tmp_path, BINARY, ["0", "1"]))
