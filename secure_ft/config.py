@@ -172,25 +172,100 @@ class PrivacyConfig(_Section):
 
 
 class FederatedConfig(_Section):
-    num_sites: int = Field(3, ge=1)
-    partition: Literal["iid", "group", "dirichlet"] = Field("group")
-    partition_column: str | None = Field("state", description="group column that defines sites (partition: group)")
-    dirichlet_alpha: float = Field(0.5, gt=0)
-    rounds: int = Field(3, ge=1)
-    local_epochs: int = Field(1, ge=1)
-    strategy: Literal["fedavg", "fedprox"] = Field("fedavg")
-    proximal_mu: float = Field(0.01, ge=0)
-    fraction_train: float = Field(1.0, gt=0, le=1)
-    min_available_sites: int = Field(2, ge=1)
-    min_train_sites: int = Field(2, ge=1)
-    accept_failures: bool = Field(True)
-    site_dp: bool = Field(False, description="sample-level DP on every site with the central privacy settings")
-    central_dp: Literal["none", "fixed", "adaptive"] = Field("none")
-    central_noise_multiplier: float = Field(1.0, ge=0)
-    central_clipping_norm: float = Field(10.0, gt=0)
-    secagg: bool = Field(False, description="secure aggregation (SecAgg+, legacy Flower API)")
-    update_norm_bound: float | None = Field(None, gt=0, description="max L2 norm of a site's update")
-    on_oversized_update: Literal["clip", "drop"] = Field("drop")
+    """Federated fine-tuning with Flower (`federated/`, `secure-ft federate`, `mode: federated`).
+
+    Each site trains locally through the same loop as a central run; the `privacy` section,
+    when `mode: dp`, applies to every site (sample-level DP-SGD on the site's own data, with
+    its own accountant). The server aggregates the sites' updates (FedAvg or FedProx),
+    validates each update first, optionally adds central client-level DP, and evaluates the
+    global model on the held-out validation split after every round. `training` settings
+    (batch size, learning rate, ...) apply to each site's local training; `training.epochs`
+    is replaced by `rounds` × `local_epochs`.
+    """
+
+    num_sites: int = Field(3, ge=1, description="sites taking part (simulation: partitions of the data)")
+    partition: Literal["iid", "group", "dirichlet"] = Field(
+        "group", description="simulation: split rows at random, by a group column, or by Dirichlet(α) label skew"
+    )
+    partition_column: str | None = Field(
+        "state", description="partition: group — the group column that defines the sites' populations"
+    )
+    site_groups: dict[str, list[str]] | None = Field(
+        None, description="partition: group — explicit site name → group values; null = balance groups over sites"
+    )
+    dirichlet_alpha: float = Field(0.5, gt=0, description="partition: dirichlet — smaller α, stronger label skew")
+    min_site_examples: int = Field(8, ge=1, description="a simulated site with fewer training rows is an error")
+    rounds: int = Field(3, ge=1, description="federated rounds")
+    local_epochs: int = Field(1, ge=1, description="passes over its own data each site makes per round")
+    local_steps: int | None = Field(None, ge=1, description="cap on each site's optimizer steps per round")
+    strategy: Literal["fedavg", "fedprox"] = Field("fedavg", description="server aggregation strategy")
+    proximal_mu: float = Field(0.01, ge=0, description="fedprox: weight μ of the proximal term μ/2·‖w − w_global‖²")
+    fraction_train: float = Field(1.0, gt=0, le=1, description="share of connected sites asked to train each round")
+    min_available_sites: int = Field(2, ge=1, description="the server waits until this many sites are connected")
+    min_train_sites: int = Field(
+        2, ge=1, description="sites sampled per round, and accepted updates needed to aggregate a round"
+    )
+    accept_failures: bool = Field(
+        True, description="aggregate a round although some sites failed or were rejected (they are logged)"
+    )
+    round_timeout_s: float = Field(3600.0, gt=0, description="how long the server waits for the sites of a round")
+    server_evaluation: bool = Field(
+        True, description="evaluate the global model on the held-out validation split after every round"
+    )
+    federated_evaluation: bool = Field(
+        True, description="also have each site evaluate the global model on its own validation rows"
+    )
+    central_dp: Literal["none", "fixed", "adaptive"] = Field(
+        "none", description="client-level DP at the server (Flower's DP wrappers): fixed or adaptive clipping"
+    )
+    central_noise_multiplier: float = Field(1.0, gt=0, description="central DP noise multiplier z")
+    central_clipping_norm: float = Field(
+        10.0, gt=0, description="central DP clipping norm of each site's update (adaptive: the initial norm)"
+    )
+    central_target_quantile: float = Field(
+        0.5, gt=0, lt=1, description="adaptive central DP: share of updates left unclipped the norm aims for"
+    )
+    central_delta: float = Field(1e-5, gt=0, lt=1, description="δ of the central client-level guarantee")
+    secagg: bool = Field(
+        False, description="secure aggregation (SecAgg+, Flower's legacy API): the server sees only the sum"
+    )
+    secagg_reconstruction_threshold: int = Field(
+        2, ge=2, description="SecAgg+: shares needed to reconstruct a dropped site's mask"
+    )
+    secagg_clipping_range: float = Field(
+        1.0, gt=0, description="SecAgg+: each coordinate of an update is clipped to ± this before quantization"
+    )
+    secagg_max_weight: float = Field(
+        10000.0, gt=0, description="SecAgg+: at least the largest site's training rows (bounds the weights)"
+    )
+    update_norm_bound: float | None = Field(None, gt=0, description="max L2 norm of a site's update; null = no bound")
+    on_oversized_update: Literal["clip", "drop"] = Field(
+        "drop", description="an update beyond update_norm_bound is scaled down to it (clip) or rejected (drop)"
+    )
+    simulation_workers: int = Field(
+        1, ge=1, description="simulation: sites trained at the same time (each loads its own model copy)"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "FederatedConfig":
+        if self.min_train_sites > self.num_sites:
+            raise ValueError(f"min_train_sites ({self.min_train_sites}) cannot exceed num_sites ({self.num_sites})")
+        if self.min_available_sites > self.num_sites:
+            raise ValueError(f"min_available_sites ({self.min_available_sites}) cannot exceed num_sites "
+                             f"({self.num_sites})")
+        if self.partition == "group" and not self.partition_column and not self.site_groups:
+            raise ValueError("partition: group needs partition_column (a data.group_columns entry)")
+        if self.site_groups is not None and len(self.site_groups) != self.num_sites:
+            raise ValueError(f"site_groups names {len(self.site_groups)} sites but num_sites is {self.num_sites}")
+        if self.secagg and self.central_dp != "none":
+            raise ValueError("secagg cannot be combined with central_dp: server-side clipping needs each site's "
+                             "update, which SecAgg+ hides; use privacy.mode: dp (per-site DP) with secagg instead")
+        if self.secagg and self.update_norm_bound is not None:
+            raise ValueError("secagg hides each site's update, so update_norm_bound cannot be checked; "
+                             "leave it null (secagg_clipping_range bounds every coordinate instead)")
+        if self.secagg and self.min_train_sites < 2:
+            raise ValueError("secagg needs min_train_sites >= 2: the sum of one site's update is that update")
+        return self
 
 
 class EmbeddingSwapConfig(_Section):

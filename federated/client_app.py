@@ -1,0 +1,54 @@
+"""The ClientApp: what runs at every site (Flower Message API).
+
+``train``: load the global tensors, fine-tune on the site's own rows through the product's
+training loop (with DP-SGD when ``privacy.mode: dp``), reply with the site's new tensors and
+its metrics (ε included). ``evaluate``: score the global tensors on the site's validation
+rows. The SecAgg+ mode (`federated.secagg`) reaches the same ``train`` function through
+Flower's legacy messages; `secagg_when_requested` routes those.
+
+A site that fails replies with an error naming itself; the server logs it and the round
+goes on without it (``federated.accept_failures``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from federated import protocol
+from federated.secagg import is_legacy_fit, secagg_when_requested, train_legacy
+from federated.site_training import Instructions, evaluate_site, train_site_round
+from federated.task import arrays_to_record, record_to_arrays
+
+log = logging.getLogger(__name__)
+
+app = ClientApp()
+
+
+@app.train(mods=[secagg_when_requested])
+def train(msg: Message, context: Context) -> Message:
+    """Train the global model on this site's rows for one round."""
+    if is_legacy_fit(msg):
+        return train_legacy(msg, context)
+    instructions = Instructions.from_record(msg.content[protocol.CONFIG])
+    global_arrays = record_to_arrays(msg.content[protocol.ARRAYS])
+    report = train_site_round(instructions, global_arrays, context.node_config, context.state, context.run_id)
+    return Message(content=_reply(report.site, report.metrics, arrays_to_record(report.arrays)), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the global model on this site's validation rows."""
+    instructions = Instructions.from_record(msg.content[protocol.CONFIG])
+    global_arrays = record_to_arrays(msg.content[protocol.ARRAYS])
+    report = evaluate_site(instructions, global_arrays, context.node_config, context.run_id)
+    return Message(content=_reply(report.site, report.metrics), reply_to=msg)
+
+
+def _reply(site: str, metrics: dict[str, float], arrays: ArrayRecord | None = None) -> RecordDict:
+    content = RecordDict({protocol.METRICS: MetricRecord(metrics), protocol.SITE: ConfigRecord({protocol.SITE_NAME: site})})
+    if arrays is not None:
+        content[protocol.ARRAYS] = arrays
+    return content

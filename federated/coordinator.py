@@ -1,0 +1,179 @@
+"""The server side of a federated run, from config to hand-off; the ServerApp's body.
+
+`FederatedServer.run(grid, context)` does, in order:
+
+1. write ``config.yaml`` and start the run ledger (as a central run does);
+2. load the server's data: its validation split is the held-out set every round is judged
+   on, its test split is left for the audits (in a simulation the training split is what the
+   sites are partitioned from; in a deployment it is not used);
+3. pin the label set into the config the sites receive, and hash the base checkpoint;
+4. build the model, send its trainable tensors as the initial global model, and run the
+   rounds with `federated.strategy` (or the SecAgg+ workflow in `federated.secagg`);
+5. hand off the best round's global model (`federated.handoff`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context
+from flwr.serverapp import Grid
+
+from federated import protocol
+from federated.central_dp import central_guarantee
+from federated.handoff import write_handoff
+from federated.partition import partition_sites
+from federated.round_book import RoundBook, ServerEvaluator
+from federated.strategy import build_strategy, sites_per_round
+from federated.task import (arrays_to_record, base_model_sha256, build_model, encode_frame, record_bytes,
+                            secure_ft_version, trainable_arrays)
+from secure_ft.checkpoint import CheckpointStore
+from secure_ft.config import RunConfig, atomic_write_text
+from secure_ft.data import load_splits
+from secure_ft.errors import CheckpointError, SecureFTError
+from secure_ft.ledger import Ledger
+from secure_ft.models import resolve_device, trainable_parameter_count
+from secure_ft.trainer import TrainedRun
+
+log = logging.getLogger(__name__)
+
+
+class FederationFailed(SecureFTError):
+    """A federated run aggregated no round: no site delivered a usable update."""
+
+
+def engine_label(config: RunConfig) -> str:
+    parts = [f"federated-{config.federated.strategy}"]
+    if config.privacy.mode == "dp":
+        parts.append("site-dp")
+    if config.federated.central_dp != "none":
+        parts.append(f"central-dp-{config.federated.central_dp}")
+    if config.federated.secagg:
+        parts.append("secagg+")
+    return "+".join(parts)
+
+
+class FederatedServer:
+    """Runs one federated training run on a Flower grid and writes its run directory.
+
+    Parameters
+    ----------
+    config
+        The run config; its `federated` section drives the rounds.
+    run_dir
+        The run directory to create (must not hold a run yet).
+    simulated
+        True when the sites are Flower simulation partitions of `config.data`; False in a
+        deployment, where every site reads its own file.
+    """
+
+    def __init__(self, config: RunConfig, run_dir: Path, *, simulated: bool):
+        self.config = config.model_copy(update={"mode": "federated"})
+        self.run_dir = Path(run_dir)
+        self.simulated = simulated
+        self.result: TrainedRun | None = None
+
+    def run(self, grid: Grid, context: Context) -> TrainedRun:
+        config, run_dir = self.config, self.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if (run_dir / "model").exists() or CheckpointStore(run_dir / "checkpoints").exists():
+            raise CheckpointError(f"{run_dir}: already holds a run; choose a new folder")
+        ledger = Ledger(run_dir)
+        config_text = config.to_yaml()
+        atomic_write_text(run_dir / "config.yaml", config_text)
+        ledger.append("config_loaded", config_sha256=hashlib.sha256(config_text.encode()).hexdigest(),
+                      source=str(config.source_path) if config.source_path else "built-in default")
+
+        splits = load_splits(config.data, config.seed)
+        ledger.append("data_fingerprinted", fingerprint=splits.fingerprint, rows=splits.summary()["rows"],
+                      dropped_classes=splits.dropped_classes)
+        if self.simulated:
+            sites = [site.summary(splits.label_names) for site in partition_sites(splits, config.federated, config.seed)]
+        else:
+            sites = []
+        pinned = config.model_copy(update={"data": config.data.model_copy(update={"labels": splits.label_names})})
+
+        device = resolve_device(config.device)
+        model, tokenizer = build_model(pinned, splits.label_names)
+        initial = trainable_arrays(model)
+        trainable, total = trainable_parameter_count(model)
+        evaluator = None
+        if config.federated.server_evaluation:
+            validation = encode_frame(tokenizer, splits.validation, config.model.max_length)
+            evaluator = ServerEvaluator(model.to(device), validation, splits.label_names, config, device)
+        book = RoundBook(evaluator, ledger, config.federated.rounds)
+        update_bytes = record_bytes(initial)
+        ledger.append("federated_started", mode="simulation" if self.simulated else "deployment",
+                      engine=engine_label(config), rounds=config.federated.rounds,
+                      sites=[site["name"] for site in sites] or config.federated.num_sites,
+                      exchanged_tensors=len(initial), exchanged_parameters=trainable, update_bytes=update_bytes)
+        log.info("federated %s: %d rounds, %d sites per round, %d tensors (%d parameters, %.1f kB) exchanged per site",
+                 engine_label(config), config.federated.rounds, sites_per_round(config.federated), len(initial),
+                 trainable, update_bytes / 1024)
+
+        instructions = {
+            protocol.RUN_CONFIG: pinned.to_yaml().encode("utf-8"),  # bytes: Flower logs configs, masking bytes
+            protocol.RUN_DIR: str(run_dir.resolve()) if self.simulated else "",
+            protocol.VERSION: secure_ft_version(),
+            protocol.BASE_MODEL_SHA256: base_model_sha256(config.model),
+        }
+        central = None
+        if config.federated.secagg:
+            from federated.secagg import run_secagg
+
+            run_secagg(grid, context, config, initial, instructions, book)
+        else:
+            strategy, accountant = build_strategy(config.federated)
+            book.source = strategy
+            strategy.start(grid=grid, initial_arrays=arrays_to_record(initial), num_rounds=config.federated.rounds,
+                           timeout=config.federated.round_timeout_s, train_config=ConfigRecord(dict(instructions)),
+                           evaluate_config=ConfigRecord(dict(instructions)), evaluate_fn=book.evaluate)
+            if accountant is not None:
+                central = central_guarantee(config.federated, accountant, strategy.strategy)
+            if not sites:
+                sites = _sites_seen(strategy.outcomes)
+
+        problems = [site for entry in book.rounds for site in entry["sites"] if site["status"] in ("rejected", "failed")]
+        if not any(entry["aggregated"] for entry in book.rounds):
+            first = problems[0] if problems else None
+            ledger.append("federated_failed", problems=problems[:20])
+            raise FederationFailed(
+                f"the federated run into {run_dir} aggregated none of its {config.federated.rounds} rounds"
+                + (f"; first problem: {first['site']} {first['status']}: {first['reason']}" if first else "")
+                + ". Fix the failing sites (see the log and the run ledger) and start a new run"
+            )
+        federation = {
+            "mode": "simulation" if self.simulated else "deployment",
+            "engine": engine_label(config),
+            "strategy": config.federated.strategy,
+            "rounds": config.federated.rounds,
+            "rounds_aggregated": sum(entry["aggregated"] for entry in book.rounds),
+            "sites_per_round": sites_per_round(config.federated),
+            "partition": config.federated.partition if self.simulated else "own data per site",
+            "update_validation": {"norm_bound": config.federated.update_norm_bound,
+                                  "on_oversized_update": config.federated.on_oversized_update},
+            "site_dp": config.privacy.mode == "dp",
+            "central_dp": config.federated.central_dp,
+            "secagg": config.federated.secagg,
+            "exchanged_tensors": sorted(initial),
+            "update_bytes": update_bytes,
+            "problems": problems,
+        }
+        self.result = write_handoff(run_dir=run_dir, config=config, splits=splits, book=book, model=model.cpu(),
+                                    tokenizer=tokenizer, ledger=ledger, engine=engine_label(config), device=device,
+                                    trainable=trainable, total=total, sites=sites, federation=federation,
+                                    central=central)
+        return self.result
+
+
+def _sites_seen(outcomes) -> list[dict]:
+    """Deployment: the sites the server heard from, with the rows they reported."""
+    seen: dict[str, dict] = {}
+    for outcome in outcomes:
+        entry = seen.setdefault(outcome.site, {"name": outcome.site, "train_rows": None, "validation_rows": None})
+        rows = outcome.metrics.get(protocol.NUM_EXAMPLES)
+        if rows is not None:
+            entry["train_rows" if outcome.phase == "train" else "validation_rows"] = int(rows)
+    return list(seen.values())

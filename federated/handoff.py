@@ -1,0 +1,148 @@
+"""Hand-off: the global model leaves a federated run exactly as a central run's model does.
+
+The run directory gets the same files as `secure_ft.trainer.train_run` writes, so the same
+audits, gate, report and export apply unchanged:
+
+    model/          save_pretrained folder (LoRA merged) + model_hash.json
+    config.yaml     the effective config (mode: federated)
+    data.json       the server's split summary, plus the sites (rows, groups, label mix)
+    metrics.json    the central keys (steps, best, epochs = rounds, ...) and every round's record
+    privacy.json    with DP: per-site sample-level (ε, δ) under "sites", the central
+                    client-level guarantee under "central", and at the top level the
+                    weakest (largest ε) guarantee that applies
+    federated.json  how the run was federated: sites, strategy, validation, DP, SecAgg+
+    ledger.jsonl    config, data fingerprint, every round, the saved model
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from federated.round_book import RoundBook
+from secure_ft.config import RunConfig
+from secure_ft.data import DatasetSplits
+from secure_ft.ledger import Ledger
+from secure_ft.models import save_trained_model
+from secure_ft.trainer import TrainedRun, write_json
+
+log = logging.getLogger(__name__)
+
+PRIVACY_FILE = "privacy.json"
+FEDERATED_FILE = "federated.json"
+
+
+def site_guarantees(book: RoundBook, config: RunConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Each site's sample-level (ε, δ): its last report (ε only grows), from the round records."""
+    sites: dict[str, dict[str, Any]] = {}
+    for entry in book.rounds:
+        for site in entry["sites"]:
+            metrics = site["metrics"]
+            if site["phase"] != "train" or "epsilon" not in metrics:
+                continue
+            previous = sites.get(site["site"], {}).get("epsilon", -math.inf)
+            sites[site["site"]] = {
+                "epsilon": max(previous, float(metrics["epsilon"])),
+                "delta": float(metrics["delta"]),
+                "unit": "record (sample-level DP-SGD on the site's own rows)",
+                "accountant": config.privacy.accountant,
+                "last_round": entry["round"],
+            }
+    for name, guarantee in sites.items():
+        details = run_dir / "sites" / name / PRIVACY_FILE
+        if details.is_file():
+            guarantee["details"] = str(details.relative_to(run_dir))
+    return sites
+
+
+def privacy_summary(sites: dict[str, dict[str, Any]], central: dict[str, Any] | None,
+                    planned_sites: list[str]) -> dict[str, Any] | None:
+    """privacy.json for a federated run, or None when neither sites nor server added DP noise."""
+    if not sites and central is None:
+        return None
+    scopes = [(f"site:{name}", guarantee) for name, guarantee in sorted(sites.items())]
+    if central is not None:
+        scopes.append(("central", central))
+    scope, weakest = max(scopes, key=lambda item: (item[1]["epsilon"], item[1]["delta"]))
+    summary: dict[str, Any] = {
+        "epsilon": weakest["epsilon"],
+        "delta": weakest["delta"],
+        "accountant": weakest["accountant"],
+        "scope": scope,
+        "note": ("top-level (ε, δ) is the weakest guarantee that applies: the largest ε among every site's "
+                 "sample-level guarantee and the central client-level one"),
+        "sites": sites,
+    }
+    if central is not None:
+        summary["central"] = central
+    unreported = [name for name in planned_sites if name not in sites]
+    if sites and unreported:
+        summary["sites_without_report"] = unreported  # never delivered a DP update: nothing of theirs is in the model
+    return summary
+
+
+def write_handoff(*, run_dir: Path, config: RunConfig, splits: DatasetSplits, book: RoundBook, model, tokenizer,
+                  ledger: Ledger, engine: str, device: str, trainable: int, total: int, sites: list[dict[str, Any]],
+                  federation: dict[str, Any], central: dict[str, Any] | None) -> TrainedRun:
+    """Save the best round's global model and every record a central run would have."""
+    from federated.task import load_arrays
+
+    arrays = book.best_arrays if book.best_arrays is not None else book.final_arrays
+    if arrays is not None:
+        load_arrays(model, arrays)
+    model_dir = run_dir / "model"
+    digest = save_trained_model(model, tokenizer, model_dir)
+
+    site_privacy = site_guarantees(book, config, run_dir)
+    privacy = privacy_summary(site_privacy, central, [site["name"] for site in sites])
+    artifacts = []
+    if privacy is not None:
+        write_json(run_dir / PRIVACY_FILE, privacy)
+        artifacts.append(PRIVACY_FILE)
+    write_json(run_dir / FEDERATED_FILE, {**federation, "sites": sites})
+    artifacts.append(FEDERATED_FILE)
+    write_json(run_dir / "data.json", {**splits.summary(), "sites": sites,
+                                       "train_rows_used_for_training": federation["mode"] == "simulation"})
+
+    epochs, steps = [], 0
+    for entry in book.rounds:
+        scores = entry["server_evaluation"] or {}
+        train = entry["train"] or {}
+        steps += int(sum(site["metrics"].get("local-steps", 0) for site in entry["sites"]
+                         if site["phase"] == "train" and site["status"] in ("accepted", "clipped")))
+        extra = {key: value for key, value in train.items() if key in ("epsilon", "delta")}
+        epochs.append({"epoch": entry["round"], "step": steps, "train_loss": train.get("train-loss"),
+                       "val_accuracy": scores.get("accuracy"), "val_macro_f1": scores.get("macro_f1"),
+                       "val_per_class_recall": scores.get("per_class_recall"), "seconds": entry["seconds"],
+                       "extra": extra})
+    best = next((entry for entry in epochs if entry["epoch"] == book.best_round), None)
+    train_examples = len(splits.train) if federation["mode"] == "simulation" else int(sum(
+        site.get("train_rows") or 0 for site in sites))
+    metrics = {
+        "steps": steps,
+        "best_epoch": book.best_round,
+        "best_round": book.best_round,
+        "stopped_reason": f"completed {len(book.rounds)} of {config.federated.rounds} rounds",
+        "resumed_from_step": None,
+        "epochs": epochs,
+        "engine": engine,
+        "device": device,
+        "transfer": config.model.transfer,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "train_examples": train_examples,
+        "majority_baseline_accuracy": splits.majority_baseline("validation"),
+        "best": None if best is None or best["val_accuracy"] is None else
+        {"val_accuracy": best["val_accuracy"], "val_macro_f1": best["val_macro_f1"]},
+        "model_sha256": digest,
+        "initial_evaluation": book.initial,
+        "rounds": book.rounds,
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    ledger.append("model_saved", model_sha256=digest, steps=steps, best_round=book.best_round,
+                  stopped_reason=metrics["stopped_reason"], artifacts=artifacts,
+                  epsilon=None if privacy is None else privacy["epsilon"])
+    log.info("global model of round %d saved to %s (sha256 %s…)", book.best_round, model_dir, digest[:16])
+    return TrainedRun(run_dir, model_dir, digest, splits, metrics)

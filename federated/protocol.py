@@ -1,0 +1,62 @@
+"""What the server and the sites say to each other: record and key names, in one place.
+
+Server → site (``train`` and ``evaluate`` messages)::
+
+    "arrays"  ArrayRecord   the global model's exchanged tensors (see `federated.task`)
+    "config"  ConfigRecord  server-round, run-config (the run's YAML as UTF-8 bytes, labels pinned),
+                            run-dir (simulation only), secure-ft-version,
+                            base-model-sha256, proximal-mu (FedProx)
+
+Site → server (reply)::
+
+    "arrays"  ArrayRecord   train only: the site's new tensors (never its data)
+    "metrics" MetricRecord  num-examples, train-loss, local-steps, local-val-accuracy,
+                            seconds; epsilon and delta when the site trains with DP
+    "site"    ConfigRecord  name: the site's name, for logs and the run's records
+
+A site's node config (``flower-supernode --node-config``) says where its data is:
+
+    data-path   its labelled file (deployment); site-name its name; state-dir where it
+                keeps its own privacy ledger and logs (default: ~/.secure-ft/sites/<name>)
+    partition-id / num-partitions   set by Flower's simulation engine instead
+"""
+
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+SITE = "site"
+
+# config keys (server → site)
+SERVER_ROUND = "server-round"
+RUN_CONFIG = "run-config"
+RUN_DIR = "run-dir"
+VERSION = "secure-ft-version"
+BASE_MODEL_SHA256 = "base-model-sha256"
+PROXIMAL_MU = "proximal-mu"
+
+# metric keys (site → server)
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+LOCAL_STEPS = "local-steps"
+LOCAL_VAL_ACCURACY = "local-val-accuracy"
+SECONDS = "seconds"
+EPSILON = "epsilon"
+DELTA = "delta"
+ACCURACY = "accuracy"
+MACRO_F1 = "macro-f1"
+# added by the server before aggregation: the weight each reply gets (see update_validation)
+AGGREGATION_WEIGHT = "aggregation-weight"
+
+# site record keys
+SITE_NAME = "name"
+
+# node config keys
+DATA_PATH = "data-path"
+SITE_NAME_KEY = "site-name"
+STATE_DIR = "state-dir"
+PARTITION_ID = "partition-id"
+NUM_PARTITIONS = "num-partitions"
+
+# per-site persistent state in Flower's Context.state
+ENGINE_STATE = "secure-ft-engine-state"
+SITE_SIGMA = "secure-ft-site-sigma"

@@ -1,0 +1,195 @@
+"""One site's round: check the server's instructions, train on the site's rows, report back.
+
+Used by both ClientApp paths (the Message API in `federated.client_app` and the legacy
+SecAgg+ path in `federated.secagg`). What a site checks before it trains:
+
+- the run config parses and its labels are pinned (so label indices agree);
+- its base checkpoint has the hash the server announced (frozen weights never travel, so a
+  different checkpoint would silently train a different model);
+- the secure-ft version matches (a mismatch is logged: the exchanged tensors may differ).
+
+After training it keeps its own records in its state folder: the site ledger
+(``ledger.jsonl``, one line per round) and, with DP, its ``privacy.json`` and privacy ledger.
+Its DP accountant state is also carried in Flower's per-site ``Context.state`` so that the
+next round (a fresh process in a deployment) continues the same budget.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import yaml
+from flwr.app import ConfigRecord, RecordDict
+
+from federated import protocol
+from federated.site_data import Site, resolve_site
+from federated.site_engine import SiteEngine, private_site_engine, site_noise_multiplier
+from federated.task import (build_model, encode_frame, evaluate_model, load_arrays, round_seed,
+                            base_model_sha256, secure_ft_version, trainable_arrays, train_locally)
+from secure_ft.config import RunConfig, config_from_dict
+from secure_ft.errors import ConfigError, ModelError, SecureFTError
+from secure_ft.ledger import Ledger
+from secure_ft.models import resolve_device
+from secure_ft.training import TrainingEngine
+
+log = logging.getLogger(__name__)
+
+
+class SiteFailure(RuntimeError):
+    """A site could not complete its part of a round; the message names the site."""
+
+
+@dataclass
+class Instructions:
+    """What the server asked of a site this round."""
+
+    config: RunConfig
+    server_round: int
+    run_dir: str = ""
+    proximal_mu: float = 0.0
+    base_model_sha256: str = ""
+    version: str = ""
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> "Instructions":
+        text = record.get(protocol.RUN_CONFIG)
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError("the server's message carries no run config; the ServerApp and ClientApp are from "
+                              "different secure-ft versions")
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"the server's run config is not valid YAML: {error}") from None
+        return cls(
+            config=config_from_dict(raw, "run config sent by the server"),
+            server_round=int(record.get(protocol.SERVER_ROUND, 0)),
+            run_dir=str(record.get(protocol.RUN_DIR, "")),
+            proximal_mu=float(record.get(protocol.PROXIMAL_MU, 0.0)),
+            base_model_sha256=str(record.get(protocol.BASE_MODEL_SHA256, "")),
+            version=str(record.get(protocol.VERSION, "")),
+        )
+
+
+@dataclass
+class SiteReport:
+    """A site's answer: its name, new tensors (train only) and metrics."""
+
+    site: str
+    metrics: dict[str, float]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def failure(site: str, error: BaseException) -> SiteFailure:
+    return SiteFailure(f"site {site}: {type(error).__name__}: {error}")
+
+
+def check_instructions(instructions: Instructions) -> None:
+    if instructions.version and instructions.version != secure_ft_version():
+        log.warning("the server runs secure-ft %s, this site %s; install the same version everywhere",
+                    instructions.version, secure_ft_version())
+    if instructions.base_model_sha256:
+        local = base_model_sha256(instructions.config.model)
+        if local and local != instructions.base_model_sha256:
+            raise ModelError(
+                f"this site's base model {instructions.config.model.name_or_path!r} has hash {local[:12]}… but the "
+                f"server's has {instructions.base_model_sha256[:12]}…; install the same base model at every site"
+            )
+
+
+def train_site_round(instructions: Instructions, global_arrays: Mapping[str, np.ndarray],
+                     node_config: Mapping[str, Any], state: RecordDict, run_id: int = 0) -> SiteReport:
+    """Train the global model on this site's rows for one round; raises `SiteFailure` naming the site."""
+    site_name = str(node_config.get(protocol.SITE_NAME_KEY) or node_config.get(protocol.PARTITION_ID, "?"))
+    try:
+        check_instructions(instructions)
+        config = instructions.config
+        site = resolve_site(node_config, config, instructions.run_dir, run_id)
+        site_name = site.name
+        started = time.perf_counter()
+        model, tokenizer = build_model(config, config.data.labels)
+        load_arrays(model, global_arrays)
+        train_set = encode_frame(tokenizer, site.data.train, config.model.max_length)
+        validation_set = encode_frame(tokenizer, site.data.validation, config.model.max_length)
+        engine = SiteEngine(_inner_engine(config, site, state), proximal_mu=instructions.proximal_mu,
+                            restore=_load_engine_state(state))
+        try:
+            result = train_locally(model, train_set, validation_set, config.data.labels, config,
+                                   seed=round_seed(config.seed, instructions.server_round, site.name), engine=engine,
+                                   device=resolve_device(config.device))
+        finally:
+            engine.close()
+        last = result.history[-1] if result.history else None
+        metrics = {
+            protocol.NUM_EXAMPLES: float(len(site.data.train)),
+            protocol.TRAIN_LOSS: float(last.train_loss) if last else float("nan"),
+            protocol.LOCAL_STEPS: float(result.steps),
+            protocol.LOCAL_VAL_ACCURACY: float(last.val_accuracy) if last else float("nan"),
+            protocol.SECONDS: time.perf_counter() - started,
+        }
+        if engine.private:
+            guarantee = engine.guarantee(result)
+            metrics[protocol.EPSILON] = float(guarantee["epsilon"])
+            metrics[protocol.DELTA] = float(guarantee["delta"])
+            _save_engine_state(state, engine.state_dict())
+            engine.write_artifacts(site.state_dir, result)
+        Ledger(site.state_dir).append("site_round_trained", round=instructions.server_round, site=site.name,
+                                      stopped_reason=result.stopped_reason,
+                                      **{key.replace("-", "_"): value for key, value in metrics.items()})
+        log.info("site %s, round %d: %d steps, loss %.4f%s", site.name, instructions.server_round, result.steps,
+                 metrics[protocol.TRAIN_LOSS],
+                 f", ε = {metrics[protocol.EPSILON]:.3f}" if protocol.EPSILON in metrics else "")
+        return SiteReport(site.name, metrics, trainable_arrays(result.model))
+    except SiteFailure:
+        raise
+    except (SecureFTError, Exception) as error:  # the server logs the reason with the site's name
+        log.exception("site %s failed in round %d", site_name, instructions.server_round)
+        raise failure(site_name, error) from error
+
+
+def evaluate_site(instructions: Instructions, global_arrays: Mapping[str, np.ndarray],
+                  node_config: Mapping[str, Any], run_id: int = 0) -> SiteReport:
+    """Evaluate the global model on this site's validation rows."""
+    site_name = str(node_config.get(protocol.SITE_NAME_KEY) or node_config.get(protocol.PARTITION_ID, "?"))
+    try:
+        check_instructions(instructions)
+        config = instructions.config
+        site = resolve_site(node_config, config, instructions.run_dir, run_id)
+        site_name = site.name
+        model, tokenizer = build_model(config, config.data.labels)
+        load_arrays(model, global_arrays)
+        dataset = encode_frame(tokenizer, site.data.validation, config.model.max_length)
+        scores = evaluate_model(model, dataset, config.data.labels, config, resolve_device(config.device))
+        return SiteReport(site.name, {protocol.NUM_EXAMPLES: float(len(site.data.validation)),
+                                      protocol.ACCURACY: scores["accuracy"], protocol.MACRO_F1: scores["macro_f1"]})
+    except Exception as error:
+        log.exception("site %s failed to evaluate in round %d", site_name, instructions.server_round)
+        raise failure(site_name, error) from error
+
+
+def _inner_engine(config: RunConfig, site: Site, state: RecordDict) -> TrainingEngine:
+    if config.privacy.mode != "dp":
+        return TrainingEngine(config.training.max_grad_norm)
+    rows = len(site.data.train)
+    saved = state.config_records.get(protocol.SITE_SIGMA)
+    if saved is not None and int(saved["rows"]) == rows:
+        sigma = float(saved["sigma"])  # the σ this site started the run with, whatever was recalibrated since
+    else:
+        sigma = site_noise_multiplier(config, rows)
+        state.config_records[protocol.SITE_SIGMA] = ConfigRecord({"sigma": sigma, "rows": rows})
+    return private_site_engine(config, rows, site.data.fingerprint(), sigma)
+
+
+def _load_engine_state(state: RecordDict) -> dict[str, Any] | None:
+    record = state.config_records.get(protocol.ENGINE_STATE)
+    return json.loads(str(record["json"])) if record is not None else None
+
+
+def _save_engine_state(state: RecordDict, engine_state: dict[str, Any]) -> None:
+    state.config_records[protocol.ENGINE_STATE] = ConfigRecord({"json": json.dumps(engine_state)})

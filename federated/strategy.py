@@ -1,0 +1,92 @@
+"""The server's strategy: FedAvg or FedProx, optionally central DP, always behind update validation.
+
+The layers, outermost first::
+
+    UpdateGuard                       validate + log + weight every reply (federated.update_validation)
+      DifferentialPrivacyServerSide…  clip each update to C, add noise, account ε (federated.central_dp)
+        FixedSampleFedAvg / …FedProx  weighted average of the accepted updates (Flower)
+
+FedAvg and FedProx are Flower's own; the subclasses here only sample a fixed number of
+sites per round, ``max(⌊num_sites · fraction_train⌋, min_train_sites)``, instead of a share
+of whoever is connected: central DP calibrates its noise to that number, and it keeps a
+deployment's rounds the same size when extra SuperNodes connect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
+
+from federated import protocol
+from federated.central_dp import OpacusRdpAccountant, wrap_with_central_dp
+from federated.update_validation import UpdateGuard, UpdateValidator, aggregate_site_metrics
+from secure_ft.config import FederatedConfig
+
+
+def sites_per_round(config: FederatedConfig) -> int:
+    return max(int(config.num_sites * config.fraction_train), config.min_train_sites)
+
+
+def _configure_fixed_sample(strategy: FedAvg, sample_size: int, server_round: int, arrays: ArrayRecord,
+                            config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    node_ids, _ = sample_nodes(grid, strategy.min_available_nodes, sample_size)
+    config[protocol.SERVER_ROUND] = server_round
+    record = RecordDict({strategy.arrayrecord_key: arrays, strategy.configrecord_key: config})
+    return strategy._construct_messages(record, node_ids, MessageType.TRAIN)
+
+
+class FixedSampleFedAvg(FedAvg):
+    """Flower's FedAvg, sampling exactly `sample_size` sites per training round."""
+
+    def __init__(self, *, sample_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.sample_size = sample_size
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        return _configure_fixed_sample(self, self.sample_size, server_round, arrays, config, grid)
+
+
+class FixedSampleFedProx(FedProx):
+    """Flower's FedProx (sends ``proximal-mu`` to the sites), sampling exactly `sample_size` sites."""
+
+    def __init__(self, *, sample_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.sample_size = sample_size
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        config[protocol.PROXIMAL_MU] = self.proximal_mu
+        return _configure_fixed_sample(self, self.sample_size, server_round, arrays, config, grid)
+
+
+def build_strategy(config: FederatedConfig) -> tuple[UpdateGuard, OpacusRdpAccountant | None]:
+    """The full server strategy for `config` and the central-DP accountant (None without central DP)."""
+    sample_size = sites_per_round(config)
+    common = dict(
+        sample_size=sample_size,
+        fraction_train=config.fraction_train,
+        fraction_evaluate=1.0 if config.federated_evaluation else 0.0,
+        min_train_nodes=config.min_train_sites,
+        min_evaluate_nodes=config.min_train_sites,
+        min_available_nodes=max(config.min_available_sites, sample_size),
+        weighted_by_key=protocol.AGGREGATION_WEIGHT,
+        train_metrics_aggr_fn=aggregate_site_metrics,
+        evaluate_metrics_aggr_fn=aggregate_site_metrics,
+    )
+    if config.strategy == "fedprox":
+        base: Strategy = FixedSampleFedProx(proximal_mu=config.proximal_mu, **common)
+    else:
+        base = FixedSampleFedAvg(**common)
+    wrapped, accountant = wrap_with_central_dp(base, config, sample_size)
+    central = config.central_dp != "none"
+    guard = UpdateGuard(
+        wrapped, UpdateValidator(config.update_norm_bound, config.on_oversized_update),
+        min_accepted=config.min_train_sites, accept_failures=config.accept_failures,
+        uniform_weights=central, require_all_sampled=central,
+    )
+    return guard, accountant
