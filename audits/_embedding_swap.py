@@ -9,7 +9,8 @@ untargeted goal) and replaces the resources with ones already on the machine:
 * word vectors: the whole-word rows of a transformer's input embedding matrix (by default the
   audited model's own), nearest neighbours by cosine precomputed once and cached on disk;
 * antonyms: these vectors are not counter-fitted, so neighbours include antonyms
-  (excellent → terrible); WordNet's direct and indirect antonyms are rejected;
+  (good → bad); WordNet's direct and indirect antonyms are rejected (it misses pairs WordNet
+  does not link, such as excellent → terrible);
 * part of speech: a swap must share a WordNet part of speech with the word it replaces
   (TextFooler uses a POS tagger that would be a download);
 * meaning: the window of words around each swap must stay within a cosine similarity of the

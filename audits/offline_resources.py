@@ -36,7 +36,6 @@ import os
 import shutil
 import sys
 import tempfile
-import warnings
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -268,8 +267,12 @@ def _install_wordnet(target: Path, explicit: str | os.PathLike[str] | None) -> s
         except AuditError as error:
             problems.append(str(error))
             continue
+        try:
+            _validate_wordnet(files, source)
+        except (AuditError, ValueError, IndexError) as error:
+            problems.append(str(error) if isinstance(error, AuditError) else f"{source}: unreadable ({error})")
+            continue
         _write_corpus_folder(target, files)
-        _validate_wordnet(target)
         return f"{label} ({source})"
     tried = "; ".join(problems) if problems else "no WordNet found on this machine"
     raise AuditError(f"WordNet 3.0 for the robustness audit is not available ({tried}); {INSTALL_HINT}")
@@ -318,41 +321,30 @@ def _write_corpus_folder(target: Path, files: dict[str, bytes]) -> None:
         raise
 
 
-def _validate_wordnet(folder: Path) -> None:
-    """Every data line must start with its own byte offset (what NLTK seeks by), and lookups work."""
-    for pos in ("adj", "adv", "noun", "verb"):
-        with open(folder / f"data.{pos}", "rb") as stream:
-            checked = 0
-            offset = 0
-            for line in stream:
-                if not line.startswith(b"  ") and checked < 200:  # header lines start with two spaces
-                    if int(line[:8]) != offset:
-                        raise AuditError(
-                            f"{folder / f'data.{pos}'}: synset at byte {offset} claims offset {line[:8].decode()}; "
-                            f"the WordNet files are damaged or re-encoded. {INSTALL_HINT}"
-                        )
-                    checked += 1
-                offset += len(line)
-    import nltk.data
-    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+def _validate_wordnet(files: dict[str, bytes], source: Path) -> None:
+    """Index entries must point at data lines that start with that same byte offset.
 
-    # nltk >= 3.9.3 only opens corpora below a folder on its search path
-    nltk_root = str(folder.parent.parent)
-    added = nltk_root not in nltk.data.path
-    if added:
-        nltk.data.path.append(nltk_root)
-    try:
-        with warnings.catch_warnings():  # "multilingual functions are not available": no OMW, by design
-            warnings.simplefilter("ignore", UserWarning)
-            reader = WordNetCorpusReader(str(folder), None)
-        good = reader.synsets("good", pos="a")
-        antonyms = {a.name() for s in good for lemma in s.lemmas() for a in lemma.antonyms()}
-        found = bool(reader.synsets("dog", pos="n")) and bool(reader.synsets("run", pos="v"))
-    finally:
-        if added:
-            nltk.data.path.remove(nltk_root)
-    if not found or "bad" not in antonyms:
-        raise AuditError(f"{folder}: WordNet loaded but lookups fail (dog, run, good/bad); {INSTALL_HINT}")
+    NLTK finds a synset by seeking to the offset the index gives; a re-encoded, patched or
+    truncated copy breaks that silently (wrong synsets), so a spread of entries is checked.
+    """
+    for pos in ("adj", "adv", "noun", "verb"):
+        data = files[f"data.{pos}"]
+        entries = [line for line in files[f"index.{pos}"].split(b"\n") if line and not line.startswith(b"  ")]
+        if not entries:
+            raise AuditError(f"{source}: index.{pos} is empty; the WordNet files are damaged. {INSTALL_HINT}")
+        for line in entries[::max(1, len(entries) // 200)]:
+            fields = line.split()
+            for field in fields[-int(fields[2]):]:
+                offset = int(field)
+                if data[offset:offset + len(field)] != field or (offset and data[offset - 1:offset] != b"\n"):
+                    raise AuditError(
+                        f"{source}: index.{pos} sends {fields[0].decode(errors='replace')!r} to byte {offset} of "
+                        f"data.{pos}, which does not hold that synset; the WordNet files are damaged or "
+                        f"re-encoded. {INSTALL_HINT}"
+                    )
+    rows = [line for line in files["lexnames"].decode(errors="replace").splitlines() if line.strip()]
+    if len(rows) != len(LEXNAMES):
+        raise AuditError(f"{source}: lexnames has {len(rows)} rows, WordNet 3.0 has {len(LEXNAMES)}. {INSTALL_HINT}")
 
 
 def _read_manifest(root: Path) -> dict | None:

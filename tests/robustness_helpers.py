@@ -78,3 +78,10 @@ def network_blocked():
 
     with mock.patch.object(socket.socket, "connect", refuse), mock.patch.object(socket.socket, "connect_ex", refuse):
         yield attempts
+
+
+def session_resources(tmp_path_factory):
+    """The offline resources, built once per test session (every robustness test module shares them)."""
+    from audits.offline_resources import ensure_offline_resources
+
+    return ensure_offline_resources(tmp_path_factory.getbasetemp() / "secure-ft-resources")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from robustness_helpers import KEYWORD, keyword_splits, network_blocked, train_brittle_model
+from robustness_helpers import KEYWORD, keyword_splits, network_blocked, session_resources, train_brittle_model
 
 from audits.context import AuditContext
 from audits.registry import run_audit
@@ -20,9 +20,7 @@ STRICT = Policy(robustness=RobustnessPolicy(min_accuracy_under_attack={"default"
 
 @pytest.fixture(scope="session")
 def resources_dir(tmp_path_factory) -> Path:
-    from audits.offline_resources import build_offline_resources
-
-    return build_offline_resources(tmp_path_factory.mktemp("secure-ft-resources")).root
+    return session_resources(tmp_path_factory).root
 
 
 @pytest.fixture(scope="session")
