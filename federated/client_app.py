@@ -19,7 +19,7 @@ from flwr.clientapp import ClientApp
 
 from federated import protocol
 from federated.secagg import is_legacy_fit, secagg_when_requested, train_legacy
-from federated.site_training import Instructions, evaluate_site, train_site_round
+from federated.site_training import evaluate_site, read_instructions, train_site_round
 from federated.task import arrays_to_record, record_to_arrays
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def train(msg: Message, context: Context) -> Message:
     """Train the global model on this site's rows for one round."""
     if is_legacy_fit(msg):
         return train_legacy(msg, context)
-    instructions = Instructions.from_record(msg.content[protocol.CONFIG])
+    instructions = read_instructions(msg.content[protocol.CONFIG], context.node_config)
     global_arrays = record_to_arrays(msg.content[protocol.ARRAYS])
     report = train_site_round(instructions, global_arrays, context.node_config, context.state, context.run_id)
     return Message(content=_reply(report.site, report.metrics, arrays_to_record(report.arrays)), reply_to=msg)
@@ -41,7 +41,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on this site's validation rows."""
-    instructions = Instructions.from_record(msg.content[protocol.CONFIG])
+    instructions = read_instructions(msg.content[protocol.CONFIG], context.node_config)
     global_arrays = record_to_arrays(msg.content[protocol.ARRAYS])
     report = evaluate_site(instructions, global_arrays, context.node_config, context.run_id)
     return Message(content=_reply(report.site, report.metrics), reply_to=msg)

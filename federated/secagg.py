@@ -45,7 +45,7 @@ from flwr.compat.common import recorddict_compat as compat
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 
 from federated import protocol
-from federated.site_training import Instructions, train_site_round
+from federated.site_training import read_instructions, train_site_round
 from federated.update_validation import ACCEPTED, FAILED, SiteOutcome
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def is_legacy_fit(msg: Message) -> bool:
 def train_legacy(msg: Message, context: Context) -> Message:
     """The SecAgg+ round's training step: train as usual, reply with the update as a legacy FitRes."""
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
-    instructions = Instructions.from_record(fitins.config)
+    instructions = read_instructions(fitins.config, context.node_config)
     names = json.loads(str(fitins.config[TENSOR_NAMES]))
     global_arrays = dict(zip(names, parameters_to_ndarrays(fitins.parameters)))
     report = train_site_round(instructions, global_arrays, context.node_config, context.state, context.run_id)

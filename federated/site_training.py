@@ -86,6 +86,15 @@ class SiteReport:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def read_instructions(record: Mapping[str, Any], node_config: Mapping[str, Any]) -> Instructions:
+    """The server's instructions; a malformed message fails naming this site."""
+    try:
+        return Instructions.from_record(record)
+    except Exception as error:
+        log.exception("site %s cannot read the server's instructions", _node_label(node_config))
+        raise failure(_node_label(node_config), error) from error
+
+
 def failure(site: str, error: BaseException) -> SiteFailure:
     return SiteFailure(f"site {site}: {type(error).__name__}: {error}")
 
@@ -106,12 +115,12 @@ def check_instructions(instructions: Instructions) -> None:
 def train_site_round(instructions: Instructions, global_arrays: Mapping[str, np.ndarray],
                      node_config: Mapping[str, Any], state: RecordDict, run_id: int = 0) -> SiteReport:
     """Train the global model on this site's rows for one round; raises `SiteFailure` naming the site."""
-    site_name = str(node_config.get(protocol.SITE_NAME_KEY) or node_config.get(protocol.PARTITION_ID, "?"))
+    site_name = _node_label(node_config)
     try:
-        check_instructions(instructions)
         config = instructions.config
         site = resolve_site(node_config, config, instructions.run_dir, run_id)
         site_name = site.name
+        check_instructions(instructions)
         started = time.perf_counter()
         model, tokenizer = build_model(config, config.data.labels)
         load_arrays(model, global_arrays)
@@ -156,12 +165,12 @@ def train_site_round(instructions: Instructions, global_arrays: Mapping[str, np.
 def evaluate_site(instructions: Instructions, global_arrays: Mapping[str, np.ndarray],
                   node_config: Mapping[str, Any], run_id: int = 0) -> SiteReport:
     """Evaluate the global model on this site's validation rows."""
-    site_name = str(node_config.get(protocol.SITE_NAME_KEY) or node_config.get(protocol.PARTITION_ID, "?"))
+    site_name = _node_label(node_config)
     try:
-        check_instructions(instructions)
         config = instructions.config
         site = resolve_site(node_config, config, instructions.run_dir, run_id)
         site_name = site.name
+        check_instructions(instructions)
         model, tokenizer = build_model(config, config.data.labels)
         load_arrays(model, global_arrays)
         dataset = encode_frame(tokenizer, site.data.validation, config.model.max_length)
@@ -171,6 +180,15 @@ def evaluate_site(instructions: Instructions, global_arrays: Mapping[str, np.nda
     except Exception as error:
         log.exception("site %s failed to evaluate in round %d", site_name, instructions.server_round)
         raise failure(site_name, error) from error
+
+
+def _node_label(node_config: Mapping[str, Any]) -> str:
+    """A name for the site before its data is resolved (used only if resolving fails)."""
+    if node_config.get(protocol.SITE_NAME_KEY):
+        return str(node_config[protocol.SITE_NAME_KEY])
+    if protocol.PARTITION_ID in node_config:
+        return f"partition-{node_config[protocol.PARTITION_ID]}"
+    return "unnamed-site"
 
 
 def _inner_engine(config: RunConfig, site: Site, state: RecordDict) -> TrainingEngine:

@@ -36,7 +36,8 @@ def free_port() -> int:
 
 def flower_processes() -> set[str]:
     found = subprocess.run(["pgrep", "-af", FLOWER_PROCESSES], capture_output=True, text=True).stdout
-    return {line for line in found.splitlines() if "pgrep" not in line}
+    # a zombie (<defunct>) has exited already; it only waits for its (re-)parent to reap it
+    return {line for line in found.splitlines() if "pgrep" not in line and "<defunct>" not in line}
 
 
 class Processes:

@@ -1,0 +1,63 @@
+"""Flower's simulation engine (Ray) end to end: 3 sites, a site crashing mid-round, nothing left running."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from federated import protocol, run_federated
+from federated.client_app import app as site_app
+
+FLOWER_PROCESSES = "flower-superlink|flower-supernode|flower-superexec|flwr-serverapp|flwr-clientapp|raylet"
+
+crashing_site = ClientApp()
+
+
+@crashing_site.train()
+def train(msg: Message, context: Context) -> Message:
+    if int(context.node_config[protocol.PARTITION_ID]) == 2 and int(msg.content[protocol.CONFIG][protocol.SERVER_ROUND]) == 2:
+        raise RuntimeError("power cut at the third site")
+    return site_app(message=msg, context=context)
+
+
+@crashing_site.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    return site_app(message=msg, context=context)
+
+
+def flower_processes() -> set[str]:
+    found = subprocess.run(["pgrep", "-af", FLOWER_PROCESSES], capture_output=True, text=True).stdout
+    # a zombie (<defunct>) has exited already; it only waits for its (re-)parent to reap it
+    return {line for line in found.splitlines() if "pgrep" not in line and "<defunct>" not in line}
+
+
+@pytest.fixture
+def flower_env(tmp_path, monkeypatch):
+    for key, value in {"FLWR_HOME": str(tmp_path / "flwr"), "FLWR_TELEMETRY_ENABLED": "0",
+                       "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_DISABLE_USAGE_STATS": "1"}.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ray_simulation_survives_a_crashing_site_and_leaves_no_process(toy_config, tmp_path, flower_env):
+    before = flower_processes()
+    config = toy_config.model_copy(deep=True)
+    config.model.transfer = "lora"
+    config.training.learning_rate = 0.01
+    config.federated = config.federated.model_copy(update={
+        "num_sites": 3, "partition": "iid", "rounds": 2, "min_train_sites": 2, "federated_evaluation": False})
+    trained = run_federated(config, tmp_path / "run", progress=False, client_app=crashing_site)
+
+    rounds = trained.metrics["rounds"]
+    assert [entry["aggregated"] for entry in rounds] == [True, True]
+    assert [entry["sites_accepted"] for entry in rounds] == [3, 2]
+    failed = [site for site in rounds[1]["sites"] if site["status"] == "failed"]
+    assert [site["site"] for site in failed] == ["site-3"] and "power cut" in failed[0]["reason"]
+    assert (trained.model_dir / "model.safetensors").is_file()
+    assert json.loads((trained.run_dir / "federated.json").read_text())["mode"] == "simulation"
+    assert flower_processes() - before == set(), "Ray or Flower processes outlived the simulation"
