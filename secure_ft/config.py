@@ -127,7 +127,7 @@ class PrivacyConfig(_Section):
     max_physical_batch_size: int = Field(
         32, ge=1, description="largest batch computed at once; larger logical batches are accumulated"
     )
-    grad_sample_mode: Literal["auto", "ghost", "hooks", "functorch"] = Field(
+    grad_sample_mode: Literal["auto", "bookkeeping", "ghost", "hooks", "functorch"] = Field(
         "auto", description="per-sample gradient method; auto = the fastest exact one that supports the model"
     )
     secure_mode: bool = Field(

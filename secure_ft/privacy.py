@@ -110,24 +110,38 @@ def _trains_embeddings(model: nn.Module) -> bool:
 def choose_grad_sample_mode(model: nn.Module, requested: str) -> tuple[str, str]:
     """The per-sample gradient method to use and why.
 
-    ``auto`` picks the fastest exact method measured on this kind of model: ghost clipping
-    when embeddings train (their per-sample gradients dominate time and memory with hooks),
-    hooks otherwise (LoRA / top-k: few trainable parameters, one backward pass). Ghost
-    clipping cannot handle tied parameters; that falls back to hooks with the reason logged.
+    ``auto`` picks the fastest exact method that supports the model (see
+    ``bench/dp_overhead.py``): book-keeping (`secure_ft.bookkeeping`: one backward pass, no
+    per-sample gradients) for models built from Linear / Embedding / LayerNorm layers, which
+    covers BERT-style encoders with or without LoRA. Otherwise ghost clipping when embeddings
+    train (hooks would materialise per-sample embedding gradients), else hooks. Ghost clipping
+    cannot handle tied parameters; that falls back to hooks. Every fallback is logged with
+    its reason.
     """
+    from secure_ft.bookkeeping import unsupported_layers
+
     tied = _tied_parameters(model)
     if requested == "ghost" and tied:
         raise PrivacyError(f"privacy.grad_sample_mode: ghost does not support tied parameters ({tied[0]}); "
                            "use hooks or auto")
+    unsupported = unsupported_layers(model)
+    if requested == "bookkeeping" and unsupported:
+        raise PrivacyError(f"privacy.grad_sample_mode: bookkeeping does not support {', '.join(unsupported[:3])}; "
+                           "use auto, ghost or hooks")
     if requested != "auto":
         return requested, "configured"
+    if not unsupported:
+        return "bookkeeping", "auto: book-keeping clipping supports every trainable layer (fastest exact mode)"
+    fallback = f"auto: book-keeping does not support {', '.join(unsupported[:2])}"
     if not _trains_embeddings(model):
-        return "hooks", "auto: no trainable embeddings (LoRA / top-k); per-sample gradients are small, hooks is fastest"
-    if tied:
-        reason = f"auto: ghost clipping does not support tied parameters ({tied[0]}); falling back to hooks"
-        log.warning("DP: %s", reason)
-        return "hooks", reason
-    return "ghost", "auto: trainable embeddings; ghost clipping avoids per-sample embedding gradients"
+        reason = f"{fallback}; no trainable embeddings, per-sample gradients are small: hooks"
+    elif tied:
+        reason = f"{fallback}; ghost clipping does not support tied parameters ({tied[0]}): hooks"
+    else:
+        log.warning("DP: %s; using ghost clipping", fallback)
+        return "ghost", f"{fallback}; trainable embeddings: ghost clipping"
+    log.warning("DP: %s", reason)
+    return "hooks", reason
 
 
 def make_compatible(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -244,38 +258,17 @@ class PrivateEngine(TrainingEngine):
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             warnings.filterwarnings("ignore", message="GDP accounting is experimental")
             engine = PrivacyEngine(accountant=settings.accountant, secure_mode=settings.secure_mode)
-        common = dict(module=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(), data_loader=loader,
-                      max_grad_norm=settings.max_grad_norm, poisson_sampling=poisson_in_opacus,
-                      grad_sample_mode=self.grad_sample_mode)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*Ignoring drop_last.*")
             warnings.filterwarnings("ignore", category=UserWarning, module="opacus.privacy_engine")
             warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-            if settings.noise_multiplier is not None:
-                wrapped = engine.make_private(noise_multiplier=settings.noise_multiplier, **common)
-                self.noise_source = "configured"
-            elif settings.accountant == "gdp":
-                sigma = _gdp_noise_for_epsilon(settings.target_epsilon, self.delta, 1 / len(loader), epochs)
-                wrapped = engine.make_private(noise_multiplier=sigma, **common)
-                self.noise_source = f"calibrated to target_epsilon={settings.target_epsilon:g} over {epochs} epochs (gdp)"
+            if self.grad_sample_mode == "bookkeeping":
+                dp_model, dp_optimizer, criterion, dp_loader = self._wrap_bookkeeping(
+                    engine, model, optimizer, loader, epochs, poisson_in_opacus)
             else:
-                try:
-                    wrapped = engine.make_private_with_epsilon(target_epsilon=settings.target_epsilon,
-                                                               target_delta=self.delta, epochs=epochs, **common)
-                except ValueError as error:
-                    if "privacy budget is too low" not in str(error):
-                        raise
-                    raise PrivacyError(
-                        f"privacy.target_epsilon = {settings.target_epsilon:g} cannot be reached in {epochs} epochs "
-                        f"with q = {1 / len(loader):.4g} and δ = {self.delta:.2g} even with σ = 10⁶; raise "
-                        "target_epsilon, lower training.batch_size or train fewer epochs") from None
-                self.noise_source = (f"calibrated to target_epsilon={settings.target_epsilon:g} over {epochs} epochs "
-                                     "(opacus make_private_with_epsilon)")
-        if len(wrapped) == 4:
-            dp_model, dp_optimizer, criterion, dp_loader = wrapped
-        else:
-            (dp_model, dp_optimizer, dp_loader), criterion = wrapped, nn.CrossEntropyLoss()
-        if not poisson_in_opacus:
+                dp_model, dp_optimizer, criterion, dp_loader = self._wrap_with_opacus(
+                    engine, model, optimizer, loader, epochs, poisson_in_opacus)
+        if not poisson_in_opacus and hasattr(dp_model, "forbid_grad_accumulation"):
             dp_model.forbid_grad_accumulation()  # what make_private does when it samples itself
         self._privacy_engine, self._optimizer = engine, dp_optimizer
         # the rate Opacus' accountant hook uses (1 / steps per epoch); the sampler's own
@@ -297,6 +290,84 @@ class PrivateEngine(TrainingEngine):
                  self.grad_sample_mode, self.grad_sample_reason,
                  f", {self.world_size} processes" if self.world_size > 1 else "")
         return Prepared(dp_model, dp_optimizer, dp_loader, criterion)
+
+    def _calibrated_noise(self, loader: DataLoader, epochs: int) -> float:
+        """σ that reaches target_epsilon after `epochs`, as make_private_with_epsilon computes it."""
+        from opacus.accountants.utils import get_noise_multiplier
+
+        settings = self.settings
+        sample_rate = 1 / len(loader)
+        self.noise_source = (f"calibrated to target_epsilon={settings.target_epsilon:g} over {epochs} epochs "
+                             f"({'secure-ft gdp search' if settings.accountant == 'gdp' else 'opacus get_noise_multiplier'})")
+        if settings.accountant == "gdp":
+            return _gdp_noise_for_epsilon(settings.target_epsilon, self.delta, sample_rate, epochs)
+        try:
+            return get_noise_multiplier(target_epsilon=settings.target_epsilon, target_delta=self.delta,
+                                        sample_rate=sample_rate, epochs=epochs, accountant=settings.accountant)
+        except ValueError as error:
+            raise self._unreachable(error, sample_rate, epochs) from None
+
+    def _unreachable(self, error: ValueError, sample_rate: float, epochs: int) -> Exception:
+        if "privacy budget is too low" not in str(error):
+            return error
+        return PrivacyError(
+            f"privacy.target_epsilon = {self.settings.target_epsilon:g} cannot be reached in {epochs} epochs with "
+            f"q = {sample_rate:.4g} and δ = {self.delta:.2g} even with σ = 10⁶; raise target_epsilon, lower "
+            "training.batch_size or train fewer epochs")
+
+    def _wrap_with_opacus(self, engine, model, optimizer, loader, epochs, poisson_in_opacus):
+        """Opacus' make_private(_with_epsilon) with one of its per-sample gradient modes."""
+        settings = self.settings
+        common = dict(module=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(), data_loader=loader,
+                      max_grad_norm=settings.max_grad_norm, poisson_sampling=poisson_in_opacus,
+                      grad_sample_mode=self.grad_sample_mode)
+        if settings.noise_multiplier is not None:
+            wrapped = engine.make_private(noise_multiplier=settings.noise_multiplier, **common)
+            self.noise_source = "configured"
+        elif settings.accountant == "gdp":
+            wrapped = engine.make_private(noise_multiplier=self._calibrated_noise(loader, epochs), **common)
+        else:
+            try:
+                wrapped = engine.make_private_with_epsilon(target_epsilon=settings.target_epsilon,
+                                                           target_delta=self.delta, epochs=epochs, **common)
+            except ValueError as error:
+                raise self._unreachable(error, 1 / len(loader), epochs) from None
+            self.noise_source = (f"calibrated to target_epsilon={settings.target_epsilon:g} over {epochs} epochs "
+                                 "(opacus make_private_with_epsilon)")
+        if len(wrapped) == 4:
+            return wrapped
+        dp_model, dp_optimizer, dp_loader = wrapped
+        return dp_model, dp_optimizer, nn.CrossEntropyLoss(), dp_loader
+
+    def _wrap_bookkeeping(self, engine, model, optimizer, loader, epochs, poisson_in_opacus):
+        """Book-keeping clipping (`secure_ft.bookkeeping`) with Opacus' sampler, optimizer and accountant.
+
+        Mirrors make_private: Poisson DPDataLoader, the fast-gradient-clipping DP optimizer
+        (noise on the clipped sum, scaled by the expected batch size), the accountant's hook.
+        """
+        from opacus.data_loader import DPDataLoader
+        from opacus.optimizers import get_optimizer_class
+
+        from secure_ft.bookkeeping import BookKeepingLoss, BookKeepingModule
+
+        settings = self.settings
+        if settings.noise_multiplier is not None:
+            sigma = settings.noise_multiplier
+            self.noise_source = "configured"
+        else:
+            sigma = self._calibrated_noise(loader, epochs)
+        dp_loader = (DPDataLoader.from_data_loader(loader, generator=engine.secure_rng) if poisson_in_opacus
+                     else loader)
+        sample_rate = 1 / len(dp_loader)
+        expected_batch_size = int(len(dp_loader.dataset) * sample_rate) / self.world_size  # per process
+        module = BookKeepingModule(model, settings.max_grad_norm)
+        optimizer_class = get_optimizer_class(clipping="flat", distributed=self.world_size > 1,
+                                              grad_sample_mode="ghost")
+        dp_optimizer = optimizer_class(optimizer, noise_multiplier=sigma, max_grad_norm=settings.max_grad_norm,
+                                       expected_batch_size=expected_batch_size, loss_reduction="mean",
+                                       generator=engine.secure_rng, secure_mode=settings.secure_mode)
+        dp_optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
+        return module, dp_optimizer, BookKeepingLoss(module), dp_loader
 
     def _plan_budget(self, planned_steps: int) -> None:
         """How many steps stay within target_epsilon, so the per-step budget check costs nothing."""
@@ -345,7 +416,7 @@ class PrivateEngine(TrainingEngine):
         loop skips forward/backward for it, so give Opacus zero-size per-sample gradients.
         """
         for parameter in self._optimizer.params:
-            if self.grad_sample_mode == "ghost":
+            if self.grad_sample_mode in ("ghost", "bookkeeping"):
                 if parameter.grad is None:
                     parameter.grad = torch.zeros_like(parameter)
             elif getattr(parameter, "grad_sample", None) is None:
@@ -400,7 +471,9 @@ class PrivateEngine(TrainingEngine):
         from opacus.grad_sample import AbstractGradSampleModule
         from opacus.distributed import DifferentiallyPrivateDistributedDataParallel
 
-        if isinstance(model, AbstractGradSampleModule):
+        from secure_ft.bookkeeping import BookKeepingModule
+
+        if isinstance(model, (AbstractGradSampleModule, BookKeepingModule)):
             model = model._module
         if isinstance(model, (DifferentiallyPrivateDistributedDataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module

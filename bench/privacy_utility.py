@@ -1,0 +1,130 @@
+"""Privacy–utility trade-off on SST-2: dev accuracy without DP and at ε ∈ {1, 3, 8}, same steps.
+
+    .venv/bin/python bench/privacy_utility.py [--train-rows 4000] [--epochs 3] [--batch 64]
+        [--transfer lora] [--lr 5e-3] [--plain-lr 5e-4] [--epsilons 1,3,8] [--sweep-lr 2e-3,5e-3,1e-2]
+
+Data: GLUE SST-2 from ../shared/data/sst2 (see its PROVENANCE.md). Training uses a documented
+subsample of the official train split: the first `--train-rows` rows of a permutation of the
+67,349 rows seeded with 0 (this CPU cannot afford the whole split in a benchmark); evaluation
+uses the whole official dev split (872 sentences). Every configuration trains the default
+model (all-MiniLM-L6-v2) with the same transfer mode, epochs and logical batch, hence the same
+number of optimizer steps; DP runs calibrate σ to reach their ε after those epochs (δ = 1/(10 N),
+PRV accountant, Poisson sampling). The score is the dev accuracy after the last epoch (no
+selection on dev). Printed: accuracy, gap to non-private in points, ε reached, σ, steps, time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
+
+
+def load_sst2(data_dir: Path, train_rows: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    read = dict(sep="\t", quoting=3, keep_default_na=False, dtype={"sentence": str, "label": int})
+    train = pd.read_csv(data_dir / "glue_sst2_train.tsv", **read)
+    dev = pd.read_csv(data_dir / "glue_sst2_dev.tsv", **read)
+    train = train.sample(frac=1.0, random_state=0).head(train_rows).reset_index(drop=True)
+    return train, dev
+
+
+def run_one(train: pd.DataFrame, dev: pd.DataFrame, *, epsilon: float | None, lr: float, args) -> dict:
+    import torch
+
+    from secure_ft.config import ModelConfig, PrivacyConfig, TrainingConfig
+    from secure_ft.models import apply_transfer, load_base_model
+    from secure_ft.training import TrainingEngine, encode, fit
+
+    labels = ["negative", "positive"]
+    model_config = ModelConfig(transfer=args.transfer, max_length=args.max_length)
+    torch.manual_seed(0)
+    model, tokenizer = load_base_model(model_config, labels)
+    model = apply_transfer(model, model_config)
+    train_set = encode(tokenizer, train["sentence"].tolist(), train["label"].tolist(), args.max_length)
+    dev_set = encode(tokenizer, dev["sentence"].tolist(), dev["label"].tolist(), args.max_length)
+    training = TrainingConfig(epochs=args.epochs, batch_size=args.batch, learning_rate=lr,
+                              early_stopping_patience=None, num_threads=args.threads, eval_batch_size=128)
+    if epsilon is None:
+        engine = TrainingEngine(training.max_grad_norm)
+    else:
+        from secure_ft.privacy import PrivateEngine
+
+        settings = PrivacyConfig(target_epsilon=epsilon, max_grad_norm=args.clip,
+                                 max_physical_batch_size=args.physical_batch)
+        engine = PrivateEngine(settings, dataset_size=len(train_set), trained=args.transfer)
+    started = time.perf_counter()
+    result = fit(model, train_set, dev_set, labels, training, seed=0, engine=engine, progress=False)
+    seconds = time.perf_counter() - started
+    last = result.history[-1]
+    row = {"epsilon_target": epsilon, "lr": lr, "accuracy": last.val_accuracy,
+           "best_epoch_accuracy": max(r.val_accuracy for r in result.history), "steps": result.steps,
+           "seconds": seconds, "epsilon": None, "sigma": None}
+    if epsilon is not None:
+        guarantee = engine.guarantee(result)
+        row.update(epsilon=guarantee["epsilon"], sigma=guarantee["noise_multiplier"])
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--train-rows", type=int, default=4000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=64, help="logical batch (expected size under Poisson sampling)")
+    parser.add_argument("--physical-batch", type=int, default=64)
+    parser.add_argument("--transfer", choices=["lora", "full", "top_k"], default="lora")
+    parser.add_argument("--lr", type=float, default=5e-3, help="learning rate of the DP runs")
+    parser.add_argument("--plain-lr", type=float, default=5e-4, help="learning rate of the non-private run")
+    parser.add_argument("--clip", type=float, default=1.0, help="per-sample clipping norm of the DP runs")
+    parser.add_argument("--epsilons", default="1,3,8")
+    parser.add_argument("--sweep-lr", help="instead: comma-separated DP learning rates to try at the largest ε")
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import logging
+    import warnings
+
+    logging.basicConfig(level=logging.WARNING)
+    warnings.filterwarnings("ignore")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+    train, dev = load_sst2(args.data, args.train_rows)
+    epsilons = [float(e) for e in args.epsilons.split(",")]
+    plan = [(None, args.plain_lr)]
+    if args.sweep_lr:
+        plan += [(max(epsilons), float(lr)) for lr in args.sweep_lr.split(",")]
+    else:
+        plan += [(epsilon, args.lr) for epsilon in epsilons]
+    rows = []
+    for epsilon, lr in plan:
+        row = run_one(train, dev, epsilon=epsilon, lr=lr, args=args)
+        rows.append(row)
+        print(f"  {'non-private' if epsilon is None else f'ε={epsilon:g}'} lr={lr:g}: dev accuracy "
+              f"{row['accuracy']:.4f} ({row['seconds']:.0f} s)", file=sys.stderr, flush=True)
+
+    base = rows[0]["accuracy"]
+    print(f"\nSST-2 dev accuracy (872 sentences), {args.transfer}, {len(train)} training rows, {args.epochs} epochs, "
+          f"logical batch {args.batch}, max_length {args.max_length}, {rows[0]['steps']} steps each")
+    print(f"{'config':14s} {'lr':>8s} {'ε reached':>10s} {'σ':>7s} {'steps':>6s} {'accuracy':>9s} {'gap (pts)':>10s} "
+          f"{'time':>7s}")
+    for row in rows:
+        name = "non-private" if row["epsilon_target"] is None else f"DP ε={row['epsilon_target']:g}"
+        reached = "-" if row["epsilon"] is None else f"{row['epsilon']:.3f}"
+        sigma = "-" if row["sigma"] is None else f"{row['sigma']:.3f}"
+        print(f"{name:14s} {row['lr']:>8.0e} {reached:>10s} {sigma:>7s} {row['steps']:>6d} {row['accuracy']:>9.4f} "
+              f"{100 * (base - row['accuracy']):>10.2f} {row['seconds']:>6.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
