@@ -6,7 +6,7 @@
 2. load the server's data: its validation split is the held-out set every round is judged
    on, its test split is left for the audits (in a simulation the training split is what the
    sites are partitioned from; in a deployment it is not used);
-3. pin the label set into the config the sites receive, and hash the base checkpoint;
+3. send the label set (its numbering) with every message, and hash the base checkpoint;
 4. build the model, send its trainable tensors as the initial global model, and run the
    rounds with `federated.strategy` (or the SecAgg+ workflow in `federated.secagg`);
 5. hand off the best round's global model (`federated.handoff`).
@@ -15,7 +15,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import threading
 from pathlib import Path
 
 from flwr.app import ConfigRecord, Context
@@ -26,6 +28,7 @@ from federated.central_dp import central_guarantee
 from federated.handoff import write_handoff
 from federated.partition import partition_sites
 from federated.round_book import RoundBook, ServerEvaluator
+from federated.stoppable_grid import StoppableGrid
 from federated.strategy import build_strategy, sites_per_round
 from federated.task import (arrays_to_record, base_model_sha256, build_model, encode_frame, record_bytes,
                             secure_ft_version, trainable_arrays)
@@ -74,9 +77,11 @@ class FederatedServer:
         self.run_dir = Path(run_dir)
         self.simulated = simulated
         self.result: TrainedRun | None = None
+        self.stop = threading.Event()  # set from outside (Ctrl-C) to end the run at the next poll
 
     def run(self, grid: Grid, context: Context) -> TrainedRun:
         config, run_dir = self.config, self.run_dir
+        grid = StoppableGrid(grid, self.stop)
         run_dir.mkdir(parents=True, exist_ok=True)
         if (run_dir / "model").exists() or CheckpointStore(run_dir / "checkpoints").exists():
             raise CheckpointError(f"{run_dir}: already holds a run; choose a new folder")
@@ -93,10 +98,8 @@ class FederatedServer:
             sites = [site.summary(splits.label_names) for site in partition_sites(splits, config.federated, config.seed)]
         else:
             sites = []
-        pinned = config.model_copy(update={"data": config.data.model_copy(update={"labels": splits.label_names})})
-
         device = resolve_device(config.device)
-        model, tokenizer = build_model(pinned, splits.label_names)
+        model, tokenizer = build_model(config, splits.label_names)
         initial = trainable_arrays(model)
         trainable, total = trainable_parameter_count(model)
         evaluator = None
@@ -114,7 +117,8 @@ class FederatedServer:
                  trainable, update_bytes / 1024)
 
         instructions = {
-            protocol.RUN_CONFIG: pinned.to_yaml().encode("utf-8"),  # bytes: Flower logs configs, masking bytes
+            protocol.RUN_CONFIG: config.to_yaml().encode("utf-8"),  # bytes: Flower logs configs, masking bytes
+            protocol.LABELS: json.dumps(splits.label_names),
             protocol.RUN_DIR: str(run_dir.resolve()) if self.simulated else "",
             protocol.VERSION: secure_ft_version(),
             protocol.BASE_MODEL_SHA256: base_model_sha256(config.model),

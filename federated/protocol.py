@@ -3,7 +3,8 @@
 Server → site (``train`` and ``evaluate`` messages)::
 
     "arrays"  ArrayRecord   the global model's exchanged tensors (see `federated.task`)
-    "config"  ConfigRecord  server-round, run-config (the run's YAML as UTF-8 bytes, labels pinned),
+    "config"  ConfigRecord  server-round, run-config (the run's YAML as UTF-8 bytes),
+                            labels (JSON list: the label set and its numbering),
                             run-dir (simulation only), secure-ft-version,
                             base-model-sha256, proximal-mu (FedProx)
 
@@ -29,6 +30,7 @@ SITE = "site"
 # config keys (server → site)
 SERVER_ROUND = "server-round"
 RUN_CONFIG = "run-config"
+LABELS = "labels"
 RUN_DIR = "run-dir"
 VERSION = "secure-ft-version"
 BASE_MODEL_SHA256 = "base-model-sha256"

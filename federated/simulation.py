@@ -24,6 +24,7 @@ QUIET_ENVIRONMENT = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "RAY_DISABLE_USAGE_STATS": "1",
+    "RAY_worker_niceness": "0",  # Ray runs workers at nice 15 by default; here they do the training
     "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
@@ -36,8 +37,11 @@ def check_before_start(config: RunConfig) -> None:
     from federated.site_engine import site_noise_multiplier
     from secure_ft.data import load_splits
 
+    from federated.site_data import simulated_partition
+
     splits = load_splits(config.data, config.seed)
     sites = partition_sites(splits, config.federated, config.seed, quiet=True)
+    simulated_partition(config, splits.label_names, 0)  # what every site will compute, in the sites' code
     if config.privacy.mode == "dp":
         smallest = min(sites, key=lambda site: len(site.train))
         sigma = site_noise_multiplier(config, len(smallest.train))
@@ -104,6 +108,9 @@ def run_federated(config: RunConfig, run_dir: Path, progress: bool = True, *, ba
             return _run_local(server, config, client_app)
         run_simulation(server_app=make_server_app(server), client_app=client_app,
                        num_supernodes=config.federated.num_sites, backend_config=backend_config(config, progress))
+    except KeyboardInterrupt:
+        server.stop.set()  # Flower stopped the sites; the server thread must not wait for their replies
+        raise
     finally:
         flower_logger.setLevel(previous[0])
         flower_logger.propagate = previous[1]

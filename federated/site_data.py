@@ -3,7 +3,7 @@
 In a deployment every SuperNode is started with ``--node-config "data-path=… site-name=…"``
 and reads only that file. The file is validated like a central run's data (same column
 mapping, same checks, errors naming the file and rows); its labels must belong to the
-run's label set, which the server pins in the run config, so that label *indices* agree
+run's label set, which the server sends with every message, so that label *indices* agree
 across sites. The site keeps a stratified validation share of its rows for its own
 model selection and for federated evaluation.
 
@@ -41,7 +41,8 @@ class Site:
     deployed: bool
 
 
-def resolve_site(node_config: Mapping[str, object], config: RunConfig, run_dir: str = "", run_id: int = 0) -> Site:
+def resolve_site(node_config: Mapping[str, object], config: RunConfig, labels: list[str], run_dir: str = "",
+                 run_id: int = 0) -> Site:
     """The site this SuperNode stands for, from its node config.
 
     A deployed site keeps its records in ``<state-dir>/run-<Flower run id>``; a simulated
@@ -57,14 +58,14 @@ def resolve_site(node_config: Mapping[str, object], config: RunConfig, run_dir: 
         path = Path(str(node_config[protocol.DATA_PATH])).expanduser()
         name = str(node_config.get(protocol.SITE_NAME_KEY) or path.stem)
         root = Path(str(node_config.get(protocol.STATE_DIR) or DEFAULT_STATE_ROOT / name)).expanduser()
-        return Site(name, load_site_file(path, config, name), root / f"run-{run_id}", deployed=True)
+        return Site(name, load_site_file(path, config, labels, name), root / f"run-{run_id}", deployed=True)
     if protocol.PARTITION_ID in node_config:
         index = int(node_config[protocol.PARTITION_ID])
         total = int(node_config.get(protocol.NUM_PARTITIONS, config.federated.num_sites))
         if total != config.federated.num_sites:
             raise ConfigError(f"the simulation runs {total} SuperNodes but federated.num_sites is "
                               f"{config.federated.num_sites}; start it with as many SuperNodes as sites")
-        partition = simulated_partition(config, index)
+        partition = simulated_partition(config, labels, index)
         root = Path(run_dir) if run_dir else DEFAULT_STATE_ROOT.expanduser()
         return Site(partition.name, partition, root / "sites" / partition.name, deployed=False)
     raise ConfigError(
@@ -76,10 +77,18 @@ def resolve_site(node_config: Mapping[str, object], config: RunConfig, run_dir: 
 _PARTITIONS: dict[str, list[SitePartition]] = {}  # per process: the partition of a config, computed once
 
 
-def simulated_partition(config: RunConfig, index: int) -> SitePartition:
+def simulated_partition(config: RunConfig, labels: list[str], index: int) -> SitePartition:
+    """Partition `index` of the run's data, split exactly as the server split it.
+
+    The split is recomputed from the data as configured and must find the label set the
+    server found (`labels`), so that label indices agree.
+    """
     key = config.model_dump_json(include={"seed", "data", "federated"})
     if key not in _PARTITIONS:
         splits = load_splits(config.data, config.seed)
+        if splits.label_names != list(labels):
+            raise ConfigError(f"the site finds labels {splits.label_names} in {config.data.source} but the server "
+                              f"found {labels}; server and sites must read the same data")
         _PARTITIONS.clear()
         _PARTITIONS[key] = partition_sites(splits, config.federated, config.seed, quiet=True)
     partitions = _PARTITIONS[key]
@@ -88,12 +97,8 @@ def simulated_partition(config: RunConfig, index: int) -> SitePartition:
     return partitions[index]
 
 
-def load_site_file(path: Path, config: RunConfig, name: str) -> SitePartition:
+def load_site_file(path: Path, config: RunConfig, labels: list[str], name: str) -> SitePartition:
     """A site's own labelled file, checked against the run's label set and split train/validation."""
-    labels = config.data.labels
-    if not labels:
-        raise ConfigError("the run config sent by the server does not pin data.labels; the server must send the "
-                          "label set so that every site numbers the labels the same way")
     if not path.is_file():
         raise DataError(f"{path}: the site's data file (node config data-path) does not exist")
     site_config = config.data.model_copy(update={

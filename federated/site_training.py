@@ -3,7 +3,7 @@
 Used by both ClientApp paths (the Message API in `federated.client_app` and the legacy
 SecAgg+ path in `federated.secagg`). What a site checks before it trains:
 
-- the run config parses and its labels are pinned (so label indices agree);
+- the run config parses, and the label set (and so the label numbering) is the server's;
 - its base checkpoint has the hash the server announced (frozen weights never travel, so a
   different checkpoint would silently train a different model);
 - the secure-ft version matches (a mismatch is logged: the exchanged tensors may differ).
@@ -49,6 +49,7 @@ class Instructions:
     """What the server asked of a site this round."""
 
     config: RunConfig
+    labels: list[str]
     server_round: int
     run_dir: str = ""
     proximal_mu: float = 0.0
@@ -67,8 +68,16 @@ class Instructions:
             raw = yaml.safe_load(text)
         except yaml.YAMLError as error:
             raise ConfigError(f"the server's run config is not valid YAML: {error}") from None
+        try:
+            labels = json.loads(record.get(protocol.LABELS, ""))
+        except (TypeError, ValueError):
+            labels = None
+        if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(label, str) for label in labels):
+            raise ConfigError("the server's message carries no valid label set; the ServerApp and ClientApp are "
+                              "from different secure-ft versions")
         return cls(
             config=config_from_dict(raw, "run config sent by the server"),
+            labels=labels,
             server_round=int(record.get(protocol.SERVER_ROUND, 0)),
             run_dir=str(record.get(protocol.RUN_DIR, "")),
             proximal_mu=float(record.get(protocol.PROXIMAL_MU, 0.0)),
@@ -118,18 +127,18 @@ def train_site_round(instructions: Instructions, global_arrays: Mapping[str, np.
     site_name = _node_label(node_config)
     try:
         config = instructions.config
-        site = resolve_site(node_config, config, instructions.run_dir, run_id)
+        site = resolve_site(node_config, config, instructions.labels, instructions.run_dir, run_id)
         site_name = site.name
         check_instructions(instructions)
         started = time.perf_counter()
-        model, tokenizer = build_model(config, config.data.labels)
+        model, tokenizer = build_model(config, instructions.labels)
         load_arrays(model, global_arrays)
         train_set = encode_frame(tokenizer, site.data.train, config.model.max_length)
         validation_set = encode_frame(tokenizer, site.data.validation, config.model.max_length)
         engine = SiteEngine(_inner_engine(config, site, state), proximal_mu=instructions.proximal_mu,
                             restore=_load_engine_state(state))
         try:
-            result = train_locally(model, train_set, validation_set, config.data.labels, config,
+            result = train_locally(model, train_set, validation_set, instructions.labels, config,
                                    seed=round_seed(config.seed, instructions.server_round, site.name), engine=engine,
                                    device=resolve_device(config.device))
         finally:
@@ -168,13 +177,13 @@ def evaluate_site(instructions: Instructions, global_arrays: Mapping[str, np.nda
     site_name = _node_label(node_config)
     try:
         config = instructions.config
-        site = resolve_site(node_config, config, instructions.run_dir, run_id)
+        site = resolve_site(node_config, config, instructions.labels, instructions.run_dir, run_id)
         site_name = site.name
         check_instructions(instructions)
-        model, tokenizer = build_model(config, config.data.labels)
+        model, tokenizer = build_model(config, instructions.labels)
         load_arrays(model, global_arrays)
         dataset = encode_frame(tokenizer, site.data.validation, config.model.max_length)
-        scores = evaluate_model(model, dataset, config.data.labels, config, resolve_device(config.device))
+        scores = evaluate_model(model, dataset, instructions.labels, config, resolve_device(config.device))
         return SiteReport(site.name, {protocol.NUM_EXAMPLES: float(len(site.data.validation)),
                                       protocol.ACCURACY: scores["accuracy"], protocol.MACRO_F1: scores["macro_f1"]})
     except Exception as error:

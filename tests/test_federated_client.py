@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,12 +21,13 @@ from secure_ft.errors import DataError, ModelError
 from secure_ft.models import trainable_parameter_count
 from toy_data import toy_frame
 
+LABELS = ["cards", "loans", "reports"]
+
 
 @pytest.fixture
 def lora_config(toy_config) -> RunConfig:
     config = toy_config.model_copy(deep=True)
     config.model.transfer = "lora"
-    config.data.labels = ["cards", "loans", "reports"]
     config.federated.num_sites = 2
     config.federated.partition = "iid"
     return config
@@ -32,6 +35,7 @@ def lora_config(toy_config) -> RunConfig:
 
 def instructions(config: RunConfig, server_round: int = 1, **extra) -> ConfigRecord:
     return ConfigRecord({protocol.RUN_CONFIG: config.to_yaml().encode(), protocol.SERVER_ROUND: server_round,
+                         protocol.LABELS: json.dumps(LABELS),
                          protocol.BASE_MODEL_SHA256: base_model_sha256(config.model), **extra})
 
 
@@ -50,7 +54,7 @@ def train_message(arrays: dict, config_record: ConfigRecord) -> Message:
 
 
 def test_lora_sites_exchange_only_adapters_and_head(lora_config, tmp_path):
-    model, _ = build_model(lora_config, lora_config.data.labels)
+    model, _ = build_model(lora_config, LABELS)
     sent = trainable_arrays(model)
     assert sent and all(".lora_A." in name or ".lora_B." in name or "modules_to_save" in name for name in sent)
     assert any("classifier" in name for name in sent) and any(".lora_B." in name for name in sent)
@@ -60,7 +64,7 @@ def test_lora_sites_exchange_only_adapters_and_head(lora_config, tmp_path):
 
     full_config = lora_config.model_copy(deep=True)
     full_config.model.transfer = "full"
-    full_model, _ = build_model(full_config, lora_config.data.labels)
+    full_model, _ = build_model(full_config, LABELS)
     assert record_bytes(sent) < record_bytes(trainable_arrays(full_model)) / 2
 
     reply = app(message=train_message(sent, instructions(lora_config, **{protocol.RUN_DIR: str(tmp_path)})),
@@ -77,7 +81,7 @@ def test_lora_sites_exchange_only_adapters_and_head(lora_config, tmp_path):
 
 
 def test_a_site_refuses_weights_for_another_model(lora_config):
-    model, _ = build_model(lora_config, lora_config.data.labels)
+    model, _ = build_model(lora_config, LABELS)
     arrays = trainable_arrays(model)
     wrong = dict(arrays)
     name = next(iter(wrong))
@@ -89,7 +93,7 @@ def test_a_site_refuses_weights_for_another_model(lora_config):
 
 
 def test_a_site_with_another_base_model_fails_with_its_name(lora_config, tmp_path):
-    model, _ = build_model(lora_config, lora_config.data.labels)
+    model, _ = build_model(lora_config, LABELS)
     record = instructions(lora_config, **{protocol.RUN_DIR: str(tmp_path)})
     record[protocol.BASE_MODEL_SHA256] = "0" * 64
     with pytest.raises(Exception) as raised:
@@ -102,7 +106,7 @@ def test_a_deployed_site_reads_its_own_file_with_the_run_label_numbering(lora_co
     frame = frame[frame["product"] != "cards"]  # this site has no 'cards' complaints at all
     path = tmp_path / "site.csv"
     frame.to_csv(path, index=False)
-    site = load_site_file(path, lora_config, "hospital-a")
+    site = load_site_file(path, lora_config, LABELS, "hospital-a")
     both = pd.concat([site.train, site.validation])
     assert set(both["label_name"]) == {"loans", "reports"}
     assert (both["label"] == both["label_name"].map({"cards": 0, "loans": 1, "reports": 2})).all()
@@ -111,4 +115,4 @@ def test_a_deployed_site_reads_its_own_file_with_the_run_label_numbering(lora_co
     frame.loc[frame.index[0], "product"] = "insurance"
     frame.to_csv(path, index=False)
     with pytest.raises(DataError, match="declared set"):
-        load_site_file(path, lora_config, "hospital-a")
+        load_site_file(path, lora_config, LABELS, "hospital-a")

@@ -28,6 +28,9 @@ from secure_ft.models import load_trained_model, model_hash
 
 @pytest.fixture
 def fed_config(toy_config):
+    source = toy_config.data.source  # a class too small to split: dropped by the server and every site alike
+    with open(source, "a", encoding="utf-8") as stream:
+        stream.write("my insurance claim was denied,insurance,north,False\n" * 2)
     config = toy_config.model_copy(deep=True)
     config.training.learning_rate = 0.01
     config.federated = config.federated.model_copy(update={
