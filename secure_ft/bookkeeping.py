@@ -119,15 +119,19 @@ class BookKeepingModule(nn.Module):
         records = [(layer, self._records[layer]) for layer in self._layers if layer in self._records]
         reference = next(iter(self._module.parameters()))
         squared = torch.zeros(batch_size, device=reference.device, dtype=torch.float32)
+        grams: dict[tuple, torch.Tensor] = {}  # a·aᵀ of inputs several layers share (query, key, value)
         for layer, record in records:
             if record.grad is None:  # the layer ran but the loss does not depend on it
                 record.grad = torch.zeros_like(_output_like(layer, record.inputs))
-            squared += _squared_norms(layer, record.inputs, record.grad).float()
+            squared += _squared_norms(layer, record.inputs, record.grad, grams).float()
         norms = squared.sqrt()
         self.per_sample_norms = norms
         coefficients = (self.max_grad_norm / (norms + CLIP_EPSILON)).clamp(max=1.0)
         for layer, record in records:
             _write_clipped_sum(layer, record.inputs, record.grad, coefficients)
+            # the autograd graph (alive while the caller holds the loss) keeps the hook that
+            # owns this record: drop the tensors now, not at the next step
+            record.inputs = record.grad = None
         for layer in self._layers:  # a trainable layer that did not run contributes zero
             for parameter in layer.parameters(recurse=False):
                 if parameter.requires_grad and parameter.grad is None:
@@ -188,16 +192,23 @@ def _as_sequence(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(tensor.shape[0], -1, tensor.shape[-1])
 
 
-def _squared_norms(layer: nn.Module, inputs: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+def _squared_norms(layer: nn.Module, inputs: torch.Tensor, grad: torch.Tensor, grams: dict) -> torch.Tensor:
     if isinstance(layer, nn.Linear):
-        return _linear_squared_norms(layer, _as_sequence(inputs), _as_sequence(grad))
+        return _linear_squared_norms(layer, _as_sequence(inputs), _as_sequence(grad), grams)
     if isinstance(layer, nn.Embedding):
         return _embedding_squared_norms(layer, inputs.reshape(inputs.shape[0], -1),
                                         grad.reshape(grad.shape[0], -1, grad.shape[-1]))
     return _layer_norm_squared_norms(layer, inputs, grad)
 
 
-def _linear_squared_norms(layer: nn.Linear, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def _gram(a: torch.Tensor, grams: dict) -> torch.Tensor:
+    key = (a.data_ptr(), tuple(a.shape), tuple(a.stride()))
+    if key not in grams:
+        grams[key] = torch.bmm(a, a.transpose(1, 2))
+    return grams[key]
+
+
+def _linear_squared_norms(layer: nn.Linear, a: torch.Tensor, g: torch.Tensor, grams: dict) -> torch.Tensor:
     batch, steps, width_in = a.shape
     width_out = g.shape[-1]
     total = torch.zeros(batch, device=a.device, dtype=g.dtype)
@@ -206,7 +217,7 @@ def _linear_squared_norms(layer: nn.Linear, a: torch.Tensor, g: torch.Tensor) ->
             total += (a.squeeze(1) ** 2).sum(-1) * (g.squeeze(1) ** 2).sum(-1)
         elif steps * steps * (width_in + width_out) <= steps * width_in * width_out:
             # ghost norm: ‖Σ_t g_t a_tᵀ‖² = Σ_{t,s} (a_t·a_s)(g_t·g_s)
-            total += (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
+            total += (_gram(a, grams) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
         else:
             total += (torch.bmm(g.transpose(1, 2), a) ** 2).sum((1, 2))
     if layer.bias is not None and layer.bias.requires_grad:
