@@ -98,10 +98,12 @@ class AttackEngine:
 
         attack = self.attack_for(recipe)
         set_seed(example_seed(self.spec.seed, recipe, example.text))
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         with downloads_blocked(not self.config.allow_downloads):
             result = attack.attack(example.text, int(example.label))
-        return record_from_result(recipe, example, result, time.perf_counter() - started, self.config.query_budget)
+        record = record_from_result(recipe, example, result, time.perf_counter() - started, self.config.query_budget)
+        record["cpu_seconds"] = round(time.process_time() - cpu_started, 4)  # all threads of this process
+        return record
 
 
 def record_from_result(recipe: str, example: AttackExample, result, seconds: float, query_budget: int) -> dict:

@@ -9,7 +9,7 @@ the model changes its answer or the query budget runs out. Per recipe the audit 
   are *skipped*, not attacked);
 * ``avg_perturbed_word_pct`` (successful attacks), ``avg_queries`` (attempted attacks),
   ``budget_exhausted`` (attacks stopped by the query budget: with many, accuracy under attack
-  is an upper bound), wall time and examples per minute;
+  is an upper bound), wall time, examples per minute and CPU seconds;
 * the recipe's goal, transformation, search and constraints, so an auditor knows what
   "robust" meant.
 
@@ -52,7 +52,7 @@ EVIDENCE_FILE = "adversarial_examples.csv"
 EVIDENCE_COLUMNS = [
     "recipe", "example", "row", "label", "label_name", "original_prediction", "original_prediction_name",
     "perturbed_prediction", "perturbed_prediction_name", "result", "num_queries", "budget_exhausted", "words_changed", "word_count",
-    "perturbed_word_pct", "seconds", "original_text", "perturbed_text",
+    "perturbed_word_pct", "seconds", "cpu_seconds", "original_text", "perturbed_text",
 ]
 _MIN_TASKS_PER_WORKER = 2  # below this, starting worker processes costs more than it saves
 
@@ -128,6 +128,8 @@ def robustness_audit(context: AuditContext) -> AuditResult:
         summary["wall_time_s"] = round(wall, 2)
         summary["examples_per_minute"] = round(60.0 * run.attacked / wall, 2) if run and wall > 0 else None
         summary["resumed_examples"] = len(recipe_records) - (run.attacked if run else 0)
+        # CPU time is what the attacks cost whatever else the machine was doing
+        summary["cpu_seconds"] = round(sum(r.get("cpu_seconds", 0.0) for r in recipe_records), 2)
         summary.update(descriptions[recipe])
         metrics["recipes"][recipe] = summary
         checks += recipe_checks(recipe, summary, context.policy.robustness)
@@ -189,6 +191,8 @@ def recipe_metrics(records: list[dict]) -> dict:
         "avg_perturbed_word_pct": mean(r["perturbed_word_pct"] for r in successes) if successes else None,
         "avg_queries": mean(r["num_queries"] for r in records if r["result"] != SKIPPED) if attempted else None,
         "budget_exhausted": sum(1 for r in records if r["budget_exhausted"]),
+        "budget_exhausted_fraction": (sum(1 for r in records if r["budget_exhausted"]) / attempted
+                                      if attempted else 0.0),
     }
 
 
@@ -196,7 +200,8 @@ def recipe_checks(recipe: str, summary: dict, policy) -> list[Check]:
     """The policy's thresholds for `recipe` (or its "default") applied to the recipe's numbers."""
     checks = []
     for field, metric, comparison in (("min_accuracy_under_attack", "accuracy_under_attack", ">="),
-                                      ("max_attack_success_rate", "attack_success_rate", "<=")):
+                                      ("max_attack_success_rate", "attack_success_rate", "<="),
+                                      ("max_budget_exhausted_fraction", "budget_exhausted_fraction", "<=")):
         limits = getattr(policy, field)
         threshold = limits.get(recipe, limits.get("default"))
         if threshold is None:

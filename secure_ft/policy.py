@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -38,10 +38,22 @@ class PerformancePolicy(_Section):
     use_ci_bound: bool = Field(False, description="judge the lower CI bound instead of the point estimate")
 
 
+Share = Annotated[float, Field(ge=0, le=1)]
+
+
 class RobustnessPolicy(_Section):
-    # per recipe name; the key "default" applies to recipes not named
-    min_accuracy_under_attack: dict[str, float] = Field(default_factory=dict)
-    max_attack_success_rate: dict[str, float] = Field(default_factory=dict)
+    """Thresholds per attack recipe name; the key "default" applies to every recipe not named."""
+
+    min_accuracy_under_attack: dict[str, Share] = Field(
+        default_factory=dict, description="share of sampled test texts still classified right after the attack"
+    )
+    max_attack_success_rate: dict[str, Share] = Field(
+        default_factory=dict, description="successful attacks over attempted ones (misclassified texts are skipped)"
+    )
+    max_budget_exhausted_fraction: dict[str, Share] = Field(
+        default_factory=dict,
+        description="attempted attacks stopped by the query budget; above it accuracy under attack is not trusted",
+    )
 
 
 class FairnessPolicy(_Section):

@@ -103,6 +103,8 @@ def test_metrics_match_a_recount_from_the_evidence_csv(brittle_audit):
             assert (wins["perturbed_prediction"] != wins["label"]).all()
             assert (wins["perturbed_text"] != wins["original_text"]).all()
         assert metrics["budget_exhausted"] == int(rows["budget_exhausted"].sum())
+        assert metrics["budget_exhausted_fraction"] == pytest.approx(
+            rows["budget_exhausted"].sum() / len(attempted) if len(attempted) else 0.0)
 
 
 def test_result_lists_constraints_and_keeps_text_out_of_metrics(brittle_audit):
@@ -141,6 +143,9 @@ def test_thresholds_decide_passed(brittle_audit):
     [check] = recipe_checks("deepwordbug", summary, per_recipe)
     assert (check.name, check.threshold, check.passed) == ("deepwordbug.accuracy_under_attack", 0.9, False)
     assert recipe_checks("deepwordbug", summary, RobustnessPolicy()) == []
+    starved = {**summary, "budget_exhausted_fraction": 0.6}
+    [check] = recipe_checks("pwws", starved, RobustnessPolicy(max_budget_exhausted_fraction={"default": 0.5}))
+    assert (check.name, check.passed) == ("pwws.budget_exhausted_fraction", False)
     nothing_attacked = {**summary, "attack_success_rate": None}
     [check] = recipe_checks("pwws", nothing_attacked, RobustnessPolicy(max_attack_success_rate={"default": 0.5}))
     assert not check.passed and "no example was attacked" in check.note

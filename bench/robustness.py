@@ -1,0 +1,186 @@
+"""Robustness audit speed: stock TextAttack against the audit's own attack path, same outcomes.
+
+The same recipe attacks the same seeded examples (the audit's sample of the builtin:cfpb test
+split, cut to the part the model reads) four ways:
+
+* stock, equal length: TextAttack's ``Attacker`` with the stock ``HuggingFaceModelWrapper``,
+  the tokenizer's ``model_max_length`` set to the trained length (the fair baseline);
+* ours, one process: the audit's engine (length-capped dynamic padding, inference mode,
+  logits cached by token ids) in this process;
+* ours, two workers: the audit's spawned workers, start-up (imports, model load) included;
+* stock as users run it: the stock wrapper with the base tokenizer's ``model_max_length``
+  (512 for MiniLM), on the first few examples only (it is slow); compared per example.
+
+Every attack is seeded from (seed, recipe, text) in all four (the stock ``Attack.attack`` is
+wrapped to set that seed), so per-example outcomes must be identical; the table says whether
+they are. (Padding to 512 changes logits in the last float bits, which can break a tie between
+two equally effective edits the other way: same result and query count, another adversarial
+text.) Ratios are wall-clock, measured in this run on this machine's CPUs.
+
+    python bench/robustness.py [--model-dir runs/<run>/model] [--recipes deepwordbug]
+                               [--examples 10] [--query-budget 200] [--users-examples 3]
+
+Without --model-dir the newest ``runs/*/model`` is used, else the packaged MiniLM with a
+fresh seeded head (speed only: its predictions are random).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def find_model(requested: str | None, max_length: int) -> tuple[Path, str]:
+    if requested:
+        return Path(requested), requested
+    runs = sorted(ROOT.glob("runs/*/model/config.json"), key=lambda p: p.stat().st_mtime)
+    if runs:
+        return runs[-1].parent, str(runs[-1].parent.relative_to(ROOT))
+    import torch
+
+    from secure_ft.config import DataConfig, ModelConfig
+    from secure_ft.data import load_splits
+    from secure_ft.models import load_base_model, save_trained_model
+
+    torch.manual_seed(0)
+    labels = load_splits(DataConfig(), seed=13).label_names
+    model, tokenizer = load_base_model(ModelConfig(max_length=max_length), labels)
+    folder = Path(tempfile.mkdtemp(prefix="secure-ft-bench-")) / "model"
+    save_trained_model(model, tokenizer, folder)
+    return folder, "packaged MiniLM, untrained head"
+
+
+def outcome(status: str, perturbed: str, queries: int) -> tuple:
+    return status, perturbed, queries
+
+
+def stock_run(model, tokenizer_dir: Path, recipe: str, examples, max_length: int, budget: int, seed: int):
+    """Stock Attacker + HuggingFaceModelWrapper; returns (seconds, outcomes by example index)."""
+    import textattack
+    from textattack.attack_results import SkippedAttackResult, SuccessfulAttackResult
+    from textattack.models.wrappers import HuggingFaceModelWrapper
+    from textattack.shared import AttackedText
+    from textattack.shared.utils import set_seed
+    from transformers import AutoTokenizer
+
+    from audits._attack_runner import example_seed
+    from audits._recipes import stock_recipes
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.model_max_length = max_length
+    module, name = stock_recipes()[recipe].rsplit(".", 1)
+    attack = getattr(__import__(module, fromlist=[name]), name).build(HuggingFaceModelWrapper(model, tokenizer))
+    plain_attack = attack.attack
+
+    def seeded_attack(example, ground_truth_output):
+        text = example.text if isinstance(example, AttackedText) else example
+        set_seed(example_seed(seed, recipe, text))
+        return plain_attack(example, ground_truth_output)
+
+    attack.attack = seeded_attack
+    dataset = textattack.datasets.Dataset([(e.text, e.label) for e in examples])
+    args = textattack.AttackArgs(num_examples=len(examples), query_budget=budget, random_seed=seed,
+                                 silent=True, disable_stdout=True)
+    started = time.perf_counter()
+    results = textattack.Attacker(attack, dataset, args).attack_dataset()
+    seconds = time.perf_counter() - started
+    outcomes = {}
+    for example, result in zip(examples, results):
+        status = ("skipped" if isinstance(result, SkippedAttackResult)
+                  else "succeeded" if isinstance(result, SuccessfulAttackResult) else "failed")
+        outcomes[example.index] = outcome(status, result.perturbed_result.attacked_text.text,
+                                          result.perturbed_result.num_queries)
+    return seconds, outcomes
+
+
+def ours_run(spec, engine, recipe: str, examples, workers: int):
+    """The audit's runner; returns (seconds, outcomes, per-example seconds)."""
+    from audits._attack_runner import run_recipes
+
+    records = []
+    tasks = [(recipe, e) for e in sorted(examples, key=lambda e: -len(e.text))]
+    started = time.perf_counter()
+    run_recipes(engine if workers == 1 else None, spec, tasks, workers, on_record=records.append)
+    seconds = time.perf_counter() - started
+    outcomes = {r["example"]: outcome(r["result"], r["perturbed_text"], r["num_queries"]) for r in records}
+    return seconds, outcomes, {r["example"]: r["seconds"] for r in records}
+
+
+def same(reference: dict, other: dict, indices) -> str:
+    """How many examples agree exactly (result, queries, adversarial text), and on result + queries."""
+    exact = sum(1 for i in indices if reference.get(i) == other.get(i))
+    if exact == len(indices):
+        return f"{exact}/{len(indices)} identical"
+    results = sum(1 for i in indices if (reference.get(i) or ())[::2] == (other.get(i) or ())[::2])
+    return (f"{exact}/{len(indices)} identical, {results}/{len(indices)} same result and queries "
+            "(float ties between equally good edits broken differently)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir")
+    parser.add_argument("--recipes", default="deepwordbug")
+    parser.add_argument("--examples", type=int, default=10)
+    parser.add_argument("--query-budget", type=int, default=200)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--users-examples", type=int, default=3, help="examples for the slow stock-as-shipped run")
+    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--resources-dir")
+    args = parser.parse_args(argv)
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from audits._attack_runner import AttackEngine, EngineSpec
+    from audits.offline_resources import resource_root
+    from audits.robustness import sample_examples, visible_prefix
+    from secure_ft.config import DataConfig, RobustnessAuditConfig
+    from secure_ft.data import load_splits
+    from secure_ft.models import default_model_dir
+
+    model_dir, model_label = find_model(args.model_dir, args.max_length)
+    settings = RobustnessAuditConfig(query_budget=args.query_budget, recipes=args.recipes.split(","))
+    spec = EngineSpec(model_dir=str(model_dir), max_length=args.max_length, settings=settings.model_dump(),
+                      resources_root=str(resource_root(args.resources_dir)), seed=args.seed)
+    engine = AttackEngine(spec)  # imports textattack offline; its model is shared with the stock runs
+    model = engine.wrapper.model
+    examples = sample_examples(load_splits(DataConfig(), args.seed).test, args.examples, args.seed)
+    examples = [replace(e, text=visible_prefix(e.text, engine.wrapper.tokenizer, args.max_length)) for e in examples]
+    shipped_length = AutoTokenizer.from_pretrained(default_model_dir()).model_max_length
+    indices = [e.index for e in examples]
+    few = examples[:args.users_examples]
+
+    print(f"model: {model_label}; {len(examples)} examples of builtin:cfpb (visible part, ≤{args.max_length} tokens); "
+          f"query budget {args.query_budget}; torch threads {torch.get_num_threads()}")
+    rows = []
+    for recipe in settings.recipes:
+        engine.attack_for(recipe)  # build outside the timings, like the stock recipe's build below
+        stock_s, stock = stock_run(model, model_dir, recipe, examples, args.max_length, args.query_budget, args.seed)
+        one_s, one, per_example = ours_run(spec, engine, recipe, examples, workers=1)
+        two_s, two, _ = ours_run(spec, engine, recipe, examples, workers=2)
+        users_s, users = stock_run(model, model_dir, recipe, few, shipped_length, args.query_budget, args.seed)
+        ours_few = sum(per_example[e.index] for e in few)
+        rows += [
+            (recipe, f"stock Attacker, length {args.max_length}", stock_s, len(examples), 1.0, "reference"),
+            (recipe, "ours, 1 process", one_s, len(examples), stock_s / one_s, same(stock, one, indices)),
+            (recipe, "ours, 2 workers (start-up included)", two_s, len(examples), stock_s / two_s,
+             same(stock, two, indices)),
+            (recipe, f"stock as shipped, length {shipped_length} (first {len(few)})", users_s, len(few),
+             users_s / ours_few if ours_few else float("nan"),
+             same(users, one, [e.index for e in few]) + " vs ours; ratio vs ours 1 process on the same examples"),
+        ]
+    print(f"\n{'recipe':<14} {'run':<46} {'seconds':>8} {'ex/min':>7} {'speed-up':>9}  outcomes")
+    for recipe, run, seconds, count, ratio, note in rows:
+        print(f"{recipe:<14} {run:<46} {seconds:8.1f} {60 * count / seconds:7.1f} {ratio:8.2f}×  {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
