@@ -9,7 +9,8 @@ built, pulls word embeddings from S3 and models from the Hugging Face hub. Here:
 * TextAttack's import overwrites ``HF_HOME``, ``XDG_CACHE_HOME``, ``TFHUB_CACHE_DIR`` and
   ``PYTORCH_TRANSFORMERS_CACHE`` for the whole process; we put them back;
 * ``nltk.download`` answers from the local folder and never fetches (English WordNet needs
-  no OMW, which is the one PWWS asks for);
+  no OMW, which is the one PWWS asks for), except inside ``downloads_blocked(False)``, where
+  the user allowed downloads;
 * unless the user allows downloads, :func:`downloads_blocked` makes TextAttack's S3/URL
   fetches and every Hugging Face hub request fail at once with an
   :class:`~secure_ft.errors.AuditError` naming what was wanted.
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 _OVERWRITTEN_ENV = ("TFHUB_CACHE_DIR", "PYTORCH_TRANSFORMERS_CACHE", "HF_HOME", "XDG_CACHE_HOME")
 # NLTK packages secure-ft provides; anything else TextAttack asks nltk.download for is skipped
 _PROVIDED = {"stopwords": "corpora/stopwords", "wordnet": "corpora/wordnet"}
+_real_nltk_download = None  # nltk's own downloader, used only where the user allows downloads
 
 
 def point_nltk_at(resources: OfflineResources) -> None:
@@ -47,6 +49,9 @@ def point_nltk_at(resources: OfflineResources) -> None:
     if folder in nltk.data.path:
         nltk.data.path.remove(folder)
     nltk.data.path.insert(0, folder)
+    global _real_nltk_download
+    if nltk.download is not _offline_nltk_download:
+        _real_nltk_download = nltk.download
     nltk.download = _offline_nltk_download
 
 
@@ -105,7 +110,14 @@ def _refuse_download(what: str):
 def downloads_blocked(enabled: bool = True) -> Iterator[None]:
     """Within the block, TextAttack's S3/URL fetches and Hugging Face hub requests fail fast."""
     if not enabled:
-        yield
+        import nltk
+
+        # the user allows downloads: NLTK may fetch what a stock recipe needs (into our folder, first on its path)
+        nltk.download = _real_nltk_download or nltk.download
+        try:
+            yield
+        finally:
+            nltk.download = _offline_nltk_download
         return
     import huggingface_hub.constants as hub_constants
     import textattack.shared.utils as ta_utils

@@ -61,8 +61,13 @@ def outcome(status: str, perturbed: str, queries: int) -> tuple:
     return status, perturbed, queries
 
 
-def stock_run(model, tokenizer_dir: Path, recipe: str, examples, max_length: int, budget: int, seed: int):
-    """Stock Attacker + HuggingFaceModelWrapper; returns (seconds, outcomes by example index)."""
+def stock_run(model, tokenizer_dir: Path, recipe: str, examples, max_length: int, budget: int, seed: int,
+              settings, cache_dir: Path):
+    """Stock Attacker + HuggingFaceModelWrapper; returns (seconds, outcomes by example index).
+
+    Stock recipes are built by TextAttack's own ``Recipe.build``; `embedding-swap` (ours) is
+    built the same way the audit builds it, on the stock wrapper.
+    """
     import textattack
     from textattack.attack_results import SkippedAttackResult, SuccessfulAttackResult
     from textattack.models.wrappers import HuggingFaceModelWrapper
@@ -71,12 +76,17 @@ def stock_run(model, tokenizer_dir: Path, recipe: str, examples, max_length: int
     from transformers import AutoTokenizer
 
     from audits._attack_runner import example_seed
-    from audits._recipes import stock_recipes
+    from audits._recipes import build_attack, stock_recipes
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     tokenizer.model_max_length = max_length
-    module, name = stock_recipes()[recipe].rsplit(".", 1)
-    attack = getattr(__import__(module, fromlist=[name]), name).build(HuggingFaceModelWrapper(model, tokenizer))
+    wrapper = HuggingFaceModelWrapper(model, tokenizer)
+    if recipe in stock_recipes():
+        module, name = stock_recipes()[recipe].rsplit(".", 1)
+        attack = getattr(__import__(module, fromlist=[name]), name).build(wrapper)
+    else:
+        attack = build_attack(recipe, wrapper, settings, cache_dir)
+        attack.goal_function.batch_size = 32  # TextAttack's default model batch
     plain_attack = attack.attack
 
     def seeded_attack(example, ground_truth_output):
@@ -162,10 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for recipe in settings.recipes:
         engine.attack_for(recipe)  # build outside the timings, like the stock recipe's build below
-        stock_s, stock = stock_run(model, model_dir, recipe, examples, args.max_length, args.query_budget, args.seed)
+        stock_s, stock = stock_run(model, model_dir, recipe, examples, args.max_length, args.query_budget, args.seed,
+                                   settings, engine.resources.cache_dir)
         one_s, one, per_example = ours_run(spec, engine, recipe, examples, workers=1)
         two_s, two, _ = ours_run(spec, engine, recipe, examples, workers=2)
-        users_s, users = stock_run(model, model_dir, recipe, few, shipped_length, args.query_budget, args.seed)
+        users_s, users = stock_run(model, model_dir, recipe, few, shipped_length, args.query_budget, args.seed,
+                                   settings, engine.resources.cache_dir)
         ours_few = sum(per_example[e.index] for e in few)
         rows += [
             (recipe, f"stock Attacker, length {args.max_length}", stock_s, len(examples), 1.0, "reference"),

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from robustness_helpers import VOCAB, session_resources
+from robustness_helpers import VOCAB, network_blocked, session_resources
 
 from audits._attack_progress import ProgressStore, run_key
 from audits._attack_runner import AttackExample, example_seed
@@ -128,3 +128,23 @@ def test_progress_store_resumes_only_its_own_run(tmp_path):
     assert ProgressStore(tmp_path, key, resume=True).done("pwws", 0)
     assert not ProgressStore(tmp_path, "other", resume=True).done("pwws", 0)
     assert json.loads(store.path.read_text().splitlines()[0]) == {"key": "other"}
+
+
+def test_downloads_are_refused_inside_the_audit_and_restored_after(textattack_ready):
+    import huggingface_hub.constants as hub_constants
+    import nltk
+    import textattack.shared.utils as ta_utils
+
+    from audits._textattack_offline import downloads_blocked
+    from secure_ft.errors import AuditError
+
+    before = (ta_utils.download_from_s3, hub_constants.HF_HUB_OFFLINE)
+    with network_blocked() as attempts:
+        with downloads_blocked():
+            with pytest.raises(AuditError, match="allow_downloads"):
+                ta_utils.download_from_s3("word_embeddings/paragramcf")
+            assert hub_constants.HF_HUB_OFFLINE
+            assert nltk.download("punkt") is False  # skipped, not fetched
+            assert nltk.download("wordnet") is True  # ours, already here
+    assert attempts == []
+    assert (ta_utils.download_from_s3, hub_constants.HF_HUB_OFFLINE) == before
