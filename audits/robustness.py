@@ -37,7 +37,17 @@ from statistics import mean
 import pandas as pd
 
 from audits._attack_progress import ProgressStore, run_key
-from audits._attack_runner import FAILED, SKIPPED, SUCCEEDED, AttackEngine, AttackExample, EngineSpec, run_recipes
+from audits._attack_runner import (
+    FAILED,
+    SKIPPED,
+    SUCCEEDED,
+    AttackEngine,
+    AttackExample,
+    EngineSpec,
+    RecipeRun,
+    run_recipes,
+)
+from audits._recipes import describe_attack
 from audits.context import AuditContext
 from audits.registry import register
 from audits.result import AuditResult, Check
@@ -62,34 +72,33 @@ def robustness_audit(context: AuditContext) -> AuditResult:
     """Attack a seeded sample of the test split with each configured recipe; judge per the policy."""
     settings = context.config.audits.robustness
     max_length = context.config.model.max_length
-    seed = context.config.seed
     started = time.perf_counter()
 
     spec = EngineSpec(model_dir=str(context.model_dir), max_length=max_length, settings=settings.model_dump(),
-                      resources_root=str(_resources_root(settings.resources_dir)), seed=seed, device=context.device)
+                      resources_root=str(_resources_root(settings.resources_dir)), seed=context.config.seed,
+                      device=context.device)
     engine = AttackEngine(spec)
     _check_labels(engine.wrapper.model, context.splits.label_names)
-    examples = sample_examples(context.splits.test, settings.num_examples, seed)
+    examples = sample_examples(context.splits.test, settings.num_examples, spec.seed)
     if settings.visible_text_only:
         examples = [replace(e, text=visible_prefix(e.text, engine.wrapper.tokenizer, max_length)) for e in examples]
 
+    # build every recipe before attacking anything: one that cannot run fails fast, with its reason
+    recipes = list(dict.fromkeys(settings.recipes))
     descriptions, errors = {}, {}
-    for recipe in dict.fromkeys(settings.recipes):
+    for recipe in recipes:
         try:
-            from audits._recipes import describe_attack
-
             descriptions[recipe] = describe_attack(engine.attack_for(recipe))
         except SecureFTError as error:
             errors[recipe] = str(error)
-    runnable = [recipe for recipe in descriptions]
 
     evidence_dir = context.evidence_dir(NAME)
     store = ProgressStore(evidence_dir, run_key(model_hash(Path(context.model_dir)), examples,
-                                                settings.model_dump(), max_length, seed), settings.resume)
-    tasks = [(recipe, example) for recipe in runnable
-             for example in sorted(examples, key=lambda e: -len(e.text)) if not store.done(recipe, example.index)]
+                                                settings.model_dump(), max_length, spec.seed), settings.resume)
+    longest_first = sorted(examples, key=lambda e: -len(e.text))  # so the workers finish together
+    tasks = [(recipe, e) for recipe in descriptions for e in longest_first if not store.done(recipe, e.index)]
     workers = min(settings.workers, max(1, len(tasks) // _MIN_TASKS_PER_WORKER))
-    bars = _ProgressBars({recipe: sum(1 for r, _ in tasks if r == recipe) for recipe in runnable})
+    bars = _ProgressBars({recipe: sum(1 for r, _ in tasks if r == recipe) for recipe in descriptions})
     try:
         outcome = run_recipes(engine, spec, tasks, workers,
                               on_record=lambda record: (store.add(record), bars.update(record["recipe"])))
@@ -99,17 +108,18 @@ def robustness_audit(context: AuditContext) -> AuditResult:
         if run.error is not None:
             errors[recipe] = run.error if run.error.startswith(f"recipe {recipe}") else f"recipe {recipe}: {run.error}"
 
-    label_names = context.splits.label_names
-    records = [store.records[(recipe, e.index)] for recipe in runnable if recipe not in errors
-               for e in examples if (recipe, e.index) in store.records]
+    ran = [recipe for recipe in descriptions if recipe not in errors]
+    records = [store.records[(recipe, e.index)] for recipe in ran for e in examples
+               if (recipe, e.index) in store.records]
     evidence_path = evidence_dir / EVIDENCE_FILE
-    write_evidence(evidence_path, records, label_names)
+    write_evidence(evidence_path, records, context.splits.label_names)
+    evidence = str(evidence_path.relative_to(context.run_dir))
 
     metrics = {
         "num_examples": len(examples),
         "query_budget": settings.query_budget,
         "max_length": max_length,
-        "seed": seed,
+        "seed": spec.seed,
         "workers": outcome.workers,
         "visible_text_only": settings.visible_text_only,
         "example_rows": [e.row for e in examples],
@@ -118,18 +128,8 @@ def robustness_audit(context: AuditContext) -> AuditResult:
         "recipes": {},
     }
     checks, notes = [], []
-    for recipe in runnable:
-        if recipe in errors:
-            continue
-        recipe_records = [r for r in records if r["recipe"] == recipe]
-        run = outcome.recipes.get(recipe)
-        summary = recipe_metrics(recipe_records)
-        wall = run.wall_time if run else 0.0
-        summary["wall_time_s"] = round(wall, 2)
-        summary["examples_per_minute"] = round(60.0 * run.attacked / wall, 2) if run and wall > 0 else None
-        summary["resumed_examples"] = len(recipe_records) - (run.attacked if run else 0)
-        # CPU time is what the attacks cost whatever else the machine was doing
-        summary["cpu_seconds"] = round(sum(r.get("cpu_seconds", 0.0) for r in recipe_records), 2)
+    for recipe in ran:
+        summary = recipe_summary([r for r in records if r["recipe"] == recipe], outcome.recipes.get(recipe))
         summary.update(descriptions[recipe])
         metrics["recipes"][recipe] = summary
         checks += recipe_checks(recipe, summary, context.policy.robustness)
@@ -140,13 +140,11 @@ def robustness_audit(context: AuditContext) -> AuditResult:
                 "(raise audits.robustness.query_budget for a stronger attack)"
             )
     metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
-    error = "; ".join(errors[recipe] for recipe in settings.recipes if recipe in errors) or None
+    error = "; ".join(errors[recipe] for recipe in recipes if recipe in errors) or None
     if error is None:
         store.remove()
-    notes.append("adversarial examples are test data and may contain personal data: "
-                 f"kept in {evidence_path.relative_to(context.run_dir)} only")
-    return AuditResult.from_checks(NAME, metrics, checks, evidence=[str(evidence_path.relative_to(context.run_dir))],
-                                   notes=notes, error=error)
+    notes.append(f"adversarial examples are test data and may contain personal data: kept in {evidence} only")
+    return AuditResult.from_checks(NAME, metrics, checks, evidence=[evidence], notes=notes, error=error)
 
 
 def sample_examples(test: pd.DataFrame, num_examples: int, seed: int) -> list[AttackExample]:
@@ -194,6 +192,19 @@ def recipe_metrics(records: list[dict]) -> dict:
         "budget_exhausted_fraction": (sum(1 for r in records if r["budget_exhausted"]) / attempted
                                       if attempted else 0.0),
     }
+
+
+def recipe_summary(records: list[dict], run: RecipeRun | None) -> dict:
+    """:func:`recipe_metrics` plus this session's timing (resumed records cost nothing now)."""
+    summary = recipe_metrics(records)
+    attacked = run.attacked if run else 0
+    wall = run.wall_time if run else 0.0
+    summary["wall_time_s"] = round(wall, 2)
+    summary["examples_per_minute"] = round(60.0 * attacked / wall, 2) if wall > 0 else None
+    summary["resumed_examples"] = len(records) - attacked
+    # CPU time is what the attacks cost whatever else the machine was doing
+    summary["cpu_seconds"] = round(sum(r.get("cpu_seconds", 0.0) for r in records), 2)
+    return summary
 
 
 def recipe_checks(recipe: str, summary: dict, policy) -> list[Check]:
