@@ -17,7 +17,6 @@ import queue
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from secure_ft.config import RobustnessAuditConfig
