@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 app = ClientApp()
 
 
+@app.lifespan()
+def lifespan(context: Context):
+    """Before any message: make the site's log lines reach the SuperNode's log."""
+    protocol.route_logs_through_flower()
+    yield
+
+
 @app.train(mods=[secagg_when_requested])
 def train(msg: Message, context: Context) -> Message:
     """Train the global model on this site's rows for one round."""

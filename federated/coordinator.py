@@ -136,8 +136,8 @@ class FederatedServer:
                            evaluate_config=ConfigRecord(dict(instructions)), evaluate_fn=book.evaluate)
             if accountant is not None:
                 central = central_guarantee(config.federated, accountant, strategy.strategy)
-            if not sites:
-                sites = _sites_seen(strategy.outcomes)
+        if not sites:
+            sites = _sites_seen(book.source.outcomes)
 
         problems = [site for entry in book.rounds for site in entry["sites"] if site["status"] in ("rejected", "failed")]
         if not any(entry["aggregated"] for entry in book.rounds):

@@ -59,6 +59,24 @@ STATE_DIR = "state-dir"
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 
+def route_logs_through_flower() -> None:
+    """Send this package's log lines through Flower's handlers when Flower runs the app.
+
+    Under ``flwr run`` the ServerApp and ClientApps are separate processes whose output Flower
+    collects from its own ``flwr`` logger (``flwr run --stream``, the SuperNode's log); without
+    this the per-round summaries and site messages would be lost. Does nothing when the
+    process already has logging set up (the CLI, tests).
+    """
+    import logging
+
+    ours, root, flower = logging.getLogger("federated"), logging.getLogger(), logging.getLogger("flwr")
+    if ours.handlers or root.handlers or not flower.handlers:
+        return
+    for handler in flower.handlers:
+        ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+
+
 # per-site persistent state in Flower's Context.state
 ENGINE_STATE = "secure-ft-engine-state"
 SITE_SIGMA = "secure-ft-site-sigma"

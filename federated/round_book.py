@@ -82,7 +82,7 @@ class RoundBook:
             self._started = time.perf_counter()
             return _metric_record(scores)
         self.final_arrays = {name: np.array(value, copy=True) for name, value in tensors.items()}
-        if scores is None or scores["macro_f1"] > self.best_macro_f1:
+        if scores is None or scores["macro_f1"] >= self.best_macro_f1:  # ties: the later, more trained round
             self.best_round = server_round
             self.best_macro_f1 = scores["macro_f1"] if scores else self.best_macro_f1
             self.best_arrays = self.final_arrays

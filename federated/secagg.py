@@ -213,6 +213,9 @@ def run_secagg(grid, context: Context, config, initial: dict[str, np.ndarray], i
         max_weight=federated.secagg_max_weight, clipping_range=federated.secagg_clipping_range,
         quantization_range=QUANTIZATION_RANGE, timeout=federated.round_timeout_s,
     ))
+    if federated.federated_evaluation:
+        log.info("SecAgg+ mode: sites do not evaluate the global model (federated_evaluation is ignored); "
+                 "the server evaluates it on its held-out validation split")
     book.source = strategy  # the round book reads this round's outcomes while the rounds run
     legacy = LegacyContext(context, config=ServerConfig(num_rounds=federated.rounds,
                                                         round_timeout=federated.round_timeout_s),

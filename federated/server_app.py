@@ -23,6 +23,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from federated.coordinator import FederatedServer
+from federated.protocol import route_logs_through_flower
 from secure_ft.config import RunConfig, load_config
 from secure_ft.errors import ConfigError
 from secure_ft.trainer import new_run_dir
@@ -57,6 +58,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run every round and hand off the global model (see `federated.coordinator`)."""
+    route_logs_through_flower()
     settings = ServerSettings.from_run_config(context.run_config)
     log.info("secure-ft federated run into %s (%s sites)", settings.run_dir,
              "simulated" if settings.simulated else "deployed")

@@ -6,10 +6,11 @@ The layers, outermost first::
       DifferentialPrivacyServerSide…  clip each update to C, add noise, account ε (federated.central_dp)
         FixedSampleFedAvg / …FedProx  weighted average of the accepted updates (Flower)
 
-FedAvg and FedProx are Flower's own; the subclasses here only sample a fixed number of
-sites per round, ``max(⌊num_sites · fraction_train⌋, min_train_sites)``, instead of a share
-of whoever is connected: central DP calibrates its noise to that number, and it keeps a
-deployment's rounds the same size when extra SuperNodes connect.
+FedAvg and FedProx are Flower's own: each round they sample ``fraction_train`` of the
+connected sites (at least ``min_train_sites``, once ``min_available_sites`` are connected).
+Under central DP the subclasses here sample exactly ``max(⌊num_sites · fraction_train⌋,
+min_train_sites)`` sites instead, because the noise is calibrated to that number; the server
+then waits until that many sites are connected.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from secure_ft.config import FederatedConfig
 
 
 def sites_per_round(config: FederatedConfig) -> int:
+    """Sites asked to train each round when all `num_sites` are connected."""
     return max(int(config.num_sites * config.fraction_train), config.min_train_sites)
 
 
@@ -67,23 +69,23 @@ class FixedSampleFedProx(FedProx):
 def build_strategy(config: FederatedConfig) -> tuple[UpdateGuard, OpacusRdpAccountant | None]:
     """The full server strategy for `config` and the central-DP accountant (None without central DP)."""
     sample_size = sites_per_round(config)
+    central = config.central_dp != "none"
     common = dict(
-        sample_size=sample_size,
         fraction_train=config.fraction_train,
         fraction_evaluate=1.0 if config.federated_evaluation else 0.0,
         min_train_nodes=config.min_train_sites,
         min_evaluate_nodes=config.min_train_sites,
-        min_available_nodes=max(config.min_available_sites, sample_size),
+        min_available_nodes=max(config.min_available_sites, sample_size) if central else config.min_available_sites,
         weighted_by_key=protocol.AGGREGATION_WEIGHT,
         train_metrics_aggr_fn=aggregate_site_metrics,
         evaluate_metrics_aggr_fn=aggregate_site_metrics,
     )
     if config.strategy == "fedprox":
-        base: Strategy = FixedSampleFedProx(proximal_mu=config.proximal_mu, **common)
+        base: Strategy = (FixedSampleFedProx(sample_size=sample_size, proximal_mu=config.proximal_mu, **common)
+                          if central else FedProx(proximal_mu=config.proximal_mu, **common))
     else:
-        base = FixedSampleFedAvg(**common)
+        base = FixedSampleFedAvg(sample_size=sample_size, **common) if central else FedAvg(**common)
     wrapped, accountant = wrap_with_central_dp(base, config, sample_size)
-    central = config.central_dp != "none"
     guard = UpdateGuard(
         wrapped, UpdateValidator(config.update_norm_bound, config.on_oversized_update),
         min_accepted=config.min_train_sites, accept_failures=config.accept_failures,

@@ -203,7 +203,7 @@ class FederatedConfig(_Section):
     fraction_train: float = Field(1.0, gt=0, le=1, description="share of connected sites asked to train each round")
     min_available_sites: int = Field(2, ge=1, description="the server waits until this many sites are connected")
     min_train_sites: int = Field(
-        2, ge=1, description="sites sampled per round, and accepted updates needed to aggregate a round"
+        2, ge=1, description="fewest sites asked to train per round, and fewest accepted updates a round needs"
     )
     accept_failures: bool = Field(
         True, description="aggregate a round although some sites failed or were rejected (they are logged)"
