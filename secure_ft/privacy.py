@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader
 
 from secure_ft.config import PrivacyConfig, RunConfig, atomic_write_text
 from secure_ft.errors import CheckpointError, PrivacyError
-from secure_ft.privacy_ledger import LEDGER_FILE, PrivacyLedger, steps_within_budget
+from secure_ft.privacy_ledger import LEDGER_FILE, PrivacyLedger, finite_or_none, steps_within_budget
 from secure_ft.training import FitResult, Prepared, TrainingEngine
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,7 @@ class PrivateEngine(TrainingEngine):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*Ignoring drop_last.*")
             warnings.filterwarnings("ignore", category=UserWarning, module="opacus.privacy_engine")
-            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            warnings.filterwarnings("ignore", message="Optimal order is the")
             if self.grad_sample_mode == "bookkeeping":
                 dp_model, dp_optimizer, criterion, dp_loader = self._wrap_bookkeeping(
                     engine, model, optimizer, loader, epochs, poisson_in_opacus)
@@ -465,7 +465,7 @@ class PrivateEngine(TrainingEngine):
     def epoch_metrics(self) -> dict[str, Any]:
         ledger = self._sync()
         self._last_epsilon = ledger.record_epsilon(ledger.steps)
-        return {"epsilon": self._last_epsilon}
+        return {"epsilon": finite_or_none(self._last_epsilon)}
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         from opacus.grad_sample import AbstractGradSampleModule
@@ -515,7 +515,7 @@ class PrivateEngine(TrainingEngine):
         epsilon = ledger.record_epsilon(ledger.steps)
         stopped = result.stopped_reason if result is not None else None
         return {
-            "epsilon": epsilon,
+            "epsilon": finite_or_none(epsilon),  # null: no finite guarantee
             "delta": ledger.delta,
             "accountant": ledger.accountant,
             "noise_multiplier": ledger.noise_multiplier,

@@ -31,6 +31,7 @@ from secure_ft.errors import PrivacyError
 LEDGER_FILE = "privacy_ledger.json"
 LEDGER_FORMAT = 1
 ACCOUNTANTS = ("prv", "rdp", "gdp")
+PRV_MAX_DOMAIN = 5e6  # grid points; beyond this σ is so small that ε is meaningless anyway
 
 History = tuple[tuple[float, float, int], ...]
 
@@ -64,10 +65,16 @@ def epsilon_from_history(accountant: str, history: History, delta: float) -> flo
         return 0.0
     meter = _new_accountant(accountant)
     meter.history = [tuple(entry) for entry in history]
+    if accountant == "prv" and _prv_domain_size(meter, history, delta) > PRV_MAX_DOMAIN:
+        # so little noise that PRV's discretisation would need more memory than any machine
+        # has: the privacy loss is enormous, state no guarantee rather than a wrong one
+        return math.inf
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            warnings.filterwarnings("ignore", message="Optimal order is the")
             return float(meter.get_epsilon(delta=delta))
+    except MemoryError:
+        return math.inf
     except ValueError:
         if accountant != "gdp":
             raise
@@ -79,6 +86,24 @@ def epsilon_from_history(accountant: str, history: History, delta: float) -> flo
         sigma, rate, steps = history[-1]
         mu = compute_mu_poisson(steps=steps, noise_multiplier=sigma, sample_rate=rate)
         return 0.0 if delta_eps_mu(eps=0.0, mu=mu) <= delta else math.inf
+
+
+def _prv_domain_size(meter, history: History, delta: float) -> float:
+    """Grid points PRV's get_epsilon(delta) would allocate (its own default error bounds)."""
+    import numpy as np
+
+    try:
+        from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV
+
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")  # overflows are expected exactly when σ is tiny
+            prvs = [PoissonSubsampledGaussianPRV(rate, sigma) for sigma, rate, _ in history]
+            domain = meter._get_domain(prvs=prvs, num_self_compositions=[steps for _, _, steps in history],
+                                       eps_error=0.01, delta_error=delta / 1000)
+        size = float(domain.size)
+        return size if math.isfinite(size) else math.inf
+    except (AttributeError, TypeError):  # another Opacus version: let get_epsilon decide
+        return 0.0
 
 
 def extend_history(history: History, noise_multiplier: float, sample_rate: float, steps: int) -> History:
@@ -146,10 +171,11 @@ class PrivacyLedger:
 
     def record_epsilon(self, step: int) -> float:
         epsilon = self.epsilon()
+        entry = [step, finite_or_none(epsilon)]
         if self.epsilon_history and self.epsilon_history[-1][0] == step:
-            self.epsilon_history[-1] = [step, epsilon]
+            self.epsilon_history[-1] = entry
         else:
-            self.epsilon_history.append([step, epsilon])
+            self.epsilon_history.append(entry)
         return epsilon
 
     def accountant_state(self) -> dict[str, Any]:
@@ -184,6 +210,11 @@ class PrivacyLedger:
         path = Path(run_dir) / LEDGER_FILE
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
         return path
+
+
+def finite_or_none(value: float) -> float | None:
+    """ε for JSON: a number, or null when no finite bound exists (strict JSON has no Infinity)."""
+    return value if math.isfinite(value) else None
 
 
 def load_ledger(run_dir: Path) -> PrivacyLedger:

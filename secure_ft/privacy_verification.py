@@ -86,7 +86,10 @@ def verify_privacy(run_dir: str | Path) -> PrivacyVerification:
     recomputed = epsilon_from_history(ledger.accountant, ledger.history_tuple(), ledger.delta)
     result.recomputed_epsilon = recomputed
     if result.reported_epsilon is None:
-        result.add("ε matches ledger", False, f"privacy.json has no numeric epsilon ({reported!r})")
+        unbounded = reported is None and math.isinf(recomputed)
+        result.add("ε matches ledger", unbounded,
+                   "no finite bound, in privacy.json and recomputed" if unbounded else
+                   f"privacy.json has no numeric epsilon ({reported!r}) but the ledger gives {recomputed!r}")
     else:
         result.add("ε matches ledger", _same(result.reported_epsilon, recomputed),
                    f"reported {result.reported_epsilon!r}, recomputed from the ledger {recomputed!r}")
@@ -98,6 +101,8 @@ def verify_privacy(run_dir: str | Path) -> PrivacyVerification:
     target = ledger.target_epsilon
     if target is not None:
         result.add("within target ε", recomputed <= target, f"ε {recomputed:.6g} vs target_epsilon {target:g}")
+    if math.isinf(recomputed):
+        result.add("finite guarantee", False, "the noise is too small for any finite ε: this run states no DP guarantee")
     recorded_version = report.get("opacus_version") or ledger.opacus_version
     if recorded_version and recorded_version != opacus_version:
         result.add("same Opacus version", False,
@@ -124,7 +129,7 @@ def _check_declared_parameters(result: PrivacyVerification, report: dict[str, An
     except (KeyError, TypeError, ValueError, PrivacyError) as error:
         result.add("ε from declared (q, σ, steps)", False, f"cannot recompute from privacy.json: {error}")
         return
-    stated = result.reported_epsilon
+    stated = math.inf if result.reported_epsilon is None and report.get("epsilon") is None else result.reported_epsilon
     result.add("ε from declared (q, σ, steps)", stated is not None and _same(stated, epsilon),
                f"fresh {report.get('accountant')} accountant with q={rate!r}, σ={sigma!r}, steps={steps}: {epsilon!r}")
 
@@ -135,13 +140,14 @@ def _check_history(result: PrivacyVerification, report: dict[str, Any], ledger: 
         result.add("ε history", False, "privacy.json has no epsilon_history")
         return
     last_step, last_epsilon = history[-1]
-    ok = int(last_step) == ledger.steps and result.reported_epsilon is not None and _same(float(last_epsilon),
-                                                                                          result.reported_epsilon)
+    as_number = lambda value: math.inf if value is None else float(value)  # noqa: E731 - null = unbounded
+    stated = math.inf if result.reported_epsilon is None else result.reported_epsilon
+    ok = int(last_step) == ledger.steps and _same(as_number(last_epsilon), stated)
     steps = [int(step) for step, _ in history]
-    values = [float(value) for _, value in history]
+    values = [as_number(value) for _, value in history]
     monotone = steps == sorted(steps) and values == sorted(values)
     result.add("ε history", ok and monotone,
-               f"{len(history)} entries, last [{last_step}, {last_epsilon:.6g}]"
+               f"{len(history)} entries, last [{last_step}, {as_number(last_epsilon):.6g}]"
                + ("" if monotone else "; not increasing"))
 
 

@@ -93,3 +93,17 @@ def test_privacy_command_verifies_and_catches_tampering(lora_dp_run, tmp_path, c
 def test_privacy_command_on_a_run_without_dp(tmp_path, capsys):
     assert main(["privacy", str(tmp_path)]) == 2
     assert "not a differentially private run" in capsys.readouterr().err
+
+
+def test_too_little_noise_states_no_guarantee(tmp_path, tiny_model_dir, capsys):
+    toy_frame().to_csv(tmp_path / "data.csv", index=False)
+    config = dp_config(tmp_path / "data.csv", tiny_model_dir, tmp_path / "runs", epochs=1, noise_multiplier=0.01,
+                       target_epsilon=None)
+    config.training.max_steps = 3
+    trained = train_run(config, progress=False)
+    report = json.loads((trained.run_dir / "privacy.json").read_text())  # strict JSON: no Infinity
+    assert report["epsilon"] is None and report["epsilon_history"][-1] == [3, None]
+    assert load_ledger(trained.run_dir).epsilon() == float("inf")
+    assert main(["privacy", str(trained.run_dir)]) == 4
+    out = capsys.readouterr().out
+    assert "[FAIL] finite guarantee" in out and "[ok] ε matches ledger" in out

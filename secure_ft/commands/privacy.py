@@ -23,7 +23,7 @@ def cmd_privacy(args: argparse.Namespace) -> int:
             print(f"recomputed ε = {result.recomputed_epsilon:.6g}"
                   + (f" (privacy.json states {result.reported_epsilon:.6g})" if result.reported_epsilon is not None else ""))
         print("verified: privacy.json matches its ledger" if result.passed else
-              "MISMATCH: the stated guarantee does not follow from the ledger")
+              "MISMATCH: the stated guarantee does not follow from the ledger (see the checks marked FAIL)")
     return 0 if result.passed else MISMATCH_EXIT
 
 
