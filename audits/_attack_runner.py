@@ -197,7 +197,7 @@ def run_recipes(engine: AttackEngine | None, spec: EngineSpec, tasks: list[tuple
 def _run_in_workers(spec: EngineSpec, tasks, workers: int, on_record, outcome: RunOutcome) -> None:
     context = multiprocessing.get_context("spawn")
     task_queue, result_queue = context.Queue(), context.Queue()
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, _usable_cores() // workers)
     worker_spec = EngineSpec(**{**asdict(spec), "threads": threads})
     processes = [context.Process(target=_worker_main, args=(worker_spec, task_queue, result_queue),
                                  name=f"secure-ft-robustness-{i}", daemon=True) for i in range(workers)]
@@ -240,6 +240,14 @@ def _run_in_workers(spec: EngineSpec, tasks, workers: int, on_record, outcome: R
                 process.join(timeout=5)
         task_queue.close()
         result_queue.close()
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), not the host's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _worker_main(spec: EngineSpec, task_queue, result_queue) -> None:

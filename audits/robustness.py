@@ -20,6 +20,15 @@ selectable by name where their resources exist. Nothing is downloaded: the NLTK 
 from :mod:`audits.offline_resources` and every download path is shut
 (:mod:`audits._textattack_offline`). A recipe that cannot run fails the audit with its reason.
 
+Cost: model queries dominate, so time grows with ``num_examples`` × ``query_budget``. The
+default (30 examples, budget 200, three recipes, two workers) spent about 4 CPU-minutes on
+the default model at length 128 (about 2½ minutes on two quiet cores). PWWS ranks words by
+trying every WordNet synonym of every word, several hundred queries for a 100-word text, so at
+the default budget most PWWS attacks stop at the budget (counted in ``budget_exhausted``, said
+in the notes, and judged by the policy's ``max_budget_exhausted_fraction``). For a thorough
+audit raise ``query_budget`` to 1000 or more and ``num_examples`` to a few hundred, with
+``workers`` set to the cores available (or ``device: cuda``); an interrupted run resumes.
+
 The adversarial pairs go to ``audits/robustness/adversarial_examples.csv`` in the run
 directory. They are test data and may hold personal data: metrics and notes never contain
 text. An interrupted audit resumes from ``.progress.jsonl`` beside it.
