@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from fairness_madlibs import NO_IDENTITY, sample_subsets  # noqa: E402
+
+def _load_bench(name: str):
+    # load the script by path: putting bench/ on sys.path would let bench/federated.py
+    # shadow the `federated` package for every later test
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_madlibs = _load_bench("fairness_madlibs")
+NO_IDENTITY, sample_subsets = _madlibs.NO_IDENTITY, _madlibs.sample_subsets
 
 
 def toy_madlibs() -> pd.DataFrame:
