@@ -1,0 +1,55 @@
+"""The DP fine-tuning recipe: a fast-learning head over a sensible pooled representation."""
+
+from __future__ import annotations
+
+import shutil
+
+import torch
+from torch.utils.data import DataLoader
+
+from secure_ft.config import ModelConfig, PrivacyConfig
+from secure_ft.models import apply_transfer, load_base_model
+from secure_ft.privacy import PrivateEngine, give_head_its_learning_rate
+from secure_ft.training import encode
+from toy_data import toy_frame
+
+
+def test_head_gets_its_own_learning_rate(tiny_model_dir):
+    model, _ = load_base_model(ModelConfig(name_or_path=str(tiny_model_dir), transfer="lora"), ["a", "b", "c"])
+    model = apply_transfer(model, ModelConfig(name_or_path=str(tiny_model_dir), transfer="lora"))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=2e-3)
+    moved = give_head_its_learning_rate(optimizer, model, 3e-2)
+    head = {name for name, p in model.named_parameters() if p.requires_grad and ".classifier." in f".{name}"}
+    assert moved == len(head) == 2  # weight and bias of the trainable classifier copy
+    body, head_group = optimizer.param_groups
+    assert body["lr"] == 2e-3 and head_group["lr"] == 3e-2
+    assert len(body["params"]) + len(head_group["params"]) == len(trainable)
+    body_names = [name for name, p in model.named_parameters() if any(p is q for q in body["params"])]
+    assert any("lora_" in name for name in body_names) and not any("classifier" in name for name in body_names)
+
+
+def test_private_engine_splits_the_loops_optimizer(tiny_model_dir):
+    model, tokenizer = load_base_model(ModelConfig(name_or_path=str(tiny_model_dir), transfer="lora"), ["a", "b", "c"])
+    model = apply_transfer(model, ModelConfig(name_or_path=str(tiny_model_dir), transfer="lora"))
+    frame = toy_frame(rows_per_class=10)
+    dataset = encode(tokenizer, frame["text"].tolist(), [i % 3 for i in range(len(frame))], 16)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    engine = PrivateEngine(PrivacyConfig(head_learning_rate=5e-2), dataset_size=len(dataset), trained="lora")
+    prepared = engine.attach(model, optimizer, DataLoader(dataset, batch_size=8, generator=torch.Generator()), 1)
+    assert sorted(group["lr"] for group in prepared.optimizer.param_groups) == [1e-3, 5e-2]
+    assert engine.guarantee()["head_learning_rate"] == 5e-2
+
+
+def test_sentence_transformers_export_gets_a_frozen_identity_pooler(tiny_model_dir, tmp_path):
+    folder = tmp_path / "st-export"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "modules.json").write_text('[{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]')
+    model, _ = load_base_model(ModelConfig(name_or_path=str(folder)), ["a", "b", "c"])
+    dense = model.bert.pooler.dense
+    assert torch.equal(dense.weight, torch.eye(dense.in_features)) and not dense.bias.any()
+    assert model.config.pooler_init == "identity"
+    lora = apply_transfer(model, ModelConfig(name_or_path=str(folder), transfer="lora"))
+    assert not any(p.requires_grad for name, p in lora.named_parameters() if "pooler" in name)
+    plain, _ = load_base_model(ModelConfig(name_or_path=str(tiny_model_dir)), ["a", "b", "c"])
+    assert not torch.equal(plain.bert.pooler.dense.weight, torch.eye(dense.in_features))  # others untouched
