@@ -1,7 +1,7 @@
 """Privacy–utility trade-off on SST-2: dev accuracy without DP and at ε ∈ {1, 3, 8}, same steps.
 
-    .venv/bin/python bench/privacy_utility.py [--train-rows 4000] [--epochs 3] [--batch 64]
-        [--transfer lora] [--lr 5e-3] [--plain-lr 5e-4] [--epsilons 1,3,8] [--sweep-lr 2e-3,5e-3,1e-2]
+    .venv/bin/python bench/privacy_utility.py [--train-rows 2500] [--epochs 3] [--batch 128]
+        [--transfer lora] [--lr 5e-3] [--head-lr 5e-2] [--plain-lr 2e-3] [--epsilons 1,3,8] [--sweep-lr 2e-3,5e-3,1e-2]
 
 Data: GLUE SST-2 from ../shared/data/sst2 (see its PROVENANCE.md). Training uses a documented
 subsample of the official train split: the first `--train-rows` rows of a permutation of the
@@ -55,7 +55,7 @@ def run_one(train: pd.DataFrame, dev: pd.DataFrame, *, epsilon: float | None, lr
     else:
         from secure_ft.privacy import PrivateEngine
 
-        settings = PrivacyConfig(target_epsilon=epsilon, max_grad_norm=args.clip,
+        settings = PrivacyConfig(target_epsilon=epsilon, max_grad_norm=args.clip, head_learning_rate=args.head_lr,
                                  max_physical_batch_size=args.physical_batch)
         engine = PrivateEngine(settings, dataset_size=len(train_set), trained=args.transfer)
     started = time.perf_counter()
@@ -74,13 +74,14 @@ def run_one(train: pd.DataFrame, dev: pd.DataFrame, *, epsilon: float | None, lr
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--train-rows", type=int, default=4000)
+    parser.add_argument("--train-rows", type=int, default=2500)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=64, help="logical batch (expected size under Poisson sampling)")
-    parser.add_argument("--physical-batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=128, help="logical batch (expected size under Poisson sampling)")
+    parser.add_argument("--physical-batch", type=int, default=32)
     parser.add_argument("--transfer", choices=["lora", "full", "top_k"], default="lora")
-    parser.add_argument("--lr", type=float, default=5e-3, help="learning rate of the DP runs")
-    parser.add_argument("--plain-lr", type=float, default=5e-4, help="learning rate of the non-private run")
+    parser.add_argument("--lr", type=float, default=5e-3, help="learning rate of the DP runs (adapters)")
+    parser.add_argument("--head-lr", type=float, default=5e-2, help="learning rate of the head in DP runs")
+    parser.add_argument("--plain-lr", type=float, default=2e-3, help="learning rate of the non-private run")
     parser.add_argument("--clip", type=float, default=1.0, help="per-sample clipping norm of the DP runs")
     parser.add_argument("--epsilons", default="1,3,8")
     parser.add_argument("--sweep-lr", help="instead: comma-separated DP learning rates to try at the largest ε")

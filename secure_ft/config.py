@@ -134,7 +134,7 @@ class PrivacyConfig(_Section):
         False, description="cryptographically secure sampling and noise (needs the torchcsprng package)"
     )
     head_learning_rate: float | None = Field(
-        3e-2, gt=0, description="learning rate of the fresh classification head in DP runs (adapters / encoder use "
+        5e-2, gt=0, description="learning rate of the fresh classification head in DP runs (adapters / encoder use "
         "training.learning_rate); null = training.learning_rate for everything"
     )
 

@@ -14,15 +14,27 @@ How DP-SGD gets it (Abadi et al. 2016), and where each piece lives here
    probability q = batch_size / N (Opacus' ``DPDataLoader``). Logical batches larger than
    ``max_physical_batch_size`` are split by Opacus' ``BatchMemoryManager`` and accumulated.
 2. **Per-sample clipping** – every example's gradient is scaled down to L2 norm ≤ C
-   (``max_grad_norm``). The per-sample norms come from ``grad_sample_mode``: ``hooks``
-   (materialise per-sample gradients), ``ghost`` (ghost clipping: norms without the
-   gradients, a second backward pass), ``functorch``.
+   (``max_grad_norm``). The per-sample norms come from ``grad_sample_mode``: ``bookkeeping``
+   (`secure_ft.bookkeeping`: norms and the clipped sum from one backward pass; the default
+   wherever it supports the model), Opacus' ``hooks`` (materialise per-sample gradients),
+   ``ghost`` (ghost clipping: norms without the gradients, a second backward pass),
+   ``functorch``.
 3. **Gaussian noise** – N(0, σ²C²) is added to the sum of clipped gradients; σ is the
    ``noise_multiplier``, either given or calibrated so that ``training.epochs`` end exactly at
    ``target_epsilon`` (Opacus' ``make_private_with_epsilon``).
 4. **Accounting** – an Opacus accountant (``prv`` by default) composes the steps into ε.
    Its history is the *privacy ledger* (`secure_ft.privacy_ledger`), saved with every
    checkpoint, restored on resume, and written to the run directory with ``privacy.json``.
+
+What wins on small data
+-----------------------
+DP noise is added to every trainable coordinate alike, and Adam moves every coordinate by
+about the learning rate per step, noise or not. With a thousand examples this favours few
+trainable parameters (LoRA), large logical batches (less noise per step) and a separate,
+larger learning rate for the freshly initialised head (``head_learning_rate``), which must
+travel far, while the pretrained adapters take small steps. Measured on the built-in CFPB
+demo (1,070 training rows, ε = 8): logical batch 128, 4 epochs, learning rate 5e-3,
+head 5e-2 reach 0.71–0.72 validation accuracy (macro-F1 0.40; majority class 0.50).
 
 `PrivateEngine` plugs these into `secure_ft.training.fit` through the `TrainingEngine` hooks:
 it wraps the loop's own model, optimizer and loader, reports ε in the progress bar and after
