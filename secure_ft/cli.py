@@ -32,6 +32,8 @@ def _quiet_third_party() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    # matplotlib logs every categorical axis at INFO while the report draws its plots
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
