@@ -47,7 +47,9 @@ def build_config(args):
     from secure_ft.config import RunConfig
 
     federated = {"num_sites": 3, "rounds": args.rounds, "local_epochs": 1, "min_train_sites": 3,
-                 "min_available_sites": 3, "simulation_workers": 1}
+                 "min_available_sites": 3, "simulation_workers": 1, "strategy": args.strategy}
+    if args.strategy == "fedavgm":
+        federated.update(server_learning_rate=args.server_lr, server_momentum=args.server_momentum)
     if args.partition == "regions":
         federated.update(partition="group", partition_column="state",
                          site_groups={"south": SOUTH, "west": WEST, "northeast-midwest": ["*"]})
@@ -90,6 +92,9 @@ def main() -> int:
     parser.add_argument("--max-rows", type=int, default=None, help="subsample the data (speed)")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--strategy", choices=["fedavg", "fedavgm", "fedprox"], default="fedavgm")
+    parser.add_argument("--server-lr", type=float, default=2.0, help="fedavgm: server learning rate")
+    parser.add_argument("--server-momentum", type=float, default=0.0, help="fedavgm: server momentum")
     parser.add_argument("--backend", choices=["local", "ray"], default="local",
                         help="where the sites run (same numbers either way; local skips Ray's start-up)")
     parser.add_argument("--out", type=Path, default=None, help="keep the run directories here")
@@ -107,6 +112,9 @@ def main() -> int:
     splits = load_splits(config.data, config.seed)
     sites = partition_sites(splits, config.federated, config.seed, quiet=True)
     print(f"data: {len(splits.train)} training rows, {len(splits.test)} test rows, {len(splits.label_names)} labels")
+    server = (f"fedavgm, server learning rate {args.server_lr:g}, momentum {args.server_momentum:g}"
+              if args.strategy == "fedavgm" else args.strategy)
+    print(f"federation: {args.rounds} rounds x 1 local epoch, {server}")
     for site in sites:
         counts = site.label_counts(splits.label_names)
         top = max(counts, key=counts.get)

@@ -152,6 +152,9 @@ class FederatedServer:
             "mode": "simulation" if self.simulated else "deployment",
             "engine": engine_label(config),
             "strategy": config.federated.strategy,
+            **({"server_learning_rate": config.federated.server_learning_rate,
+                "server_momentum": config.federated.server_momentum}
+               if config.federated.strategy == "fedavgm" else {}),
             "rounds": config.federated.rounds,
             "rounds_aggregated": sum(entry["aggregated"] for entry in book.rounds),
             "sites_per_round": sites_per_round(config.federated),

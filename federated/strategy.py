@@ -1,10 +1,16 @@
-"""The server's strategy: FedAvg or FedProx, optionally central DP, always behind update validation.
+"""The server's strategy: FedAvg, FedProx or FedAvgM, optionally central DP, always behind update validation.
 
 The layers, outermost first::
 
     UpdateGuard                       validate + log + weight every reply (federated.update_validation)
       DifferentialPrivacyServerSide…  clip each update to C, add noise, account ε (federated.central_dp)
         FixedSampleFedAvg / …FedProx  weighted average of the accepted updates (Flower)
+
+FedAvgM (Hsu et al. 2019, Flower's own) moves the global model by ``server_learning_rate``
+times the averaged update, with optional momentum. Averaging K sites' parallel updates covers
+about 1/K of the distance that the same steps taken one after another would; a server
+learning rate above 1 recovers part of it (`bench/federated.py`). It is refused with central
+DP, whose noise is calibrated to the plain average (see `secure_ft.config.FederatedConfig`).
 
 FedAvg and FedProx are Flower's own: each round they sample ``fraction_train`` of the
 connected sites (at least ``min_train_sites``, once ``min_available_sites`` are connected).
@@ -19,7 +25,7 @@ from collections.abc import Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
+from flwr.serverapp.strategy import FedAvg, FedAvgM, FedProx, Strategy
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from federated import protocol
@@ -83,6 +89,9 @@ def build_strategy(config: FederatedConfig) -> tuple[UpdateGuard, OpacusRdpAccou
     if config.strategy == "fedprox":
         base: Strategy = (FixedSampleFedProx(sample_size=sample_size, proximal_mu=config.proximal_mu, **common)
                           if central else FedProx(proximal_mu=config.proximal_mu, **common))
+    elif config.strategy == "fedavgm":  # never with central DP (refused by the config)
+        base = FedAvgM(server_learning_rate=config.server_learning_rate, server_momentum=config.server_momentum,
+                       **common)
     else:
         base = FixedSampleFedAvg(sample_size=sample_size, **common) if central else FedAvg(**common)
     wrapped, accountant = wrap_with_central_dp(base, config, sample_size)

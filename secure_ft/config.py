@@ -210,8 +210,14 @@ class FederatedConfig(_Section):
     rounds: int = Field(3, ge=1, description="federated rounds")
     local_epochs: int = Field(1, ge=1, description="passes over its own data each site makes per round")
     local_steps: int | None = Field(None, ge=1, description="cap on each site's optimizer steps per round")
-    strategy: Literal["fedavg", "fedprox"] = Field("fedavg", description="server aggregation strategy")
+    strategy: Literal["fedavg", "fedprox", "fedavgm"] = Field(
+        "fedavg", description="server aggregation: fedavg, fedprox, or fedavgm (server learning rate and momentum)"
+    )
     proximal_mu: float = Field(0.01, ge=0, description="fedprox: weight μ of the proximal term μ/2·‖w − w_global‖²")
+    server_learning_rate: float = Field(
+        1.0, gt=0, description="fedavgm: step the server takes along the averaged site update (1 = FedAvg)"
+    )
+    server_momentum: float = Field(0.0, ge=0, lt=1, description="fedavgm: server momentum β (0 = none)")
     fraction_train: float = Field(1.0, gt=0, le=1, description="share of connected sites asked to train each round")
     min_available_sites: int = Field(2, ge=1, description="the server waits until this many sites are connected")
     min_train_sites: int = Field(
@@ -275,6 +281,17 @@ class FederatedConfig(_Section):
         if self.secagg and self.update_norm_bound is not None:
             raise ValueError("secagg hides each site's update, so update_norm_bound cannot be checked; "
                              "leave it null (secagg_clipping_range bounds every coordinate instead)")
+        if self.strategy != "fedavgm" and (self.server_learning_rate != 1.0 or self.server_momentum != 0.0):
+            raise ValueError("server_learning_rate and server_momentum are used by strategy: fedavgm only; "
+                             "set strategy: fedavgm or remove them")
+        if self.strategy == "fedavgm" and self.central_dp != "none":
+            # Flower's DP wrappers add noise after the inner strategy's step: a server learning rate or
+            # momentum would change the sensitivity the noise was calibrated for
+            raise ValueError("strategy: fedavgm cannot be combined with central_dp (the server step would scale "
+                             "the clipped updates after the noise was calibrated); use fedavg or fedprox")
+        if self.strategy == "fedavgm" and self.secagg:
+            raise ValueError("secagg averages the masked updates with its own strategy; strategy: fedavgm is not "
+                             "available with it — use fedavg or fedprox")
         if self.secagg and self.min_train_sites < 2:
             raise ValueError("secagg needs min_train_sites >= 2: the sum of one site's update is that update")
         return self
