@@ -95,8 +95,10 @@ class TrainingConfig(_Section):
     epochs: int = Field(4, ge=1)
     batch_size: int = Field(128, ge=1, description="logical batch size (expected size under Poisson sampling)")
     eval_batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(5e-3, gt=0, description="AdamW learning rate (adapters / encoder; the DP head "
-                                 "uses privacy.head_learning_rate)")
+    learning_rate: float = Field(5e-3, gt=0, description="AdamW learning rate (adapters / encoder)")
+    head_learning_rate: float | None = Field(
+        5e-2, gt=0, description="learning rate of the freshly initialised classification head; null = learning_rate"
+    )
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping of non-private runs")
@@ -140,10 +142,6 @@ class PrivacyConfig(_Section):
     )
     secure_mode: bool = Field(
         False, description="cryptographically secure sampling and noise (needs the torchcsprng package)"
-    )
-    head_learning_rate: float | None = Field(
-        5e-2, gt=0, description="learning rate of the fresh classification head in DP runs (adapters / encoder use "
-        "training.learning_rate); null = training.learning_rate for everything"
     )
 
     @field_validator("target_epsilon")

@@ -31,8 +31,9 @@ What wins on small data
 DP noise is added to every trainable coordinate alike, and Adam moves every coordinate by
 about the learning rate per step, noise or not. With a thousand examples this favours few
 trainable parameters (LoRA), large logical batches (less noise per step) and a separate,
-larger learning rate for the freshly initialised head (``head_learning_rate``), which must
-travel far, while the pretrained adapters take small steps. Measured on the built-in CFPB
+larger learning rate for the freshly initialised head (``training.head_learning_rate``,
+applied by the loop itself), which must travel far, while the pretrained adapters take small
+steps. Measured on the built-in CFPB
 demo (1,070 training rows, ε = 8): logical batch 128, 4 epochs, learning rate 5e-3,
 head 5e-2 reach 0.71–0.72 validation accuracy (macro-F1 0.40; majority class 0.50).
 
@@ -106,36 +107,6 @@ def distributed_world() -> tuple[int, int]:
     return 0, 1
 
 
-HEAD_MODULES = ("classifier", "score")  # the freshly initialised output projection
-
-
-def give_head_its_learning_rate(optimizer: torch.optim.Optimizer, model: nn.Module, learning_rate: float) -> int:
-    """Move the output head's parameters into their own optimizer group with `learning_rate`.
-
-    Under DP-SGD with Adam every coordinate moves by about the learning rate per step,
-    signal or noise. The randomly initialised head has to travel far and gets most of each
-    clipped per-sample gradient; the pretrained adapters / encoder only need small, careful
-    steps, and large noisy ones wreck their features. Returns how many tensors moved.
-    """
-    head = {id(p) for name, p in model.named_parameters()
-            if any(part in HEAD_MODULES for part in name.split("."))}
-    moved = 0
-    for group in list(optimizer.param_groups):
-        mine = [p for p in group["params"] if id(p) in head]
-        if not mine or len(mine) == len(group["params"]):
-            if mine:
-                group["lr"] = learning_rate
-                moved += len(mine)
-            continue
-        group["params"] = [p for p in group["params"] if id(p) not in head]
-        optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": mine,
-                                   "lr": learning_rate})
-        moved += len(mine)
-    if moved:
-        log.info("DP: the classification head (%d tensors) trains with learning rate %g", moved, learning_rate)
-    return moved
-
-
 class PrivateEngine(TrainingEngine):
     """DP-SGD (Opacus) around the loop's own model, optimizer and data loader."""
 
@@ -189,8 +160,6 @@ class PrivateEngine(TrainingEngine):
                                f"loader holds {len(loader.dataset)}; ε would be computed for the wrong N")
         model.train()  # from_pretrained returns eval mode, which Opacus refuses
         model, optimizer = make_compatible(model, optimizer)
-        if settings.head_learning_rate is not None:
-            give_head_its_learning_rate(optimizer, model, settings.head_learning_rate)
         self.grad_sample_mode, self.grad_sample_reason = choose_grad_sample_mode(model, settings.grad_sample_mode)
         self.planned_epochs = epochs
         poisson_in_opacus = True
@@ -488,7 +457,6 @@ class PrivateEngine(TrainingEngine):
             "grad_sample_mode": self.grad_sample_mode,
             "grad_sample_mode_reason": self.grad_sample_reason,
             "secure_mode": self.settings.secure_mode,
-            "head_learning_rate": self.settings.head_learning_rate,
             "world_size": self.world_size,
             "data_fingerprint": ledger.fingerprint,
             "stopped_early": self._budget_message is not None and stopped == self._budget_message,

@@ -80,6 +80,37 @@ class Prepared:
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+HEAD_MODULES = ("classifier", "score")  # the freshly initialised output projection
+
+
+def give_head_its_learning_rate(optimizer: torch.optim.Optimizer, model: nn.Module, learning_rate: float) -> int:
+    """Move the output head's parameters into their own optimizer group with `learning_rate`.
+
+    The randomly initialised head has to travel far, while the pretrained adapters / encoder
+    only need small, careful steps. Under DP-SGD with Adam every coordinate moves by about the
+    learning rate per step, signal or noise, so large steps would wreck the pretrained
+    features; in federated rounds each site takes only a few steps per round, and a slow head
+    leaves the first rounds at the majority class. Returns how many tensors moved.
+    """
+    head = {id(p) for name, p in model.named_parameters()
+            if any(part in HEAD_MODULES for part in name.split("."))}
+    moved = 0
+    for group in list(optimizer.param_groups):
+        mine = [p for p in group["params"] if id(p) in head]
+        if not mine or len(mine) == len(group["params"]):
+            if mine:
+                group["lr"] = learning_rate
+                moved += len(mine)
+            continue
+        group["params"] = [p for p in group["params"] if id(p) not in head]
+        optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": mine,
+                                   "lr": learning_rate})
+        moved += len(mine)
+    if moved:
+        log.info("the classification head (%d tensors) trains with learning rate %g", moved, learning_rate)
+    return moved
+
+
 class TrainingEngine:
     """Plain (non-private) training. Subclasses change how a gradient step is formed."""
 
@@ -246,6 +277,8 @@ def fit(
     model.to(device).train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    if config.head_learning_rate is not None:
+        give_head_its_learning_rate(optimizer, model, config.head_learning_rate)
     loader = DataLoader(train_set, batch_size=min(config.batch_size, len(train_set)), shuffle=True,
                         generator=torch.Generator().manual_seed(seed), drop_last=False)
     prepared = engine.attach(model, optimizer, loader, config.epochs)

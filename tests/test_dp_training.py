@@ -69,8 +69,7 @@ def test_every_per_sample_gradient_is_clipped_before_noise(tmp_path, mode):
     dataset = encode(tokenizer, frame["text"].tolist(), [hash(t) % 3 for t in frame["product"]], 16)
     clip = 0.05
     settings = PrivacyConfig(mode="dp", noise_multiplier=1.0, target_epsilon=None, max_grad_norm=clip,
-                             max_physical_batch_size=1, grad_sample_mode=mode,
-                             head_learning_rate=None)  # lr 0 everywhere, head included: weights stay fixed
+                             max_physical_batch_size=1, grad_sample_mode=mode)  # lr 0: weights stay fixed
     engine = PrivateEngine(settings, dataset_size=len(dataset))
     model.train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
