@@ -41,6 +41,8 @@ def toy_config(tmp_path, toy_csv, tiny_model_dir):
         "data": {"source": str(toy_csv), "label_column": "product", "group_columns": ["region", "senior"],
                  "min_class_count": 5},
         "model": {"name_or_path": str(tiny_model_dir), "transfer": "full", "max_length": 16},
-        "training": {"epochs": 2, "batch_size": 16, "learning_rate": 5e-3, "early_stopping_patience": None},
+        # one learning rate for everything: the tiny random model has no pretrained body to protect
+        "training": {"epochs": 2, "batch_size": 16, "learning_rate": 5e-3, "head_learning_rate": None,
+                     "early_stopping_patience": None},
         "privacy": {"mode": "none"},
     })
