@@ -1,7 +1,7 @@
 """Privacy–utility trade-off on SST-2: dev accuracy without DP and at ε ∈ {1, 3, 8}, same steps.
 
-    .venv/bin/python bench/privacy_utility.py [--train-rows 2500] [--epochs 3] [--batch 128]
-        [--transfer lora] [--lr 5e-3] [--head-lr 5e-2] [--plain-lr 2e-3] [--epsilons 1,3,8] [--sweep-lr 2e-3,5e-3,1e-2]
+    .venv/bin/python bench/privacy_utility.py [--train-rows 20000] [--epochs 1] [--batch 320]
+        [--transfer lora] [--lr 1e-2] [--head-lr 5e-2] [--plain-lr 2e-3,5e-3] [--epsilons 1,3,8] [--sweep-lr 5e-3,1e-2]
 
 Data: GLUE SST-2 from ../shared/data/sst2 (see its PROVENANCE.md). Training uses a documented
 subsample of the official train split: the first `--train-rows` rows of a permutation of the
@@ -11,6 +11,22 @@ model (all-MiniLM-L6-v2) with the same transfer mode, epochs and logical batch, 
 number of optimizer steps; DP runs calibrate σ to reach their ε after those epochs (δ = 1/(10 N),
 PRV accountant, Poisson sampling). The score is the dev accuracy after the last epoch (no
 selection on dev). Printed: accuracy, gap to non-private in points, ε reached, σ, steps, time.
+
+What the sweeps on this 2-core CPU showed (ε = 8, LoRA r = 8, head learning rate 5e-2 for DP):
+more training rows is the lever — for a fixed ε and step count the noise in each averaged
+gradient shrinks like 1/N — while batch size and learning rate matter little.
+
+    rows    epochs  batch  steps  DP lr  DP ε=8   non-private            gap (pts)
+    2,500   3       128    60     5e-3   0.726    0.792 (lr 2e-3)        6.65
+    10,000  1       160    63     5e-3   0.752    0.801 (lr 2e-3)        4.82
+    20,000  1       320    63     1e-2   0.772    0.810 (lr 2e-3)        3.78
+    20,000  1       640    32     1e-2   0.765    0.815 (best of 2e-3, 5e-3; head 5e-2)  5.05
+
+(The first three non-private runs used one learning rate for head and adapters.)
+ε = 1 and 3 on 2,500 rows: 0.619 and 0.704.
+
+The issue's target (gap ≤ 3 points at ε = 8) is not reached on these subsamples; the whole
+67k-row train split (about an hour per configuration here) is the next thing to measure.
 """
 
 from __future__ import annotations
@@ -74,12 +90,12 @@ def run_one(train: pd.DataFrame, dev: pd.DataFrame, *, epsilon: float | None, lr
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--train-rows", type=int, default=2500)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=128, help="logical batch (expected size under Poisson sampling)")
+    parser.add_argument("--train-rows", type=int, default=20000)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=320, help="logical batch (expected size under Poisson sampling)")
     parser.add_argument("--physical-batch", type=int, default=32)
     parser.add_argument("--transfer", choices=["lora", "full", "top_k"], default="lora")
-    parser.add_argument("--lr", type=float, default=5e-3, help="learning rate of the DP runs (adapters)")
+    parser.add_argument("--lr", type=float, default=1e-2, help="learning rate of the DP runs (adapters)")
     parser.add_argument("--head-lr", type=float, default=5e-2, help="learning rate of the classification head (every run)")
     parser.add_argument("--plain-lr", default="2e-3,5e-3",
                         help="comma-separated learning rates of the non-private runs; the best is the baseline")
