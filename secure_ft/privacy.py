@@ -33,9 +33,9 @@ about the learning rate per step, noise or not. With a thousand examples this fa
 trainable parameters (LoRA), large logical batches (less noise per step) and a separate,
 larger learning rate for the freshly initialised head (``training.head_learning_rate``,
 applied by the loop itself), which must travel far, while the pretrained adapters take small
-steps. Measured on the built-in CFPB
-demo (1,070 training rows, ε = 8): logical batch 128, 4 epochs, learning rate 5e-3,
-head 5e-2 reach 0.71–0.72 validation accuracy (macro-F1 0.40; majority class 0.50).
+steps. Measured on the built-in CFPB demo (1,070 training rows, ε = 8): logical batch 128,
+4 epochs, learning rate 5e-3, head 5e-2 reach 0.71–0.72 validation accuracy (macro-F1 0.40;
+majority class 0.50).
 
 `PrivateEngine` plugs these into `secure_ft.training.fit` through the `TrainingEngine` hooks:
 it wraps the loop's own model, optimizer and loader, reports ε in the progress bar and after
