@@ -176,5 +176,6 @@ def main() -> int:
     print(f"run directories: {out}")
     return 0 if within and ratio <= 0.01 else 1
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -133,7 +133,7 @@ def main() -> int:
     train, dev = load_sst2(args.data, args.train_rows)
     epsilons = [float(e) for e in args.epsilons.split(",")]
     # the baseline is the best non-private learning rate tried, so the gap is never flattered
-    plan = [(None, float(lr)) for lr in str(args.plain_lr).split(",")]
+    plan = [(None, float(lr)) for lr in args.plain_lr.split(",")]
     if args.sweep_lr:
         plan += [(max(epsilons), float(lr)) for lr in args.sweep_lr.split(",")]
     else:
