@@ -4,7 +4,7 @@ Every site and the server build the same model from the same base checkpoint
 (`secure_ft.models.load_base_model` + `apply_transfer`, seeded so that freshly initialised
 heads and adapters agree). Only the parameters that train travel between them:
 
-- ``transfer: lora`` — the LoRA adapters and the classification head (+ pooler): about
+- ``transfer: lora`` — the LoRA adapters and the classification head (+ a trained BERT pooler): about
   0.3 % of the full model's bytes for r = 8 on the query/value projections;
 - ``transfer: top_k`` — the top k encoder layers and the head;
 - ``transfer: full`` — every parameter.

@@ -270,11 +270,14 @@ def render_model_card(report: dict[str, Any]) -> str:
     lines += [
         "## How to use", "",
         "```python",
-        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        "from secure_ft.models import load_trained_model",
         "",
-        'model = AutoModelForSequenceClassification.from_pretrained("model", use_safetensors=True)',
-        'tokenizer = AutoTokenizer.from_pretrained("model")',
+        'model, tokenizer = load_trained_model("model")  # safetensors only; restores the pooling in config.json',
         "```", "",
+        'Plain `transformers` (`AutoModelForSequenceClassification.from_pretrained("model", use_safetensors=True)`) '
+        'loads the same weights, but when `config.json` says `"pooling": "mean"` (sentence-transformers bases) the '
+        "classifier reads the average of the token states, which plain `transformers` does not do: use the loader "
+        "above for those models.", "",
         "## Verification", "",
         "`manifest.json` lists the SHA-256 of every file in this bundle and `manifest.sig` is its Ed25519 "
         "signature. Check both before use, with the signer's public key:", "",

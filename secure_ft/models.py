@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from secure_ft.config import ModelConfig
 from secure_ft.errors import ModelError
+from secure_ft.pooling import MEAN, sentence_transformers_pooling, use_mean_pooling
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +118,15 @@ def load_base_model(config: ModelConfig, label_names: list[str]) -> tuple[PreTra
         raise
     except Exception as error:
         raise ModelError(f"{source}: cannot load the model: {error}") from None
-    if (Path(source) / "modules.json").is_file():  # a sentence-transformers export
-        _use_identity_pooler(model)
+    if (Path(source) / "modules.json").is_file():  # a sentence-transformers export: its BERT pooler never trained
+        if sentence_transformers_pooling(source) != MEAN or not use_mean_pooling(model):
+            _use_identity_pooler(model)
     tokenizer = load_tokenizer(source, config.revision, config.max_length)
     return model, tokenizer
 
 
 def _use_identity_pooler(model: PreTrainedModel) -> None:
-    """Start BERT's pooler as tanh([CLS]) for checkpoints that never trained it.
+    """Start BERT's pooler as tanh([CLS]) for sentence-transformers exports that do not average.
 
     Sentence-transformers models pool by averaging, so their BERT pooler is left over and maps
     every sentence to nearly the same vector (all-MiniLM-L6-v2 on CFPB: per-feature standard
@@ -155,13 +158,15 @@ def lora_target_modules(model: nn.Module, requested: list[str] | None) -> list[s
 def classifier_module_names(model: nn.Module) -> list[str]:
     """Names of the head modules that train in every transfer mode.
 
-    BERT's pooler belongs to the head here, except when it was replaced by the identity
-    (tanh([CLS]), see `_use_identity_pooler`): training that 384×384 layer adds many noisy
-    dimensions under DP for little gain.
+    BERT's pooler belongs to the head here, except when it was replaced by the mean of the token
+    states (no weights, see `secure_ft.pooling`) or by the identity (tanh([CLS]), see
+    `_use_identity_pooler`): training that 384×384 layer adds many noisy dimensions under DP for
+    little gain.
     """
     names = [name for name in ("classifier", "pre_classifier", "score") if hasattr(model, name)]
     base = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    if getattr(base, "pooler", None) is not None and getattr(model.config, "pooler_init", None) != "identity":
+    replaced = getattr(model.config, "pooler_init", None) == "identity" or getattr(model.config, "pooling", None) == MEAN
+    if getattr(base, "pooler", None) is not None and not replaced:
         names.append("pooler")
     return names
 
@@ -266,11 +271,33 @@ def load_trained_model(model_dir: str | Path, device: str = "cpu") -> tuple[PreT
     model_dir = Path(model_dir)
     check_model_folder(model_dir)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True, trust_remote_code=False)
+        with _quiet_transformers():  # missing weights are checked below, with a clearer message
+            model, loading = AutoModelForSequenceClassification.from_pretrained(
+                model_dir, use_safetensors=True, trust_remote_code=False, output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     except Exception as error:
         raise ModelError(f"{model_dir}: cannot load the trained model: {error}") from None
+    mean_pooled = getattr(model.config, "pooling", None) == MEAN
+    if mean_pooled and not use_mean_pooling(model):
+        raise ModelError(f"{model_dir}: config.json asks for mean pooling but this architecture has no pooler to "
+                         "replace; the folder was not written by secure-ft")
+    missing = [key for key in loading["missing_keys"] if not (mean_pooled and ".pooler." in f".{key}")]
+    if missing:
+        raise ModelError(f"{model_dir}: {WEIGHTS_FILE} lacks {len(missing)} weight(s) of the model ({', '.join(missing[:3])}"
+                         f"{', ...' if len(missing) > 3 else ''}); the folder is incomplete — save or export the model again")
     return model.to(device).eval(), tokenizer
+
+
+@contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 @dataclass
