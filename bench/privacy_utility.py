@@ -81,7 +81,7 @@ def run_one(train: pd.DataFrame, dev: pd.DataFrame, *, epsilon: float | None, lr
     training = TrainingConfig(epochs=args.epochs, batch_size=args.batch, learning_rate=lr, head_learning_rate=args.head_lr,
                               early_stopping_patience=None, num_threads=args.threads, eval_batch_size=128)
     if epsilon is None:
-        engine = TrainingEngine(training.max_grad_norm)
+        engine = TrainingEngine(training.max_grad_norm, args.physical_batch)  # same step, pieces of 32 rows
     else:
         from secure_ft.privacy import PrivateEngine
 
@@ -107,7 +107,7 @@ def main() -> int:
     parser.add_argument("--train-rows", type=int, default=67349, help="rows of the official train split (67,349 = all)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch", type=int, default=1024, help="logical batch (expected size under Poisson sampling)")
-    parser.add_argument("--physical-batch", type=int, default=32)
+    parser.add_argument("--physical-batch", type=int, default=32, help="rows computed at once (every run)")
     parser.add_argument("--transfer", choices=["lora", "full", "top_k"], default="lora")
     parser.add_argument("--lr", type=float, default=1e-2, help="learning rate of the DP runs (adapters)")
     parser.add_argument("--head-lr", type=float, default=5e-2, help="learning rate of the classification head (every run)")

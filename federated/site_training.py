@@ -202,7 +202,7 @@ def _node_label(node_config: Mapping[str, Any]) -> str:
 
 def _inner_engine(config: RunConfig, site: Site, state: RecordDict) -> TrainingEngine:
     if config.privacy.mode != "dp":
-        return TrainingEngine(config.training.max_grad_norm)
+        return TrainingEngine(config.training.max_grad_norm, config.training.max_physical_batch_size)
     rows = len(site.data.train)
     saved = state.config_records.get(protocol.SITE_SIGMA)
     if saved is not None and int(saved["rows"]) == rows:

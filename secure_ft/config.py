@@ -102,6 +102,9 @@ class TrainingConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping of non-private runs")
+    max_physical_batch_size: int | None = Field(
+        None, ge=1, description="non-private runs: largest batch computed at once; larger logical batches are "
+        "accumulated in pieces (same step, less memory); null = one pass. DP runs use privacy.max_physical_batch_size")
     early_stopping_patience: int | None = Field(
         2, ge=1, description="epochs without validation macro-F1 gain before stopping; null = never"
     )

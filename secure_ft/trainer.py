@@ -67,7 +67,7 @@ def make_engine(config: RunConfig, splits: DatasetSplits) -> TrainingEngine:
         from secure_ft.privacy import PrivateEngine
 
         return PrivateEngine.from_config(config, dataset_size=len(splits.train), fingerprint=splits.fingerprint)
-    return TrainingEngine(config.training.max_grad_norm)
+    return TrainingEngine(config.training.max_grad_norm, config.training.max_physical_batch_size)
 
 
 def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_dir: str | Path | None = None,

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from secure_ft.accumulation import AccumulatingOptimizer, pieces
 from secure_ft.checkpoint import CheckpointStore
 from secure_ft.config import TrainingConfig
 from secure_ft.errors import CheckpointError
@@ -116,10 +117,13 @@ class TrainingEngine:
 
     name = "plain"
 
-    def __init__(self, max_grad_norm: float = 1.0):
+    def __init__(self, max_grad_norm: float = 1.0, max_physical_batch_size: int | None = None):
         self.max_grad_norm = max_grad_norm
+        self.max_physical_batch_size = max_physical_batch_size  # None: each logical batch in one pass
 
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, epochs: int) -> Prepared:
+        if self.max_physical_batch_size and self.max_physical_batch_size < (loader.batch_size or 0):
+            optimizer = AccumulatingOptimizer(optimizer)
         return Prepared(model, optimizer, loader, nn.CrossEntropyLoss())
 
     def begin_epoch(self, prepared: Prepared, epoch: int, seed: int) -> None:
@@ -130,15 +134,24 @@ class TrainingEngine:
 
     @contextlib.contextmanager
     def physical_batches(self, prepared: Prepared) -> Iterator[Iterable]:
-        yield prepared.loader
+        if isinstance(prepared.optimizer, AccumulatingOptimizer):
+            yield pieces(prepared.loader, self.max_physical_batch_size, prepared.optimizer)
+        else:
+            yield prepared.loader
+
+    def loss_weight(self, prepared: Prepared) -> float:
+        """What a physical batch's mean loss counts for in its logical batch's gradient."""
+        return getattr(prepared.optimizer, "share", 1.0) if isinstance(prepared.optimizer, AccumulatingOptimizer) else 1.0
 
     def before_step(self, prepared: Prepared) -> None:
+        if not self.step_taken(prepared):
+            return  # more pieces of this logical batch follow: clip their summed gradient once
         params = [p for p in prepared.model.parameters() if p.requires_grad and p.grad is not None]
         torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
 
     def step_taken(self, prepared: Prepared) -> bool:
         """Whether the last optimizer.step() was a real (logical) step."""
-        return True
+        return getattr(prepared.optimizer, "last_piece", True) if isinstance(prepared.optimizer, AccumulatingOptimizer) else True
 
     def steps_per_epoch(self, loader: DataLoader) -> int:
         return len(loader)
@@ -270,7 +283,7 @@ def fit(
     checkpoint is written atomically after every epoch (and every
     `config.checkpoint_every_steps` steps); `resume=True` continues from the last one.
     """
-    engine = engine or TrainingEngine(config.max_grad_norm)
+    engine = engine or TrainingEngine(config.max_grad_norm, config.max_physical_batch_size)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     seed_everything(seed)
@@ -329,7 +342,7 @@ def fit(
                 batch = [tensor.to(device) for tensor in _trim(list(batch))]
                 if len(batch[-1]) > 0:
                     loss = prepared.criterion(forward_logits(prepared.model, batch), batch[-1])
-                    loss.backward()
+                    (loss * engine.loss_weight(prepared)).backward()
                     state["loss_sum"] += float(loss.detach()) * len(batch[-1])
                     state["loss_count"] += len(batch[-1])
                 engine.before_step(prepared)
