@@ -141,7 +141,7 @@ class TrainingEngine:
 
     def loss_weight(self, prepared: Prepared) -> float:
         """What a physical batch's mean loss counts for in its logical batch's gradient."""
-        return getattr(prepared.optimizer, "share", 1.0) if isinstance(prepared.optimizer, AccumulatingOptimizer) else 1.0
+        return prepared.optimizer.share if isinstance(prepared.optimizer, AccumulatingOptimizer) else 1.0
 
     def before_step(self, prepared: Prepared) -> None:
         if not self.step_taken(prepared):
@@ -151,7 +151,7 @@ class TrainingEngine:
 
     def step_taken(self, prepared: Prepared) -> bool:
         """Whether the last optimizer.step() was a real (logical) step."""
-        return getattr(prepared.optimizer, "last_piece", True) if isinstance(prepared.optimizer, AccumulatingOptimizer) else True
+        return prepared.optimizer.last_piece if isinstance(prepared.optimizer, AccumulatingOptimizer) else True
 
     def steps_per_epoch(self, loader: DataLoader) -> int:
         return len(loader)
