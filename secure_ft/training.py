@@ -342,7 +342,9 @@ def fit(
                 batch = [tensor.to(device) for tensor in _trim(list(batch))]
                 if len(batch[-1]) > 0:
                     loss = prepared.criterion(forward_logits(prepared.model, batch), batch[-1])
-                    (loss * engine.loss_weight(prepared)).backward()
+                    weight = engine.loss_weight(prepared)
+                    # the DP engines' loss objects only support backward(): scale only when accumulating
+                    (loss if weight == 1.0 else loss * weight).backward()
                     state["loss_sum"] += float(loss.detach()) * len(batch[-1])
                     state["loss_count"] += len(batch[-1])
                 engine.before_step(prepared)
