@@ -31,8 +31,8 @@ sentence-transformers trained it — see `secure_ft/pooling.py`):
 
 The issue's target, gap ≤ 3 points at ε = 8, holds: 2.75 points. Accuracy barely moves between
 ε = 8 and ε = 1 (0.831 → 0.825) because with 67,349 rows the noise in each averaged gradient is
-already small (σ·C / 1024); what costs the points is that 66 clipped steps cannot move the
-encoder as far as 66 unclipped ones.
+already small (σ·C / 1024): the remaining gap comes less from the noise than from what DP-SGD
+changes besides it (per-sample clipping, the learning rate it tolerates), not separated here.
 
 What got there (ε = 8 unless said). Mean pooling made the difference: the same settings with the
 classifier on tanh([CLS]) (the identity pooler earlier versions used) scored 0.814 against a
