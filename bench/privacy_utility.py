@@ -1,7 +1,7 @@
 """Privacy–utility trade-off on SST-2: dev accuracy without DP and at ε ∈ {1, 3, 8}, same steps.
 
     .venv/bin/python bench/privacy_utility.py [--train-rows 67349] [--epochs 1] [--batch 1024]
-        [--transfer lora] [--lr 1e-2] [--head-lr 5e-2] [--plain-lr 2e-3,5e-3,1e-2] [--epsilons 1,3,8] [--sweep-lr 5e-3,1e-2]
+        [--transfer lora] [--lr 1e-2] [--head-lr 5e-2] [--plain-lr 2e-3,5e-3,1e-2] [--epsilons 1,3,8] [--pooling mean] [--sweep-lr 5e-3,1e-2]
 
 Data: GLUE SST-2 from ../shared/data/sst2 (see its PROVENANCE.md). Training uses the official
 train split (67,349 rows) or, with `--train-rows`, a documented subsample of it: the first rows
@@ -83,7 +83,7 @@ def run_one(train: pd.DataFrame, dev: pd.DataFrame, *, epsilon: float | None, lr
     from secure_ft.training import TrainingEngine, encode, fit
 
     labels = ["negative", "positive"]
-    model_config = ModelConfig(transfer=args.transfer, max_length=args.max_length)
+    model_config = ModelConfig(transfer=args.transfer, max_length=args.max_length, pooling=args.pooling)
     torch.manual_seed(0)
     model, tokenizer = load_base_model(model_config, labels)
     model = apply_transfer(model, model_config)
@@ -128,6 +128,8 @@ def main() -> int:
     parser.add_argument("--epsilons", default="1,3,8")
     parser.add_argument("--sweep-lr", help="instead: comma-separated DP learning rates to try at the largest ε")
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--pooling", choices=["auto", "mean", "cls"], default="mean",
+                        help="what the classifier reads (model.pooling); mean is what all-MiniLM-L6-v2 was trained for")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

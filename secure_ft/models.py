@@ -118,11 +118,22 @@ def load_base_model(config: ModelConfig, label_names: list[str]) -> tuple[PreTra
         raise
     except Exception as error:
         raise ModelError(f"{source}: cannot load the model: {error}") from None
-    if (Path(source) / "modules.json").is_file():  # a sentence-transformers export: its BERT pooler never trained
-        if sentence_transformers_pooling(source) != MEAN or not use_mean_pooling(model):
-            _use_identity_pooler(model)
+    _choose_pooling(model, source, config.pooling)
     tokenizer = load_tokenizer(source, config.revision, config.max_length)
     return model, tokenizer
+
+
+def _choose_pooling(model: PreTrainedModel, source: str, pooling: str) -> None:
+    """Put the sentence representation `model.pooling` asks for in front of the classifier."""
+    sentence_transformers = (Path(source) / "modules.json").is_file()  # their BERT pooler never trained
+    if pooling == "auto":
+        pooling = MEAN if sentence_transformers and sentence_transformers_pooling(source) == MEAN else "cls"
+    if pooling == MEAN:
+        if not use_mean_pooling(model):
+            raise ModelError(f"{source}: model.pooling: mean needs a BERT-style model with a pooler to replace; "
+                             f"{type(model).__name__} has none — use pooling: auto or cls")
+    elif sentence_transformers:
+        _use_identity_pooler(model)
 
 
 def _use_identity_pooler(model: PreTrainedModel) -> None:

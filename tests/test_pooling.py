@@ -47,7 +47,7 @@ def logits(model, tokenizer, texts):
 def test_mean_pooled_head_reads_the_average_of_the_real_tokens(tiny_model_dir, tmp_path):
     folder = sentence_transformers_copy(tiny_model_dir, tmp_path)
     assert sentence_transformers_pooling(folder) == "mean"
-    model, tokenizer = load_base_model(ModelConfig(name_or_path=str(folder)), LABELS)
+    model, tokenizer = load_base_model(ModelConfig(name_or_path=str(folder), pooling="auto"), LABELS)
     model.eval()
     assert isinstance(model.bert.pooler, MaskedMeanPooler) and model.config.pooling == "mean"
 
@@ -65,7 +65,7 @@ def test_mean_pooled_head_reads_the_average_of_the_real_tokens(tiny_model_dir, t
 
 def test_mean_pooled_model_keeps_its_pooling_through_lora_save_load_and_copies(tiny_model_dir, tmp_path):
     folder = sentence_transformers_copy(tiny_model_dir, tmp_path)
-    config = ModelConfig(name_or_path=str(folder), transfer="lora")
+    config = ModelConfig(name_or_path=str(folder), transfer="lora", pooling="auto")
     torch.manual_seed(0)
     model, tokenizer = load_base_model(config, LABELS)
     model = apply_transfer(model, config)
@@ -89,14 +89,14 @@ def test_mean_pooled_model_keeps_its_pooling_through_lora_save_load_and_copies(t
 def test_cls_pooling_exports_keep_the_identity_pooler(tiny_model_dir, tmp_path):
     folder = sentence_transformers_copy(tiny_model_dir, tmp_path, mode="cls")
     assert sentence_transformers_pooling(folder) == "cls"
-    model, _ = load_base_model(ModelConfig(name_or_path=str(folder)), LABELS)
+    model, _ = load_base_model(ModelConfig(name_or_path=str(folder), pooling="auto"), LABELS)
     assert model.config.pooler_init == "identity" and not hasattr(model.config, "pooling")
     assert sentence_transformers_pooling(tiny_model_dir) is None  # a plain transformers folder
 
 
 def test_mean_pooled_lora_trains_under_dp(tiny_model_dir, tmp_path):
     folder = sentence_transformers_copy(tiny_model_dir, tmp_path)
-    config = ModelConfig(name_or_path=str(folder), transfer="lora")
+    config = ModelConfig(name_or_path=str(folder), transfer="lora", pooling="auto")
     torch.manual_seed(0)
     model, tokenizer = load_base_model(config, LABELS)
     model = apply_transfer(model, config)
@@ -120,3 +120,24 @@ def test_a_saved_model_missing_weights_is_refused(tiny_model_dir, tmp_path):
     save_file(tensors, weights, metadata={"format": "pt"})
     with pytest.raises(ModelError, match=r"saved: model.safetensors lacks 2 weight\(s\).*classifier.*export the model again"):
         load_trained_model(tmp_path / "saved")
+
+
+def test_pooling_setting_overrides_what_the_export_declares(tiny_model_dir, tmp_path):
+    folder = sentence_transformers_copy(tiny_model_dir, tmp_path)
+    for cls_config in (ModelConfig(name_or_path=str(folder), pooling="cls"), ModelConfig(name_or_path=str(folder))):
+        cls, _ = load_base_model(cls_config, LABELS)  # cls is the default
+        assert cls.config.pooler_init == "identity" and not isinstance(cls.bert.pooler, MaskedMeanPooler)
+    mean, _ = load_base_model(ModelConfig(name_or_path=str(tiny_model_dir), pooling="mean"), LABELS)
+    assert isinstance(mean.bert.pooler, MaskedMeanPooler)  # a plain BERT folder can ask for it too
+    own, _ = load_base_model(ModelConfig(name_or_path=str(tiny_model_dir), pooling="auto"), LABELS)
+    assert not isinstance(own.bert.pooler, MaskedMeanPooler) and not hasattr(own.config, "pooler_init")
+
+
+def test_mean_pooling_on_a_model_without_a_pooler_is_refused(tmp_path):
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    config = RobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=40, num_labels=len(LABELS))
+    RobertaForSequenceClassification(config).save_pretrained(tmp_path / "roberta", safe_serialization=True)
+    with pytest.raises(ModelError, match=r"roberta: model.pooling: mean needs a BERT-style model.*pooling: auto or cls"):
+        load_base_model(ModelConfig(name_or_path=str(tmp_path / "roberta"), pooling="mean"), LABELS)
