@@ -121,7 +121,7 @@ def train_distributed(config, run_dir: Path | None, *, resume: bool, rank: int,
     from secure_ft.data import load_splits
     from secure_ft.models import apply_transfer, load_base_model, resolve_device
     from secure_ft.trainer import make_engine, new_run_dir, train_run
-    from secure_ft.training import encode, fit
+    from secure_ft.training import encode, fit, seed_everything
 
     if config is not None and config.privacy.mode != "dp":
         raise SystemExit("secure_ft.distributed trains central DP runs; set privacy.mode: dp")
@@ -136,6 +136,7 @@ def train_distributed(config, run_dir: Path | None, *, resume: bool, rank: int,
     if resume:
         config = load_config(run_dir / "config.yaml")
     splits = load_splits(config.data, config.seed)
+    seed_everything(config.seed)  # the same fresh head and adapters as rank 0
     base, tokenizer = load_base_model(config.model, splits.label_names)
     model = apply_transfer(base, config.model)
     max_length = config.model.max_length

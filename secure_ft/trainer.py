@@ -35,7 +35,7 @@ from secure_ft.models import (
     save_trained_model,
     trainable_parameter_count,
 )
-from secure_ft.training import EpochRecord, TrainingEngine, encode, fit
+from secure_ft.training import EpochRecord, TrainingEngine, encode, fit, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
     write_json(run_dir / "data.json", splits.summary())
 
     device = resolve_device(config.device)
+    seed_everything(config.seed)  # the fresh head and LoRA adapters: the seed, not the moment, decides the model
     base, tokenizer = load_base_model(config.model, splits.label_names)
     model = apply_transfer(base, config.model)
     trainable, total = trainable_parameter_count(model)
