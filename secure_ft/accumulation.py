@@ -5,8 +5,8 @@ rows at once; pieces of 32 rows each trimmed to their own longest sentence need 
 and, on CPU, less time. The step is the same: each piece's mean loss is weighted by its share of
 the logical batch before `backward` (`TrainingEngine.loss_weight`), so the summed gradients equal
 the gradient of the logical batch's mean loss, and clipping and the optimizer step happen once,
-after the last piece. (DP runs split their
-batches with Opacus' BatchMemoryManager instead, see `secure_ft.privacy`.)
+after the last piece. (DP runs split their batches with Opacus' BatchMemoryManager instead, see
+`secure_ft.privacy`.)
 """
 
 from __future__ import annotations
@@ -60,11 +60,10 @@ class AccumulatingOptimizer(torch.optim.Optimizer):
 
 def pieces(batches: Iterable, max_rows: int, optimizer: AccumulatingOptimizer) -> Iterator[list[torch.Tensor]]:
     """Split each logical batch into pieces of at most `max_rows`, telling the optimizer where they are."""
-    for batch in batches:
+    for batch in batches:  # a plain DataLoader's batches are never empty
         rows = len(batch[-1])
-        starts = list(range(0, rows, max_rows)) or [0]
-        for start in starts:
+        for start in range(0, rows, max_rows):
             piece = [tensor[start:start + max_rows] for tensor in batch]
-            optimizer.last_piece = start == starts[-1]
-            optimizer.share = len(piece[-1]) / rows if rows else 1.0
+            optimizer.last_piece = start + max_rows >= rows
+            optimizer.share = len(piece[-1]) / rows
             yield piece

@@ -38,6 +38,15 @@ def sentence_transformers_copy(tiny_model_dir, tmp_path, mode: str = "mean"):
     return folder
 
 
+def mean_pooled_lora(tiny_model_dir, tmp_path):
+    """A seeded LoRA model over the tiny BERT laid out as a mean-pooling sentence-transformers export."""
+    folder = sentence_transformers_copy(tiny_model_dir, tmp_path)
+    config = ModelConfig(name_or_path=str(folder), transfer="lora", pooling="auto")
+    torch.manual_seed(0)
+    model, tokenizer = load_base_model(config, LABELS)
+    return apply_transfer(model, config), tokenizer
+
+
 def logits(model, tokenizer, texts):
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -64,11 +73,7 @@ def test_mean_pooled_head_reads_the_average_of_the_real_tokens(tiny_model_dir, t
 
 
 def test_mean_pooled_model_keeps_its_pooling_through_lora_save_load_and_copies(tiny_model_dir, tmp_path):
-    folder = sentence_transformers_copy(tiny_model_dir, tmp_path)
-    config = ModelConfig(name_or_path=str(folder), transfer="lora", pooling="auto")
-    torch.manual_seed(0)
-    model, tokenizer = load_base_model(config, LABELS)
-    model = apply_transfer(model, config)
+    model, tokenizer = mean_pooled_lora(tiny_model_dir, tmp_path)
     assert not any("pooler" in name for name, _ in model.named_parameters())  # nothing to train or to save
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -95,11 +100,7 @@ def test_cls_pooling_exports_keep_the_identity_pooler(tiny_model_dir, tmp_path):
 
 
 def test_mean_pooled_lora_trains_under_dp(tiny_model_dir, tmp_path):
-    folder = sentence_transformers_copy(tiny_model_dir, tmp_path)
-    config = ModelConfig(name_or_path=str(folder), transfer="lora", pooling="auto")
-    torch.manual_seed(0)
-    model, tokenizer = load_base_model(config, LABELS)
-    model = apply_transfer(model, config)
+    model, tokenizer = mean_pooled_lora(tiny_model_dir, tmp_path)
     frame = toy_frame(rows_per_class=12)
     texts, labels = frame["text"].tolist(), [LABELS.index(label) for label in frame["product"]]
     train_set = encode(tokenizer, texts, labels, 32)
