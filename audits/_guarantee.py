@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from secure_ft.errors import AuditError
+from secure_ft.run_directory import PRIVACY_FILE
 
-PRIVACY_FILE = "privacy.json"
 
 
 @dataclass(frozen=True)

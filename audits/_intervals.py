@@ -27,11 +27,6 @@ def bootstrap_counts(n_rows: int, n_boot: int, rng: np.random.Generator) -> np.n
     return rng.multinomial(n_rows, np.full(n_rows, 1.0 / n_rows), size=n_boot)
 
 
-def resample_indices(n_rows: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot, n_rows) row indices drawn with replacement."""
-    return rng.integers(0, n_rows, size=(n_boot, n_rows)) if n_rows else np.zeros((n_boot, 0), dtype=np.int64)
-
-
 def percentile_interval(samples: np.ndarray, level: float) -> tuple[float | None, float | None]:
     """Equal-tailed percentile interval of the defined (non-NaN) samples along axis 0.
 

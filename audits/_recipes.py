@@ -17,7 +17,6 @@ from secure_ft.config import RobustnessAuditConfig
 from secure_ft.errors import AuditError
 
 EMBEDDING_SWAP = "embedding-swap"
-OFFLINE_RECIPES = ("deepwordbug", "pwws", EMBEDDING_SWAP, "pruthi", "input-reduction", "leap")
 
 
 def stock_recipes() -> dict[str, str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from secure_ft.config import RunConfig
 from secure_ft.data import DatasetSplits
 from secure_ft.policy import Policy
+from secure_ft.run_directory import RunDirectory
 
 
 @dataclass
@@ -24,6 +25,6 @@ class AuditContext:
     device: str = "cpu"
 
     def evidence_dir(self, audit_name: str) -> Path:
-        folder = self.run_dir / "audits" / audit_name
+        folder = RunDirectory(self.run_dir).audit_evidence_dir(audit_name)
         folder.mkdir(parents=True, exist_ok=True)
         return folder

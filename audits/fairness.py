@@ -72,22 +72,13 @@ from audits._intervals import bootstrap_counts, estimate, percentile_intervals
 from audits._scoring import load_model_for, score_split
 from audits.context import AuditContext
 from audits.registry import register
+from audits.policy_checks import threshold_checks
 from audits.result import AuditResult, Check
-from secure_ft.config import atomic_write_text
+from secure_ft.atomic_files import atomic_write_text
 from secure_ft.errors import AuditError, ConfigError, DataError
 
 NAME = "fairness"
 
-# policy field -> (summary measure, comparison, pessimistic CI end)
-_THRESHOLDS = (
-    ("max_demographic_parity_difference", "demographic_parity_difference", "<=", "ci_upper"),
-    ("min_demographic_parity_ratio", "demographic_parity_ratio", ">=", "ci_lower"),
-    ("max_equalized_odds_difference", "equalized_odds_difference", "<=", "ci_upper"),
-    ("min_equalized_odds_ratio", "equalized_odds_ratio", ">=", "ci_lower"),
-    ("max_equal_opportunity_difference", "equal_opportunity_difference", "<=", "ci_upper"),
-    ("max_worst_group_accuracy_gap", "worst_group_accuracy_gap", "<=", "ci_upper"),
-    ("min_worst_group_accuracy", "worst_group_accuracy", ">=", "ci_lower"),
-)
 
 
 def resolve_positive_class(requested: str | None, label_names: list[str]) -> tuple[int | None, str]:
@@ -160,16 +151,9 @@ def _checks_for(column: str, report: dict, policy, level: float) -> tuple[list[C
         else:
             notes.append(f"warning: {column}: not assessed: {report['reason']}")
         return checks, notes
-    for field, measure, comparison, bound in _THRESHOLDS:
-        threshold = getattr(policy, field)
-        if threshold is None:
-            continue
-        value = report["summary"][measure]
-        actual = value[bound] if policy.use_ci_bound else value["value"]
-        note = f"{'lower' if bound == 'ci_lower' else 'upper'} {level:.0%} CI bound" if policy.use_ci_bound else "point estimate"
-        if actual is None:
-            note += "; undefined on this data (e.g. no positives or no selections in the compared groups)"
-        checks.append(Check.evaluate(f"{column}.{measure}", actual, comparison, threshold, note=note))
+    checks += threshold_checks(policy, report["summary"], scope=f"{column}.", ci_level=level,
+                               missing_note="undefined on this data (e.g. no positives or no selections in the "
+                                            "compared groups)")
     return checks, notes
 
 

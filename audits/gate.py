@@ -22,8 +22,6 @@ from pydantic import BaseModel
 from audits.result import AuditResult
 from secure_ft.policy import Policy
 
-VERDICT_FILE = "verdict.json"
-
 
 @dataclass
 class Verdict:
@@ -53,20 +51,6 @@ class Verdict:
         return verdict
 
 
-def _policy_sets_thresholds(policy: Policy, audit_name: str) -> bool:
-    """Whether the policy section named like the audit asks for any measured threshold."""
-    section = getattr(policy, audit_name, None)
-    if not isinstance(section, BaseModel):
-        return False
-    for name in type(section).model_fields:
-        value = getattr(section, name)
-        if name.startswith(("min_", "max_")) and value not in (None, {}, []):
-            return True
-        if name.startswith("require_") and value is True:
-            return True
-    return False
-
-
 def _problems(result: AuditResult, policy: Policy) -> list[str]:
     """Why one audit result does not pass (empty when it does)."""
     if result.error is not None:
@@ -74,7 +58,8 @@ def _problems(result: AuditResult, policy: Policy) -> list[str]:
     problems = [f"{result.name}: {check.describe()}" for check in result.checks if not check.passed]
     if not problems and not result.passed:
         problems.append(f"{result.name}: reported as failed" + (f" ({'; '.join(result.notes)})" if result.notes else ""))
-    if not result.checks and _policy_sets_thresholds(policy, result.name):
+    section = getattr(policy, result.name, None)
+    if not result.checks and isinstance(section, BaseModel) and section.sets_any_check():
         problems.append(
             f"{result.name}: reported no checks although the policy section `{result.name}` sets thresholds; "
             "the audit did not apply the policy"

@@ -40,7 +40,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from secure_ft.config import atomic_write_text
+from secure_ft.atomic_files import atomic_write_text
 from secure_ft.errors import AuditError
 
 ROOT_ENV = "SECURE_FT_RESOURCES"

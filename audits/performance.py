@@ -35,8 +35,9 @@ from audits._intervals import bootstrap_counts, estimate, finite_or_none, percen
 from audits._scoring import load_model_for, score_split
 from audits.context import AuditContext
 from audits.registry import register
-from audits.result import AuditResult, Check
-from secure_ft.config import atomic_write_text
+from audits.policy_checks import threshold_checks
+from audits.result import AuditResult
+from secure_ft.atomic_files import atomic_write_text
 from secure_ft.errors import DataError
 
 NAME = "performance"
@@ -144,15 +145,7 @@ def performance_audit(context: AuditContext) -> AuditResult:
         "confusion_matrix": {"labels": label_names, "counts": confusion[0].astype(int).tolist()},
     }
 
-    policy = context.policy.performance
-    bound = "ci_lower" if policy.use_ci_bound else "value"
-    note = f"lower {CI_LEVEL:.0%} CI bound" if policy.use_ci_bound else "point estimate"
-    checks = []
-    for field, metric in (("min_accuracy", "accuracy"), ("min_macro_f1", "macro_f1"),
-                          ("min_gain_over_majority", "gain_over_majority"), ("min_class_recall", "min_class_recall")):
-        threshold = getattr(policy, field)
-        if threshold is not None:
-            checks.append(Check.evaluate(metric, metrics[metric][bound], ">=", threshold, note=note))
+    checks = threshold_checks(context.policy.performance, metrics, ci_level=CI_LEVEL)
     notes = []
     absent = [label for label, row in zip(label_names, per_class) if row["support"] == 0]
     if absent:

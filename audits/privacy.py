@@ -57,21 +57,15 @@ from audits._membership import attack_report, default_delta, full_roc
 from audits._scoring import load_model_for, score_split
 from audits.context import AuditContext
 from audits.registry import register
+from audits.policy_checks import threshold_checks
 from audits.result import AuditResult, Check
-from secure_ft.config import atomic_write_text
+from secure_ft.atomic_files import atomic_write_text
 from secure_ft.errors import AuditError, ModelError
 from secure_ft.models import load_base_model, predict
 
 NAME = "privacy"
 MIN_ATTACK_ROWS = 10
 
-# policy field -> (attack metric, check name)
-_ATTACK_THRESHOLDS = (
-    ("max_membership_auc", "auc", "membership_auc"),
-    ("max_tpr_at_1pct_fpr", "tpr_at_1pct_fpr", "tpr_at_1pct_fpr"),
-    ("max_tpr_at_0_1pct_fpr", "tpr_at_0_1pct_fpr", "tpr_at_0_1pct_fpr"),
-    ("max_membership_advantage", "advantage", "membership_advantage"),
-)
 
 
 def guarantee_metrics(guarantee: PrivacyGuarantee | None) -> dict:
@@ -102,13 +96,25 @@ def guarantee_checks(guarantee: PrivacyGuarantee | None, policy) -> tuple[list[C
         checks.append(Check.evaluate("dp_guarantee", 1, "==", 1, note=f"{guarantee.path.name} present"))
     for scope in guarantee.scopes:
         prefix = "" if scope.scope == "run" else f"{scope.scope}."
-        if policy.max_epsilon is not None:
-            unbounded = math.isinf(scope.epsilon)
-            checks.append(Check.evaluate(f"{prefix}epsilon", None if unbounded else scope.epsilon, "<=", policy.max_epsilon,
-                                         note="unbounded: the accountant gave no finite ε" if unbounded else ""))
-        if policy.max_delta is not None:
-            checks.append(Check.evaluate(f"{prefix}delta", scope.delta, "<=", policy.max_delta))
+        measured = {"epsilon": None if math.isinf(scope.epsilon) else scope.epsilon, "delta": scope.delta}
+        checks += threshold_checks(policy, measured, group="guarantee", scope=prefix,
+                                   missing_note="unbounded: the accountant gave no finite ε")
     return checks, notes
+
+
+def worst_attack_measurements(attacks: dict[str, dict], use_ci_bound: bool) -> dict[str, tuple[str, dict]]:
+    """Per membership metric, the attack variant that leaked most and its estimate (judged bound first)."""
+    bound = "ci_upper" if use_ci_bound else "value"
+    worst = {}
+    estimates = {metric for report in attacks.values() for metric, value in report.items()
+                 if isinstance(value, dict) and "value" in value}
+    for metric in sorted(estimates):
+        def leak(attack: str) -> float:
+            value = attacks[attack].get(metric, {}).get(bound)
+            return value if value is not None else math.inf
+        name = max(attacks, key=leak)
+        worst[metric] = (name, attacks[name].get(metric))
+    return worst
 
 
 def attack_rows(context: AuditContext) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -197,15 +203,10 @@ def privacy_audit(context: AuditContext) -> AuditResult:
         evidence.append(_write_csv(context, f"roc_{name}.csv", pd.DataFrame({"fpr": fpr, "tpr": tpr})))
 
     top = strongest(attacks)
-    bound = "ci_upper" if policy.use_ci_bound else "value"
-    for field, metric, check_name in _ATTACK_THRESHOLDS:
-        threshold = getattr(policy, field)
-        if threshold is None:
-            continue
-        worst = max(attacks, key=lambda attack: attacks[attack][metric][bound] if attacks[attack][metric][bound] is not None else math.inf)
-        value = attacks[worst][metric][bound]
-        note = f"strongest attack: {worst}; " + (f"upper {settings.ci_level:.0%} CI bound" if policy.use_ci_bound else "point estimate")
-        checks.append(Check.evaluate(check_name, value, "<=", threshold, note=note))
+    worst = worst_attack_measurements(attacks, policy.use_ci_bound)
+    checks += threshold_checks(policy, {metric: estimate for metric, (_, estimate) in worst.items()},
+                               group="membership", ci_level=settings.ci_level,
+                               notes={metric: f"strongest attack: {name}" for metric, (name, _) in worst.items()})
     if len(nonmembers) < 1000:
         notes.append(f"TPR at 0.1% FPR is measured at FPR 0 (resolution 1/{len(nonmembers)} non-members)")
 
@@ -214,10 +215,8 @@ def privacy_audit(context: AuditContext) -> AuditResult:
         details = guarantee.details if guarantee is not None else {}
         canary = canary_report(context, details.get("noise_multiplier"), details.get("max_grad_norm"))
         evidence.append(_write_csv(context, "canaries.csv", pd.DataFrame(canary["canaries"])))
-    if policy.max_canary_exposure is not None:
-        checks.append(Check.evaluate("canary_max_exposure", canary["max_exposure"] if canary else None, "<=",
-                                     policy.max_canary_exposure,
-                                     note="" if canary else "canary test is off; set audits.privacy.canaries > 0"))
+    checks += threshold_checks(policy, {"max_exposure": canary["max_exposure"] if canary else None}, group="canary",
+                               missing_note="" if canary else "canary test is off; set audits.privacy.canaries > 0")
 
     accountant = guarantee_metrics(guarantee)
     metrics = {

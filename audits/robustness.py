@@ -59,8 +59,9 @@ from audits._attack_runner import (
 from audits._recipes import describe_attack
 from audits.context import AuditContext
 from audits.registry import register
+from audits.policy_checks import threshold_checks
 from audits.result import AuditResult, Check
-from secure_ft.config import atomic_write_text
+from secure_ft.atomic_files import atomic_write_text
 from secure_ft.errors import AuditError, SecureFTError
 from secure_ft.models import model_hash
 
@@ -218,19 +219,8 @@ def recipe_summary(records: list[dict], run: RecipeRun | None) -> dict:
 
 def recipe_checks(recipe: str, summary: dict, policy) -> list[Check]:
     """The policy's thresholds for `recipe` (or its "default") applied to the recipe's numbers."""
-    checks = []
-    for field, metric, comparison in (("min_accuracy_under_attack", "accuracy_under_attack", ">="),
-                                      ("max_attack_success_rate", "attack_success_rate", "<="),
-                                      ("max_budget_exhausted_fraction", "budget_exhausted_fraction", "<=")):
-        limits = getattr(policy, field)
-        threshold = limits.get(recipe, limits.get("default"))
-        if threshold is None:
-            continue
-        note = ""
-        if summary[metric] is None:
-            note = "no example was attacked: the model got every sampled example wrong"
-        checks.append(Check.evaluate(f"{recipe}.{metric}", summary[metric], comparison, threshold, note))
-    return checks
+    return threshold_checks(policy, summary, scope=f"{recipe}.", key=recipe,
+                            missing_note="no example was attacked: the model got every sampled example wrong")
 
 
 def write_evidence(path: Path, records: list[dict], label_names: list[str]) -> None:

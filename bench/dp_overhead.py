@@ -4,7 +4,7 @@
 
 Each configuration runs in a fresh subprocess (clean peak RSS) on the default model
 (all-MiniLM-L6-v2), with real CFPB complaint text padded / truncated to `--seq` tokens and a
-logical batch of `--batch`. A step is what `secure_ft.training.fit` does for one logical
+logical batch of `--batch`. A step is what `secure_ft.training_loop.fit` does for one logical
 batch: forward, backward, the engine's clipping (plain: total-norm clipping; DP: Opacus'
 per-sample clipping + noise inside optimizer.step()) and the update. DP batches are Poisson
 sampled (expected size `--batch`) from 10 × batch examples with the same seed in every
@@ -43,7 +43,7 @@ def measure(transfer: str, private: bool, mode: str | None, steps: int, seq: int
     from secure_ft.config import ModelConfig, PrivacyConfig, RunConfig
     from secure_ft.data import load_splits
     from secure_ft.models import apply_transfer, load_base_model, trainable_parameter_count
-    from secure_ft.training import TrainingEngine, encode, forward_logits
+    from secure_ft.training_loop import TrainingEngine, encode, forward_logits
 
     config = RunConfig()
     splits = load_splits(config.data, config.seed)
@@ -56,11 +56,11 @@ def measure(transfer: str, private: bool, mode: str | None, steps: int, seq: int
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     loader = DataLoader(dataset, batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(0))
     if private:
-        from secure_ft.privacy import PrivateEngine
+        from secure_ft.privacy.engine import PrivateEngine
 
         settings = PrivacyConfig(noise_multiplier=1.0, target_epsilon=None, grad_sample_mode=mode,
                                  max_physical_batch_size=batch * 2)
-        engine = PrivateEngine(settings, dataset_size=len(dataset), trained=transfer)
+        engine = PrivateEngine(settings, dataset_size=len(dataset), transfer=transfer)
     else:
         engine = TrainingEngine(1.0)
     prepared = engine.attach(model, optimizer, loader, epochs=1)

@@ -110,7 +110,7 @@ def main() -> int:
     from federated import run_federated
     from federated.partition import partition_sites
     from secure_ft.data import load_splits
-    from secure_ft.trainer import train_run
+    from secure_ft.central_run import train_run
 
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-federated-"))
     server = (f"fedavgm, server learning rate {args.server_lr:g}, momentum {args.server_momentum:g}"

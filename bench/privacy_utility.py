@@ -81,7 +81,7 @@ def run_one(train: pd.DataFrame, dev: pd.DataFrame, *, epsilon: float | None, lr
 
     from secure_ft.config import ModelConfig, PrivacyConfig, TrainingConfig
     from secure_ft.models import apply_transfer, load_base_model
-    from secure_ft.training import TrainingEngine, encode, fit
+    from secure_ft.training_loop import TrainingEngine, encode, fit
 
     labels = ["negative", "positive"]
     model_config = ModelConfig(transfer=args.transfer, max_length=args.max_length, pooling=args.pooling)
@@ -95,11 +95,11 @@ def run_one(train: pd.DataFrame, dev: pd.DataFrame, *, epsilon: float | None, lr
     if epsilon is None:
         engine = TrainingEngine(training.max_grad_norm, args.physical_batch)  # same step, pieces of 32 rows
     else:
-        from secure_ft.privacy import PrivateEngine
+        from secure_ft.privacy.engine import PrivateEngine
 
         settings = PrivacyConfig(target_epsilon=epsilon, max_grad_norm=args.clip,
                                  max_physical_batch_size=args.physical_batch)
-        engine = PrivateEngine(settings, dataset_size=len(train_set), trained=args.transfer)
+        engine = PrivateEngine(settings, dataset_size=len(train_set), transfer=args.transfer)
     started = time.perf_counter()
     result = fit(model, train_set, dev_set, labels, training, seed=0, engine=engine, progress=False)
     seconds = time.perf_counter() - started

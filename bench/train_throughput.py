@@ -29,7 +29,7 @@ def measure(mode: str, steps: int, warmup: int) -> dict:
     from secure_ft.data import load_splits
     from secure_ft.config import DataConfig
     from secure_ft.models import apply_transfer, load_base_model, trainable_parameter_count
-    from secure_ft.training import TrainingEngine, Prepared, encode, forward_logits, _trim
+    from secure_ft.training_loop import TrainingEngine, Prepared, encode, forward_logits, _trim
     from torch.utils.data import DataLoader
 
     splits = load_splits(DataConfig(), seed=13)

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -32,13 +31,12 @@ from federated.stoppable_grid import StoppableGrid
 from federated.strategy import build_strategy, sites_per_round
 from federated.task import (arrays_to_record, base_model_sha256, build_model, encode_frame, record_bytes,
                             secure_ft_version, trainable_arrays)
-from secure_ft.checkpoint import CheckpointStore
-from secure_ft.config import RunConfig, atomic_write_text
+from secure_ft.config import RunConfig
 from secure_ft.data import load_splits
-from secure_ft.errors import CheckpointError, SecureFTError
-from secure_ft.ledger import Ledger
+from secure_ft.errors import SecureFTError
+from secure_ft.run_directory import RunDirectory
 from secure_ft.models import resolve_device, trainable_parameter_count
-from secure_ft.trainer import TrainedRun
+from secure_ft.central_run import TrainedRun
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +80,8 @@ class FederatedServer:
     def run(self, grid: Grid, context: Context) -> TrainedRun:
         config, run_dir = self.config, self.run_dir
         grid = StoppableGrid(grid, self.stop)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if (run_dir / "model").exists() or CheckpointStore(run_dir / "checkpoints").exists():
-            raise CheckpointError(f"{run_dir}: already holds a run; choose a new folder")
-        ledger = Ledger(run_dir)
-        config_text = config.to_yaml()
-        atomic_write_text(run_dir / "config.yaml", config_text)
-        ledger.append("config_loaded", config_sha256=hashlib.sha256(config_text.encode()).hexdigest(),
-                      source=str(config.source_path) if config.source_path else "built-in default")
-
         splits = load_splits(config.data, config.seed)
-        ledger.append("data_fingerprinted", fingerprint=splits.fingerprint, rows=splits.summary()["rows"],
-                      dropped_classes=splits.dropped_classes)
+        ledger = RunDirectory(run_dir).start(config, splits)
         if self.simulated:
             sites = [site.summary(splits.label_names) for site in partition_sites(splits, config.federated, config.seed)]
         else:

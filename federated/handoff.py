@@ -1,7 +1,7 @@
 """Hand-off: the global model leaves a federated run exactly as a central run's model does.
 
-The run directory gets the same files as `secure_ft.trainer.train_run` writes, so the same
-audits, gate, report and export apply unchanged:
+The run directory (`secure_ft.run_directory`) gets the same records as a central run's, so the
+same audits, gate, report and export apply unchanged:
 
     model/          save_pretrained folder (LoRA merged) + model_hash.json
     config.yaml     the effective config (mode: federated)
@@ -24,14 +24,12 @@ from typing import Any
 from federated.round_book import RoundBook
 from secure_ft.config import RunConfig
 from secure_ft.data import DatasetSplits
-from secure_ft.ledger import Ledger
+from secure_ft.central_run import TrainedRun
 from secure_ft.models import save_trained_model
-from secure_ft.trainer import TrainedRun, write_json
+from secure_ft.run_directory import PRIVACY_FILE, FEDERATED_FILE, RunDirectory
+from secure_ft.run_ledger import Ledger
 
 log = logging.getLogger(__name__)
-
-PRIVACY_FILE = "privacy.json"
-FEDERATED_FILE = "federated.json"
 
 
 def site_guarantees(book: RoundBook, config: RunConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -51,7 +49,7 @@ def site_guarantees(book: RoundBook, config: RunConfig, run_dir: Path) -> dict[s
                 "last_round": entry["round"],
             }
     for name, guarantee in sites.items():
-        details = run_dir / "sites" / name / PRIVACY_FILE
+        details = RunDirectory(run_dir).site(name).privacy_file
         if details.is_file():
             guarantee["details"] = str(details.relative_to(run_dir))
     return sites
@@ -92,19 +90,20 @@ def write_handoff(*, run_dir: Path, config: RunConfig, splits: DatasetSplits, bo
     arrays = book.best_arrays if book.best_arrays is not None else book.final_arrays
     if arrays is not None:
         load_arrays(model, arrays)
-    model_dir = run_dir / "model"
+    run = RunDirectory(run_dir)
+    model_dir = run.model_dir
     digest = save_trained_model(model, tokenizer, model_dir)
 
     site_privacy = site_guarantees(book, config, run_dir)
     privacy = privacy_summary(site_privacy, central, [site["name"] for site in sites])
     artifacts = []
     if privacy is not None:
-        write_json(run_dir / PRIVACY_FILE, privacy)
+        run.write_privacy(privacy)
         artifacts.append(PRIVACY_FILE)
-    write_json(run_dir / FEDERATED_FILE, {**federation, "sites": sites})
+    run.write_federation({**federation, "sites": sites})
     artifacts.append(FEDERATED_FILE)
-    write_json(run_dir / "data.json", {**splits.summary(), "sites": sites,
-                                       "train_rows_used_for_training": federation["mode"] == "simulation"})
+    run.write_data_summary({**splits.summary(), "sites": sites,
+                            "train_rows_used_for_training": federation["mode"] == "simulation"})
 
     epochs, steps = [], 0
     for entry in book.rounds:
@@ -140,7 +139,7 @@ def write_handoff(*, run_dir: Path, config: RunConfig, splits: DatasetSplits, bo
         "initial_evaluation": book.initial,
         "rounds": book.rounds,
     }
-    write_json(run_dir / "metrics.json", metrics)
+    run.write_metrics(metrics)
     ledger.append("model_saved", model_sha256=digest, steps=steps, best_round=book.best_round,
                   stopped_reason=metrics["stopped_reason"], artifacts=artifacts,
                   epsilon=None if privacy is None else privacy["epsilon"])

@@ -26,7 +26,7 @@ from federated.coordinator import FederatedServer
 from federated.protocol import route_logs_through_flower
 from secure_ft.config import RunConfig, load_config
 from secure_ft.errors import ConfigError
-from secure_ft.trainer import new_run_dir
+from secure_ft.run_directory import new_run_dir
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from secure_ft.config import RunConfig
-from secure_ft.trainer import TrainedRun
+from secure_ft.central_run import TrainedRun
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def run_federated(config: RunConfig, run_dir: Path, progress: bool = True, *, ba
     Returns
     -------
     TrainedRun
-        As `secure_ft.trainer.train_run` returns it.
+        As `secure_ft.central_run.train_run` returns it.
     """
     if backend not in ("ray", "local"):
         raise ValueError(f"backend must be 'ray' or 'local', got {backend!r}")

@@ -24,6 +24,7 @@ from federated import protocol
 from federated.partition import SitePartition, partition_sites
 from secure_ft.config import RunConfig
 from secure_ft.data import LABEL, load_splits, read_table, validate
+from secure_ft.run_directory import RunDirectory
 from secure_ft.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def resolve_site(node_config: Mapping[str, object], config: RunConfig, labels: l
                               f"{config.federated.num_sites}; start it with as many SuperNodes as sites")
         partition = simulated_partition(config, labels, index)
         root = Path(run_dir) if run_dir else DEFAULT_STATE_ROOT.expanduser()
-        return Site(partition.name, partition, root / "sites" / partition.name, deployed=False)
+        return Site(partition.name, partition, RunDirectory(root).site(partition.name).path, deployed=False)
     raise ConfigError(
         "this SuperNode has no data: start it with --node-config "
         "'data-path=\"/path/to/site.csv\" site-name=\"site-a\"' (see deploy/README.md)"

@@ -1,8 +1,9 @@
 """The training engine of one site's round: plain or DP-SGD, plus FedProx and the site's privacy ledger.
 
 A site trains many short rounds but has one privacy budget. Its DP-SGD engine
-(`secure_ft.privacy.PrivateEngine`) is therefore set up once for the whole run: the noise
-multiplier σ is calibrated so that `rounds × local_epochs` epochs end at
+(`secure_ft.privacy.engine.PrivateEngine`) is therefore set up once for the whole run: the
+noise multiplier σ is calibrated (by `secure_ft.privacy.accountants`, exactly as for a central
+run) so that `rounds × local_epochs` epochs end at
 `privacy.target_epsilon` (which stays a hard cap), and the accountant's history is carried
 from round to round (`SiteEngine.state_dict` → Flower's per-site `Context.state` → the next
 round's `restore`). A site can thus never spend more than its budget, however many rounds
@@ -18,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import warnings
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from secure_ft.config import RunConfig
 from secure_ft.errors import PrivacyError
-from secure_ft.training import FitResult, Prepared, TrainingEngine
+from secure_ft.training_loop import FitResult, Prepared, TrainingEngine
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,11 @@ def site_noise_multiplier(config: RunConfig, dataset_size: int) -> float:
     Uses the sampling rate the private engine will use (1 / batches per epoch) and the
     site's δ (`privacy.target_delta`, else 1/(10 N) for the site's N rows).
     """
-    from opacus.accountants.utils import get_noise_multiplier
-
-    from secure_ft.privacy import resolve_delta
+    from secure_ft.privacy.accountants import BudgetUnreachable, calibrate_noise, require_usable_at_sites
+    from secure_ft.privacy.engine import resolve_delta
 
     settings = config.privacy
+    require_usable_at_sites(settings.accountant)
     if settings.noise_multiplier is not None:
         return settings.noise_multiplier
     delta, _ = resolve_delta(settings, dataset_size)
@@ -57,13 +57,9 @@ def site_noise_multiplier(config: RunConfig, dataset_size: int) -> float:
         steps_per_round = min(steps_per_round, config.federated.local_steps)
     epochs = config.federated.rounds * steps_per_round / batches  # opacus counts steps as epochs / rate
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # opacus: "optimal order is the largest alpha" while searching σ
-            return float(get_noise_multiplier(target_epsilon=settings.target_epsilon, target_delta=delta,
-                                              sample_rate=1 / batches, epochs=epochs,
-                                              accountant="rdp" if settings.accountant == "gdp" else settings.accountant,
-                                              epsilon_tolerance=0.01))
-    except ValueError as error:
+        return calibrate_noise(settings.accountant, target_epsilon=settings.target_epsilon, delta=delta,
+                               sample_rate=1 / batches, epochs=epochs)
+    except BudgetUnreachable as error:
         raise PrivacyError(
             f"privacy.target_epsilon = {settings.target_epsilon:g} cannot be reached by a site with {dataset_size} "
             f"rows over {epochs:g} epochs ({error}); raise target_epsilon or train fewer rounds"
@@ -72,10 +68,10 @@ def site_noise_multiplier(config: RunConfig, dataset_size: int) -> float:
 
 def private_site_engine(config: RunConfig, dataset_size: int, fingerprint: str, sigma: float) -> TrainingEngine:
     """The Opacus engine for a site: fixed σ for the run, `target_epsilon` as the hard cap."""
-    from secure_ft.privacy import PrivateEngine
+    from secure_ft.privacy.engine import PrivateEngine
 
     settings = config.privacy.model_copy(update={"noise_multiplier": sigma})
-    return PrivateEngine(settings, dataset_size=dataset_size, fingerprint=fingerprint, trained=config.model.transfer,
+    return PrivateEngine(settings, dataset_size=dataset_size, fingerprint=fingerprint, transfer=config.model.transfer,
                          epochs=planned_epochs(config), batch_size=config.training.batch_size)
 
 

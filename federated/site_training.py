@@ -33,9 +33,9 @@ from federated.task import (build_model, encode_frame, evaluate_model, load_arra
                             base_model_sha256, secure_ft_version, trainable_arrays, train_locally)
 from secure_ft.config import RunConfig, config_from_dict
 from secure_ft.errors import ConfigError, ModelError, SecureFTError
-from secure_ft.ledger import Ledger
+from secure_ft.run_ledger import Ledger
 from secure_ft.models import resolve_device
-from secure_ft.training import TrainingEngine
+from secure_ft.training_loop import TrainingEngine
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ heads and adapters agree). Only the parameters that train travel between them:
 The frozen rest never leaves a site, so a site whose base checkpoint differs would train a
 different model; `base_model_sha256` lets a site refuse such a mismatch before training.
 
-Local training is `secure_ft.training.fit`, the loop central runs use, on the site's rows.
+Local training is `secure_ft.training_loop.fit`, the loop central runs use, on the site's rows.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from torch.utils.data import TensorDataset
 from secure_ft.config import ModelConfig, RunConfig, TrainingConfig
 from secure_ft.errors import ModelError
 from secure_ft.models import apply_transfer, load_base_model, model_hash, resolve_model_source
-from secure_ft.training import FitResult, TrainingEngine, encode, evaluate, fit, seed_everything
+from secure_ft.training_loop import FitResult, TrainingEngine, encode, evaluate, fit, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -151,5 +151,5 @@ def train_locally(model: nn.Module, train_set: TensorDataset, validation_set: Te
 
 def evaluate_model(model: nn.Module, dataset: TensorDataset, label_names: list[str], config: RunConfig,
                    device: str = "cpu") -> dict:
-    """Accuracy, macro-F1 and per-class recall (`secure_ft.training.evaluate`)."""
+    """Accuracy, macro-F1 and per-class recall (`secure_ft.training_loop.evaluate`)."""
     return evaluate(model, dataset, label_names, config.training.eval_batch_size, device)

@@ -27,8 +27,8 @@ _EXPORTS = {
     "load_config": "secure_ft.config",
     "load_splits": "secure_ft.data",
     "DatasetSplits": "secure_ft.data",
-    "train_run": "secure_ft.trainer",
-    "TrainedRun": "secure_ft.trainer",
+    "train_run": "secure_ft.central_run",
+    "TrainedRun": "secure_ft.central_run",
     "run_pipeline": "secure_ft.pipeline",
     "Policy": "secure_ft.policy",
     "load_policy": "secure_ft.policy",
@@ -36,8 +36,8 @@ _EXPORTS = {
     "Verdict": "audits.gate",
     "export_bundle": "secure_ft.export",
     "verify_bundle": "secure_ft.export",
-    "Ledger": "secure_ft.ledger",
-    "verify_ledger": "secure_ft.ledger",
+    "Ledger": "secure_ft.run_ledger",
+    "verify_ledger": "secure_ft.run_ledger",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

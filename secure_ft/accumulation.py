@@ -6,7 +6,7 @@ and, on CPU, less time. The step is the same: each piece's mean loss is weighted
 the logical batch before `backward` (`TrainingEngine.loss_weight`), so the summed gradients equal
 the gradient of the logical batch's mean loss, and clipping and the optimizer step happen once,
 after the last piece. (DP runs split their batches with Opacus' BatchMemoryManager instead, see
-`secure_ft.privacy`.)
+`secure_ft.privacy.engine`.)
 """
 
 from __future__ import annotations

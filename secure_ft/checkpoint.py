@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from secure_ft.atomic_files import atomic_write_bytes
 from secure_ft.errors import CheckpointError
 
 LAST = "last.pt"
@@ -41,8 +41,8 @@ class CheckpointStore:
         torch.save(state, buffer)
         payload = buffer.getvalue()
         digest = hashlib.sha256(payload).hexdigest()
-        _atomic_write_bytes(self.last_path, payload)
-        _atomic_write_bytes(self.last_path.with_suffix(".pt.sha256"), f"{digest}  {LAST}\n".encode())
+        atomic_write_bytes(self.last_path, payload)
+        atomic_write_bytes(self.last_path.with_suffix(".pt.sha256"), f"{digest}  {LAST}\n".encode())
         return self.last_path
 
     def load(self) -> dict[str, Any]:
@@ -63,16 +63,3 @@ class CheckpointStore:
             return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
         except Exception as error:
             raise CheckpointError(f"{path}: checkpoint cannot be read ({error}); start a new run") from None
-
-
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

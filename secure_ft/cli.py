@@ -16,29 +16,16 @@ import sys
 import traceback
 from pathlib import Path
 
+from secure_ft.console import print_training_summary
 from secure_ft.errors import SecureFTError
+from secure_ft.offline_environment import quiet_third_party
 
 log = logging.getLogger("secure_ft")
 
 
-def _quiet_third_party() -> None:
-    # offline by design: never let a library reach for a hub or phone home
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    # matplotlib logs every categorical axis at INFO while the report draws its plots
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from secure_ft.config import load_config
-    from secure_ft.trainer import train_run
+    from secure_ft.central_run import train_run
 
     if args.resume:
         trained = train_run(None, Path(args.resume), resume=True)
@@ -52,31 +39,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from secure_ft.config import load_config
     from secure_ft.pipeline import print_outcome, run_pipeline
+    from secure_ft.run_directory import RunDirectory
 
     config = load_config(args.config)
     out = Path(args.out or config.resolve_path(config.output_dir))
     resume = Path(args.resume) if args.resume else None
     if resume is not None:
-        config = load_config(resume / "config.yaml")
+        config = RunDirectory(resume).read_config()
         out = resume.parent
     outcome = run_pipeline(config, out, resume_dir=resume)
-    metrics_file = outcome.run_dir / "metrics.json"
-    if metrics_file.is_file():
-        import json
-
-        print_training_summary(json.loads(metrics_file.read_text()), outcome.run_dir)
+    metrics = RunDirectory(outcome.run_dir).read_metrics()
+    if metrics is not None:
+        print_training_summary(metrics, outcome.run_dir)
     print_outcome(outcome)
     return outcome.exit_code
-
-
-def print_training_summary(metrics: dict, run_dir: Path) -> None:
-    best = metrics.get("best") or {}
-    print(f"run directory: {run_dir}")
-    print(f"model: {run_dir / 'model'} (sha256 {metrics['model_sha256'][:16]}…)")
-    print(f"steps: {metrics['steps']}  stopped: {metrics['stopped_reason']}  best epoch: {metrics['best_epoch']}")
-    if best:
-        print(f"validation accuracy: {best['val_accuracy']:.4f}  macro-F1: {best['val_macro_f1']:.4f}  "
-              f"(majority-class baseline accuracy: {metrics['majority_baseline_accuracy']:.4f})")
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
@@ -87,7 +63,8 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_config_init(args: argparse.Namespace) -> int:
-    from secure_ft.config import atomic_write_text, starter_config_text
+    from secure_ft.atomic_files import atomic_write_text
+    from secure_ft.config import starter_config_text
     from secure_ft.errors import ConfigError
 
     target = Path(args.file)
@@ -143,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    _quiet_third_party()
+    quiet_third_party()
     try:
         return int(args.handler(args) or 0)
     except SecureFTError as error:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -94,9 +93,9 @@ class ModelConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    """The fine-tuning loop (`secure_ft.training`).
+    """The fine-tuning loop (`secure_ft.training_loop`).
 
-    The defaults are the DP recipe of the built-in demo (measured in `secure_ft.privacy`):
+    The defaults are the DP recipe of the built-in demo (measured in `secure_ft.privacy.engine`):
     DP-SGD wants large logical batches (less noise per step) and a few more epochs; a
     non-private run does as well or better with batch 32 (see examples/cfpb-plain.yaml).
     """
@@ -125,7 +124,7 @@ class TrainingConfig(_Section):
 
 
 class PrivacyConfig(_Section):
-    """Sample-level differential privacy: DP-SGD through Opacus (see `secure_ft.privacy`).
+    """Sample-level differential privacy: DP-SGD through Opacus (see `secure_ft.privacy.engine`).
 
     Give `target_epsilon` to calibrate the noise so that training.epochs end at that ε, or
     `noise_multiplier` to fix the noise; with both, the noise is fixed and `target_epsilon`
@@ -493,20 +492,6 @@ def load_config(path: str | os.PathLike[str] | None = None) -> RunConfig:
     if config.policy is not None:
         config.policy = config.resolve_path(config.policy)
     return config
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write text to a temporary file beside `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def starter_config_text() -> str:

@@ -9,14 +9,8 @@ Opacus' ``DistributedDPOptimizer``: each process clips its examples' gradients, 
 adds the Gaussian noise once, and the sums are all-reduced, so all replicas take the same
 step. The guarantee is that of one logical batch per step, exactly as on one process.
 
-Sampling. Opacus' own distributed sampler lets each process sample its shard with its own
-draws and *skips* a process's empty batch, which leaves the processes out of step (one
-waits forever in the all-reduce). `ShardedPoissonBatchSampler` instead draws the global
-Poisson batch with the same seeded generator on every process (each example joins with
-probability q, independently) and deals the chosen examples out round-robin, so every
-process takes every step, possibly with zero examples. The union of the shards is exactly
-the single-process batch: a 2-process run sees the same batches as a 1-process run with the
-same seed, and ε (computed from the global q, σ and steps) is the same.
+Sampling: every process draws the same global Poisson batch and takes its share of it
+(`secure_ft.privacy.sharded_poisson`), so ε is computed from the global q, σ and steps.
 
 Process 0 writes the run directory (model, metrics, privacy.json, checkpoints); the other
 processes train and read the same checkpoint on resume. On CPU the gloo backend is used,
@@ -30,65 +24,11 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Iterator
-
 import torch
-from torch.utils.data import DataLoader, Sampler
 
 from secure_ft.checkpoint import CheckpointStore
 
 log = logging.getLogger(__name__)
-
-
-class ShardedPoissonBatchSampler(Sampler[list[int]]):
-    """This process's share of a global Poisson-sampled batch, `steps` batches per epoch.
-
-    Every process must hold an identically seeded `generator`; process `rank` of
-    `world_size` receives the chosen indices ``chosen[rank::world_size]``.
-    """
-
-    def __init__(self, *, num_samples: int, sample_rate: float, generator: torch.Generator, rank: int,
-                 world_size: int, steps: int | None = None):
-        if num_samples <= 0:
-            raise ValueError("num_samples must be positive")
-        self.num_samples = num_samples
-        self.sample_rate = sample_rate
-        self.generator = generator
-        self.rank = rank
-        self.world_size = world_size
-        self.steps = steps if steps is not None else int(1 / sample_rate)  # as Opacus' Poisson sampler
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for _ in range(self.steps):
-            mask = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
-            chosen = mask.nonzero(as_tuple=False).reshape(-1)
-            yield chosen[self.rank::self.world_size].tolist()
-
-
-def sharded_poisson_loader(loader: DataLoader, rank: int, world_size: int) -> DataLoader:
-    """A loader over `loader`'s dataset that yields this process's share of each Poisson batch.
-
-    The sampling probability is that of Opacus' single-process `DPDataLoader` built from
-    `loader` (1 / len(loader)); the loader's generator drives it (and is reseeded per epoch
-    by the training loop), so that all processes draw the same global batches.
-    """
-    from opacus.data_loader import dtype_safe, shape_safe, wrap_collate_with_empty
-    from torch.utils.data._utils.collate import default_collate
-
-    if loader.generator is None:
-        raise ValueError("the training loader needs a seeded generator for distributed Poisson sampling")
-    dataset = loader.dataset
-    sampler = ShardedPoissonBatchSampler(num_samples=len(dataset), sample_rate=1 / len(loader),
-                                         generator=loader.generator, rank=rank, world_size=world_size)
-    first = dataset[0]
-    collate = wrap_collate_with_empty(collate_fn=loader.collate_fn or default_collate,
-                                      sample_empty_shapes=[(0, *shape_safe(x)) for x in first],
-                                      dtypes=[dtype_safe(x) for x in first])
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, generator=loader.generator,
-                      num_workers=0)
 
 
 class FollowerCheckpoints(CheckpointStore):
@@ -117,11 +57,11 @@ def train_distributed(config, run_dir: Path | None, *, resume: bool, rank: int,
     """Train one central DP run; process 0 builds the run directory via `train_run`."""
     import torch.distributed as dist
 
-    from secure_ft.config import load_config
     from secure_ft.data import load_splits
     from secure_ft.models import apply_transfer, load_base_model, resolve_device
-    from secure_ft.trainer import make_engine, new_run_dir, train_run
-    from secure_ft.training import encode, fit, seed_everything
+    from secure_ft.central_run import make_engine, train_run
+    from secure_ft.run_directory import RunDirectory, new_run_dir
+    from secure_ft.training_loop import encode, fit, seed_everything
 
     if config is not None and config.privacy.mode != "dp":
         raise SystemExit("secure_ft.distributed trains central DP runs; set privacy.mode: dp")
@@ -134,7 +74,7 @@ def train_distributed(config, run_dir: Path | None, *, resume: bool, rank: int,
     if rank == 0:
         return train_run(None if resume else config, run_dir, resume=resume, progress=progress)
     if resume:
-        config = load_config(run_dir / "config.yaml")
+        config = RunDirectory(run_dir).read_config()
     splits = load_splits(config.data, config.seed)
     seed_everything(config.seed)  # the same fresh head and adapters as rank 0
     base, tokenizer = load_base_model(config.model, splits.label_names)
@@ -146,7 +86,7 @@ def train_distributed(config, run_dir: Path | None, *, resume: bool, rank: int,
     engine = make_engine(config, splits)
     fit(model, train_set, validation_set, splits.label_names, config.training, seed=config.seed,
         device=resolve_device(config.device),
-        engine=engine, checkpoints=FollowerCheckpoints(run_dir / "checkpoints"), resume=resume,
+        engine=engine, checkpoints=FollowerCheckpoints(RunDirectory(run_dir).checkpoint_dir), resume=resume,
         fingerprint=splits.fingerprint, progress=False)
     return None
 
@@ -160,14 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
-    from secure_ft.cli import _quiet_third_party
     from secure_ft.config import load_config
+    from secure_ft.offline_environment import quiet_third_party
     from secure_ft.errors import SecureFTError
 
     rank, world_size = _init_process_group()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank {rank}/{world_size}] %(levelname)s %(name)s: %(message)s")
-    _quiet_third_party()
+    quiet_third_party()
     import torch.distributed as dist
 
     try:
@@ -182,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             trained = train_distributed(config, run_dir, resume=False, rank=rank,
                                         progress=not args.no_progress)
         if rank == 0 and trained is not None:
-            from secure_ft.cli import print_training_summary
+            from secure_ft.console import print_training_summary
 
             print_training_summary(trained.metrics, trained.run_dir)
         return 0

@@ -53,3 +53,7 @@ class BundleError(SecureFTError):
     """An export bundle or run ledger failed verification (tampered, missing file, bad signature)."""
 
     exit_code = 4
+
+
+class RunDirectoryError(SecureFTError):
+    """A record in a run directory is unreadable (damaged or edited by hand)."""

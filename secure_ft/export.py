@@ -40,11 +40,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from audits.gate import VERDICT_FILE, Verdict
+from audits.gate import Verdict
 from secure_ft import signing
 from secure_ft.config import RunConfig, load_config
 from secure_ft.errors import BundleError, ConfigError, ExportRefused, SecureFTError
-from secure_ft.ledger import LEDGER_FILE, Ledger, verify_ledger
+from secure_ft.run_directory import CONFIG_FILE, MODEL_DIR, POLICY_FILE, REPORT_HTML_FILE, REPORT_JSON_FILE, RUN_LEDGER_FILE, VERDICT_FILE
+from secure_ft.run_ledger import Ledger, verify_ledger
 from secure_ft.model_card import render_model_card
 from secure_ft.models import check_model_folder, file_sha256, model_hash
 from secure_ft.policy import default_policy_path
@@ -60,7 +61,7 @@ SIGNATURE_FILE = "manifest.sig"
 PUBLIC_KEY_FILE = "signing_key.pub"
 MANIFEST_FORMAT = "secure-ft-bundle"
 MANIFEST_VERSION = 1
-REPORT_FILES = ("audit_report.json", "audit_report.html")
+REPORT_FILES = (REPORT_JSON_FILE, REPORT_HTML_FILE)
 RUN_LOCAL_KEY_PREFIX = Path("signing") / "run-local"
 _UNSIGNED = (MANIFEST_FILE, SIGNATURE_FILE)
 
@@ -129,12 +130,12 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
     try:
-        _copy_model(run_dir / "model", temp / "model", verdict.model_sha256)
+        _copy_model(run_dir / MODEL_DIR, temp / MODEL_DIR, verdict.model_sha256)
         for name in REPORT_FILES:
             shutil.copy2(run_dir / name, temp / name)
-        (temp / "policy.yaml").write_bytes(policy_bytes)
+        (temp / POLICY_FILE).write_bytes(policy_bytes)
         shutil.copy2(run_dir / VERDICT_FILE, temp / VERDICT_FILE)
-        shutil.copy2(run_dir / LEDGER_FILE, temp / LEDGER_FILE)
+        shutil.copy2(run_dir / RUN_LEDGER_FILE, temp / RUN_LEDGER_FILE)
         if config.export.include_evidence:
             _copy_evidence(run_dir, temp, report)
         (temp / "README.md").write_text(render_model_card(report), encoding="utf-8")
@@ -158,7 +159,7 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
 
 
 def _run_config(run_dir: Path) -> RunConfig:
-    path = run_dir / "config.yaml"
+    path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise ExportRefused(f"{path}: missing; the run directory is incomplete, so it cannot be exported")
     try:
@@ -178,7 +179,7 @@ def _passing_verdict(run_dir: Path) -> Verdict:
     if not verdict.passed:
         reasons = "\n".join(f"  - {reason}" for reason in verdict.reasons) or "  - (no reasons recorded)"
         raise ExportRefused(f"the gate blocked export under policy {verdict.policy_name!r}:\n{reasons}")
-    model_dir = run_dir / "model"
+    model_dir = run_dir / MODEL_DIR
     try:
         check_model_folder(model_dir)
         current = model_hash(model_dir)
@@ -194,7 +195,7 @@ def _passing_verdict(run_dir: Path) -> Verdict:
 
 def _verdict_policy(run_dir: Path, config: RunConfig, verdict: Verdict) -> bytes:
     """Bytes of the policy file the verdict names (by SHA-256)."""
-    candidates = [run_dir / "policy.yaml"]
+    candidates = [run_dir / POLICY_FILE]
     if config.policy:
         candidates.append(Path(config.resolve_path(config.policy)))
     candidates.append(default_policy_path())
@@ -400,7 +401,7 @@ def _parse_manifest(bundle: Path, data: bytes) -> dict[str, Any]:
 
 def _check_consistency(bundle: Path, manifest: dict[str, Any]) -> None:
     """The model, the verdict and the manifest must describe the same model and decision."""
-    current = model_hash(bundle / "model")
+    current = model_hash(bundle / MODEL_DIR)
     if current != manifest["model_sha256"]:
         raise BundleError(f"{bundle / 'model'}: model SHA-256 {current[:16]}… is not the one the manifest names")
     try:

@@ -9,7 +9,6 @@ checked later with `secure-ft ledger verify`.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,17 +16,16 @@ from audits.context import AuditContext
 from audits.gate import Verdict, decide
 from audits.registry import run_audit
 from audits.result import AuditResult
-from secure_ft.config import RunConfig, atomic_write_text
+from secure_ft.atomic_files import atomic_write_bytes
+from secure_ft.central_run import TrainedRun, train_run
+from secure_ft.config import RunConfig
 from secure_ft.errors import SecureFTError
-from secure_ft.ledger import Ledger
 from secure_ft.models import model_hash, resolve_device
 from secure_ft.policy import default_policy_path, load_policy
-from secure_ft.trainer import TrainedRun, train_run, write_json
+from secure_ft.run_directory import RunDirectory, new_run_dir
+from secure_ft.run_ledger import Ledger
 
 log = logging.getLogger(__name__)
-
-VERDICT_FILE = "verdict.json"
-POLICY_COPY = "policy.yaml"
 
 
 @dataclass
@@ -48,7 +46,6 @@ class PipelineOutcome:
 def train(config: RunConfig, output_dir: Path, resume_dir: Path | None, progress: bool) -> TrainedRun:
     if config.mode == "federated":
         from federated import run_federated
-        from secure_ft.trainer import new_run_dir
 
         return run_federated(config, new_run_dir(output_dir), progress=progress)
     if resume_dir is not None:
@@ -65,7 +62,7 @@ def run_audits(trained: TrainedRun, config: RunConfig, policy, ledger: Ledger) -
         log.info("audit %s: running", name)
         result = run_audit(name, context)
         results.append(result)
-        write_json(trained.run_dir / "audits" / f"{name}.json", result.to_dict())
+        RunDirectory(trained.run_dir).write_audit_result(name, result.to_dict())
         ledger.append("audit_finished", audit=name, passed=result.passed, error=result.error,
                       failed_checks=[check.name for check in result.checks if not check.passed])
         log.info("audit %s: %s", name, "passed" if result.passed else "FAILED")
@@ -81,16 +78,17 @@ def run_pipeline(config: RunConfig, output_dir: str | Path, *, resume_dir: Path 
     policy_path = Path(config.policy) if config.policy else default_policy_path()
     policy, policy_sha256 = load_policy(policy_path)  # a bad policy fails before any training
     trained = train(config, output_dir, resume_dir, progress)
+    run = RunDirectory(trained.run_dir)
     if resume_dir is not None:
-        config = _saved_config(trained.run_dir)
-    run_dir = trained.run_dir
+        config = run.read_config()
+    run_dir = run.path
     ledger = Ledger(run_dir)
-    shutil.copyfile(policy_path, run_dir / POLICY_COPY)
+    atomic_write_bytes(run.policy_file, policy_path.read_bytes())
     ledger.append("policy_loaded", policy=policy.name, policy_sha256=policy_sha256, source=str(policy_path))
 
     results = run_audits(trained, config, policy, ledger)
     verdict = decide(results, policy, model_hash(trained.model_dir), policy_sha256)
-    atomic_write_text(run_dir / VERDICT_FILE, _json(verdict.to_dict()))
+    run.write_verdict(verdict.to_dict())
     ledger.append("verdict", passed=verdict.passed, reasons=verdict.reasons, model_sha256=verdict.model_sha256)
 
     report_json, report_html = write_report(run_dir, results, verdict, config)
@@ -107,18 +105,6 @@ def run_pipeline(config: RunConfig, output_dir: str | Path, *, resume_dir: Path 
             bundle, export_error = None, str(error)
             log.error("export failed: %s", error)
     return PipelineOutcome(run_dir, verdict, results, report_json, report_html, bundle, export_error)
-
-
-def _saved_config(run_dir: Path) -> RunConfig:
-    from secure_ft.config import load_config
-
-    return load_config(run_dir / "config.yaml")
-
-
-def _json(payload) -> str:
-    import json
-
-    return json.dumps(payload, indent=2, default=str) + "\n"
 
 
 def print_outcome(outcome: PipelineOutcome) -> None:

@@ -10,6 +10,7 @@ chance.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
@@ -22,66 +23,153 @@ from secure_ft.errors import PolicyError
 DEFAULT_POLICY_NAME = "regulated-default.yaml"
 
 
+@dataclass(frozen=True)
+class Threshold:
+    """What a policy field checks: one measured metric of its audit, compared with the field's value.
+
+    Declared beside each field, so a field's name never decides what it checks.
+
+    Attributes
+    ----------
+    metric
+        The key the audit measures (e.g. ``accuracy``, ``demographic_parity_difference``).
+    comparison
+        ``>=`` for a minimum, ``<=`` for a maximum.
+    pessimistic_bound
+        The end of the metric's confidence interval that is judged when the section's
+        ``use_ci_bound`` is on (``ci_lower`` for a minimum, ``ci_upper`` for a maximum).
+    group
+        Which measurements of the audit the metric belongs to (an audit with several kinds of
+        measurement, such as privacy's guarantee and membership attack, evaluates each group
+        on its own numbers).
+    check
+        The check's name in the audit result (default: the metric).
+    """
+
+    metric: str
+    comparison: Literal["<=", ">="]
+    pessimistic_bound: Literal["ci_lower", "ci_upper"] | None = None
+    group: str = "main"
+    check: str | None = None
+
+    @property
+    def check_name(self) -> str:
+        return self.check or self.metric
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A policy field that, when true, makes its audit check a property (e.g. a DP guarantee)."""
+
+    check: str
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A policy field that says *how* to judge (which bound, how to treat small groups), not what."""
+
+
+def _minimum(metric: str, *, group: str = "main", check: str | None = None) -> Threshold:
+    return Threshold(metric, ">=", "ci_lower", group, check)
+
+
+def _maximum(metric: str, *, group: str = "main", check: str | None = None) -> Threshold:
+    return Threshold(metric, "<=", "ci_upper", group, check)
+
+
+def declared_thresholds(section: type[BaseModel]) -> dict[str, Threshold]:
+    """Field name → its `Threshold`, for every threshold field of a policy section class."""
+    return {name: meta for name, field in section.model_fields.items() for meta in field.metadata
+            if isinstance(meta, Threshold)}
+
+
+def declared_requirements(section: type[BaseModel]) -> dict[str, Requirement]:
+    return {name: meta for name, field in section.model_fields.items() for meta in field.metadata
+            if isinstance(meta, Requirement)}
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-
-class PerformancePolicy(_Section):
-    min_accuracy: float | None = Field(None, ge=0, le=1, description="test-split accuracy")
-    min_macro_f1: float | None = Field(None, ge=0, le=1, description="test-split macro-averaged F1")
-    min_gain_over_majority: float | None = Field(
-        None, description="accuracy minus the majority-class baseline must reach this"
-    )
-    min_class_recall: float | None = Field(
-        None, ge=0, le=1, description="every class's recall must reach this (no class silently ignored)"
-    )
-    use_ci_bound: bool = Field(False, description="judge the lower CI bound instead of the point estimate")
+    def sets_any_check(self) -> bool:
+        """Whether this section asks its audit to check anything (a threshold set or a requirement on)."""
+        for name in declared_thresholds(type(self)):
+            if getattr(self, name) not in (None, {}, []):
+                return True
+        return any(getattr(self, name) is True for name in declared_requirements(type(self)))
 
 
 Share = Annotated[float, Field(ge=0, le=1)]
+UnitShare = Annotated[float | None, Field(ge=0, le=1)]
+Judge = Annotated[bool, Setting()]
+
+
+class PerformancePolicy(_Section):
+    min_accuracy: Annotated[UnitShare, _minimum("accuracy")] = Field(None, description="test-split accuracy")
+    min_macro_f1: Annotated[UnitShare, _minimum("macro_f1")] = Field(
+        None, description="test-split macro-averaged F1")
+    min_gain_over_majority: Annotated[float | None, _minimum("gain_over_majority")] = Field(
+        None, description="accuracy minus the majority-class baseline must reach this"
+    )
+    min_class_recall: Annotated[UnitShare, _minimum("min_class_recall")] = Field(
+        None, description="every class's recall must reach this (no class silently ignored)"
+    )
+    use_ci_bound: Judge = Field(False, description="judge the lower CI bound instead of the point estimate")
+
+
+PerRecipe = dict[str, Share]
 
 
 class RobustnessPolicy(_Section):
     """Thresholds per attack recipe name; the key "default" applies to every recipe not named."""
 
-    min_accuracy_under_attack: dict[str, Share] = Field(
+    min_accuracy_under_attack: Annotated[PerRecipe, _minimum("accuracy_under_attack")] = Field(
         default_factory=dict, description="share of sampled test texts still classified right after the attack"
     )
-    max_attack_success_rate: dict[str, Share] = Field(
+    max_attack_success_rate: Annotated[PerRecipe, _maximum("attack_success_rate")] = Field(
         default_factory=dict, description="successful attacks over attempted ones (misclassified texts are skipped)"
     )
-    max_budget_exhausted_fraction: dict[str, Share] = Field(
+    max_budget_exhausted_fraction: Annotated[PerRecipe, _maximum("budget_exhausted_fraction")] = Field(
         default_factory=dict,
         description="attempted attacks stopped by the query budget; above it accuracy under attack is not trusted",
     )
 
 
 class FairnessPolicy(_Section):
-    max_demographic_parity_difference: float | None = Field(None, ge=0)
-    min_demographic_parity_ratio: float | None = Field(None, ge=0, le=1)
-    max_equalized_odds_difference: float | None = Field(None, ge=0)
-    min_equalized_odds_ratio: float | None = Field(None, ge=0, le=1)
-    max_equal_opportunity_difference: float | None = Field(None, ge=0)
-    max_worst_group_accuracy_gap: float | None = Field(None, description="overall accuracy minus the worst group's")
-    min_worst_group_accuracy: float | None = Field(None, ge=0, le=1)
-    use_ci_bound: bool = Field(True, description="judge the pessimistic CI bound instead of the point estimate")
-    insufficient_data: Literal["fail", "warn"] = Field(
+    max_demographic_parity_difference: Annotated[float | None, _maximum("demographic_parity_difference")] = Field(
+        None, ge=0)
+    min_demographic_parity_ratio: Annotated[UnitShare, _minimum("demographic_parity_ratio")] = None
+    max_equalized_odds_difference: Annotated[float | None, _maximum("equalized_odds_difference")] = Field(None, ge=0)
+    min_equalized_odds_ratio: Annotated[UnitShare, _minimum("equalized_odds_ratio")] = None
+    max_equal_opportunity_difference: Annotated[float | None, _maximum("equal_opportunity_difference")] = Field(
+        None, ge=0)
+    max_worst_group_accuracy_gap: Annotated[float | None, _maximum("worst_group_accuracy_gap")] = Field(
+        None, description="overall accuracy minus the worst group's")
+    min_worst_group_accuracy: Annotated[UnitShare, _minimum("worst_group_accuracy")] = None
+    use_ci_bound: Judge = Field(True, description="judge the pessimistic CI bound instead of the point estimate")
+    insufficient_data: Annotated[Literal["fail", "warn"], Setting()] = Field(
         "warn", description="a group below min_group_size fails the audit, or is reported as a warning"
     )
 
 
 class PrivacyPolicy(_Section):
-    require_dp: bool = Field(True, description="a run without a differential-privacy guarantee fails")
-    max_epsilon: float | None = Field(None, gt=0, description="applies to the central ε and to every site's ε")
-    max_delta: float | None = Field(None, gt=0)
-    max_membership_auc: float | None = Field(None, ge=0, le=1, description="strongest attack variant's AUC")
-    max_tpr_at_1pct_fpr: float | None = Field(None, ge=0, le=1)
-    max_tpr_at_0_1pct_fpr: float | None = Field(None, ge=0, le=1)
-    max_membership_advantage: float | None = Field(
-        None, ge=0, le=1, description="TPR - FPR at the attack's best threshold (2 x balanced accuracy - 1)"
+    require_dp: Annotated[bool, Requirement("dp_guarantee")] = Field(
+        True, description="a run without a differential-privacy guarantee fails")
+    max_epsilon: Annotated[float | None, _maximum("epsilon", group="guarantee")] = Field(
+        None, gt=0, description="applies to the central ε and to every site's ε")
+    max_delta: Annotated[float | None, _maximum("delta", group="guarantee")] = Field(None, gt=0)
+    max_membership_auc: Annotated[UnitShare, _maximum("auc", group="membership", check="membership_auc")] = Field(
+        None, description="strongest attack variant's AUC")
+    max_tpr_at_1pct_fpr: Annotated[UnitShare, _maximum("tpr_at_1pct_fpr", group="membership")] = None
+    max_tpr_at_0_1pct_fpr: Annotated[UnitShare, _maximum("tpr_at_0_1pct_fpr", group="membership")] = None
+    max_membership_advantage: Annotated[UnitShare, _maximum("advantage", group="membership",
+                                                            check="membership_advantage")] = Field(
+        None, description="TPR - FPR at the attack's best threshold (2 x balanced accuracy - 1)"
     )
-    max_canary_exposure: float | None = Field(None, ge=0, description="bits; needs audits.privacy.canaries > 0")
-    use_ci_bound: bool = Field(False, description="judge the upper CI bound of the attack metrics")
+    max_canary_exposure: Annotated[float | None, _maximum("max_exposure", group="canary",
+                                                          check="canary_max_exposure")] = Field(
+        None, ge=0, description="bits; needs audits.privacy.canaries > 0")
+    use_ci_bound: Judge = Field(False, description="judge the upper CI bound of the attack metrics")
 
 
 class Policy(_Section):

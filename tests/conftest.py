@@ -19,7 +19,7 @@ from toy_data import VOCAB, toy_frame  # noqa: E402  (tests/ is on sys.path unde
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from secure_ft.models import tiny_bert_folder
+    from tiny_models import tiny_bert_folder
 
     return tiny_bert_folder(tmp_path_factory.mktemp("tiny-bert"), VOCAB, num_labels=3)
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from audits.gate import VERDICT_FILE, Verdict, decide
 from audits.result import AuditResult, Check
 from secure_ft.config import RunConfig
-from secure_ft.ledger import Ledger
-from secure_ft.models import load_trained_model, save_trained_model, tiny_bert_folder
+from secure_ft.run_ledger import Ledger
+from secure_ft.models import load_trained_model, save_trained_model
+from tiny_models import tiny_bert_folder
 from secure_ft.policy import default_policy_path, load_policy
 from secure_ft.report import write_report
 

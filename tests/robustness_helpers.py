@@ -45,7 +45,8 @@ def keyword_splits(test_rows: int = 24) -> DatasetSplits:
 
 def train_brittle_model(folder: Path) -> Path:
     """A tiny BERT that learned to answer by one word (`refund`): the textbook brittle classifier."""
-    from secure_ft.models import load_trained_model, save_trained_model, tiny_bert_folder
+    from secure_ft.models import load_trained_model, save_trained_model
+    from tiny_models import tiny_bert_folder
 
     torch.manual_seed(0)
     base = tiny_bert_folder(folder / "base", VOCAB, num_labels=2, seed=0)

@@ -8,7 +8,7 @@ from torch import nn
 
 from secure_ft.config import ModelConfig, TrainingConfig
 from secure_ft.models import apply_transfer, load_base_model
-from secure_ft.training import encode, fit
+from secure_ft.training_loop import encode, fit
 from toy_data import TOPICS, toy_frame
 
 LABELS = list(TOPICS)

@@ -10,8 +10,8 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 from dp_helpers import dp_config
 from secure_ft.cli import main
 from secure_ft.models import load_trained_model
-from secure_ft.privacy_ledger import load_ledger
-from secure_ft.trainer import train_run
+from secure_ft.privacy.accountant_history import load_accountant_history
+from secure_ft.central_run import train_run
 from toy_data import toy_frame
 
 SCHEMA = {"epsilon", "delta", "accountant", "noise_multiplier", "max_grad_norm", "sample_rate", "steps", "epochs",
@@ -51,7 +51,7 @@ def test_epsilon_equals_an_independent_opacus_accountant(lora_dp_run):
     for _ in range(steps):
         independent.step(noise_multiplier=sigma, sample_rate=q)
     assert report["epsilon"] == independent.get_epsilon(delta=delta)
-    ledger = load_ledger(lora_dp_run.run_dir)
+    ledger = load_accountant_history(lora_dp_run.run_dir)
     assert ledger.history == [[sigma, q, steps]]
     assert ledger.epsilon() == report["epsilon"]
     # the same ledger under another accountant gives that accountant's number, not a cached one
@@ -103,7 +103,7 @@ def test_too_little_noise_states_no_guarantee(tmp_path, tiny_model_dir, capsys):
     trained = train_run(config, progress=False)
     report = json.loads((trained.run_dir / "privacy.json").read_text())  # strict JSON: no Infinity
     assert report["epsilon"] is None and report["epsilon_history"][-1] == [3, None]
-    assert load_ledger(trained.run_dir).epsilon() == float("inf")
+    assert load_accountant_history(trained.run_dir).epsilon() == float("inf")
     assert main(["privacy", str(trained.run_dir)]) == 4
     out = capsys.readouterr().out
     assert "[FAIL] finite guarantee" in out and "[ok] ε matches ledger" in out

@@ -9,11 +9,12 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from dp_helpers import without_dropout
-from secure_ft.bookkeeping import BookKeepingLoss, BookKeepingModule, unsupported_layers
+from secure_ft.privacy.bookkeeping_clipping import BookKeepingLoss, BookKeepingModule, unsupported_layers
 from secure_ft.config import ModelConfig
-from secure_ft.models import apply_transfer, load_trained_model, tiny_bert_folder
-from secure_ft.privacy import choose_grad_sample_mode
-from secure_ft.training import _trim, encode, forward_logits
+from secure_ft.models import apply_transfer, load_trained_model
+from tiny_models import tiny_bert_folder
+from secure_ft.privacy.engine import choose_grad_sample_mode
+from secure_ft.training_loop import _trim, encode, forward_logits
 from toy_data import VOCAB, toy_frame
 
 

@@ -11,8 +11,8 @@ from dp_helpers import dp_config
 from secure_ft.cli import main
 from secure_ft.config import PrivacyConfig, load_config
 from secure_ft.errors import ConfigError, PrivacyError
-from secure_ft.privacy import PrivateEngine, make_compatible
-from secure_ft.trainer import train_run
+from secure_ft.privacy.engine import PrivateEngine, make_compatible
+from secure_ft.central_run import train_run
 from toy_data import toy_frame
 
 
@@ -87,7 +87,7 @@ def test_fixable_modules_are_replaced_and_the_optimizer_follows():
 
 
 def test_ghost_clipping_refuses_tied_parameters():
-    from secure_ft.privacy import choose_grad_sample_mode
+    from secure_ft.privacy.engine import choose_grad_sample_mode
 
     embedding = nn.Embedding(10, 4)
     head = nn.Linear(4, 10, bias=False)

@@ -14,8 +14,8 @@ import yaml
 from safetensors.torch import load_file
 
 from dp_helpers import dp_config, without_dropout
-from secure_ft.models import tiny_bert_folder
-from secure_ft.trainer import train_run
+from tiny_models import tiny_bert_folder
+from secure_ft.central_run import train_run
 from toy_data import VOCAB, toy_frame
 
 

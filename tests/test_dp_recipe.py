@@ -9,8 +9,8 @@ from torch.utils.data import DataLoader
 
 from secure_ft.config import ModelConfig, PrivacyConfig, TrainingConfig
 from secure_ft.models import apply_transfer, load_base_model
-from secure_ft.privacy import PrivateEngine
-from secure_ft.training import encode, fit, give_head_its_learning_rate
+from secure_ft.privacy.engine import PrivateEngine
+from secure_ft.training_loop import encode, fit, give_head_its_learning_rate
 from toy_data import toy_frame
 
 
@@ -36,7 +36,7 @@ def test_private_engine_keeps_the_heads_learning_rate(tiny_model_dir):
     dataset = encode(tokenizer, frame["text"].tolist(), [i % 3 for i in range(len(frame))], 16)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     give_head_its_learning_rate(optimizer, model, 5e-2)  # what the loop does before the engine attaches
-    engine = PrivateEngine(PrivacyConfig(), dataset_size=len(dataset), trained="lora")
+    engine = PrivateEngine(PrivacyConfig(), dataset_size=len(dataset), transfer="lora")
     prepared = engine.attach(model, optimizer, DataLoader(dataset, batch_size=8, generator=torch.Generator()), 1)
     assert sorted(group["lr"] for group in prepared.optimizer.param_groups) == [1e-3, 5e-2]
 

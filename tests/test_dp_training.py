@@ -12,11 +12,12 @@ from torch.utils.data import DataLoader
 from dp_helpers import dp_config, without_dropout
 from secure_ft.checkpoint import CheckpointStore
 from secure_ft.config import PrivacyConfig
-from secure_ft.models import load_trained_model, predict, tiny_bert_folder
-from secure_ft.privacy import PrivateEngine
-from secure_ft.privacy_ledger import load_ledger
-from secure_ft.trainer import train_run
-from secure_ft.training import encode, forward_logits
+from secure_ft.models import load_trained_model, predict
+from tiny_models import tiny_bert_folder
+from secure_ft.privacy.engine import PrivateEngine
+from secure_ft.privacy.accountant_history import load_accountant_history
+from secure_ft.central_run import train_run
+from secure_ft.training_loop import encode, forward_logits
 from toy_data import VOCAB, toy_frame
 
 
@@ -55,7 +56,7 @@ def test_killed_dp_run_resumes_to_the_same_epsilon_steps_and_weights(tmp_path, t
     assert got["epsilon_history"] == expected["epsilon_history"]
     assert got["grad_sample_mode"] == "bookkeeping"  # auto: the fastest exact mode
     assert resumed.model_sha256 == reference.model_sha256  # same Poisson batches, same noise
-    events = load_ledger(killed_dir).events
+    events = load_accountant_history(killed_dir).events
     assert {"event": "resumed", "step": 4} in events
 
 
@@ -135,7 +136,7 @@ def test_budget_exhaustion_stops_cleanly_with_a_valid_model(tmp_path, toy_data_c
     assert "target_epsilon=4" in trained.metrics["stopped_reason"]
     assert report["stopped_early"] is True and report["stop_reason"] == trained.metrics["stopped_reason"]
     assert 0 < report["steps"] < 18 and report["epsilon"] <= 4.0
-    ledger = load_ledger(trained.run_dir)
+    ledger = load_accountant_history(trained.run_dir)
     assert ledger.epsilon(extra_steps=1) > 4.0  # one more step would have exceeded the budget
     model, tokenizer = load_trained_model(trained.model_dir)
     texts = trained.splits.test["text"].tolist()

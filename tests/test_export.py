@@ -15,7 +15,7 @@ from secure_ft.cli import main as cli_main
 from secure_ft.config import RunConfig
 from secure_ft.errors import BundleError, ConfigError, ExportRefused
 from secure_ft.export import MANIFEST_FILE, export_bundle, keygen, verify_bundle
-from secure_ft.ledger import Ledger, verify_ledger
+from secure_ft.run_ledger import Ledger, verify_ledger
 from secure_ft.models import load_trained_model, predict
 
 

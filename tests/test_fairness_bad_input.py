@@ -9,7 +9,8 @@ import pytest
 import audits.fairness as fairness
 from audits.registry import run_audit
 from secure_ft.errors import AuditError, ConfigError, DataError
-from secure_ft.models import save_trained_model, tiny_bert_folder
+from secure_ft.models import save_trained_model
+from tiny_models import tiny_bert_folder
 from secure_ft.policy import Policy
 from test_fairness_audit import BINARY, fixed_predictions, make_context  # noqa: F401  (fixture)
 

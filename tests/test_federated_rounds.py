@@ -22,7 +22,7 @@ from federated.client_app import app as site_app
 from federated.coordinator import FederationFailed
 from federated.task import arrays_to_record, record_to_arrays
 from secure_ft.cli import main
-from secure_ft.ledger import verify_ledger
+from secure_ft.run_ledger import verify_ledger
 from secure_ft.models import load_trained_model, model_hash
 
 

@@ -14,7 +14,7 @@ from audits.context import AuditContext
 from secure_ft.config import RunConfig
 from secure_ft.data import DatasetSplits
 from secure_ft.errors import DataError
-from secure_ft.models import tiny_bert_folder
+from tiny_models import tiny_bert_folder
 from secure_ft.policy import Policy, load_policy
 
 LABELS = ["card", "loan", "report"]

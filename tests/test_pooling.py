@@ -14,8 +14,8 @@ from secure_ft.config import ModelConfig, PrivacyConfig, TrainingConfig
 from secure_ft.errors import ModelError
 from secure_ft.models import apply_transfer, load_base_model, load_trained_model, save_trained_model
 from secure_ft.pooling import MaskedMeanPooler, sentence_transformers_pooling
-from secure_ft.privacy import PrivateEngine
-from secure_ft.training import encode, fit
+from secure_ft.privacy.engine import PrivateEngine
+from secure_ft.training_loop import encode, fit
 from toy_data import TOPICS, toy_frame
 
 LABELS = list(TOPICS)
@@ -105,7 +105,7 @@ def test_mean_pooled_lora_trains_under_dp(tiny_model_dir, tmp_path):
     texts, labels = frame["text"].tolist(), [LABELS.index(label) for label in frame["product"]]
     train_set = encode(tokenizer, texts, labels, 32)
     engine = PrivateEngine(PrivacyConfig(target_epsilon=8.0, max_physical_batch_size=8),
-                           dataset_size=len(train_set), trained="lora")
+                           dataset_size=len(train_set), transfer="lora")
     training = TrainingConfig(epochs=2, batch_size=12, learning_rate=1e-2, early_stopping_patience=None)
     head_before = model.base_model.model.classifier.modules_to_save.default.weight.detach().clone()
     result = fit(model, train_set, train_set, LABELS, training, seed=0, engine=engine, progress=False)

@@ -16,7 +16,8 @@ from audits.privacy import privacy_audit
 from secure_ft.config import RunConfig
 from secure_ft.data import DatasetSplits
 from secure_ft.errors import AuditError
-from secure_ft.models import save_trained_model, load_base_model, tiny_bert_folder
+from secure_ft.models import save_trained_model, load_base_model
+from tiny_models import tiny_bert_folder
 from secure_ft.policy import Policy
 
 WORDS = [f"w{index}" for index in range(30)]

@@ -20,7 +20,8 @@ from audits.context import AuditContext
 from audits.privacy import privacy_audit
 from secure_ft.config import RunConfig
 from secure_ft.data import DatasetSplits
-from secure_ft.models import save_trained_model, tiny_bert_folder
+from secure_ft.models import save_trained_model
+from tiny_models import tiny_bert_folder
 from secure_ft.policy import Policy
 
 WORDS = [f"w{index}" for index in range(40)]

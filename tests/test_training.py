@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from secure_ft.checkpoint import CheckpointStore
-from secure_ft.ledger import verify_ledger
+from secure_ft.run_ledger import verify_ledger
 from secure_ft.models import load_trained_model, model_hash, predict
-from secure_ft.trainer import train_run
+from secure_ft.central_run import train_run
 
 
 def test_plain_run_learns_and_writes_a_complete_run_dir(tmp_path, toy_config):

@@ -12,6 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
+from secure_ft.run_directory import RunDirectory
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -29,7 +31,7 @@ def register(subparsers) -> None:
 def cmd_federate(args: argparse.Namespace) -> int:
     from federated import run_federated
     from secure_ft.config import load_config
-    from secure_ft.trainer import new_run_dir
+    from secure_ft.run_directory import new_run_dir
 
     config = load_config(args.config)
     run_dir = new_run_dir(Path(args.out or config.output_dir))
@@ -40,7 +42,7 @@ def cmd_federate(args: argparse.Namespace) -> int:
 
 def print_federated_summary(metrics: dict, run_dir: Path) -> None:
     print(f"run directory: {run_dir}")
-    print(f"global model: {run_dir / 'model'} (sha256 {metrics['model_sha256'][:16]}…, round {metrics['best_round']})")
+    print(f"global model: {RunDirectory(run_dir).model_dir} (sha256 {metrics['model_sha256'][:16]}…, round {metrics['best_round']})")
     print(f"{'round':>5}  {'val acc':>8}  {'macro-F1':>8}  {'sites ok':>8}  problems")
     for entry in metrics["rounds"]:
         scores = entry["server_evaluation"] or {}
@@ -53,7 +55,7 @@ def print_federated_summary(metrics: dict, run_dir: Path) -> None:
         print(f"{entry['round']:>5}  {accuracy:>8}  {macro_f1:>8}  "
               f"{entry['sites_accepted']:>3}/{entry['sites_sampled'] or '?':<4}  {'; '.join(problems)}")
     print(f"majority-class baseline accuracy: {metrics['majority_baseline_accuracy']:.4f}")
-    privacy_path = run_dir / "privacy.json"
+    privacy_path = RunDirectory(run_dir).privacy_file
     if privacy_path.is_file():
         privacy = json.loads(privacy_path.read_text(encoding="utf-8"))
         for site, guarantee in sorted(privacy.get("sites", {}).items()):

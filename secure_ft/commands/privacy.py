@@ -10,7 +10,7 @@ MISMATCH_EXIT = 4
 
 
 def cmd_privacy(args: argparse.Namespace) -> int:
-    from secure_ft.privacy_verification import verify_privacy
+    from secure_ft.privacy.recompute import verify_privacy
 
     result = verify_privacy(Path(args.run_dir))
     if args.json:

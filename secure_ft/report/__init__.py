@@ -19,15 +19,17 @@ from pathlib import Path
 
 from audits.gate import Verdict
 from audits.result import AuditResult
-from secure_ft.config import RunConfig, atomic_write_text
+from secure_ft.atomic_files import atomic_write_text
+from secure_ft.config import RunConfig
 from secure_ft.report.document import REPORT_SCHEMA_VERSION, build_report, withhold_text
 from secure_ft.report.html import SECTIONS, render_html
+from secure_ft.run_directory import REPORT_HTML_FILE, REPORT_JSON_FILE
 
 __all__ = ["write_report", "build_report", "render_html", "withhold_text", "REPORT_SCHEMA_VERSION",
            "SECTIONS", "REPORT_JSON", "REPORT_HTML"]
 
-REPORT_JSON = "audit_report.json"
-REPORT_HTML = "audit_report.html"
+REPORT_JSON = REPORT_JSON_FILE
+REPORT_HTML = REPORT_HTML_FILE
 
 
 def write_report(run_dir: str | os.PathLike[str], results: list[AuditResult], verdict: Verdict,

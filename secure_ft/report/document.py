@@ -39,8 +39,9 @@ from audits.gate import Verdict
 from audits.result import AuditResult
 from secure_ft.config import RunConfig
 from secure_ft.errors import BundleError
-from secure_ft.ledger import verify_ledger
+from secure_ft.run_ledger import verify_ledger
 from secure_ft.models import HASH_FILE, model_hash
+from secure_ft.run_directory import DATA_FILE, METRICS_FILE, MODEL_DIR, POLICY_FILE, PRIVACY_FILE
 
 REPORT_SCHEMA_VERSION = "1.0"
 REPORT_KIND = "secure-ft audit report"
@@ -68,8 +69,8 @@ def build_report(run_dir: str | os.PathLike[str], results: list[AuditResult], ve
         "generated_at": datetime.now(timezone.utc).isoformat(),
         "verdict": verdict.to_dict(),
         "run": run_identity(run_dir, verdict, config),
-        "training": read_json(run_dir / "metrics.json"),
-        "privacy_guarantee": read_json(run_dir / "privacy.json"),
+        "training": read_json(run_dir / METRICS_FILE),
+        "privacy_guarantee": read_json(run_dir / PRIVACY_FILE),
         "audits": audits,
         "examples_included": include,
     })
@@ -116,8 +117,8 @@ def read_json(path: Path) -> Any:
 
 
 def run_identity(run_dir: Path, verdict: Verdict, config: RunConfig) -> dict[str, Any]:
-    data = read_json(run_dir / "data.json") or {}
-    model_dir = run_dir / "model"
+    data = read_json(run_dir / DATA_FILE) or {}
+    model_dir = run_dir / MODEL_DIR
     current_hash = model_hash(model_dir) if (model_dir / "config.json").is_file() else None
     return {
         "name": run_dir.name,
@@ -144,7 +145,7 @@ def run_identity(run_dir: Path, verdict: Verdict, config: RunConfig) -> dict[str
 
 
 def _training_mode(run_dir: Path, config: RunConfig) -> str:
-    privacy = read_json(run_dir / "privacy.json") or {}
+    privacy = read_json(run_dir / PRIVACY_FILE) or {}
     if getattr(config, "mode", None) == "federated" or privacy.get("sites") or privacy.get("central"):
         site_dp = bool(privacy.get("sites"))
         central_dp = bool(privacy.get("central"))
@@ -155,7 +156,7 @@ def _training_mode(run_dir: Path, config: RunConfig) -> str:
 
 def _policy_summary(run_dir: Path, verdict: Verdict) -> dict[str, Any]:
     summary: dict[str, Any] = {"name": verdict.policy_name, "sha256": verdict.policy_sha256}
-    path = run_dir / "policy.yaml"
+    path = run_dir / POLICY_FILE
     if path.is_file():
         try:
             summary["content"] = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -72,7 +72,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_verify(args: argparse.Namespace) -> int:
-    from secure_ft.ledger import Ledger, verify_ledger
+    from secure_ft.run_ledger import Ledger, verify_ledger
 
     try:
         lines = verify_ledger(Path(args.run_dir))

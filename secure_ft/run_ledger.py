@@ -28,7 +28,6 @@ from typing import Any
 
 from secure_ft.errors import BundleError
 
-LEDGER_FILE = "ledger.jsonl"
 GENESIS_SHA256 = "0" * 64
 _FIELDS = ("seq", "timestamp", "event", "data", "prev_sha256", "line_sha256")
 
@@ -67,6 +66,10 @@ def line_digest(line: bytes) -> str:
     return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
 
 
+# the run directory lists this file (`secure_ft.run_directory`); the ledger names it
+RUN_LEDGER_FILE = "ledger.jsonl"
+
+
 class Ledger:
     """Append-only, hash-chained event log of one run directory.
 
@@ -79,7 +82,7 @@ class Ledger:
 
     def __init__(self, run_dir: str | os.PathLike[str]):
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LEDGER_FILE
+        self.path = self.run_dir / RUN_LEDGER_FILE
 
     def append(self, event: str, **data: Any) -> dict[str, Any]:
         """Append one event and return the entry as written.
@@ -145,7 +148,7 @@ def verify_ledger(run_dir: str | os.PathLike[str], expected_lines: int | None = 
     BundleError
         Naming the first line that is edited, missing, inserted or out of order.
     """
-    path = Path(run_dir) / LEDGER_FILE
+    path = Path(run_dir) / RUN_LEDGER_FILE
     if not path.is_file():
         raise BundleError(f"{path}: no run ledger found; is {run_dir} a secure-ft run directory?")
     data = path.read_bytes()

@@ -2,7 +2,7 @@
 
 The loop owns batching, the optimizer schedule, evaluation, early stopping, checkpoints and
 progress. What differs between plain and private training lives behind `TrainingEngine`:
-the plain engine clips the total gradient norm; the private engine (`secure_ft.privacy`)
+the plain engine clips the total gradient norm; the private engine (`secure_ft.privacy.engine`)
 wraps the same model, optimizer and loader with Opacus, splits logical batches into
 physical ones and keeps the privacy accountant. A federated client calls `fit` on its
 site's data.
@@ -11,7 +11,6 @@ site's data.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import random
@@ -423,7 +422,3 @@ def _restore(checkpoints, engine, prepared, scheduler, fingerprint):
                                          "best_state", "epochs_without_gain", "loss_sum", "loss_count")}
     log.info("resumed from %s at step %d (epoch %d)", checkpoints.last_path, state["step"], state["epoch"])
     return state, state["step"]
-
-
-def copy_model(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model)

@@ -1,47 +1,11 @@
-"""Differentially private fine-tuning: DP-SGD through Opacus, wrapped around the one training loop.
+"""The DP-SGD engine: Opacus wrapped around the one training loop (`secure_ft.training_loop`).
 
-What the guarantee means
-------------------------
-A model trained with (ε, δ)-differential privacy reveals little about any single training
-example: for any two training sets that differ in one example, every outcome of training is
-at most e^ε times more likely with one than with the other, except with probability δ.
-ε is the privacy *budget* a team states and defends; δ must be well below 1/N for N training
-examples (by default δ = 1/(10 N)).
-
-How DP-SGD gets it (Abadi et al. 2016), and where each piece lives here
------------------------------------------------------------------------
-1. **Poisson sampling** – each example joins a step's logical batch independently with
-   probability q = batch_size / N (Opacus' ``DPDataLoader``). Logical batches larger than
-   ``max_physical_batch_size`` are split by Opacus' ``BatchMemoryManager`` and accumulated.
-2. **Per-sample clipping** – every example's gradient is scaled down to L2 norm ≤ C
-   (``max_grad_norm``). The per-sample norms come from ``grad_sample_mode``: ``bookkeeping``
-   (`secure_ft.bookkeeping`: norms and the clipped sum from one backward pass; the default
-   wherever it supports the model), Opacus' ``hooks`` (materialise per-sample gradients),
-   ``ghost`` (ghost clipping: norms without the gradients, a second backward pass),
-   ``functorch``.
-3. **Gaussian noise** – N(0, σ²C²) is added to the sum of clipped gradients; σ is the
-   ``noise_multiplier``, either given or calibrated so that ``training.epochs`` end exactly at
-   ``target_epsilon`` (Opacus' ``make_private_with_epsilon``).
-4. **Accounting** – an Opacus accountant (``prv`` by default) composes the steps into ε.
-   Its history is the *privacy ledger* (`secure_ft.privacy_ledger`), saved with every
-   checkpoint, restored on resume, and written to the run directory with ``privacy.json``.
-
-What wins on small data
------------------------
-DP noise is added to every trainable coordinate alike, and Adam moves every coordinate by
-about the learning rate per step, noise or not. With a thousand examples this favours few
-trainable parameters (LoRA), large logical batches (less noise per step) and a separate,
-larger learning rate for the freshly initialised head (``training.head_learning_rate``,
-applied by the loop itself), which must travel far, while the pretrained adapters take small
-steps. Measured on the built-in CFPB demo (1,070 training rows, ε = 8): logical batch 128,
-4 epochs, learning rate 5e-3, head 5e-2 reach 0.71–0.72 validation accuracy (macro-F1 0.40;
-majority class 0.50).
-
-`PrivateEngine` plugs these into `secure_ft.training.fit` through the `TrainingEngine` hooks:
-it wraps the loop's own model, optimizer and loader, reports ε in the progress bar and after
-every epoch, and stops the run cleanly before a step that would exceed ``target_epsilon``.
-Under ``torchrun`` (several processes) it trains one central DP model with Opacus'
-distributed support, see `secure_ft.distributed`.
+`PrivateEngine` plugs Poisson sampling, per-sample clipping, calibrated Gaussian noise and
+accounting (see `secure_ft.privacy`) into `fit` through the `TrainingEngine` hooks: it wraps
+the loop's own model, optimizer and loader, reports ε in the progress bar and after every
+epoch, and stops the run cleanly before a step that would exceed ``target_epsilon``. Under
+``torchrun`` (several processes) it trains one central DP model with Opacus' distributed
+support (`secure_ft.privacy.sharded_poisson`, `secure_ft.distributed`).
 """
 
 from __future__ import annotations
@@ -57,15 +21,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from secure_ft.config import PrivacyConfig, RunConfig, atomic_write_text
+from secure_ft.config import PrivacyConfig, RunConfig
 from secure_ft.errors import CheckpointError, PrivacyError
-from secure_ft.per_sample_gradients import choose_grad_sample_mode, make_compatible
-from secure_ft.privacy_ledger import LEDGER_FILE, PrivacyLedger, finite_or_none, steps_within_budget
-from secure_ft.training import FitResult, Prepared, TrainingEngine
+from secure_ft.privacy.accountant_history import AccountantHistory, finite_or_none
+from secure_ft.privacy.accountants import BudgetUnreachable, calibrate_noise, get_accountant, steps_within_budget
+from secure_ft.privacy.per_sample_gradients import choose_grad_sample_mode, make_compatible
+from secure_ft.run_directory import ACCOUNTANT_HISTORY_FILE, PRIVACY_FILE, RunDirectory
+from secure_ft.training_loop import FitResult, Prepared, TrainingEngine
 
 log = logging.getLogger(__name__)
-
-PRIVACY_FILE = "privacy.json"
 
 
 def default_delta(dataset_size: int) -> float:
@@ -113,23 +77,23 @@ class PrivateEngine(TrainingEngine):
     name = "dp"
 
     def __init__(self, settings: PrivacyConfig, *, dataset_size: int, fingerprint: str = "",
-                 trained: str = "full", epochs: int | None = None, batch_size: int | None = None):
+                 transfer: str = "full", epochs: int | None = None, batch_size: int | None = None):
         super().__init__(settings.max_grad_norm)
         self.settings = settings
         self.dataset_size = int(dataset_size)
         self.fingerprint = fingerprint
-        self.trained = trained
+        self.transfer = transfer
+        self.accountant = get_accountant(settings.accountant)
         self.delta, self.delta_source = resolve_delta(settings, self.dataset_size)
         if settings.secure_mode:
             check_secure_mode_available()
-        if settings.accountant == "gdp":
-            log.warning("DP: the gdp accountant is a central-limit approximation and can understate ε; "
-                        "use prv (default) or rdp for a guarantee you can defend")
+        if not self.accountant.rigorous:
+            log.warning("DP: %s; use prv (default) or rdp for a guarantee you can defend", self.accountant.note)
         if batch_size is not None and batch_size > self.dataset_size:
             log.warning("DP: training.batch_size %d exceeds the %d training examples; every step samples with "
                         "q = 1", batch_size, self.dataset_size)
         self.planned_epochs = epochs
-        self.ledger: PrivacyLedger | None = None
+        self.ledger: AccountantHistory | None = None
         self.grad_sample_mode = ""
         self.grad_sample_reason = ""
         self.noise_source = ""
@@ -146,7 +110,7 @@ class PrivateEngine(TrainingEngine):
     @classmethod
     def from_config(cls, config: RunConfig, *, dataset_size: int, fingerprint: str = "") -> "PrivateEngine":
         return cls(config.privacy, dataset_size=dataset_size, fingerprint=fingerprint,
-                   trained=config.model.transfer, epochs=config.training.epochs,
+                   transfer=config.model.transfer, epochs=config.training.epochs,
                    batch_size=config.training.batch_size)
 
     # -- wrapping ---------------------------------------------------------------------------
@@ -166,7 +130,7 @@ class PrivateEngine(TrainingEngine):
         if self.world_size > 1:
             from opacus.distributed import DifferentiallyPrivateDistributedDataParallel
 
-            from secure_ft.distributed import sharded_poisson_loader
+            from secure_ft.privacy.sharded_poisson import sharded_poisson_loader
 
             model = DifferentiallyPrivateDistributedDataParallel(model)
             loader = sharded_poisson_loader(loader, self.rank, self.world_size)
@@ -195,7 +159,7 @@ class PrivateEngine(TrainingEngine):
         self.sampling_probability = 1 / len(loader)
         self._steps_per_epoch = len(dp_loader)
         self._report_every = max(1, self._steps_per_epoch // 4)
-        self.ledger = PrivacyLedger(
+        self.ledger = AccountantHistory(
             accountant=settings.accountant, sample_rate=sample_rate,
             noise_multiplier=float(dp_optimizer.noise_multiplier), max_grad_norm=settings.max_grad_norm,
             delta=self.delta, dataset_size=self.dataset_size, fingerprint=self.fingerprint,
@@ -209,25 +173,22 @@ class PrivateEngine(TrainingEngine):
                  f", {self.world_size} processes" if self.world_size > 1 else "")
         return Prepared(dp_model, dp_optimizer, dp_loader, criterion)
 
-    def _calibrated_noise(self, loader: DataLoader, epochs: int) -> float:
-        """σ that reaches target_epsilon after `epochs`, as make_private_with_epsilon computes it."""
-        from opacus.accountants.utils import get_noise_multiplier
-
+    def _noise_multiplier(self, loader: DataLoader, epochs: int) -> float:
+        """The configured σ, or the one that reaches target_epsilon after `epochs` (`calibrate_noise`)."""
         settings = self.settings
+        if settings.noise_multiplier is not None:
+            self.noise_source = "configured"
+            return settings.noise_multiplier
         sample_rate = 1 / len(loader)
         self.noise_source = (f"calibrated to target_epsilon={settings.target_epsilon:g} over {epochs} epochs "
-                             f"({'secure-ft gdp search' if settings.accountant == 'gdp' else 'opacus get_noise_multiplier'})")
-        if settings.accountant == "gdp":
-            return _gdp_noise_for_epsilon(settings.target_epsilon, self.delta, sample_rate, epochs)
+                             "(secure_ft.privacy.accountants.calibrate_noise)")
         try:
-            return get_noise_multiplier(target_epsilon=settings.target_epsilon, target_delta=self.delta,
-                                        sample_rate=sample_rate, epochs=epochs, accountant=settings.accountant)
-        except ValueError as error:
-            raise self._unreachable(error, sample_rate, epochs) from None
+            return calibrate_noise(settings.accountant, target_epsilon=settings.target_epsilon, delta=self.delta,
+                                   sample_rate=sample_rate, epochs=epochs)
+        except BudgetUnreachable:
+            raise self._unreachable(sample_rate, epochs) from None
 
-    def _unreachable(self, error: ValueError, sample_rate: float, epochs: int) -> Exception:
-        if "privacy budget is too low" not in str(error):
-            return error
+    def _unreachable(self, sample_rate: float, epochs: int) -> PrivacyError:
         return PrivacyError(
             f"privacy.target_epsilon = {self.settings.target_epsilon:g} cannot be reached in {epochs} epochs with "
             f"q = {sample_rate:.4g} and δ = {self.delta:.2g} even with σ = 10⁶; raise target_epsilon, lower "
@@ -239,26 +200,15 @@ class PrivateEngine(TrainingEngine):
         common = dict(module=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(), data_loader=loader,
                       max_grad_norm=settings.max_grad_norm, poisson_sampling=poisson_in_opacus,
                       grad_sample_mode=self.grad_sample_mode)
-        if settings.noise_multiplier is not None:
-            wrapped = engine.make_private(noise_multiplier=settings.noise_multiplier, **common)
-            self.noise_source = "configured"
-        elif settings.accountant == "gdp":
-            wrapped = engine.make_private(noise_multiplier=self._calibrated_noise(loader, epochs), **common)
-        else:
-            try:
-                wrapped = engine.make_private_with_epsilon(target_epsilon=settings.target_epsilon,
-                                                           target_delta=self.delta, epochs=epochs, **common)
-            except ValueError as error:
-                raise self._unreachable(error, 1 / len(loader), epochs) from None
-            self.noise_source = (f"calibrated to target_epsilon={settings.target_epsilon:g} over {epochs} epochs "
-                                 "(opacus make_private_with_epsilon)")
+        # the same σ make_private_with_epsilon would find: it calls the same Opacus search
+        wrapped = engine.make_private(noise_multiplier=self._noise_multiplier(loader, epochs), **common)
         if len(wrapped) == 4:
             return wrapped
         dp_model, dp_optimizer, dp_loader = wrapped
         return dp_model, dp_optimizer, nn.CrossEntropyLoss(), dp_loader
 
     def _wrap_bookkeeping(self, engine, model, optimizer, loader, epochs, poisson_in_opacus):
-        """Book-keeping clipping (`secure_ft.bookkeeping`) with Opacus' sampler, optimizer and accountant.
+        """Book-keeping clipping (`secure_ft.privacy.bookkeeping_clipping`) with Opacus' sampler, optimizer and accountant.
 
         Mirrors make_private: Poisson DPDataLoader, the fast-gradient-clipping DP optimizer
         (noise on the clipped sum, scaled by the expected batch size), the accountant's hook.
@@ -266,14 +216,10 @@ class PrivateEngine(TrainingEngine):
         from opacus.data_loader import DPDataLoader
         from opacus.optimizers import get_optimizer_class
 
-        from secure_ft.bookkeeping import BookKeepingLoss, BookKeepingModule
+        from secure_ft.privacy.bookkeeping_clipping import BookKeepingLoss, BookKeepingModule
 
         settings = self.settings
-        if settings.noise_multiplier is not None:
-            sigma = settings.noise_multiplier
-            self.noise_source = "configured"
-        else:
-            sigma = self._calibrated_noise(loader, epochs)
+        sigma = self._noise_multiplier(loader, epochs)
         dp_loader = (DPDataLoader.from_data_loader(loader, generator=engine.secure_rng) if poisson_in_opacus
                      else loader)
         sample_rate = 1 / len(dp_loader)
@@ -347,7 +293,7 @@ class PrivateEngine(TrainingEngine):
     def steps_per_epoch(self, loader: DataLoader) -> int:
         return len(loader)
 
-    def _sync(self) -> PrivacyLedger:
+    def _sync(self) -> AccountantHistory:
         self.ledger.history = [list(entry) for entry in self._privacy_engine.accountant.history]
         return self.ledger
 
@@ -389,7 +335,7 @@ class PrivateEngine(TrainingEngine):
         from opacus.grad_sample import AbstractGradSampleModule
         from opacus.distributed import DifferentiallyPrivateDistributedDataParallel
 
-        from secure_ft.bookkeeping import BookKeepingModule
+        from secure_ft.privacy.bookkeeping_clipping import BookKeepingModule
 
         if isinstance(model, (AbstractGradSampleModule, BookKeepingModule)):
             model = model._module
@@ -403,7 +349,7 @@ class PrivateEngine(TrainingEngine):
         return {"ledger": self._sync().to_dict(), "accountant": self.ledger.accountant_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = PrivacyLedger.from_dict(state.get("ledger"), "checkpoint privacy ledger")
+        saved = AccountantHistory.from_dict(state.get("ledger"), "checkpoint privacy ledger")
         current = self.ledger
         for name in ("accountant", "sample_rate", "max_grad_norm", "delta", "dataset_size", "fingerprint"):
             if getattr(saved, name) != getattr(current, name):
@@ -443,7 +389,7 @@ class PrivateEngine(TrainingEngine):
             "steps": ledger.steps,
             "epochs": len(result.history) if result is not None else None,
             "dataset_size": ledger.dataset_size,
-            "trained": self.trained,
+            "trained": self.transfer,
             "opacus_version": opacus_version,
             "epsilon_history": ledger.epsilon_history,
             "target_epsilon": ledger.target_epsilon,
@@ -461,36 +407,12 @@ class PrivateEngine(TrainingEngine):
             "data_fingerprint": ledger.fingerprint,
             "stopped_early": self._budget_message is not None and stopped == self._budget_message,
             "stop_reason": stopped,
-            "ledger": LEDGER_FILE,
-            "accountant_note": ("gdp is a central-limit approximation and can understate ε"
-                                if ledger.accountant == "gdp" else
-                                "prv: upper bound with eps_error 0.01" if ledger.accountant == "prv" else
-                                "rdp: Rényi-DP bound converted to (ε, δ)"),
+            "ledger": ACCOUNTANT_HISTORY_FILE,
+            "accountant_note": self.accountant.note,
         }
 
     def write_artifacts(self, run_dir, result: FitResult) -> list[str]:
-        import json
-
         guarantee = self.guarantee(result)
         self.ledger.save(Path(run_dir))
-        atomic_write_text(Path(run_dir) / PRIVACY_FILE, json.dumps(guarantee, indent=2) + "\n")
-        return [PRIVACY_FILE, LEDGER_FILE]
-
-
-def _gdp_noise_for_epsilon(target_epsilon: float, delta: float, sample_rate: float, epochs: int) -> float:
-    """σ for (ε, δ) under the gdp accountant (Opacus' own search breaks for large σ under gdp)."""
-    from secure_ft.privacy_ledger import epsilon_from_history
-
-    steps = int(epochs / sample_rate)
-    low, high = 0.0, 1.0
-    while epsilon_from_history("gdp", ((high, sample_rate, steps),), delta) > target_epsilon:
-        low, high = high, 2 * high
-        if high > 1e6:
-            raise PrivacyError(f"privacy.target_epsilon = {target_epsilon:g} cannot be reached in {epochs} epochs")
-    while high - low > 1e-4 * high:
-        middle = (low + high) / 2
-        if epsilon_from_history("gdp", ((middle, sample_rate, steps),), delta) > target_epsilon:
-            low = middle
-        else:
-            high = middle
-    return high
+        RunDirectory(run_dir).write_privacy(guarantee)
+        return [PRIVACY_FILE, ACCOUNTANT_HISTORY_FILE]

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from secure_ft.errors import PrivacyError
-from secure_ft.privacy_ledger import LEDGER_FILE, PrivacyLedger, epsilon_from_history, load_ledger
-
-PRIVACY_FILE = "privacy.json"
+from secure_ft.privacy.accountant_history import AccountantHistory, load_accountant_history
+from secure_ft.privacy.accountants import epsilon_from_history
+from secure_ft.run_directory import ACCOUNTANT_HISTORY_FILE, DATA_FILE, PRIVACY_FILE
 RELATIVE_TOLERANCE = 1e-9  # the same inputs give the same ε; allow only float noise
 
 
@@ -77,11 +77,11 @@ def verify_privacy(run_dir: str | Path) -> PrivacyVerification:
     reported = report.get("epsilon")
     result = PrivacyVerification(run_dir, reported if isinstance(reported, (int, float)) else None, None)
     try:
-        ledger = load_ledger(run_dir)
+        ledger = load_accountant_history(run_dir)
     except PrivacyError as error:
         result.add("ledger readable", False, str(error))
         return result
-    result.add("ledger readable", True, f"{LEDGER_FILE}: {ledger.steps} steps, accountant {ledger.accountant}")
+    result.add("ledger readable", True, f"{ACCOUNTANT_HISTORY_FILE}: {ledger.steps} steps, accountant {ledger.accountant}")
 
     recomputed = epsilon_from_history(ledger.accountant, ledger.history_tuple(), ledger.delta)
     result.recomputed_epsilon = recomputed
@@ -111,7 +111,7 @@ def verify_privacy(run_dir: str | Path) -> PrivacyVerification:
     return result
 
 
-def _compare_fields(result: PrivacyVerification, report: dict[str, Any], ledger: PrivacyLedger) -> None:
+def _compare_fields(result: PrivacyVerification, report: dict[str, Any], ledger: AccountantHistory) -> None:
     for name in ("delta", "accountant", "noise_multiplier", "max_grad_norm", "sample_rate", "steps", "dataset_size"):
         stated, kept = report.get(name), getattr(ledger, name)
         if isinstance(kept, float) and isinstance(stated, (int, float)):
@@ -134,7 +134,7 @@ def _check_declared_parameters(result: PrivacyVerification, report: dict[str, An
                f"fresh {report.get('accountant')} accountant with q={rate!r}, σ={sigma!r}, steps={steps}: {epsilon!r}")
 
 
-def _check_history(result: PrivacyVerification, report: dict[str, Any], ledger: PrivacyLedger) -> None:
+def _check_history(result: PrivacyVerification, report: dict[str, Any], ledger: AccountantHistory) -> None:
     history = report.get("epsilon_history") or []
     if not history:
         result.add("ε history", False, "privacy.json has no epsilon_history")
@@ -151,8 +151,8 @@ def _check_history(result: PrivacyVerification, report: dict[str, Any], ledger: 
                + ("" if monotone else "; not increasing"))
 
 
-def _check_fingerprint(result: PrivacyVerification, run_dir: Path, ledger: PrivacyLedger) -> None:
-    data_file = run_dir / "data.json"
+def _check_fingerprint(result: PrivacyVerification, run_dir: Path, ledger: AccountantHistory) -> None:
+    data_file = run_dir / DATA_FILE
     if not data_file.is_file():
         return
     try:

@@ -1,32 +1,22 @@
-"""Train one run: from a `RunConfig` to a run directory holding the trained model.
+"""Train one central run: from a `RunConfig` to a run directory holding the trained model.
 
-Run directory layout (everything written atomically):
-
-    config.yaml     the effective config
-    data.json       split sizes, labels, dropped classes, dataset fingerprint
-    metrics.json    per-epoch validation metrics, steps, stop reason, majority baseline
-    model/          save_pretrained folder (safetensors) + model_hash.json
-    checkpoints/    last.pt (+ .sha256) for resuming
-    ledger.jsonl    hash-chained record of every step
-    privacy.json    (DP runs) the guarantee, written by the private engine
+The run directory's layout belongs to `secure_ft.run_directory`; this module fills it with
+the config, the data summary, the model, checkpoints, metrics and (DP runs) the privacy
+records, and is resumable from the last checkpoint.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from secure_ft.checkpoint import CheckpointStore
-from secure_ft.config import RunConfig, atomic_write_text, load_config
+from secure_ft.config import RunConfig
 from secure_ft.data import DatasetSplits, load_splits
-from secure_ft.errors import CheckpointError
-from secure_ft.ledger import Ledger
+from secure_ft.run_directory import RunDirectory, new_run_dir
+from secure_ft.run_ledger import Ledger
 from secure_ft.models import (
     apply_transfer,
     load_base_model,
@@ -35,7 +25,7 @@ from secure_ft.models import (
     save_trained_model,
     trainable_parameter_count,
 )
-from secure_ft.training import EpochRecord, TrainingEngine, encode, fit, seed_everything
+from secure_ft.training_loop import EpochRecord, TrainingEngine, encode, fit, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +39,10 @@ class TrainedRun:
     metrics: dict[str, Any]
 
 
-def new_run_dir(output_dir: str | Path) -> Path:
-    """A fresh, uniquely named run directory under `output_dir`."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    run_dir = Path(output_dir) / f"run-{stamp}-{secrets.token_hex(3)}"
-    run_dir.mkdir(parents=True, exist_ok=False)
-    return run_dir
-
-
-def write_json(path: Path, payload: Any) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
-
-
 def make_engine(config: RunConfig, splits: DatasetSplits) -> TrainingEngine:
     """The plain engine, or the Opacus engine when `privacy.mode` is dp."""
     if config.privacy.mode == "dp":
-        from secure_ft.privacy import PrivateEngine
+        from secure_ft.privacy.engine import PrivateEngine
 
         return PrivateEngine.from_config(config, dataset_size=len(splits.train), fingerprint=splits.fingerprint)
     return TrainingEngine(config.training.max_grad_norm, config.training.max_physical_batch_size)
@@ -79,32 +57,21 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
     `resume=True`, `run_dir` is an earlier run whose saved config is used.
     """
     if resume:
-        run_dir = Path(run_dir)
-        saved_config = run_dir / "config.yaml"
-        if not saved_config.is_file():
-            raise CheckpointError(f"{run_dir}: not a run directory (no config.yaml); give the folder of an earlier run")
-        config = load_config(saved_config)
-        CheckpointStore(run_dir / "checkpoints").load()  # fail early on a missing or corrupt checkpoint
+        run = RunDirectory(run_dir)
+        config = run.read_config()
+        CheckpointStore(run.checkpoint_dir).load()  # fail early on a missing or corrupt checkpoint
         splits = load_splits(config.data, config.seed)
-        ledger = Ledger(run_dir)
+        ledger = Ledger(run.path)
         ledger.append("run_resumed", fingerprint=splits.fingerprint)
     else:
         splits = load_splits(config.data, config.seed)
         resolve_model_source(config.model.name_or_path)
         if run_dir is None:
             run_dir = new_run_dir(output_dir if output_dir is not None else config.output_dir)
-        run_dir = Path(run_dir)
-        if (run_dir / "model").exists() or CheckpointStore(run_dir / "checkpoints").exists():
-            raise CheckpointError(f"{run_dir}: already holds a run; use --resume to continue it or choose a new folder")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ledger = Ledger(run_dir)
-        config_text = config.to_yaml()
-        atomic_write_text(run_dir / "config.yaml", config_text)
-        ledger.append("config_loaded", config_sha256=hashlib.sha256(config_text.encode()).hexdigest(),
-                      source=str(config.source_path) if config.source_path else "built-in default")
-        ledger.append("data_fingerprinted", fingerprint=splits.fingerprint, rows=splits.summary()["rows"],
-                      dropped_classes=splits.dropped_classes)
-    write_json(run_dir / "data.json", splits.summary())
+        run = RunDirectory(run_dir)
+        ledger = run.start(config, splits)
+    run_dir = run.path
+    run.write_data_summary(splits.summary())
 
     device = resolve_device(config.device)
     seed_everything(config.seed)  # the fresh head and LoRA adapters: the seed, not the moment, decides the model
@@ -123,10 +90,10 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
                       val_macro_f1=record.val_macro_f1, **{k: v for k, v in record.extra.items() if k == "epsilon"})
 
     result = fit(model, train_set, validation_set, splits.label_names, config.training, seed=config.seed,
-                 device=device, engine=engine, checkpoints=CheckpointStore(run_dir / "checkpoints"), resume=resume,
+                 device=device, engine=engine, checkpoints=CheckpointStore(run.checkpoint_dir), resume=resume,
                  fingerprint=splits.fingerprint, progress=progress, on_epoch=on_epoch)
 
-    model_dir = run_dir / "model"
+    model_dir = run.model_dir
     digest = save_trained_model(result.model, tokenizer, model_dir)
     artifacts = engine.write_artifacts(run_dir, result)
     best = next((r for r in result.history if r.epoch == result.best_epoch), None)
@@ -142,7 +109,7 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
         "best": None if best is None else {"val_accuracy": best.val_accuracy, "val_macro_f1": best.val_macro_f1},
         "model_sha256": digest,
     }
-    write_json(run_dir / "metrics.json", metrics)
+    run.write_metrics(metrics)
     ledger.append("model_saved", model_sha256=digest, steps=result.steps, stopped_reason=result.stopped_reason,
                   artifacts=artifacts)
     return TrainedRun(run_dir, model_dir, digest, splits, metrics)

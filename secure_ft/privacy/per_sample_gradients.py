@@ -36,14 +36,14 @@ def choose_grad_sample_mode(model: nn.Module, requested: str) -> tuple[str, str]
     """The per-sample gradient method to use and why.
 
     ``auto`` picks the fastest exact method that supports the model (see
-    ``bench/dp_overhead.py``): book-keeping (`secure_ft.bookkeeping`: one backward pass, no
+    ``bench/dp_overhead.py``): book-keeping (`secure_ft.privacy.bookkeeping_clipping`: one backward pass, no
     per-sample gradients) for models built from Linear / Embedding / LayerNorm layers, which
     covers BERT-style encoders with or without LoRA. Otherwise ghost clipping when embeddings
     train (hooks would materialise per-sample embedding gradients), else hooks. Ghost clipping
     cannot handle tied parameters; that falls back to hooks. Every fallback is logged with
     its reason.
     """
-    from secure_ft.bookkeeping import unsupported_layers
+    from secure_ft.privacy.bookkeeping_clipping import unsupported_layers
 
     tied = _tied_parameters(model)
     if requested == "ghost" and tied:

@@ -1,0 +1,120 @@
+"""The import graph keeps data flowing one way: a test parses every import and fails on a forbidden arrow."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from secure_ft import policy as policy_module
+from secure_ft.policy import Requirement, Setting, Threshold
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("secure_ft", "audits", "federated")
+
+# the core: config, data, models, the training loop, DP, checkpoints and the run directory
+CORE = ("secure_ft.config", "secure_ft.data", "secure_ft.models", "secure_ft.pooling", "secure_ft.training_loop",
+        "secure_ft.accumulation", "secure_ft.privacy", "secure_ft.checkpoint", "secure_ft.central_run",
+        "secure_ft.run_directory", "secure_ft.run_ledger", "secure_ft.atomic_files", "secure_ft.errors",
+        "secure_ft.policy", "secure_ft.offline_environment", "secure_ft.console")
+TOP = ("secure_ft.cli", "secure_ft.pipeline", "secure_ft.commands", "secure_ft.export", "secure_ft.report",
+       "audits", "federated")
+TRAINING = ("secure_ft.training_loop", "secure_ft.central_run", "secure_ft.privacy.engine", "secure_ft.distributed",
+            "federated")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module → the project modules it imports anywhere in its body (also inside functions)."""
+    files = {_module_name(path): path for package in PACKAGES for path in (ROOT / package).rglob("*.py")}
+
+    def resolve(name: str) -> str | None:
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for name, path in files.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets.update(resolve(alias.name) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets.update(resolve(f"{node.module}.{alias.name}") or resolve(node.module) for alias in node.names)
+        graph[name] = {target for target in targets if target and target != name}
+    return graph
+
+
+def _within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
+def test_the_core_never_imports_the_layers_above_it():
+    forbidden = [(source, target) for source, targets in import_graph().items() if _within(source, CORE)
+                 for target in targets if _within(target, TOP)]
+    assert forbidden == []
+
+
+def test_audits_never_import_training():
+    forbidden = [(source, target) for source, targets in import_graph().items() if _within(source, ("audits",))
+                 for target in targets if _within(target, TRAINING)]
+    assert forbidden == []
+
+
+def find_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    state: dict[str, int] = {}
+    circles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                circles.append(path[path.index(target):] + [target] if target in path else [node, target])
+            elif target not in state:
+                visit(target, path + [target])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return circles
+
+
+def test_the_import_graph_has_no_circle():
+    assert find_circles(import_graph()) == []
+
+
+def test_the_checks_can_fail():
+    # a circle is found, and imports inside functions are part of the graph
+    assert find_circles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+    graph = import_graph()
+    assert "secure_ft.privacy.accountants" in graph["secure_ft.privacy.engine"]
+    assert "secure_ft.report" in graph["secure_ft.pipeline"]  # imported inside run_pipeline
+
+
+@pytest.mark.parametrize("section", [policy_module.PerformancePolicy, policy_module.RobustnessPolicy,
+                                     policy_module.FairnessPolicy, policy_module.PrivacyPolicy])
+def test_every_policy_field_declares_what_it_does(section):
+    # a field with no declaration would be ignored by the checks; one with two is ambiguous
+    for name, field in section.model_fields.items():
+        kinds = [meta for meta in field.metadata if isinstance(meta, (Threshold, Requirement, Setting))]
+        assert len(kinds) == 1, f"{section.__name__}.{name} declares {kinds}"
+
+
+def test_a_threshold_checks_its_declared_metric_not_its_name():
+    from audits.policy_checks import threshold_checks
+
+    section = policy_module.PerformancePolicy(min_macro_f1=0.5)
+    checks = threshold_checks(section, {"accuracy": 0.9, "macro_f1": 0.4})
+    assert [(check.name, check.actual, check.passed) for check in checks] == [("macro_f1", 0.4, False)]
+    # judged on the pessimistic bound when the section asks for it
+    section = policy_module.PerformancePolicy(min_macro_f1=0.5, use_ci_bound=True)
+    checks = threshold_checks(section, {"macro_f1": {"value": 0.6, "ci_lower": 0.45, "ci_upper": 0.7}}, ci_level=0.95)
+    assert checks[0].actual == 0.45 and not checks[0].passed and "lower 95% CI bound" in checks[0].note
