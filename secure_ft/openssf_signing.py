@@ -15,15 +15,21 @@ Best *beside* the folder (``bundle/model/`` and ``bundle/model.sig``). Inside th
 works too: the signature file is then left out of the hash. The ``model_signing`` command
 does that itself; the library does not, so `sign_folder` adds it to the ignored paths.
 
-What differs from the library's defaults, and why
--------------------------------------------------
-* Git files (``.git/``, ``.gitattributes``, ``.gitignore``, ``.github/``) are signed like
-  any other file; the library ignores them by default. With such files present, the
-  ``model_signing`` command needs ``--no-ignore-git-paths`` (without it, it reports them as
-  missing and fails: it never passes a folder wrongly).
-* The library's verifier also ignores whatever paths the *signature* says were ignored at
-  signing. `verify_folder` refuses a signature whose ignored paths are not exactly the ones
-  the caller expects, so a signer cannot exempt a file from verification.
+Git files
+---------
+Like the library's command, git files (``.git/``, ``.gitattributes``, ``.github/``,
+``.gitignore``) are left out by default (``ignore_git_paths=True``): packaged models ship a
+``.gitattributes``, and the plain ``model_signing verify key`` command, which ignores them
+unless told ``--no-ignore-git-paths``, must pass our signatures. They do not change what the
+model computes, and the secure-ft attestation (`secure_ft.model_identity`) still covers them.
+With ``ignore_git_paths=False`` they are signed too, and the command then needs
+``--no-ignore-git-paths`` when they are present (without it, it fails: never wrongly passes).
+
+Ignored paths are checked
+-------------------------
+The library's verifier also ignores whatever paths the *signature* says were ignored at
+signing. `verify_folder` refuses a signature whose ignored paths are not exactly the ones the
+caller expects, so a signer cannot exempt a file (the weights, say) from verification.
 """
 
 from __future__ import annotations
@@ -39,9 +45,13 @@ from pathlib import Path, PurePosixPath
 from secure_ft.errors import BundleError
 from secure_ft.keys import PASSPHRASE_ENV, load_private_key, load_public_key
 
+#: what model-signing 1.1.1 leaves out when told to ignore git paths (recorded as such in signatures)
+GIT_PATHS = (".git", ".gitattributes", ".github", ".gitignore")
+
 
 def sign_folder(folder: str | os.PathLike[str], private_key_path: str | os.PathLike[str],
-                signature_path: str | os.PathLike[str], ignore_paths: tuple[str, ...] | list[str] = ()) -> Path:
+                signature_path: str | os.PathLike[str], ignore_paths: tuple[str, ...] | list[str] = (),
+                *, ignore_git_paths: bool = True) -> Path:
     """Sign every file of `folder` with an OpenSSF model-signing signature.
 
     Parameters
@@ -54,6 +64,8 @@ def sign_folder(folder: str | os.PathLike[str], private_key_path: str | os.PathL
         Where the signature goes, written atomically; inside `folder` it is left out of the hash.
     ignore_paths
         Paths relative to `folder` (files or folders) that are not signed.
+    ignore_git_paths
+        Leave git files unsigned, as the library's command does by default (see above).
 
     Returns
     -------
@@ -72,7 +84,7 @@ def sign_folder(folder: str | os.PathLike[str], private_key_path: str | os.PathL
     folder, signature_path = Path(folder), Path(signature_path)
     _check_folder(folder)
     load_private_key(private_key_path)  # the clear errors (Ed25519, mode, passphrase) come from here
-    ignored = _ignored_paths(folder, signature_path, ignore_paths)
+    ignored = _ignored_paths(folder, signature_path, ignore_paths, ignore_git_paths)
     passphrase = os.environ.get(PASSPHRASE_ENV)
     # model-signing 1.1.1 hands `password` to cryptography, which needs bytes (its CLI passes str and fails)
     config = model_signing.signing.Config().use_elliptic_key_signer(
@@ -92,7 +104,8 @@ def sign_folder(folder: str | os.PathLike[str], private_key_path: str | os.PathL
 
 
 def verify_folder(folder: str | os.PathLike[str], public_key_path: str | os.PathLike[str],
-                  signature_path: str | os.PathLike[str], ignore_paths: tuple[str, ...] | list[str] = ()) -> list[str]:
+                  signature_path: str | os.PathLike[str], ignore_paths: tuple[str, ...] | list[str] = (),
+                  *, ignore_git_paths: bool = True) -> list[str]:
     """Check `folder` against its OpenSSF model-signing signature and a public key you trust.
 
     Parameters
@@ -106,6 +119,8 @@ def verify_folder(folder: str | os.PathLike[str], public_key_path: str | os.Path
     ignore_paths
         The paths that were left unsigned, relative to `folder`; the signature must have
         ignored exactly these (plus itself, when it lies inside the folder).
+    ignore_git_paths
+        Whether the signature left git files out (the default, as `sign_folder`'s).
 
     Returns
     -------
@@ -125,7 +140,7 @@ def verify_folder(folder: str | os.PathLike[str], public_key_path: str | os.Path
     folder, signature_path = Path(folder), Path(signature_path)
     _check_folder(folder)
     load_public_key(public_key_path)
-    expected = _ignored_paths(folder, signature_path, ignore_paths)
+    expected = _ignored_paths(folder, signature_path, ignore_paths, ignore_git_paths)
     try:
         signature = signature_path.read_bytes()
     except OSError as error:
@@ -146,14 +161,15 @@ def verify_folder(folder: str | os.PathLike[str], public_key_path: str | os.Path
         raise BundleError(
             f"{signature_path}: the signature leaves {sorted(signed_ignored) or 'nothing'} unsigned, but "
             f"{sorted(expected) or 'nothing'} was expected; a file left out of a signature is not protected by it, "
-            "so re-sign the folder with secure-ft (or `model_signing sign key --no-ignore-git-paths`)")
+            "so re-sign the folder with secure-ft")
     return sorted(resource["name"] for resource in predicate["resources"])
 
 
 def _hashing_config(ignored: list[str]):
     import model_signing
 
-    # paths are relative to the model folder (the library joins them to it); git files are signed too
+    # paths are relative to the model folder (the library joins them to it); git paths, when
+    # ignored, are already in `ignored`, so the signature records exactly that list
     return model_signing.hashing.Config().set_ignored_paths(paths=ignored, ignore_git_paths=False)
 
 
@@ -162,9 +178,9 @@ def _check_folder(folder: Path) -> None:
         raise BundleError(f"{folder}: model folder not found")
 
 
-def _ignored_paths(folder: Path, signature_path: Path, ignore_paths) -> list[str]:
+def _ignored_paths(folder: Path, signature_path: Path, ignore_paths, ignore_git_paths: bool) -> list[str]:
     """Ignored paths relative to `folder`, in POSIX form, with the signature added if inside it."""
-    ignored = set()
+    ignored = set(GIT_PATHS) if ignore_git_paths else set()
     for path in ignore_paths:
         relative = PurePosixPath(Path(path).as_posix())
         if relative.is_absolute() or ".." in relative.parts or relative == PurePosixPath("."):

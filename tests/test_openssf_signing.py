@@ -87,35 +87,46 @@ def test_library_cli_verifies_a_signature_inside_the_folder(model_dir, key_pair,
 
 def test_we_verify_a_folder_the_library_cli_signed(model_dir, key_pair, tmp_path):
     private_path, public_path = key_pair
-    signature = tmp_path / "cli.sig"
-    result = model_signing_cli("sign", "key", str(model_dir), "--private_key", str(private_path),
-                               "--signature", str(signature), "--no-ignore-git-paths", cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert verify_folder(model_dir, public_path, signature) == sorted(FILES)
+    for flags, ignore_git_paths in [((), True), (("--no-ignore-git-paths",), False)]:
+        signature = tmp_path / "cli.sig"
+        result = model_signing_cli("sign", "key", str(model_dir), "--private_key", str(private_path),
+                                   "--signature", str(signature), *flags, cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert verify_folder(model_dir, public_path, signature, ignore_git_paths=ignore_git_paths) == sorted(FILES)
+        # a signature that left out other paths than the verifier expects is refused
+        with pytest.raises(BundleError, match="unsigned"):
+            verify_folder(model_dir, public_path, signature, ignore_git_paths=not ignore_git_paths)
 
 
-def test_cli_default_signature_leaves_git_files_unsigned_and_we_refuse_it(model_dir, key_pair, tmp_path):
-    private_path, public_path = key_pair
-    signature = tmp_path / "cli.sig"
-    result = model_signing_cli("sign", "key", str(model_dir), "--private_key", str(private_path),
-                               "--signature", str(signature), cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    with pytest.raises(BundleError, match=r"leaves \['\.git', .*unsigned.*--no-ignore-git-paths"):
-        verify_folder(model_dir, public_path, signature)
+def test_git_files_are_left_out_by_default_like_the_library_cli(model_dir, key_pair, tmp_path):
+    from secure_ft.model_identity import model_digest
 
-
-def test_git_files_are_signed_and_the_cli_then_needs_no_ignore_git_paths(model_dir, key_pair, tmp_path):
     private_path, public_path = key_pair
     (model_dir / ".gitattributes").write_text("*.safetensors filter=lfs\n")
     signature = sign_folder(model_dir, private_path, tmp_path / "model.sig")
-    assert ".gitattributes" in verify_folder(model_dir, public_path, signature)
+    assert ".gitattributes" not in verify_folder(model_dir, public_path, signature)
+    args = ["verify", "key", str(model_dir), "--signature", str(signature), "--public_key", str(public_path)]
+    assert model_signing_cli(*args, cwd=tmp_path).returncode == 0
+    assert model_signing_cli(*args, "--no-ignore-git-paths", cwd=tmp_path).returncode == 0
+    # the OpenSSF layer then does not see a change to it; the model digest (the attestation) does
+    before = model_digest(model_dir)
+    (model_dir / ".gitattributes").write_text("changed\n")
+    verify_folder(model_dir, public_path, signature)
+    assert model_digest(model_dir) != before
+
+
+def test_git_files_signed_on_request_and_the_cli_then_needs_no_ignore_git_paths(model_dir, key_pair, tmp_path):
+    private_path, public_path = key_pair
+    (model_dir / ".gitattributes").write_text("*.safetensors filter=lfs\n")
+    signature = sign_folder(model_dir, private_path, tmp_path / "model.sig", ignore_git_paths=False)
+    assert ".gitattributes" in verify_folder(model_dir, public_path, signature, ignore_git_paths=False)
     args = ["verify", "key", str(model_dir), "--signature", str(signature), "--public_key", str(public_path)]
     default = model_signing_cli(*args, cwd=tmp_path)
     assert default.returncode != 0 and ".gitattributes" in default.stderr  # fails closed, never open
     assert model_signing_cli(*args, "--no-ignore-git-paths", cwd=tmp_path).returncode == 0
     (model_dir / ".gitattributes").write_text("changed\n")
     with pytest.raises(BundleError, match=r"changed: \.gitattributes"):
-        verify_folder(model_dir, public_path, signature)
+        verify_folder(model_dir, public_path, signature, ignore_git_paths=False)
 
 
 @pytest.mark.parametrize("change, named", [
@@ -169,7 +180,7 @@ def test_signer_chosen_ignore_paths_cannot_exempt_a_file(model_dir, key_pair, tm
     cli = model_signing_cli("verify", "key", str(model_dir), "--signature", str(signature),
                             "--public_key", str(public_path), cwd=tmp_path)
     assert cli.returncode == 0  # the library alone passes the swapped weights
-    with pytest.raises(BundleError, match=r"leaves \['model.safetensors'\] unsigned"):
+    with pytest.raises(BundleError, match=r"leaves \[.*'model.safetensors'\] unsigned"):
         verify_folder(model_dir, public_path, signature)
     # the caller who asked for that ignore list gets it
     verify_folder(model_dir, public_path, signature, ignore_paths=["model.safetensors"])
