@@ -78,7 +78,7 @@ def decide(results: list[AuditResult], policy: Policy, model_sha256: str, policy
     policy
         The export policy; ``policy.required_audits`` must all be present and pass.
     model_sha256
-        ``secure_ft.models.model_hash`` of the audited model folder.
+        ``secure_ft.model_identity.model_digest`` of the audited model folder.
     policy_sha256
         SHA-256 of the policy file's bytes (from ``load_policy``).
     now

@@ -39,7 +39,7 @@ class Check:
         return cls(name, actual, comparison, threshold, passed, note)
 
     def describe(self) -> str:
-        shown = "not measured" if self.actual is None else f"{self.actual:.4g}"
+        shown = "not measured" if self.actual is None else f"{float(self.actual):.4g}"
         verdict = "ok" if self.passed else "FAILED"
         extra = f" ({self.note})" if self.note else ""
         return f"{self.name} = {shown}, required {self.comparison} {self.threshold:g}: {verdict}{extra}"

@@ -63,7 +63,7 @@ from audits.policy_checks import threshold_checks
 from audits.result import AuditResult, Check
 from secure_ft.atomic_files import atomic_write_text
 from secure_ft.errors import AuditError, SecureFTError
-from secure_ft.models import model_hash
+from secure_ft.model_identity import model_digest
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def robustness_audit(context: AuditContext) -> AuditResult:
             errors[recipe] = str(error)
 
     evidence_dir = context.evidence_dir(NAME)
-    store = ProgressStore(evidence_dir, run_key(model_hash(Path(context.model_dir)), examples,
+    store = ProgressStore(evidence_dir, run_key(model_digest(Path(context.model_dir)), examples,
                                                 settings.model_dump(), max_length, spec.seed), settings.resume)
     longest_first = sorted(examples, key=lambda e: -len(e.text))  # so the workers finish together
     tasks = [(recipe, e) for recipe in descriptions for e in longest_first if not store.done(recipe, e.index)]

@@ -31,7 +31,8 @@ from torch.utils.data import TensorDataset
 
 from secure_ft.config import ModelConfig, RunConfig, TrainingConfig
 from secure_ft.errors import ModelError
-from secure_ft.models import apply_transfer, load_base_model, model_hash, resolve_model_source
+from secure_ft.model_identity import model_digest
+from secure_ft.models import apply_transfer, load_base_model, resolve_model_source
 from secure_ft.training_loop import FitResult, TrainingEngine, encode, evaluate, fit, seed_everything
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def round_seed(seed: int, server_round: int, site_name: str) -> int:
 def base_model_sha256(model_config: ModelConfig) -> str:
     """Hash of the base checkpoint (weights + config) when it is a local folder; '' for hub names."""
     source = Path(resolve_model_source(model_config.name_or_path))
-    return model_hash(source) if source.is_dir() else ""
+    return model_digest(source) if source.is_dir() else ""
 
 
 def train_locally(model: nn.Module, train_set: TensorDataset, validation_set: TensorDataset, label_names: list[str],

@@ -392,7 +392,8 @@ class AuditsConfig(_Section):
 
 class ExportConfig(_Section):
     signing_key: str | None = Field(
-        None, description="Ed25519 private key (PEM); null = $SECURE_FT_SIGNING_KEY or a run-local key"
+        None, description="ECDSA P-256 private key (PEM, `secure-ft keygen`) that signs the verdict and the bundle; "
+        "null = $SECURE_FT_SIGNING_KEY, else a per-user key made once in ~/.config/secure-ft/keys"
     )
     include_evidence: bool = Field(False, description="copy adversarial-example evidence into the bundle")
     intended_use: str | None = Field(

@@ -24,13 +24,13 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from secure_ft.config import ModelConfig
 from secure_ft.errors import ModelError
+from secure_ft.model_identity import DIGEST_ALGORITHM, HASH_FILE, model_digest
 from secure_ft.pooling import MEAN, sentence_transformers_pooling, use_mean_pooling
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
 WEIGHTS_FILE = "model.safetensors"
-HASH_FILE = "model_hash.json"
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "model.ckpt.index")
 
 
@@ -248,17 +248,12 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def model_hash(model_dir: Path) -> str:
-    """SHA-256 identifying a saved model: its weights and its config, in a fixed order."""
-    digest = hashlib.sha256()
-    for name in sorted(p.name for p in Path(model_dir).glob("*.safetensors")) + ["config.json"]:
-        digest.update(name.encode())
-        digest.update(file_sha256(Path(model_dir) / name).encode())
-    return digest.hexdigest()
-
-
 def save_trained_model(model: nn.Module, tokenizer, target: Path) -> str:
-    """Save model + tokenizer save_pretrained-style (safetensors) atomically; returns its hash."""
+    """Save model + tokenizer save_pretrained-style (safetensors) atomically; returns its digest.
+
+    The digest is `secure_ft.model_identity.model_digest`: the model's one identity, used by
+    training, audits, the gate, export and serving.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
@@ -266,8 +261,8 @@ def save_trained_model(model: nn.Module, tokenizer, target: Path) -> str:
         plain = plain_model(model)
         plain.save_pretrained(temp, safe_serialization=True)
         tokenizer.save_pretrained(temp)
-        digest = model_hash(temp)
-        (temp / HASH_FILE).write_text(json.dumps({"sha256": digest, "algorithm": "sha256(config+weights)"}) + "\n")
+        digest = model_digest(temp)  # every file: weights, config, tokenizer, pooling, front end
+        (temp / HASH_FILE).write_text(json.dumps({"sha256": digest, "algorithm": DIGEST_ALGORITHM}) + "\n")
         if target.exists():
             shutil.rmtree(target)
         os.replace(temp, target)

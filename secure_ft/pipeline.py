@@ -20,10 +20,13 @@ from secure_ft.atomic_files import atomic_write_bytes
 from secure_ft.central_run import TrainedRun, train_run
 from secure_ft.config import RunConfig
 from secure_ft.errors import SecureFTError
-from secure_ft.models import model_hash, resolve_device
+from secure_ft.model_identity import model_digest
+from secure_ft.models import resolve_device
 from secure_ft.policy import default_policy_path, load_policy
 from secure_ft.run_directory import RunDirectory, new_run_dir
+from secure_ft.keys import load_private_key, resolve_signing_key_path
 from secure_ft.run_ledger import Ledger
+from secure_ft.verdict_attestation import attest_verdict, record_attestation
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +65,19 @@ def run_audits(trained: TrainedRun, config: RunConfig, policy, ledger: Ledger) -
         log.info("audit %s: running", name)
         result = run_audit(name, context)
         results.append(result)
-        RunDirectory(trained.run_dir).write_audit_result(name, result.to_dict())
+        RunDirectory(trained.run_dir).write_audit_result(name, audit_record(result, config))
         ledger.append("audit_finished", audit=name, passed=result.passed, error=result.error,
                       failed_checks=[check.name for check in result.checks if not check.passed])
         log.info("audit %s: %s", name, "passed" if result.passed else "FAILED")
     return results
+
+
+def audit_record(result: AuditResult, config: RunConfig) -> dict:
+    """An audit result as stored (and signed, and exported): test texts withheld unless opted in."""
+    from secure_ft.report import withhold_text
+
+    raw = result.to_dict()
+    return raw if config.report.include_examples else withhold_text(raw)
 
 
 def run_pipeline(config: RunConfig, output_dir: str | Path, *, resume_dir: Path | None = None,
@@ -87,9 +98,9 @@ def run_pipeline(config: RunConfig, output_dir: str | Path, *, resume_dir: Path 
     ledger.append("policy_loaded", policy=policy.name, policy_sha256=policy_sha256, source=str(policy_path))
 
     results = run_audits(trained, config, policy, ledger)
-    verdict = decide(results, policy, model_hash(trained.model_dir), policy_sha256)
+    verdict = decide(results, policy, model_digest(trained.model_dir), policy_sha256)
     run.write_verdict(verdict.to_dict())
-    ledger.append("verdict", passed=verdict.passed, reasons=verdict.reasons, model_sha256=verdict.model_sha256)
+    gate_key_path, gate_key = sign_verdict(run, verdict, results, config)
 
     report_json, report_html = write_report(run_dir, results, verdict, config)
     ledger.append("report_written", files=[report_json.name, report_html.name])
@@ -98,13 +109,30 @@ def run_pipeline(config: RunConfig, output_dir: str | Path, *, resume_dir: Path 
     if verdict.passed:
         target = output_dir / f"{run_dir.name}-bundle"
         try:
-            key = config.resolve_path(config.export.signing_key) if config.export.signing_key else None
-            bundle = export_bundle(run_dir, target, signing_key=key)
-            verify_bundle(bundle)
+            bundle = export_bundle(run_dir, target, signing_key=gate_key_path, trusted_keys=[gate_key.public_key()])
+            verify_bundle(bundle, trusted_keys=[gate_key.public_key()])
         except SecureFTError as error:
             bundle, export_error = None, str(error)
             log.error("export failed: %s", error)
     return PipelineOutcome(run_dir, verdict, results, report_json, report_html, bundle, export_error)
+
+
+def sign_verdict(run: RunDirectory, verdict: Verdict, results: list[AuditResult], config: RunConfig):
+    """Sign the verdict over the model and evidence (`secure_ft.verdict_attestation`); returns the key used.
+
+    The key is the organisation's (``export.signing_key``, ``$SECURE_FT_SIGNING_KEY``) or the
+    per-user default key, made once on first use and trusted on this machine.
+    """
+    configured = config.resolve_path(config.export.signing_key) if config.export.signing_key else None
+    key_path, source, created = resolve_signing_key_path(configured)
+    key = load_private_key(key_path)
+    if created:
+        log.warning("no signing key was configured: made a per-user gate key %s (trusted on this machine only). "
+                    "Give %s to whoever verifies your bundles, or configure an organisation key "
+                    "(export.signing_key or $SECURE_FT_SIGNING_KEY)", key_path, key_path.with_suffix(".pub"))
+    envelope = attest_verdict(run.path, verdict, [result.name for result in results], key, source)
+    record_attestation(run.path, verdict, envelope)
+    return key_path, key
 
 
 def print_outcome(outcome: PipelineOutcome) -> None:

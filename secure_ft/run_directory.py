@@ -16,7 +16,8 @@ for a path or a typed record instead of spelling a file name::
       sites/NAME/          federated simulations: each site's own privacy records
       audits/NAME.json     each audit's result; audits/NAME/ its evidence files
       policy.yaml          the policy the gate applied
-      verdict.json         the gate's verdict
+      verdict.json         the gate's verdict, for people to read (never trusted)
+      verdict.dsse.json    the signed verdict: an in-toto attestation over the model and evidence
       audit_report.json    the compliance report, and audit_report.html its rendering
 
 Central, distributed and federated runs all create and start their run directory here
@@ -54,6 +55,7 @@ SITES_DIR = "sites"
 AUDITS_DIR = "audits"
 POLICY_FILE = "policy.yaml"
 VERDICT_FILE = "verdict.json"
+VERDICT_ATTESTATION_FILE = "verdict.dsse.json"
 REPORT_JSON_FILE = "audit_report.json"
 REPORT_HTML_FILE = "audit_report.html"
 

@@ -13,6 +13,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)
+# keys and trust lists never land in the real home folder; subprocesses inherit this
+os.environ.pop("SECURE_FT_SIGNING_KEY", None)
+if "SECURE_FT_CONFIG_DIR" not in os.environ or not os.environ["SECURE_FT_CONFIG_DIR"].startswith("/tmp"):
+    import tempfile
+
+    os.environ["SECURE_FT_CONFIG_DIR"] = tempfile.mkdtemp(prefix="secure-ft-test-config-")
 
 from toy_data import VOCAB, toy_frame  # noqa: E402  (tests/ is on sys.path under pytest)
 

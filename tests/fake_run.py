@@ -13,7 +13,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from audits.gate import VERDICT_FILE, Verdict, decide
+from audits.gate import Verdict, decide
+from secure_ft.pipeline import audit_record, sign_verdict
+from secure_ft.run_directory import RunDirectory
 from audits.result import AuditResult, Check
 from secure_ft.config import RunConfig
 from secure_ft.run_ledger import Ledger
@@ -161,9 +163,12 @@ def make_run(root: Path, *, passing: bool = True, config: RunConfig | None = Non
     results = audit_results(passing)
     for result in results:
         ledger.append("audit_finished", audit=result.name, passed=result.passed)
+    run = RunDirectory(run_dir)
+    for result in results:
+        run.write_audit_result(result.name, audit_record(result, config))
     verdict = decide(results, policy, digest, policy_sha)
-    (run_dir / VERDICT_FILE).write_text(json.dumps(verdict.to_dict(), indent=2))
-    ledger.append("verdict", passed=verdict.passed, reasons=verdict.reasons)
+    run.write_verdict(verdict.to_dict())
+    sign_verdict(run, verdict, results, config)  # the pipeline's own signing step
     if report:
         write_report(run_dir, results, verdict, config)
     return FakeRun(run_dir, config, results, verdict)

@@ -10,7 +10,8 @@ import torch
 
 from secure_ft.checkpoint import CheckpointStore
 from secure_ft.run_ledger import verify_ledger
-from secure_ft.models import load_trained_model, model_hash, predict
+from secure_ft.model_identity import model_digest as model_hash
+from secure_ft.models import load_trained_model, predict
 from secure_ft.central_run import train_run
 
 

@@ -20,22 +20,21 @@ def _fail(error: SecureFTError) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from secure_ft.export import MANIFEST_FILE, export_bundle
+    from secure_ft.export import SIGNATURE_FILE, export_bundle
 
     try:
-        bundle = export_bundle(Path(args.run_dir), Path(args.out), signing_key=args.signing_key)
+        bundle = export_bundle(Path(args.run_dir), Path(args.out), signing_key=args.signing_key,
+                               public_key=args.public_key)
     except SecureFTError as error:
         if error.exit_code == 3:
             print(f"export refused: {error}", file=sys.stderr)
             return 3
         return _fail(error)
-    signature = json.loads((bundle / MANIFEST_FILE).read_text(encoding="utf-8"))["signature"]
     print(f"bundle: {bundle}")
-    print(f"signed with: {signature['key_source']} (public key SHA-256 {signature['public_key_sha256']})")
-    if signature["key_source"].startswith("run-local"):
-        print("note: no signing key was configured; a run-local key pair was generated. Verifiers need its public "
-              "key; set export.signing_key or $SECURE_FT_SIGNING_KEY to sign with your organisation's key.")
-    print(f"check it with: secure-ft verify {bundle} --public-key PUBLIC_KEY.pub")
+    print(f"signed (OpenSSF model-signing): {bundle / SIGNATURE_FILE}")
+    print(f"check it with: secure-ft verify {bundle} --public-key SIGNER.pub")
+    print(f"           or: model_signing verify key {bundle} --signature {bundle / SIGNATURE_FILE} "
+          "--public_key SIGNER.pub")
     return 0
 
 
@@ -43,43 +42,68 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from secure_ft.export import verify_bundle
 
     try:
-        result = verify_bundle(Path(args.bundle), public_key=args.public_key)
+        result = verify_bundle(Path(args.bundle), public_key=args.public_key, allow_self_signed=args.allow_self_signed)
     except SecureFTError as error:
         return _fail(error)
     print(f"bundle OK: {result.bundle_dir}")
-    print(f"  {result.files} files match the signed manifest")
-    print(f"  model SHA-256 {result.model_sha256}, passed policy {result.policy_name!r}")
+    print(f"  {result.files} files match the OpenSSF signature")
+    print(f"  model digest {result.model_sha256}, signed verdict: passed policy {result.policy_name!r}")
     if result.trusted_key:
-        print(f"  signature verified with the given public key (SHA-256 {result.public_key_sha256})")
+        print(f"  signed by a trusted key (SHA-256 {result.public_key_sha256})")
     else:
-        print(f"  signature verified with the bundle's own public key (SHA-256 {result.public_key_sha256}).")
-        print("  This proves the bundle is unchanged, not who made it: pass --public-key with the signer's key.")
+        print(f"  SELF-SIGNED: verified with the bundle's own key (SHA-256 {result.public_key_sha256}), accepted "
+              "because of --allow-self-signed. This proves the bundle is unchanged, not who made it.")
     return 0
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from secure_ft.signing import keygen, load_private_key, public_key_fingerprint
+    from secure_ft.keys import generate_key_pair, load_public_key, public_key_fingerprint
 
     try:
-        private_path, public_path = keygen(args.out)
+        private_path, public_path = generate_key_pair(args.out)
     except SecureFTError as error:
         return _fail(error)
-    fingerprint = public_key_fingerprint(load_private_key(private_path).public_key())
-    print(f"private key: {private_path} (mode 0600; keep it secret, e.g. in your secrets manager)")
+    fingerprint = public_key_fingerprint(load_public_key(public_path))
+    print(f"private key: {private_path} (ECDSA P-256, mode 0600; keep it secret, e.g. in your secrets manager)")
     print(f"public key:  {public_path} (SHA-256 {fingerprint}; give it to whoever verifies bundles)")
     print(f"use it with: export.signing_key: {private_path}  or  SECURE_FT_SIGNING_KEY={private_path}")
+    print(f"verifiers trust it with: secure-ft trust add {public_path}")
+    return 0
+
+
+def cmd_trust_add(args: argparse.Namespace) -> int:
+    from secure_ft.keys import load_public_key, public_key_fingerprint, trust_public_key
+
+    try:
+        target = trust_public_key(args.public_key)
+    except SecureFTError as error:
+        return _fail(error)
+    print(f"trusted: {target} (SHA-256 {public_key_fingerprint(load_public_key(target))})")
     return 0
 
 
 def cmd_ledger_verify(args: argparse.Namespace) -> int:
+    from secure_ft.export import trusted_keys_for
+    from secure_ft.run_directory import RUN_LEDGER_FILE, VERDICT_ATTESTATION_FILE
     from secure_ft.run_ledger import Ledger, verify_ledger
+    from secure_ft.verdict_attestation import check_run_attestation
 
+    run_dir = Path(args.run_dir)
     try:
-        lines = verify_ledger(Path(args.run_dir))
+        lines = verify_ledger(run_dir)
+        anchored = None
+        if (run_dir / VERDICT_ATTESTATION_FILE).is_file():
+            # the signed verdict holds the ledger's head: a cut tail or a rewritten chain shows here
+            anchored = check_run_attestation(run_dir, trusted_keys_for(args.public_key), require_pass=False)
     except SecureFTError as error:
         return _fail(error)
-    events = Ledger(Path(args.run_dir)).events()
-    print(f"ledger OK: {lines} events, hash chain intact ({Path(args.run_dir) / 'ledger.jsonl'})")
+    events = Ledger(run_dir).events()
+    print(f"ledger OK: {lines} events, hash chain intact ({run_dir / RUN_LEDGER_FILE})")
+    if anchored is not None:
+        print(f"  anchored: line {anchored.ledger_lines} matches the head signed with the verdict "
+              f"(key {anchored.signer_sha256[:16]}…)")
+    else:
+        print("  not anchored: the run has no signed verdict yet, so a cut tail cannot be detected")
     if events:
         print(f"  first: {events[0]['timestamp']} {events[0]['event']}")
         print(f"  last:  {events[-1]['timestamp']} {events[-1]['event']}")
@@ -87,26 +111,40 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    """Add ``export``, ``verify``, ``keygen`` and ``ledger`` to the ``secure-ft`` command."""
-    export = subparsers.add_parser("export", help="write a signed bundle of a run whose model passed the gate")
-    export.add_argument("run_dir", metavar="RUN_DIR", help="run directory holding a passing verdict")
+    """Add ``export``, ``verify``, ``keygen``, ``trust`` and ``ledger`` to the ``secure-ft`` command."""
+    export = subparsers.add_parser("export", help="write a signed bundle of a run whose signed verdict passed")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="run directory holding a signed, passing verdict")
     export.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to create (must not exist)")
     export.add_argument("--signing-key", metavar="KEY",
-                        help="Ed25519 private key PEM (default: export.signing_key, $SECURE_FT_SIGNING_KEY, "
-                             "else a run-local key)")
+                        help="P-256 private key PEM that signs the bundle (default: $SECURE_FT_SIGNING_KEY, else the "
+                             "per-user key)")
+    export.add_argument("--public-key", metavar="KEY",
+                        help="the gate's public key (file or folder of *.pub) the verdict must be signed with "
+                             "(default: your trust list)")
     export.set_defaults(handler=cmd_export)
 
-    verify = subparsers.add_parser("verify", help="check a bundle's signature and every file hash")
+    verify = subparsers.add_parser("verify", help="check a bundle's OpenSSF signature, every file and its signed verdict")
     verify.add_argument("bundle", metavar="BUNDLE")
-    verify.add_argument("--public-key", metavar="KEY", help="signer's public key PEM (default: the bundle's own key)")
+    verify.add_argument("--public-key", metavar="KEY",
+                        help="signer's public key PEM or a folder of them (default: your trust list)")
+    verify.add_argument("--allow-self-signed", action="store_true",
+                        help="accept the key shipped inside the bundle (integrity only, not origin)")
     verify.set_defaults(handler=cmd_verify)
 
-    keygen = subparsers.add_parser("keygen", help="create an Ed25519 key pair for signing bundles")
+    keygen = subparsers.add_parser("keygen", help="create an ECDSA P-256 key pair for signing verdicts and bundles")
     keygen.add_argument("--out", required=True, metavar="PREFIX", help="writes PREFIX.key (private) and PREFIX.pub")
     keygen.set_defaults(handler=cmd_keygen)
 
+    trust = subparsers.add_parser("trust", help="manage the public keys this machine trusts")
+    trust_actions = trust.add_subparsers(dest="trust_command", metavar="ACTION", required=True)
+    add = trust_actions.add_parser("add", help="trust a signer's public key (copied into your trust list)")
+    add.add_argument("public_key", metavar="KEY.pub")
+    add.set_defaults(handler=cmd_trust_add)
+
     ledger = subparsers.add_parser("ledger", help="inspect a run's hash-chained ledger")
     actions = ledger.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
-    check = actions.add_parser("verify", help="detect edited, dropped, inserted or reordered ledger lines")
+    check = actions.add_parser("verify", help="detect edited, dropped, cut, inserted or reordered ledger lines, "
+                                              "against the anchor in the signed verdict")
     check.add_argument("run_dir", metavar="RUN_DIR")
+    check.add_argument("--public-key", metavar="KEY", help="the gate's public key (default: your trust list)")
     check.set_defaults(handler=cmd_ledger_verify)

@@ -40,7 +40,7 @@ from audits.result import AuditResult
 from secure_ft.config import RunConfig
 from secure_ft.errors import BundleError
 from secure_ft.run_ledger import verify_ledger
-from secure_ft.models import HASH_FILE, model_hash
+from secure_ft.model_identity import HASH_FILE, model_digest
 from secure_ft.run_directory import DATA_FILE, METRICS_FILE, MODEL_DIR, POLICY_FILE, PRIVACY_FILE
 
 REPORT_SCHEMA_VERSION = "1.0"
@@ -119,7 +119,7 @@ def read_json(path: Path) -> Any:
 def run_identity(run_dir: Path, verdict: Verdict, config: RunConfig) -> dict[str, Any]:
     data = read_json(run_dir / DATA_FILE) or {}
     model_dir = run_dir / MODEL_DIR
-    current_hash = model_hash(model_dir) if (model_dir / "config.json").is_file() else None
+    current_hash = model_digest(model_dir) if (model_dir / "config.json").is_file() else None
     return {
         "name": run_dir.name,
         "data": data,
