@@ -21,6 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from secure_ft.errors import ConfigError
 
 BUILTIN_DATASET = "builtin:cfpb"
+# columns of the canonical frame `secure_ft.data` builds from the user's file; a group column of the
+# same name would overwrite one (a group column `text` would replace the text the model reads)
+RESERVED_COLUMNS = ("row", "text", "label", "label_name")
 
 
 class _Section(BaseModel):
@@ -62,6 +65,22 @@ class DataConfig(_Section):
     min_class_count: int = Field(20, ge=3, description="classes with fewer rows count as too small to split")
     max_rows: int | None = Field(None, gt=0, description="stratified subsample to this many rows (speed)")
     split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @model_validator(mode="after")
+    def _group_columns_are_other_columns(self) -> "DataConfig":
+        clashes = []
+        for column in self.group_columns:
+            if column == self.text_column:
+                clashes.append(f"{column!r} is data.text_column: the text is not a group attribute; remove it")
+            elif column == self.label_column:
+                clashes.append(f"{column!r} is data.label_column: the label is not a group attribute; remove it")
+            elif column in RESERVED_COLUMNS:
+                clashes.append(f"{column!r} is a name secure-ft uses for its own columns "
+                               f"({', '.join(RESERVED_COLUMNS)}); rename that column in the data file "
+                               f"(e.g. {column}_group) and list the new name")
+        if clashes:
+            raise ValueError("data.group_columns: " + "; ".join(clashes))
+        return self
 
 
 class ModelConfig(_Section):

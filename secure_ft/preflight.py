@@ -1,0 +1,339 @@
+"""Pre-flight: can this run pass its policy at all? Checked before anything trains.
+
+A policy is judged after training, by the audits and the gate. Some of its demands can be
+seen to fail from the run config alone, and finding that out after an hour of training (or
+worse, after a federated run across sites) wastes the hour. Pre-flight checks, in seconds
+and without loading a model or writing anything:
+
+* every audit the policy requires exists and can run: fairness needs at least one group
+  column, present in the data file; a policy that requires DP gets a DP run (sample-level
+  ``privacy.mode: dp``, or for a federated run per-site or central client-level DP);
+* every δ the run will use is within ``privacy.max_delta``: the central run's δ
+  (``privacy.target_delta`` or 1/(10 N) for the N training rows), each simulated site's δ
+  (the same rule with the site's own N, from `federated.partition.partition_sites`) and the
+  central client-level ``federated.central_delta``; no δ reaches 1/N;
+* every ε the run aims for is within ``privacy.max_epsilon``: the central or per-site
+  ``privacy.target_epsilon`` (which must be set: a fixed noise multiplier alone has no
+  budget), and the central client-level ε that ``federated.rounds`` releases at
+  ``federated.central_noise_multiplier`` add up to.
+
+Group columns that collide with the text, label or internal columns are refused earlier, when
+the config is validated (`secure_ft.config.DataConfig`), so that ``secure-ft train`` is
+protected as well.
+
+Every problem found is listed in one :class:`~secure_ft.errors.ConfigError` (exit 2), each
+naming the setting, the policy file and field it conflicts with, and the fix.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from secure_ft.config import RunConfig
+from secure_ft.errors import ConfigError, DataError
+from secure_ft.policy import Policy, default_policy_path
+
+
+@dataclass
+class PreflightReport:
+    """What pre-flight checked and the privacy parameters the run will use.
+
+    Attributes
+    ----------
+    policy_name, policy_path
+        The policy the run was checked against.
+    train_rows
+        Training rows of the split (None when the data was not loaded).
+    site_train_rows
+        Simulated site name → its training rows (federated runs).
+    deltas, epsilons
+        Scope (``run``, ``site:<name>``, ``central``) → the δ / target ε the run will use.
+    warnings
+        What could not be checked before training, and why.
+    seconds
+        How long the checks took.
+    """
+
+    policy_name: str
+    policy_path: str
+    train_rows: int | None = None
+    site_train_rows: dict[str, int] = field(default_factory=dict)
+    deltas: dict[str, float] = field(default_factory=dict)
+    epsilons: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_before_training(config: RunConfig, policy: Policy, policy_path: str | Path | None) -> PreflightReport:
+    """Check that `config` can satisfy `policy` before anything trains.
+
+    Parameters
+    ----------
+    config
+        The run configuration.
+    policy
+        The loaded export policy.
+    policy_path
+        The policy's file, named in messages; None = the shipped default.
+
+    Returns
+    -------
+    PreflightReport
+        The δ and ε per scope, the split sizes and what could not be checked.
+
+    Raises
+    ------
+    ConfigError
+        Listing every problem found, each with its setting, policy field and fix.
+    """
+    started = time.monotonic()
+    policy_file = str(policy_path) if policy_path is not None else str(default_policy_path())
+    report = PreflightReport(policy_name=policy.name, policy_path=policy_file)
+    check = _Checker(config, policy, policy_file, report)
+    check.audit_names()
+    check.fairness_columns()
+    check.dp_required()
+    check.epsilons()
+    check.deltas()
+    report.seconds = round(time.monotonic() - started, 3)
+    if check.problems:
+        source = config.source_path or "the built-in default config"
+        listed = "\n".join(f"  - {problem}" for problem in check.problems)
+        raise ConfigError(f"pre-flight: {source} cannot pass policy {policy.name!r} ({policy_file}); nothing was "
+                          f"trained. {len(check.problems)} problem(s):\n{listed}")
+    return report
+
+
+class _Checker:
+    """The individual checks; each appends readable problems instead of raising, so all are listed."""
+
+    def __init__(self, config: RunConfig, policy: Policy, policy_file: str, report: PreflightReport):
+        self.config, self.policy, self.report = config, policy, report
+        self.where = f"policy {Path(policy_file).name}"
+        self.problems: list[str] = []
+        self.required = list(dict.fromkeys(policy.required_audits))
+        self._header: list[str] | None = None
+        self._header_read = False
+
+    # -- audits ------------------------------------------------------------------------------
+
+    def audit_names(self) -> None:
+        from audits.registry import available_audits  # the names the gate will look up
+
+        known = available_audits()
+        for name in self.required:
+            if name not in known:
+                self.problems.append(
+                    f"{self.where} required_audits: unknown audit {name!r}; known audits are {', '.join(known)}. "
+                    "Fix the spelling or remove it")
+
+    def fairness_columns(self) -> None:
+        if "fairness" not in self.required:
+            return
+        data, configured = self.config.data, self.config.audits.fairness.sensitive_columns
+        columns = list(configured) if configured is not None else list(data.group_columns)
+        setting = "audits.fairness.sensitive_columns" if configured is not None else "data.group_columns"
+        if not columns:
+            self.problems.append(
+                f"{setting} is empty, but {self.where} required_audits lists fairness, which compares groups. "
+                "List the columns holding group membership in data.group_columns (e.g. [sex, age_group]), "
+                "or use a policy that does not require the fairness audit")
+            return
+        if configured is not None:
+            unloaded = [column for column in configured if column not in data.group_columns]
+            if unloaded:
+                self.problems.append(
+                    f"audits.fairness.sensitive_columns: {unloaded} are not in data.group_columns "
+                    f"({data.group_columns}), so the data loader drops them and the fairness audit required by "
+                    f"{self.where} cannot run. Add them to data.group_columns")
+        header = self.header()
+        if header is None:
+            return
+        absent = [column for column in dict.fromkeys([*data.group_columns, *columns]) if column not in header]
+        if absent:
+            self.problems.append(
+                f"{setting}: column(s) {absent} are not in the data file {data.source} (its columns: "
+                f"{', '.join(header)}); the fairness audit required by {self.where} needs them. Fix the names in "
+                "data.group_columns or add the columns to the file")
+
+    # -- privacy: is there a guarantee at all, and what ε does it aim for ----------------------
+
+    def _site_dp(self) -> bool:
+        return self.config.mode == "federated" and self.config.privacy.mode == "dp"
+
+    def _central_dp(self) -> bool:
+        return self.config.mode == "federated" and self.config.federated.central_dp != "none"
+
+    def _privacy_judged(self) -> bool:
+        return "privacy" in self.required
+
+    def dp_required(self) -> None:
+        if not (self._privacy_judged() and self.policy.privacy.require_dp):
+            return
+        if self.config.privacy.mode == "dp" or self._central_dp():
+            return
+        fix = ("Set privacy.mode: dp (per-site DP-SGD) or federated.central_dp: fixed (client-level DP)"
+               if self.config.mode == "federated" else "Set privacy.mode: dp with privacy.target_epsilon")
+        self.problems.append(
+            f"privacy.mode: none, but {self.where} privacy.require_dp is true: the privacy audit would fail a model "
+            f"trained without differential privacy. {fix}, or use a policy with require_dp: false")
+
+    def epsilons(self) -> None:
+        settings, limit = self.config.privacy, self.policy.privacy.max_epsilon
+        if settings.mode == "dp":
+            scope = "sites" if self.config.mode == "federated" else "run"
+            if settings.target_epsilon is not None:
+                self.report.epsilons[scope] = settings.target_epsilon
+            if self._privacy_judged() and limit is not None:
+                whose = "each site's ε" if scope == "sites" else "the run's ε"
+                if settings.target_epsilon is None:
+                    self.problems.append(
+                        f"privacy.target_epsilon is null with a fixed privacy.noise_multiplier, so {whose} has no "
+                        f"budget and may exceed {self.where} privacy.max_epsilon = {limit:g}. Set "
+                        f"privacy.target_epsilon: {limit:g} (or less); with the noise fixed it is a hard cap")
+                elif settings.target_epsilon > limit:
+                    self.problems.append(
+                        f"privacy.target_epsilon = {settings.target_epsilon:g} ({whose}) is above {self.where} "
+                        f"privacy.max_epsilon = {limit:g}. Set privacy.target_epsilon to {limit:g} or less")
+        if self._central_dp():
+            epsilon = central_client_epsilon(self.config)
+            self.report.epsilons["central"] = epsilon
+            if self._privacy_judged() and limit is not None and epsilon > limit:
+                federated = self.config.federated
+                self.problems.append(
+                    f"federated.central_dp: {federated.rounds} rounds at federated.central_noise_multiplier = "
+                    f"{federated.central_noise_multiplier:g} (δ = {federated.central_delta:g}) give a central "
+                    f"client-level ε of {epsilon:.2f}, above {self.where} privacy.max_epsilon = {limit:g}. Raise "
+                    "federated.central_noise_multiplier or lower federated.rounds")
+
+    # -- privacy: every δ -----------------------------------------------------------------------
+
+    def deltas(self) -> None:
+        settings = self.config.privacy
+        limit = self.policy.privacy.max_delta if self._privacy_judged() else None
+        if self._central_dp():
+            delta = self.config.federated.central_delta
+            self.report.deltas["central"] = delta
+            if limit is not None and delta > limit:
+                self.problems.append(
+                    f"federated.central_delta = {delta:g} is above {self.where} privacy.max_delta = {limit:g}. "
+                    f"Set federated.central_delta to {limit:g} or less")
+        if settings.mode != "dp":
+            return
+        if settings.target_delta is not None and limit is not None and settings.target_delta > limit:
+            self.problems.append(
+                f"privacy.target_delta = {settings.target_delta:g} is above {self.where} privacy.max_delta = "
+                f"{limit:g}. Set privacy.target_delta to {limit:g} or less")
+            return
+        sizes = self.training_sizes()
+        if sizes is None:
+            return
+        self._deltas_for(sizes, limit)
+
+    def _deltas_for(self, sizes: dict[str, int], limit: float | None) -> None:
+        """δ of every scope; one problem per kind, naming every scope it concerns."""
+        from secure_ft.privacy.engine import default_delta  # the rule training applies
+
+        target = self.config.privacy.target_delta
+        sites = self.config.mode == "federated"
+        who = "simulated site" if sites else "the training split"
+        not_below_n, over_limit = [], []
+        for scope, rows in sizes.items():
+            name = f"{scope.removeprefix('site:')}: " if sites else ""
+            delta = target if target is not None else default_delta(rows)
+            self.report.deltas[scope] = delta
+            if target is not None and target >= 1 / rows:
+                not_below_n.append(f"{name}N = {rows}, 1/N = {1 / rows:.2g}")
+            elif target is None and limit is not None and delta > limit:
+                over_limit.append(f"{name}N = {rows}, δ = {delta:.2g}")
+        if not_below_n:
+            smallest = min(sizes.values())
+            self.problems.append(
+                f"privacy.target_delta = {target:g} is not below 1/N for the training rows of {who} "
+                f"({'; '.join(not_below_n)}): such a δ allows leaking whole rows. Set privacy.target_delta below "
+                f"{1 / smallest:.2g} (e.g. {default_delta(smallest):.2g})")
+        if over_limit:
+            why = (" (a site's default δ is 1/(10 N) for its own N rows, larger than the whole split's)"
+                   if sites else "")
+            self.problems.append(
+                f"privacy.target_delta: null gives {'each ' if sites else ''}{who} δ = 1/(10 N){why}, above "
+                f"{self.where} privacy.max_delta = {limit:g}: {'; '.join(over_limit)}. Set privacy.target_delta: "
+                f"{min(limit, 1e-5):.1e} (or add training rows)")
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def _hub_source(self) -> bool:
+        data = self.config.data
+        path = Path(data.source)
+        if data.source.startswith("builtin:"):
+            return False
+        return data.format == "hf" or (data.format == "auto" and not path.exists() and not path.suffix)
+
+    def header(self) -> list[str] | None:
+        """The data file's columns (None, with a warning or problem, when they cannot be read)."""
+        if self._header_read:
+            return self._header
+        self._header_read = True
+        if self._hub_source():
+            self.report.warnings.append(f"data.source {self.config.data.source!r} is a `datasets` hub name: its "
+                                        "columns and sizes are checked when training loads it, not here")
+            return None
+        from secure_ft.data import read_table
+
+        try:
+            frame, _ = read_table(self.config.data.source, self.config.data.format, self.config.data.hf_split)
+        except DataError as error:
+            self.problems.append(f"data.source: {error}")
+            return None
+        self._header = [str(column) for column in frame.columns]
+        return self._header
+
+    def training_sizes(self) -> dict[str, int] | None:
+        """Scope → training rows whose δ the run uses: the split (central) or each simulated site."""
+        if self._hub_source():
+            self.header()  # records the warning
+            return None
+        from secure_ft.data import load_splits
+
+        try:
+            splits = load_splits(self.config.data, self.config.seed)
+        except DataError as error:
+            self.problems.append(f"data: {error}")
+            return None
+        self.report.train_rows = len(splits.train)
+        if self.config.mode != "federated":
+            return {"run": len(splits.train)}
+        from federated.partition import partition_sites
+
+        try:
+            sites = partition_sites(splits, self.config.federated, self.config.seed, quiet=True)
+        except (ConfigError, DataError) as error:
+            self.problems.append(str(error))
+            return None
+        self.report.site_train_rows = {site.name: len(site.train) for site in sites}
+        return {f"site:{site.name}": len(site.train) for site in sites}
+
+
+def central_client_epsilon(config: RunConfig) -> float:
+    """ε of the central client-level guarantee after every round releases an aggregate.
+
+    The same accountant the server uses (`federated.central_dp.OpacusRdpAccountant`, one
+    Gaussian release per round, no amplification claimed), so the number matches the one the
+    run will record; a round that releases nothing only lowers it.
+    """
+    from flwr.serverapp import GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, SamplingMethod
+
+    from federated.central_dp import OpacusRdpAccountant
+
+    federated = config.federated
+    accountant = OpacusRdpAccountant(PrivacyConfig(
+        target_delta=federated.central_delta, population_size=federated.num_sites,
+        neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE, sampling_method=SamplingMethod.NO_AMPLIFICATION))
+    accountant.compose(GaussianPrivacyEvent(federated.central_noise_multiplier, federated.num_sites,
+                                            federated.num_sites), count=federated.rounds)
+    return accountant.get_epsilon(federated.central_delta)
