@@ -23,6 +23,7 @@ from secure_ft.errors import SecureFTError
 from secure_ft.model_identity import model_digest
 from secure_ft.models import resolve_device
 from secure_ft.policy import default_policy_path, load_policy
+from secure_ft.preflight import check_before_training
 from secure_ft.run_directory import RunDirectory, new_run_dir
 from secure_ft.keys import load_private_key, resolve_signing_key_path
 from secure_ft.run_ledger import Ledger
@@ -88,6 +89,8 @@ def run_pipeline(config: RunConfig, output_dir: str | Path, *, resume_dir: Path 
     output_dir = Path(output_dir)
     policy_path = Path(config.policy) if config.policy else default_policy_path()
     policy, policy_sha256 = load_policy(policy_path)  # a bad policy fails before any training
+    if resume_dir is None:
+        check_before_training(config, policy, policy_path)  # refuse now what the gate would block after training
     trained = train(config, output_dir, resume_dir, progress)
     run = RunDirectory(trained.run_dir)
     if resume_dir is not None:
