@@ -57,6 +57,7 @@ from audits._membership import attack_report, default_delta, full_roc
 from audits._scoring import load_model_for, score_split
 from audits.context import AuditContext
 from audits.registry import register
+from audits._epsilon_recompute import recomputation_checks
 from audits.policy_checks import threshold_checks
 from audits.result import AuditResult, Check
 from secure_ft.atomic_files import atomic_write_text
@@ -179,6 +180,8 @@ def privacy_audit(context: AuditContext) -> AuditResult:
         raise AuditError("policy privacy.use_ci_bound needs confidence intervals; set audits.privacy.n_boot > 0")
     guarantee = read_guarantee(context.run_dir)
     checks, notes = guarantee_checks(guarantee, policy)
+    if guarantee is not None:
+        checks += recomputation_checks(context.run_dir, guarantee)
 
     members, nonmembers, sources = attack_rows(context)
     model, tokenizer = load_model_for(context)

@@ -48,6 +48,18 @@ def make_engine(config: RunConfig, splits: DatasetSplits) -> TrainingEngine:
     return TrainingEngine(config.training.max_grad_norm, config.training.max_physical_batch_size)
 
 
+def record_privacy_inputs(run: RunDirectory, ledger: Ledger) -> None:
+    """Put the accountant's inputs in the run ledger, where the gate recomputes ε from them."""
+    from secure_ft.privacy.accountant_history import load_accountant_history
+
+    if run.read_privacy() is None:
+        return
+    history = load_accountant_history(run.path)
+    ledger.append("privacy_accounted", accountant=history.accountant, delta=history.delta,
+                  history=[list(entry) for entry in history.history_tuple()],
+                  max_grad_norm=history.max_grad_norm, dataset_size=history.dataset_size)
+
+
 def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_dir: str | Path | None = None,
               resume: bool = False, progress: bool = True) -> TrainedRun:
     """Load data and base model, fine-tune, save the model; resumable from the last checkpoint.
@@ -96,6 +108,7 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
     model_dir = run.model_dir
     digest = save_trained_model(result.model, tokenizer, model_dir)
     artifacts = engine.write_artifacts(run_dir, result)
+    record_privacy_inputs(run, ledger)
     best = next((r for r in result.history if r.epoch == result.best_epoch), None)
     metrics = {
         **result.to_dict(),

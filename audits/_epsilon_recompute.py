@@ -1,0 +1,86 @@
+"""ε recomputed at the gate: never take the number a run wrote on trust.
+
+Training records the accountant's inputs — its history of (σ, q, steps), δ and the
+accountant's name — in the hash-chained run ledger as it finishes (event
+``privacy_accounted``); federated simulations keep each site's inputs in
+``sites/NAME/privacy.json``. The privacy audit recomputes every ε from those inputs with a
+fresh accountant (`secure_ft.privacy.accountants`) and fails, showing both numbers, when
+``privacy.json`` disagrees: beyond the accountant's stated error (PRV's ``eps_error``) or a
+relative 1e-6 otherwise, or when any recorded input differs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from audits._guarantee import PrivacyGuarantee
+from audits.result import Check
+from secure_ft.privacy.accountants import epsilon_from_history, get_accountant, normalise_history
+from secure_ft.run_directory import PRIVACY_FILE, RunDirectory
+from secure_ft.run_ledger import Ledger
+
+LEDGER_EVENT = "privacy_accounted"
+RELATIVE_TOLERANCE = 1e-6
+INPUTS = ("accountant", "delta", "history")
+
+
+def tolerance(accountant: str, epsilon: float) -> float:
+    """How far a recomputed ε may differ from a stated one."""
+    return max(get_accountant(accountant).eps_error, RELATIVE_TOLERANCE * abs(epsilon))
+
+
+def recorded_inputs(run_dir: Path) -> dict | None:
+    """The accountant inputs the run ledger recorded last (None: the run recorded none)."""
+    events = [entry for entry in Ledger(run_dir).events() if entry.get("event") == LEDGER_EVENT]
+    return events[-1]["data"] if events else None
+
+
+def recompute(inputs: dict) -> float:
+    return epsilon_from_history(str(inputs["accountant"]), normalise_history(inputs["history"]), float(inputs["delta"]))
+
+
+def _scope_check(name: str, stated: float, inputs: dict | None, where: str) -> Check:
+    if inputs is None or any(key not in inputs for key in INPUTS):
+        return Check(name, None, "<=", 0.0, False,
+                     f"{where} recorded no accountant inputs (σ, q, steps, δ): ε cannot be recomputed, so it is not trusted")
+    recomputed = recompute(inputs)
+    if math.isinf(recomputed) or math.isinf(stated):
+        return Check(name, 0.0 if recomputed == stated else math.inf, "<=", 0.0, recomputed == stated,
+                     f"stated {stated}, recomputed {recomputed} from {where}")
+    limit = tolerance(str(inputs["accountant"]), recomputed)
+    return Check.evaluate(name, abs(stated - recomputed), "<=", limit,
+                          f"stated ε {stated:.6g}, recomputed {recomputed:.6g} by a fresh {inputs['accountant']} "
+                          f"accountant from {where}")
+
+
+def recomputation_checks(run_dir: Path, guarantee: PrivacyGuarantee) -> list[Check]:
+    """One check per scope: the stated ε equals the ε recomputed from the recorded inputs."""
+    checks = []
+    raw = RunDirectory(run_dir).read_privacy() or {}
+    for scope in guarantee.scopes:
+        if scope.scope == "run" and not raw.get("sites") and raw.get("central") is None:
+            inputs = recorded_inputs(run_dir)
+            checks.append(_scope_check("epsilon_recomputed", scope.epsilon, inputs, "the run ledger"))
+            if inputs is not None:
+                stated = {key: raw.get(key) for key in ("accountant", "delta")}
+                same = stated == {"accountant": inputs.get("accountant"), "delta": inputs.get("delta")}
+                steps = sum(int(entry[2]) for entry in inputs.get("history", []))
+                same = same and raw.get("steps") == steps
+                checks.append(Check.evaluate("privacy_inputs_match_ledger", 1 if same else 0, "==", 1,
+                                             f"{PRIVACY_FILE}: accountant {raw.get('accountant')}, δ {raw.get('delta')}, "
+                                             f"steps {raw.get('steps')}; ledger: accountant {inputs.get('accountant')}, "
+                                             f"δ {inputs.get('delta')}, steps {steps}"))
+        elif scope.scope.startswith("site:"):
+            site = scope.scope.split(":", 1)[1]
+            details = RunDirectory(run_dir).site(site).privacy_file
+            inputs = None
+            if details.is_file():
+                site_raw = json.loads(details.read_text(encoding="utf-8"))
+                if all(key in site_raw for key in ("noise_multiplier", "sample_rate", "steps")):
+                    inputs = {"accountant": site_raw.get("accountant"), "delta": site_raw.get("delta"),
+                              "history": [[site_raw["noise_multiplier"], site_raw["sample_rate"], site_raw["steps"]]]}
+            checks.append(_scope_check(f"{scope.scope}.epsilon_recomputed", scope.epsilon, inputs,
+                                       f"site {site}'s recorded σ, q and steps"))
+    return checks
