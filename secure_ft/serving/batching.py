@@ -54,6 +54,7 @@ class DynamicBatcher:
         self.on_batch = on_batch or (lambda size: None)
         self._queue: asyncio.Queue[_Pending] | None = None
         self._carry: _Pending | None = None  # taken from the queue but too big for the last batch
+        self._running: list[_Pending] = []  # the batch in its forward pass
         self._worker: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -72,13 +73,13 @@ class DynamicBatcher:
                 pass
             self._worker = None
         if self._queue is not None:
-            leftovers = [self._carry] if self._carry else []
+            leftovers = self._running + ([self._carry] if self._carry else [])
             while not self._queue.empty():
                 leftovers.append(self._queue.get_nowait())
             for pending in leftovers:
                 if not pending.future.done():
                     pending.future.set_exception(BatcherStopped("the server is shutting down"))
-            self._carry = None
+            self._carry, self._running = None, []
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -98,7 +99,7 @@ class DynamicBatcher:
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._gather()
+            batch = self._running = await self._gather()
             texts = [text for pending in batch for text in pending.texts]
             try:
                 rows = await loop.run_in_executor(self._executor, self.run_batch, texts)
@@ -106,6 +107,7 @@ class DynamicBatcher:
                 for pending in batch:
                     if not pending.future.done():
                         pending.future.set_exception(error)
+                self._running = []
                 continue
             self.on_batch(len(texts))
             start = 0
@@ -114,6 +116,7 @@ class DynamicBatcher:
                 if not pending.future.done():  # a client that went away leaves a cancelled future
                     pending.future.set_result(rows[start:end])
                 start = end
+            self._running = []
 
     async def _gather(self) -> list[_Pending]:
         """The next batch: what is queued now, plus what arrives within max_wait, up to the size limit."""
