@@ -55,14 +55,15 @@ def port_is_open(port: int) -> bool:
 class ServerProcess:
     """One ``secure-ft serve`` child process on a loopback port; its output goes to a log file."""
 
-    def __init__(self, bundle: Path, args: list[str], log_path: Path, port: int | None = None):
+    def __init__(self, bundle: Path, args: list[str], log_path: Path, port: int | None = None, device: str = "cpu"):
         self.port = port or free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "wb")
         env = {**os.environ, "PYTHONPATH": str(REPO)}  # the child imports this tree
         command = [sys.executable, "-m", "secure_ft.cli", "serve", str(bundle), "--host", LOOPBACK,
-                   "--port", str(self.port), "--device", "cpu", *args]
+                   "--port", str(self.port), "--device", device, *args]
+        self.started = time.monotonic()
         self.process = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                         start_new_session=True, cwd=log_path.parent)
 

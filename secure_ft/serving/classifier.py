@@ -18,6 +18,10 @@ from secure_ft.text_front_end import TextFrontEnd, load_text_front_end
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LENGTH = 128  # the training default, for bundles whose report lacks it
+# On a CPU a forward pass costs about its padded tokens: texts sorted by length and run 8 at a time
+# waste little padding yet still share the per-call overhead (measured with the default encoder on
+# complaint narratives: 16 texts in one pass 12 texts/s, sorted 8 at a time 16, one by one 15).
+CPU_CHUNK = 8
 
 
 @dataclass
@@ -58,11 +62,19 @@ class BundleClassifier:
                    device=str(model.device), front_end=load_text_front_end(bundle.model_dir))
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
-        """Class probabilities, float32 of shape (len(texts), classes), in one forward pass."""
+        """Class probabilities, float32 of shape (len(texts), classes), in input order.
+
+        A GPU gets all texts in one forward pass; a CPU gets them sorted by length in chunks of
+        `CPU_CHUNK` (padding would cost more than a batch saves). Padding never changes a row.
+        """
         prepared = self.front_end(texts)
-        out = predict(self.model, self.tokenizer, prepared, max_length=self.max_length,
-                      batch_size=max(1, len(prepared)), device=self.device)
-        return out.probabilities.numpy().astype(np.float32, copy=False)
+        order = sorted(range(len(prepared)), key=lambda index: len(prepared[index]))
+        chunk = CPU_CHUNK if self.device == "cpu" else max(1, len(prepared))
+        out = predict(self.model, self.tokenizer, [prepared[index] for index in order], max_length=self.max_length,
+                      batch_size=chunk, device=self.device)
+        rows = np.empty(tuple(out.probabilities.shape), dtype=np.float32)
+        rows[order] = out.probabilities.numpy()
+        return rows
 
     def label_names(self, probabilities: np.ndarray) -> list[str]:
         """The most probable class name of each row."""
