@@ -94,9 +94,10 @@ def start_server(bundle: Path, public_key: Path | None, server_args: list[str], 
         server.stop()
         raise
     startup = time.monotonic() - server.started
-    timing = re.search(r"verified in ([0-9.]+) s .*model loaded on \S+ in ([0-9.]+) s", server.output)
-    return server, {"startup_s": startup, "verify_s": float(timing.group(1)) if timing else float("nan"),
-                    "load_s": float(timing.group(2)) if timing else float("nan")}
+    timing = re.search(r"imports took ([0-9.]+) s; .* verified in ([0-9.]+) s .*model loaded on \S+ in ([0-9.]+) s",
+                       server.output)
+    values = [float(group) for group in timing.groups()] if timing else [float("nan")] * 3
+    return server, dict(zip(("startup_s", "imports_s", "verify_s", "load_s"), [startup, *values]))
 
 
 def measure(url: str, texts: list[str], clients: int, seconds: float) -> dict:
@@ -183,10 +184,14 @@ def print_table(results: dict, started: dict, args) -> None:
                           f"{'met' if ratio <= 2 else 'MISSED'}")
     print()
     for name, run in started.items():
-        print(f"start-up {name}: {run['startup_s']:.2f} s from process start to ready (imports included), of which "
-              f"verification {run['verify_s']:.2f} s and model load {run['load_s']:.2f} s")
+        print(f"start-up {name}: {run['startup_s']:.2f} s from process start to ready, of which imports "
+              f"(torch, transformers) {run['imports_s']:.2f} s, verification {run['verify_s']:.2f} s, "
+              f"model load and app {run['load_s']:.2f} s")
     startup = max(run["startup_s"] for run in started.values())
     checks.append(f"start-up {startup:.2f} s (target ≤ 5): {'met' if startup <= 5 else 'MISSED'}")
+    verify_load = max(run["verify_s"] + run["load_s"] for run in started.values())
+    checks.append(f"verification + model load {verify_load:.2f} s (after imports; target ≤ 5): "
+                  f"{'met' if verify_load <= 5 else 'MISSED'}")
     print("\n".join(checks))
 
 

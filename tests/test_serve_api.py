@@ -103,6 +103,9 @@ def test_non_utf8_and_non_json_bodies_get_400(loaded):
         assert client.post("/predict", content=b'{"texts": ["\xff\xfe"]}').status_code == 400
         assert client.post("/predict", content=b'{"texts": [').json()["error"].startswith("request body is not valid JSON")
         assert client.post("/predict", content=b'{"texts": ["\\ud800"]}').status_code == 400
+        assert client.post("/predict", content=b"[" * 1900).status_code == 400  # too deep for the parser
+        deep = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [[[[["loan"]]]]]}]}
+        assert client.post("/v2/models/m/infer", json=deep).status_code == 422
 
 
 def test_bearer_token_guards_everything_but_health(loaded):

@@ -47,6 +47,8 @@ async def read_json_body(request: Request, max_bytes: int) -> Any:
     except ValueError as error:
         raise RequestRejected(400, f"request body is not valid JSON ({error.msg} at line {error.lineno}, "
                                    f"column {error.colno})") from None
+    except RecursionError:  # e.g. a megabyte of '['
+        raise RequestRejected(400, "request body nests JSON too deeply") from None
 
 
 def checked_texts(texts: list[Any], settings: ServeSettings) -> list[str]:

@@ -112,7 +112,7 @@ def texts_of(request: InferenceRequest) -> list[Any]:
     shape = tensor.shape
     if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or any(dim < 0 for dim in shape):
         raise ProtocolError(f"input {INPUT_NAME!r} must have shape [n] or [n, 1], got {shape}")
-    data = _flatten(tensor.data)
+    data = _flatten(tensor.data, levels=len(shape))
     if len(data) != math.prod(shape):
         raise ProtocolError(f"input {INPUT_NAME!r} has shape {shape} but {len(data)} data element(s)")
     if request.outputs is not None:
@@ -123,15 +123,14 @@ def texts_of(request: InferenceRequest) -> list[Any]:
     return data
 
 
-def _flatten(data: list[Any]) -> list[Any]:
-    """Row-major flattening of the nested-list form the protocol also allows."""
-    flat: list[Any] = []
-    for item in data:
-        if isinstance(item, list):
-            flat.extend(_flatten(item))
-        else:
-            flat.append(item)
-    return flat
+def _flatten(data: list[Any], levels: int) -> list[Any]:
+    """Row-major flattening of the nested-list form the protocol also allows, at most `levels` deep.
+
+    Deeper lists stay as items (and are refused as non-strings), so nesting costs no recursion.
+    """
+    for _ in range(levels - 1):
+        data = [part for item in data for part in (item if isinstance(item, list) else [item])]
+    return data
 
 
 def inference_response(model_name: str, request: InferenceRequest, labels: list[str],
