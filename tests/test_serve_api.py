@@ -72,6 +72,8 @@ def test_infer_follows_the_v2_schema(loaded):
                   "outputs": [{"name": "label"}]}
         reply = client.post("/v2/models/m/infer", json=nested).json()
         assert [out["name"] for out in reply["outputs"]] == ["label"] and reply["outputs"][0]["shape"] == [2]
+        binary = client.post("/v2/models/m/infer", content=b"{}", headers={"Inference-Header-Content-Length": "2"})
+        assert binary.status_code == 415 and "binary_data=False" in binary.json()["error"]
 
 
 @pytest.mark.parametrize("body, status, message", [

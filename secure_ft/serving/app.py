@@ -125,6 +125,9 @@ def create_app(classifier: BundleClassifier, bundle: VerifiedBundle, settings: S
     async def infer(name: str, request: Request):
         guard(request)
         known_model(name)
+        if "inference-header-content-length" in request.headers:
+            raise RequestRejected(415, "the binary tensor extension is not supported; send JSON tensors "
+                                       "(tritonclient: binary_data=False)")
         body = await read_json_body(request, settings.max_body_bytes)
         try:
             message = protocol.InferenceRequest.model_validate(body)
