@@ -116,10 +116,15 @@ class FakeRun:
     verdict: Verdict
 
 
-def make_run(root: Path, *, passing: bool = True, config: RunConfig | None = None, report: bool = True) -> FakeRun:
-    """A run directory with model, config, data/metrics/privacy JSON, ledger, verdict and report."""
+def make_run(root: Path, *, passing: bool = True, config: RunConfig | None = None, report: bool = True,
+             model_dir: Path | None = None) -> FakeRun:
+    """A run directory with model, config, data/metrics/privacy JSON, ledger, verdict and report.
+
+    `model_dir`: a saved classifier with ``len(LABELS)`` classes to put in the run instead of the
+    tiny random BERT (benchmarks use a real model).
+    """
     config = config or RunConfig()
-    base = tiny_bert_folder(root / "base", WORDS, num_labels=len(LABELS), seed=3)
+    base = model_dir or tiny_bert_folder(root / "base", WORDS, num_labels=len(LABELS), seed=3)
     model, tokenizer = load_trained_model(base)
     model.config.id2label = dict(enumerate(LABELS))
     model.config.label2id = {name: index for index, name in enumerate(LABELS)}

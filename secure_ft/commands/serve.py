@@ -1,0 +1,123 @@
+"""CLI: ``serve`` — answer predictions from a verified bundle over HTTP (Open Inference Protocol).
+
+Exit codes: 4 the bundle failed verification (nothing listens); 2 bad options; 0 stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import re
+import time
+from pathlib import Path
+
+from secure_ft.errors import ConfigError
+
+log = logging.getLogger("secure_ft.serving")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from secure_ft.serving.auth import read_token
+    from secure_ft.serving.bundle_loader import load_verified_bundle
+    from secure_ft.serving.settings import ServeSettings
+
+    _check_tls(args.ssl_certfile, args.ssl_keyfile)
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"serve: --threads must be at least 1, got {args.threads}")
+    settings = ServeSettings(
+        model_name=args.model_name or _default_model_name(args.bundle), max_texts=args.max_texts,
+        max_chars=args.max_chars, max_body_bytes=args.max_body_bytes, max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms, token=read_token(args.token_file), log_texts=args.log_texts,
+    )
+    if args.threads:
+        import torch
+
+        # one process per core set: oversubscribed OpenMP threads spin-wait (≈30× slower per forward on a busy box)
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    import secure_ft.export  # noqa: F401  (torch and transformers: timed apart from verification itself)
+
+    imported = time.perf_counter()
+    bundle = load_verified_bundle(args.bundle, args.public_key)  # raises BundleError: exit 4, never listens
+    verified = time.perf_counter()
+
+    from secure_ft.serving.app import create_app
+    from secure_ft.serving.classifier import BundleClassifier
+
+    classifier = BundleClassifier.from_bundle(bundle, args.device)
+    app = create_app(classifier, bundle, settings)
+    log.info("imports took %.2f s; bundle %s verified in %.2f s (policy %r, key SHA-256 %s…); model loaded on %s "
+             "in %.2f s", imported - started, bundle.bundle_dir, verified - imported, bundle.policy_name,
+             bundle.public_key_sha256[:16], classifier.device, time.perf_counter() - verified)
+    _warn_about_exposure(args, bundle.trusted_key, settings.token is not None)
+
+    import uvicorn
+
+    uvicorn.run(app, host=args.host, port=args.port, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+                log_config=None, access_log=False, server_header=False, timeout_graceful_shutdown=10)
+    return 0
+
+
+def _default_model_name(bundle: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "-", Path(bundle).resolve().name) or "model"
+
+
+def _check_tls(certfile: str | None, keyfile: str | None) -> None:
+    if bool(certfile) != bool(keyfile):
+        raise ConfigError("serve: TLS needs both --ssl-certfile and --ssl-keyfile")
+    for path in (certfile, keyfile):
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{path}: TLS file not found")
+
+
+def _warn_about_exposure(args: argparse.Namespace, trusted_key: bool, has_token: bool) -> None:
+    if not trusted_key:
+        log.warning("no --public-key: the bundle was checked against its own key, which proves it unchanged "
+                    "but not who exported it; pass the signer's public key in production")
+    if args.log_texts:
+        log.warning("--log-texts: request texts are written to the log; they may be sensitive")
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not loopback and not (args.ssl_certfile and has_token):
+        log.warning("listening on %s without %s: put the server behind TLS and a bearer token", args.host,
+                    " and ".join(name for name, on in (("TLS", args.ssl_certfile), ("a token", has_token)) if not on))
+
+
+def register(subparsers) -> None:
+    """Add ``serve`` to the ``secure-ft`` command."""
+    from secure_ft.serving.settings import TOKEN_ENV, ServeSettings
+
+    defaults = ServeSettings(model_name="model")
+    serve = subparsers.add_parser(
+        "serve", help="serve a verified bundle over HTTP (Open Inference Protocol / KServe v2)",
+        description="Verify BUNDLE as `secure-ft verify` does, then serve its model. A bundle that fails "
+                    "verification exits with code 4 before any port is opened.")
+    serve.add_argument("bundle", metavar="BUNDLE", help="export bundle folder")
+    serve.add_argument("--public-key", metavar="KEY", help="signer's public key PEM (default: the bundle's own key)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    serve.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or mps")
+    serve.add_argument("--threads", type=int, metavar="N",
+                       help="torch threads per forward pass (default: torch's choice, one per core); set it below "
+                            "the free cores when other processes share the machine")
+    serve.add_argument("--model-name", help="name in /v2/models/NAME (default: the bundle folder's name)")
+    serve.add_argument("--max-texts", type=int, default=defaults.max_texts,
+                       help=f"most texts per request; more: 413 (default: {defaults.max_texts})")
+    serve.add_argument("--max-chars", type=int, default=defaults.max_chars,
+                       help=f"most characters per text; more: 422 (default: {defaults.max_chars})")
+    serve.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes,
+                       help=f"largest request body; larger: 413 (default: {defaults.max_body_bytes})")
+    serve.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
+                       help=f"most texts per forward pass; 1 turns batching off (default: {defaults.max_batch_size})")
+    serve.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
+                       help=f"how long a batch waits for more requests (default: {defaults.max_wait_ms})")
+    serve.add_argument("--token-file", metavar="FILE",
+                       help=f"require `Authorization: Bearer TOKEN` (token on the file's first line; "
+                            f"default: ${TOKEN_ENV} when set); health endpoints stay open")
+    serve.add_argument("--ssl-certfile", metavar="PEM", help="serve HTTPS with this certificate (chain)")
+    serve.add_argument("--ssl-keyfile", metavar="PEM", help="private key of --ssl-certfile")
+    serve.add_argument("--log-texts", action="store_true", help="log request texts (off: texts are never logged)")
+    serve.set_defaults(handler=cmd_serve)

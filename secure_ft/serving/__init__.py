@@ -1,0 +1,35 @@
+"""Serving: answer predictions over HTTP from a verified bundle, and nothing else.
+
+A server is started from an export bundle (see :mod:`secure_ft.export`). Before it opens a
+port it verifies the bundle exactly as ``secure-ft verify`` does
+(:func:`~secure_ft.serving.bundle_loader.load_verified_bundle`, the one place that decides
+whether a bundle may be served), then loads the model's safetensors offline with the same
+preprocessing the audits saw: the trained pooling, the trained sequence length and the text
+front end (:mod:`~secure_ft.serving.front_end`).
+
+It speaks the Open Inference Protocol (KServe v2 / Triton REST, :mod:`.protocol`) plus a
+plain ``POST /predict``, gathers concurrent requests into one forward pass
+(:mod:`.batching`), bounds every request (:mod:`.limits`), checks an optional bearer token,
+exports Prometheus metrics (:mod:`.metrics`) and writes an access log that never holds the
+texts (:mod:`.access`). :func:`~secure_ft.serving.app.create_app` assembles the FastAPI
+application; ``secure-ft serve`` runs it under uvicorn.
+
+Core modules never import this package.
+"""
+
+from secure_ft.serving.bundle_loader import VerifiedBundle, load_verified_bundle
+from secure_ft.serving.settings import ServeSettings
+
+__all__ = ["VerifiedBundle", "load_verified_bundle", "ServeSettings", "create_app", "BundleClassifier"]
+
+
+def __getattr__(name):  # the app and the classifier pull in FastAPI / torch: import them on use
+    if name == "create_app":
+        from secure_ft.serving.app import create_app
+
+        return create_app
+    if name == "BundleClassifier":
+        from secure_ft.serving.classifier import BundleClassifier
+
+        return BundleClassifier
+    raise AttributeError(name)

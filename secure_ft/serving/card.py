@@ -1,0 +1,47 @@
+"""What ``GET /model-card`` shows: the bundle's card and the evidence that let the model out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from secure_ft.serving.bundle_loader import VerifiedBundle
+
+
+def read_model_card(bundle: VerifiedBundle, labels: list[str]) -> dict[str, Any]:
+    """Card text, verdict summary, privacy guarantee and signer of a verified bundle.
+
+    Read once at start-up from the bundle's signed files (``README.md``, ``verdict.json``,
+    ``audit_report.json``); nothing here is computed from requests.
+    """
+    verdict = _json(bundle.bundle_dir / "verdict.json")
+    report = _json(bundle.bundle_dir / "audit_report.json")
+    guarantee = report.get("privacy_guarantee") or {}
+    card_path = bundle.bundle_dir / "README.md"
+    return {
+        "model_sha256": bundle.model_sha256,
+        "labels": labels,
+        "policy_name": bundle.policy_name,
+        "verdict": {
+            "passed": verdict.get("passed"),
+            "timestamp": verdict.get("timestamp"),
+            "audits": verdict.get("audits") or {},
+            "warnings": verdict.get("warnings") or [],
+        },
+        "privacy": {
+            "epsilon": guarantee.get("epsilon"),
+            "delta": guarantee.get("delta"),
+            "accountant": guarantee.get("accountant"),
+        },
+        "signature": {"public_key_sha256": bundle.public_key_sha256, "trusted_key": bundle.trusted_key},
+        "card": card_path.read_text(encoding="utf-8") if card_path.is_file() else None,
+    }
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,94 @@
+"""A verified bundle's classifier: texts in, class probabilities out, as the audits computed them."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from secure_ft.errors import BundleError
+from secure_ft.models import load_trained_model, model_hash, predict, resolve_device
+from secure_ft.serving.bundle_loader import VerifiedBundle
+from secure_ft.text_front_end import TextFrontEnd, load_text_front_end
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_LENGTH = 128  # the training default, for bundles whose report lacks it
+# On a CPU a forward pass costs about its padded tokens: texts sorted by length and run 8 at a time
+# waste little padding yet still share the per-call overhead (measured with the default encoder on
+# complaint narratives: 16 texts in one pass 12 texts/s, sorted 8 at a time 16, one by one 15).
+CPU_CHUNK = 8
+
+
+@dataclass
+class BundleClassifier:
+    """Model, tokenizer and preprocessing of one bundle; :meth:`probabilities` is thread-confined.
+
+    Attributes
+    ----------
+    labels
+        Class names in output order (the model config's ``id2label``).
+    max_length
+        Tokens read per text: the length the model was trained and audited with.
+    """
+
+    model: object
+    tokenizer: object
+    labels: list[str]
+    max_length: int
+    device: str
+    front_end: TextFrontEnd
+
+    @classmethod
+    def from_bundle(cls, bundle: VerifiedBundle, device: str = "auto") -> "BundleClassifier":
+        """Load the verified bundle's model (safetensors only, pooling restored) on `device`.
+
+        Raises
+        ------
+        BundleError
+            When the model folder no longer has the hash that was verified (changed in between).
+        """
+        model, tokenizer = load_trained_model(bundle.model_dir, resolve_device(device))
+        # the folder was hashed by verification; a change since then must not be served
+        if model_hash(bundle.model_dir) != bundle.model_sha256:
+            raise BundleError(f"{bundle.model_dir}: changed after verification; restart the server to verify again")
+        config = model.config
+        labels = [str(config.id2label.get(index, f"LABEL_{index}")) for index in range(config.num_labels)]
+        return cls(model=model, tokenizer=tokenizer, labels=labels, max_length=trained_max_length(bundle.bundle_dir),
+                   device=str(model.device), front_end=load_text_front_end(bundle.model_dir))
+
+    def probabilities(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities, float32 of shape (len(texts), classes), in input order.
+
+        A GPU gets all texts in one forward pass; a CPU gets them sorted by length in chunks of
+        `CPU_CHUNK` (padding would cost more than a batch saves). Padding never changes a row.
+        """
+        prepared = self.front_end(texts)
+        order = sorted(range(len(prepared)), key=lambda index: len(prepared[index]))
+        chunk = CPU_CHUNK if self.device == "cpu" else max(1, len(prepared))
+        out = predict(self.model, self.tokenizer, [prepared[index] for index in order], max_length=self.max_length,
+                      batch_size=chunk, device=self.device)
+        rows = np.empty(tuple(out.probabilities.shape), dtype=np.float32)
+        rows[order] = out.probabilities.numpy()
+        return rows
+
+    def label_names(self, probabilities: np.ndarray) -> list[str]:
+        """The most probable class name of each row."""
+        return [self.labels[index] for index in probabilities.argmax(axis=-1).tolist()]
+
+
+def trained_max_length(bundle_dir: Path) -> int:
+    """The sequence length the bundle's model was trained and audited with (from its report)."""
+    path = Path(bundle_dir) / "audit_report.json"
+    try:
+        value = (json.loads(path.read_text(encoding="utf-8")).get("run") or {}).get("model", {}).get("max_length")
+    except (OSError, ValueError, AttributeError):
+        value = None
+    if not isinstance(value, int) or value < 1:
+        log.warning("%s: no run.model.max_length; reading %d tokens per text", path, DEFAULT_MAX_LENGTH)
+        return DEFAULT_MAX_LENGTH
+    return value

@@ -1,0 +1,73 @@
+"""Bounds on what one request may carry, checked before any text reaches the model.
+
+Too many texts or too large a body: 413. Bad shape, a text that is empty, not a string or
+too long: 422. A body that is not UTF-8 or not JSON: 400. Error messages name the limit and
+its server option, never the text.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+
+from secure_ft.serving.settings import ServeSettings
+
+
+class RequestRejected(Exception):
+    """A request the server refuses; answered with `status_code` and ``{"error": message}``."""
+
+    def __init__(self, status_code: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status_code, self.message, self.headers = status_code, message, headers or {}
+
+
+async def read_json_body(request: Request, max_bytes: int) -> Any:
+    """The request's JSON body, read no further than `max_bytes`."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise RequestRejected(400, "Content-Length is not a number")
+        if int(declared) > max_bytes:
+            raise RequestRejected(413, f"request body of {declared} bytes exceeds the limit of {max_bytes} bytes "
+                                       "(server option --max-body-bytes)")
+    body = bytearray()
+    async for chunk in request.stream():  # also bounds chunked uploads that declare no length
+        body += chunk
+        if len(body) > max_bytes:
+            raise RequestRejected(413, f"request body exceeds the limit of {max_bytes} bytes "
+                                       "(server option --max-body-bytes)")
+    try:
+        text = bytes(body).decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise RequestRejected(400, f"request body is not valid UTF-8 (byte {error.start})") from None
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise RequestRejected(400, f"request body is not valid JSON ({error.msg} at line {error.lineno}, "
+                                   f"column {error.colno})") from None
+    except RecursionError:  # e.g. a megabyte of '['
+        raise RequestRejected(400, "request body nests JSON too deeply") from None
+
+
+def checked_texts(texts: list[Any], settings: ServeSettings) -> list[str]:
+    """`texts` when every one is a non-empty string within the limits; raises RequestRejected otherwise."""
+    if not texts:
+        raise RequestRejected(422, "no texts in the request; send at least one")
+    if len(texts) > settings.max_texts:
+        raise RequestRejected(413, f"{len(texts)} texts in one request exceed the limit of {settings.max_texts} "
+                                   "(server option --max-texts); split the request")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise RequestRejected(422, f"text {index} is a {type(text).__name__}, not a string")
+        if not text.strip():
+            raise RequestRejected(422, f"text {index} is empty")
+        if len(text) > settings.max_chars:
+            raise RequestRejected(422, f"text {index} has {len(text)} characters, more than the limit of "
+                                       f"{settings.max_chars} (server option --max-chars)")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate escaped in the JSON (\ud800)
+            raise RequestRejected(400, f"text {index} is not valid Unicode (unpaired surrogate)") from None
+    return texts

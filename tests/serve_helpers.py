@@ -1,0 +1,124 @@
+"""Helpers for the serving tests: a signed bundle of the fake run, and `secure-ft serve` as a child process.
+
+Every server is started in its own session and stopped by its process group id, also when
+the test that started it fails (use :func:`serve_processes` in a fixture's try/finally).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from fake_run import make_run
+from secure_ft.export import export_bundle, keygen
+
+REPO = Path(__file__).resolve().parents[1]
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class SignedBundle:
+    bundle: Path
+    private_key: Path
+    public_key: Path
+    run_dir: Path
+
+
+def signed_bundle(root: Path) -> SignedBundle:
+    """The fake run (tiny model, passing verdict) exported and signed with an organisation key."""
+    private, public = keygen(root / "org")
+    run = make_run(root)
+    return SignedBundle(export_bundle(run.run_dir, root / "bundle", signing_key=private), private, public, run.run_dir)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def port_is_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((LOOPBACK, port)) == 0
+
+
+class ServerProcess:
+    """One ``secure-ft serve`` child process on a loopback port; its output goes to a log file."""
+
+    def __init__(self, bundle: Path, args: list[str], log_path: Path, port: int | None = None, device: str = "cpu"):
+        self.port = port or free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        env = {**os.environ, "PYTHONPATH": str(REPO)}  # the child imports this tree
+        command = [sys.executable, "-m", "secure_ft.cli", "serve", str(bundle), "--host", LOOPBACK,
+                   "--port", str(self.port), "--device", device, *args]
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                        start_new_session=True, cwd=log_path.parent)
+
+    @property
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready after {timeout} s:\n{self.output}")
+
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        """SIGTERM the process group, SIGKILL it if it lingers."""
+        if self.process.poll() is None:
+            _kill_group(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                _kill_group(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self._log.close()
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # start_new_session: the group id is the child's pid
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def serve_processes(log_dir: Path):
+    """Yields ``start(bundle, *args) -> ServerProcess``; stops every started server on exit, pass or fail."""
+    started: list[ServerProcess] = []
+
+    def start(bundle: Path, *args: str) -> ServerProcess:
+        server = ServerProcess(bundle, list(args), log_dir / f"serve-{len(started)}.log")
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()

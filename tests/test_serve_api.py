@@ -1,0 +1,170 @@
+"""The serving app in-process (FastAPI TestClient): protocol shapes, limits, errors, token, logs, metrics.
+
+The bundle is verified and loaded exactly as `secure-ft serve` does; `test_serve_process.py`
+covers the real server process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fake_run import CANARY, LABELS, TEXTS
+from secure_ft.errors import ConfigError
+from secure_ft.serving import BundleClassifier, ServeSettings, create_app, load_verified_bundle
+from secure_ft.serving.auth import read_token
+from serve_helpers import signed_bundle
+
+TOKEN = "test-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    signed = signed_bundle(tmp_path_factory.mktemp("serve-api"))
+    bundle = load_verified_bundle(signed.bundle, signed.public_key)
+    return bundle, BundleClassifier.from_bundle(bundle, "cpu")
+
+
+def _client(loaded, **overrides) -> TestClient:
+    bundle, classifier = loaded
+    settings = ServeSettings(**{"model_name": "m", "max_texts": 4, "max_chars": 50, "max_body_bytes": 2000,
+                                **overrides})
+    return TestClient(create_app(classifier, bundle, settings))
+
+
+def _infer(texts, **tensor):
+    return {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts, **tensor}]}
+
+
+def test_protocol_metadata_health_and_model_card(loaded):
+    bundle, _ = loaded
+    with _client(loaded) as client:
+        assert client.get("/v2/health/live").json() == {"live": True}
+        assert client.get("/v2/health/ready").json() == {"ready": True}
+        assert client.get("/v2/models/m/ready").json() == {"name": "m", "ready": True}
+        assert client.get("/v2").json()["name"] == "secure-ft"
+        meta = client.get("/v2/models/m").json()
+        assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+        assert meta["outputs"][1] == {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}
+        assert client.get("/v2/models/other").status_code == 404
+        assert client.post("/v2/models/other/infer", json=_infer(["loan"])).status_code == 404
+        card = client.get("/model-card").json()
+    assert card["policy_name"] == "regulated-default" and card["verdict"]["passed"] is True
+    assert card["privacy"] == {"epsilon": 3.2, "delta": 1e-5, "accountant": "prv"}
+    assert card["labels"] == LABELS and card["model_sha256"] == bundle.model_sha256
+    assert card["signature"]["trusted_key"] is True and card["card"].startswith("---\n")
+
+
+def test_infer_follows_the_v2_schema(loaded):
+    with _client(loaded) as client:
+        reply = client.post("/v2/models/m/infer", json={"id": "abc", **_infer(TEXTS[:3])}).json()
+        assert reply["model_name"] == "m" and reply["id"] == "abc"
+        label, probabilities = reply["outputs"]
+        assert label["name"] == "label" and label["datatype"] == "BYTES" and label["shape"] == [3]
+        assert set(label["data"]) <= set(LABELS)
+        assert probabilities["shape"] == [3, 3] and len(probabilities["data"]) == 9
+        assert abs(sum(probabilities["data"][:3]) - 1) < 1e-5
+        # nested data of shape [n, 1] and a requested subset of outputs
+        nested = {"inputs": [{"name": "text", "shape": [2, 1], "datatype": "BYTES", "data": [["loan"], ["fee"]]}],
+                  "outputs": [{"name": "label"}]}
+        reply = client.post("/v2/models/m/infer", json=nested).json()
+        assert [out["name"] for out in reply["outputs"]] == ["label"] and reply["outputs"][0]["shape"] == [2]
+        binary = client.post("/v2/models/m/infer", content=b"{}", headers={"Inference-Header-Content-Length": "2"})
+        assert binary.status_code == 415 and "binary_data=False" in binary.json()["error"]
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (_infer(["a"] * 5), 413, "--max-texts"),
+    ({"texts": ["a" * 1990]}, 413, "--max-body-bytes"),
+    (_infer(["loan", "fee"], shape=[3]), 422, "shape [3] but 2"),
+    (_infer(["loan"], shape=[1, 2]), 422, "shape [n] or [n, 1]"),
+    (_infer(["loan"], datatype="FP32"), 422, "BYTES"),
+    (_infer(["loan"], name="input-0"), 422, "'text'"),
+    ({"inputs": []}, 422, "exactly one input"),
+    ({"inputs": [{"name": "text"}]}, 422, "not an inference request"),
+    (_infer([" "]), 422, "text 0 is empty"),
+    (_infer([]), 422, "no texts"),
+    (_infer(["x" * 51]), 422, "--max-chars"),
+    (_infer([7]), 422, "not a string"),
+    ({"texts": "loan"}, 422, '{"texts"'),
+    ({"texts": ["loan"], "extra": 1}, 422, '{"texts"'),
+])
+def test_bad_requests_get_a_json_error(loaded, body, status, message):
+    path = "/predict" if "texts" in body else "/v2/models/m/infer"
+    with _client(loaded) as client:
+        reply = client.post(path, json=body)
+    assert reply.status_code == status, reply.text
+    assert message in reply.json()["error"]
+
+
+def test_non_utf8_and_non_json_bodies_get_400(loaded):
+    with _client(loaded) as client:
+        assert client.post("/predict", content=b'{"texts": ["\xff\xfe"]}').status_code == 400
+        assert client.post("/predict", content=b'{"texts": [').json()["error"].startswith("request body is not valid JSON")
+        assert client.post("/predict", content=b'{"texts": ["\\ud800"]}').status_code == 400
+        assert client.post("/predict", content=b"[" * 1900).status_code == 400  # too deep for the parser
+        deep = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [[[[["loan"]]]]]}]}
+        assert client.post("/v2/models/m/infer", json=deep).status_code == 422
+
+
+def test_bearer_token_guards_everything_but_health(loaded):
+    with _client(loaded, token=TOKEN) as client:
+        assert client.get("/v2/health/live").status_code == 200
+        assert client.get("/v2/health/ready").status_code == 200
+        for method, path in (("GET", "/v2"), ("GET", "/v2/models/m"), ("GET", "/model-card"), ("GET", "/metrics"),
+                             ("POST", "/predict"), ("POST", "/v2/models/m/infer")):
+            reply = client.request(method, path, json={"texts": ["loan"]})
+            assert reply.status_code == 401 and reply.headers["www-authenticate"] == "Bearer", path
+        wrong = client.post("/predict", json={"texts": ["loan"]}, headers={"Authorization": f"Bearer {TOKEN}x"})
+        assert wrong.status_code == 401
+        right = client.post("/predict", json={"texts": ["loan"]}, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert right.status_code == 200
+
+
+def test_token_file_must_be_private_and_non_empty(tmp_path, monkeypatch):
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    os.chmod(path, 0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        read_token(str(path))
+    os.chmod(path, 0o600)
+    assert read_token(str(path)) == TOKEN
+    path.write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        read_token(str(path))
+    monkeypatch.setenv("SECURE_FT_SERVE_TOKEN", TOKEN)
+    assert read_token(None) == TOKEN
+    with pytest.raises(ConfigError, match="shorter than 16"):
+        ServeSettings(model_name="m", token="short")
+
+
+def test_texts_never_reach_the_logs_unless_enabled(loaded, caplog):
+    caplog.set_level(logging.DEBUG)
+    with _client(loaded) as client:
+        client.post("/predict", json={"texts": [CANARY]}, headers={"X-Request-ID": "req-42"})
+        client.post("/v2/models/m/infer", json=_infer([CANARY, "x" * 60]))  # rejected: too long
+    access = [r.getMessage() for r in caplog.records if r.name == "secure_ft.serving.access"]
+    assert any("request_id=req-42" in line and "status=200" in line and "texts=1" in line for line in access)
+    assert any("status=422" in line and "outcome=rejected" in line for line in access)
+    assert CANARY not in caplog.text and "xxxxxxxxxx" not in caplog.text
+    caplog.clear()
+    with _client(loaded, log_texts=True) as client:
+        client.post("/predict", json={"texts": [CANARY]})
+    assert CANARY in caplog.text
+
+
+def test_metrics_count_requests_errors_latency_and_batches(loaded):
+    with _client(loaded) as client:
+        for _ in range(3):
+            client.post("/predict", json={"texts": ["loan", "fee"]})
+        client.post("/predict", json={"texts": []})
+        reply = client.get("/metrics")
+    text = reply.text
+    assert reply.headers["content-type"].startswith("text/plain")
+    assert 'secure_ft_requests_total{method="POST",route="/predict",status="200"} 3.0' in text
+    assert 'secure_ft_request_errors_total{route="/predict",status="422"} 1.0' in text
+    assert 'secure_ft_request_latency_seconds_count{route="/predict"} 4.0' in text
+    assert "secure_ft_batch_size_sum 6.0" in text

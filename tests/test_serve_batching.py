@@ -1,0 +1,125 @@
+"""Dynamic batching: concurrent submissions share one call, each gets its own rows, errors reach everyone."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from secure_ft.serving.batching import BatcherStopped, DynamicBatcher
+
+
+class Recorder:
+    """A fake forward pass: row i is [len(text_i)]; remembers each batch."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False):
+        self.batches: list[list[str]] = []
+        self.delay, self.fail = delay, fail
+        self.threads: set[str] = set()
+
+    def __call__(self, texts):
+        self.threads.add(threading.current_thread().name)
+        self.batches.append(list(texts))
+        if self.delay:
+            threading.Event().wait(self.delay)
+        if self.fail:
+            raise RuntimeError("forward failed")
+        return np.array([[len(text)] for text in texts], dtype=np.float32)
+
+
+def _run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_concurrent_requests_share_one_forward_pass_and_get_their_own_rows():
+    recorder = Recorder()
+
+    async def scenario():
+        batcher = DynamicBatcher(recorder, max_batch_size=32, max_wait_ms=50)
+        await batcher.start()
+        try:
+            requests = [["a" * (i + 1)] * (1 + i % 3) for i in range(8)]
+            results = await asyncio.gather(*(batcher.submit(texts) for texts in requests))
+        finally:
+            await batcher.stop()
+        return requests, results
+
+    requests, results = _run(scenario())
+    for texts, rows in zip(requests, results):
+        assert rows.tolist() == [[len(text)] for text in texts]
+    assert len(recorder.batches) == 1 and len(recorder.batches[0]) == sum(len(t) for t in requests)
+    assert all(name.startswith("secure-ft-forward") for name in recorder.threads)  # never on the event loop
+
+
+def test_batches_respect_the_size_limit_and_a_large_request_runs_whole():
+    recorder = Recorder()
+
+    async def scenario():
+        batcher = DynamicBatcher(recorder, max_batch_size=4, max_wait_ms=20)
+        await batcher.start()
+        try:
+            sizes = [3, 3, 6, 1]
+            results = await asyncio.gather(*(batcher.submit([f"t{n}"] * n) for n in sizes))
+        finally:
+            await batcher.stop()
+        return sizes, results
+
+    sizes, results = _run(scenario())
+    assert [len(rows) for rows in results] == sizes
+    assert [len(batch) for batch in recorder.batches if len(batch) > 4] == [6]  # never split, runs alone
+    assert all(len(batch) <= 4 for batch in recorder.batches if len(batch) != 6)
+    assert sum(len(batch) for batch in recorder.batches) == sum(sizes)
+
+
+def test_max_batch_size_one_runs_every_request_alone():
+    recorder = Recorder()
+
+    async def scenario():
+        batcher = DynamicBatcher(recorder, max_batch_size=1, max_wait_ms=0)
+        await batcher.start()
+        try:
+            await asyncio.gather(*(batcher.submit([str(i)]) for i in range(5)))
+        finally:
+            await batcher.stop()
+
+    _run(scenario())
+    assert [len(batch) for batch in recorder.batches] == [1] * 5
+
+
+def test_a_failing_forward_pass_fails_every_request_of_its_batch_and_the_worker_survives():
+    recorder = Recorder(fail=True)
+
+    async def scenario():
+        batcher = DynamicBatcher(recorder, max_batch_size=8, max_wait_ms=20)
+        await batcher.start()
+        try:
+            outcomes = await asyncio.gather(*(batcher.submit(["x"]) for _ in range(3)), return_exceptions=True)
+            recorder.fail = False
+            after = await batcher.submit(["yy"])
+        finally:
+            await batcher.stop()
+        return outcomes, after
+
+    outcomes, after = _run(scenario())
+    assert all(isinstance(outcome, RuntimeError) for outcome in outcomes)
+    assert after.tolist() == [[2]]
+
+
+def test_stopping_fails_queued_requests_and_refuses_new_ones():
+    recorder = Recorder(delay=0.2)
+
+    async def scenario():
+        batcher = DynamicBatcher(recorder, max_batch_size=1, max_wait_ms=0)
+        await batcher.start()
+        first = asyncio.create_task(batcher.submit(["a"]))
+        queued = asyncio.create_task(batcher.submit(["b"]))
+        await asyncio.sleep(0.05)  # the first is in its forward pass, the second waits
+        await batcher.stop()
+        with pytest.raises(BatcherStopped):
+            await batcher.submit(["c"])
+        return await asyncio.gather(first, queued, return_exceptions=True)
+
+    first, queued = _run(scenario())
+    assert isinstance(first, BatcherStopped) and isinstance(queued, BatcherStopped)
