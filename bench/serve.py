@@ -35,14 +35,17 @@ def build_bundle(model_dir: str, root: Path) -> tuple[Path, Path]:
     """A signed bundle of `model_dir` (given a fresh 3-class head if it has none) with synthetic evidence."""
     from fake_run import LABELS, make_run
     from secure_ft.config import ModelConfig
-    from secure_ft.export import export_bundle, keygen
+    import os
+
+    from secure_ft.export import export_bundle
+    from secure_ft.keys import default_key_paths
     from secure_ft.models import load_base_model, save_trained_model
 
+    os.environ["SECURE_FT_CONFIG_DIR"] = str(root / "keys")  # a throw-away gate key, never the user's own
     model, tokenizer = load_base_model(ModelConfig(name_or_path=model_dir), LABELS)
     save_trained_model(model, tokenizer, root / "classifier")
-    private, public = keygen(root / "bench")
     run = make_run(root, model_dir=root / "classifier")
-    return export_bundle(run.run_dir, root / "bundle", signing_key=private), public
+    return export_bundle(run.run_dir, root / "bundle"), default_key_paths()[1]
 
 
 def bench_texts(kind: str, count: int = 256) -> list[str]:

@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 
 from fake_run import make_run
-from secure_ft.export import export_bundle, keygen
+from secure_ft.export import export_bundle
+from secure_ft.keys import default_key_paths
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -34,10 +35,10 @@ class SignedBundle:
 
 
 def signed_bundle(root: Path) -> SignedBundle:
-    """The fake run (tiny model, passing verdict) exported and signed with an organisation key."""
-    private, public = keygen(root / "org")
+    """The fake run (tiny model, verdict signed by the gate's key) exported and signed with the same key."""
     run = make_run(root)
-    return SignedBundle(export_bundle(run.run_dir, root / "bundle", signing_key=private), private, public, run.run_dir)
+    private, public = default_key_paths()
+    return SignedBundle(export_bundle(run.run_dir, root / "bundle"), private, public, run.run_dir)
 
 
 def free_port() -> int:

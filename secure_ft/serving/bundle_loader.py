@@ -1,10 +1,9 @@
 """The one gate between a bundle on disk and a listening server.
 
 Everything the server reads from a bundle, it reads only after :func:`load_verified_bundle`
-returned. Verification is about to change (signed in-toto verdicts, OpenSSF model signing,
-per-user trusted keys); when it does, only this function's body changes: callers rely on
-its signature, on :class:`VerifiedBundle`, and on :class:`~secure_ft.errors.BundleError`
-(exit code 4) for every refusal.
+returned. It verifies exactly as ``secure-ft verify`` does (`secure_ft.export.verify_bundle`):
+the OpenSSF signature over every file by a trusted key, then the gate's signed verdict over
+the model and its evidence. A self-signed bundle is never served.
 """
 
 from __future__ import annotations
@@ -31,8 +30,7 @@ class VerifiedBundle:
     public_key_sha256
         Fingerprint of the key the signature was checked with.
     trusted_key
-        True when the caller supplied that key; False when the bundle's own key was used,
-        which proves the bundle unchanged but not who made it.
+        Always True here: the signer was given or configured as trusted.
     """
 
     bundle_dir: Path
@@ -52,7 +50,8 @@ def load_verified_bundle(bundle: str | os.PathLike[str],
     bundle
         Export bundle folder.
     public_key
-        The signer's public key (PEM path). Default: the bundle's own key (integrity only).
+        The signer's public key (PEM path, or a folder of them). Default: the user's trust
+        list (`secure_ft.keys`).
 
     Returns
     -------

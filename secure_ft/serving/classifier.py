@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from secure_ft.errors import BundleError
-from secure_ft.models import load_trained_model, model_hash, predict, resolve_device
+from secure_ft.model_identity import model_digest
+from secure_ft.models import load_trained_model, predict, resolve_device
 from secure_ft.serving.bundle_loader import VerifiedBundle
 from secure_ft.text_front_end import TextFrontEnd, load_text_front_end
 
@@ -54,7 +55,7 @@ class BundleClassifier:
         """
         model, tokenizer = load_trained_model(bundle.model_dir, resolve_device(device))
         # the folder was hashed by verification; a change since then must not be served
-        if model_hash(bundle.model_dir) != bundle.model_sha256:
+        if model_digest(bundle.model_dir) != bundle.model_sha256:
             raise BundleError(f"{bundle.model_dir}: changed after verification; restart the server to verify again")
         config = model.config
         labels = [str(config.id2label.get(index, f"LABEL_{index}")) for index in range(config.num_labels)]
