@@ -158,7 +158,7 @@ class PrivacyConfig(_Section):
         None, description="fixed noise multiplier σ (noise std = σ · max_grad_norm); target_epsilon then caps the run"
     )
     target_delta: float | None = Field(
-        None, description="δ; must be below 1/N for N training examples; null = 1 / (10 N)"
+        None, description="δ; must be below 1/N for N training examples; null = min(1 / (10 N), 1e-5)"
     )
     max_grad_norm: float = Field(1.0, description="per-sample clipping norm C")
     accountant: Literal["prv", "rdp", "gdp"] = Field(
@@ -264,7 +264,8 @@ class FederatedConfig(_Section):
     central_dp: Literal["none", "fixed", "adaptive"] = Field(
         "none", description="client-level DP at the server (Flower's DP wrappers): fixed or adaptive clipping"
     )
-    central_noise_multiplier: float = Field(1.0, gt=0, description="central DP noise multiplier z")
+    central_noise_multiplier: float = Field(
+        1.2, gt=0, description="central DP noise multiplier z (1.2 keeps the default 3 rounds within ε 8)")
     central_clipping_norm: float = Field(
         10.0, gt=0, description="central DP clipping norm of each site's update (adaptive: the initial norm)"
     )

@@ -32,7 +32,7 @@ def test_privacy_json_has_the_agreed_schema(lora_dp_run):
     assert SCHEMA <= set(report)
     assert report["trained"] == "lora" and report["accountant"] == "prv"
     assert report["dataset_size"] == len(lora_dp_run.splits.train) == 84
-    assert report["delta"] == pytest.approx(1 / (10 * 84)) and "1/(10 N)" in report["delta_source"]
+    assert report["delta"] == pytest.approx(min(1 / (10 * 84), 1e-5)) and "1/(10 N)" in report["delta_source"]
     assert report["steps"] == lora_dp_run.metrics["steps"] == 2 * 6  # q = 1/ceil(84/16): 6 steps per epoch
     assert report["grad_sample_mode"] == "bookkeeping"  # auto: the fastest exact mode
     assert report["epsilon"] <= 8.0 and report["epsilon"] > 7.0  # calibrated to reach the target

@@ -222,6 +222,19 @@ def test_shipped_configs_pass_preflight(config_file, policy_file):
         assert report.deltas and report.epsilons
 
 
+@pytest.mark.parametrize("overrides", [{"mode": "federated"},
+                                       {"mode": "federated", "federated": {"central_dp": "fixed"}}],
+                         ids=["federated-site-dp", "federated-central-dp"])
+def test_built_in_defaults_pass_the_default_policy_in_every_mode(overrides):
+    # the product's own defaults must never contradict its own default policy
+    from secure_ft.config import config_from_dict
+
+    config = config_from_dict(overrides)
+    policy, _ = load_policy(POLICIES / "regulated-default.yaml")
+    report = check_before_training(config, policy, POLICIES / "regulated-default.yaml")
+    assert all(delta <= policy.privacy.max_delta for delta in report.deltas.values())
+
+
 def test_the_plain_example_is_refused_by_the_regulated_policy():
     # non-private by design: its header comment points to the research policy
     config = load_config(ROOT / "examples" / "cfpb-plain.yaml")

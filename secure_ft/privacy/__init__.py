@@ -6,7 +6,7 @@ A model trained with (ε, δ)-differential privacy reveals little about any sing
 example: for any two training sets that differ in one example, every outcome of training is
 at most e^ε times more likely with one than with the other, except with probability δ.
 ε is the privacy *budget* a team states and defends; δ must be well below 1/N for N training
-examples (by default δ = 1/(10 N)).
+examples (by default δ = min(1/(10 N), 1e-5)).
 
 How DP-SGD gets it (Abadi et al. 2016), and where each piece lives
 -------------------------------------------------------------------

@@ -32,9 +32,12 @@ from secure_ft.training_loop import FitResult, Prepared, TrainingEngine
 log = logging.getLogger(__name__)
 
 
+DEFAULT_DELTA_CAP = 1e-5  # the usual ceiling in DP practice; small sites would otherwise get δ ≈ 3e-4
+
+
 def default_delta(dataset_size: int) -> float:
-    """δ = 1/(10 N): an order of magnitude below the 1/N at which δ stops meaning anything."""
-    return 1.0 / (10 * dataset_size)
+    """δ = min(1/(10 N), 1e-5): well below the 1/N at which δ stops meaning anything, and never above 1e-5."""
+    return min(1.0 / (10 * dataset_size), DEFAULT_DELTA_CAP)
 
 
 def resolve_delta(settings: PrivacyConfig, dataset_size: int) -> tuple[float, str]:
@@ -42,7 +45,7 @@ def resolve_delta(settings: PrivacyConfig, dataset_size: int) -> tuple[float, st
     if dataset_size < 1:
         raise PrivacyError("privacy: the training split is empty; DP training needs training examples")
     if settings.target_delta is None:
-        return default_delta(dataset_size), f"default 1/(10 N) with N = {dataset_size}"
+        return default_delta(dataset_size), f"default min(1/(10 N), {DEFAULT_DELTA_CAP:g}) with N = {dataset_size}"
     if settings.target_delta >= 1.0 / dataset_size:
         raise PrivacyError(
             f"privacy.target_delta = {settings.target_delta:g} is not below 1/N = {1.0 / dataset_size:g} for the "
