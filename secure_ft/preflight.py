@@ -258,12 +258,11 @@ class _Checker:
                 f"({'; '.join(not_below_n)}): such a δ allows leaking whole rows. Set privacy.target_delta below "
                 f"{1 / smallest:.2g} (e.g. {default_delta(smallest):.2g})")
         if over_limit:
-            why = (" (a site's default δ is 1/(10 N) for its own N rows, larger than the whole split's)"
-                   if sites else "")
+            why = " (a site's default δ is taken from its own N rows)" if sites else ""
             self.problems.append(
-                f"privacy.target_delta: null gives {'each ' if sites else ''}{who} δ = 1/(10 N){why}, above "
-                f"{self.where} privacy.max_delta = {limit:g}: {'; '.join(over_limit)}. Set privacy.target_delta: "
-                f"{min(limit, 1e-5):.1e} (or add training rows)")
+                f"privacy.target_delta: null gives {'each ' if sites else ''}{who} δ = min(1/(10 N), 1e-5){why}, "
+                f"above {self.where} privacy.max_delta = {limit:g}: {'; '.join(over_limit)}. Set "
+                f"privacy.target_delta: {limit / 10:.1e} (or loosen the policy)")
 
     # -- data ----------------------------------------------------------------------------------
 

@@ -47,7 +47,8 @@ def test_delta_not_below_one_over_n_is_refused(tmp_path, tiny_model_dir):
         train_run(config, progress=False)
     with pytest.raises(PrivacyError, match="not below 1/N"):
         PrivateEngine(PrivacyConfig(target_delta=1e-3), dataset_size=1000)
-    assert PrivateEngine(PrivacyConfig(target_delta=None), dataset_size=1000).delta == pytest.approx(1e-4)
+    assert PrivateEngine(PrivacyConfig(target_delta=None), dataset_size=1000).delta == pytest.approx(1e-5)  # capped
+    assert PrivateEngine(PrivacyConfig(target_delta=None), dataset_size=10**6).delta == pytest.approx(1e-7)
 
 
 def test_secure_mode_without_a_secure_generator_is_refused():

@@ -129,7 +129,7 @@ def test_every_per_sample_gradient_is_clipped_before_noise(tmp_path, mode):
 def test_budget_exhaustion_stops_cleanly_with_a_valid_model(tmp_path, toy_data_csv, tiny_model_dir):
     # fixed noise and a budget too small for the 3 epochs: the run must stop before overspending
     config = dp_config(toy_data_csv, tiny_model_dir, tmp_path / "runs", transfer="lora", epochs=3,
-                       noise_multiplier=0.6, target_epsilon=4.0)
+                       noise_multiplier=0.6, target_epsilon=4.0, target_delta=1e-3)
     trained = train_run(config, progress=False)
     report = json.loads((trained.run_dir / "privacy.json").read_text())
     assert trained.metrics["stopped_reason"].startswith("privacy budget exhausted")

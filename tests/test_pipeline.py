@@ -31,7 +31,7 @@ def test_passing_run_exports_a_verified_bundle(tmp_path, toy_config, capsys):
     (run_dir,) = [p for p in out.iterdir() if not p.name.endswith("-bundle")]
     bundle = out / f"{run_dir.name}-bundle"
     assert f"bundle: {bundle}" in printed and "verdict: PASSED" in printed
-    assert (run_dir / "audit_report.html").is_file() and (bundle / "manifest.sig").is_file()
+    assert (run_dir / "audit_report.html").is_file() and (bundle / "bundle.sig").is_file()
     assert main(["verify", str(bundle)]) == 0
     events = [json.loads(line)["event"] for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
     for expected in ("config_loaded", "data_fingerprinted", "epoch_done", "model_saved", "policy_loaded",

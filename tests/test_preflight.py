@@ -115,9 +115,11 @@ def test_central_delta_too_large(toy_csv, tmp_path):
     policy, path = make_policy(tmp_path)
     message = problems(make_config(toy_csv, tmp_path, privacy={"target_delta": 1e-3}), policy, path)
     assert "privacy.target_delta = 0.001 is above policy test-policy.yaml privacy.max_delta = 0.0001" in message
-    # the default δ = 1/(10 N) of 84 training rows is 1.2e-3
+    # the default δ = min(1/(10 N), 1e-5) is above a policy that asks for 1e-6
+    policy, path = make_policy(tmp_path, privacy={"max_delta": 1e-6})
     message = problems(make_config(toy_csv, tmp_path, privacy={"target_delta": None}), policy, path)
-    assert "privacy.target_delta: null gives the training split δ = 1/(10 N)" in message and "N = 84" in message
+    assert "privacy.target_delta: null gives the training split δ = min(1/(10 N), 1e-5)" in message
+    assert "N = 84" in message
     # and a δ at or above 1/N is refused whatever the policy says
     policy, path = make_policy(tmp_path, privacy={"max_delta": None})
     message = problems(make_config(toy_csv, tmp_path, privacy={"target_delta": 0.02}), policy, path)
@@ -125,12 +127,13 @@ def test_central_delta_too_large(toy_csv, tmp_path):
 
 
 def test_site_delta_too_large_in_a_federated_run(toy_csv, tmp_path):
-    policy, path = make_policy(tmp_path, privacy={"max_delta": 2e-3})  # above the split's 1.2e-3
+    policy, path = make_policy(tmp_path, privacy={"max_delta": 5e-6})  # below the default cap 1e-5
     federated = {"num_sites": 2, "partition": "iid"}
     message = problems(make_config(toy_csv, tmp_path, mode="federated", privacy={"target_delta": None},
                                    federated=federated), policy, path)
-    assert "privacy.target_delta: null gives each simulated site δ = 1/(10 N)" in message
-    assert "site-1: N = 42" in message and "site-2: N = 42" in message and "max_delta = 0.002" in message
+    assert "privacy.target_delta: null gives each simulated site δ = min(1/(10 N), 1e-5)" in message
+    assert "site-1: N = 42" in message and "site-2: N = 42" in message and "max_delta = 5e-06" in message
+    policy, path = make_policy(tmp_path, privacy={"max_delta": 1e-4})
     report = check_before_training(make_config(toy_csv, tmp_path, mode="federated", federated=federated),
                                    policy, path)
     assert report.site_train_rows == {"site-1": 42, "site-2": 42}
