@@ -26,6 +26,7 @@ from secure_ft.models import (
     trainable_parameter_count,
 )
 from secure_ft.training_loop import EpochRecord, TrainingEngine, encode, fit, seed_everything
+from secure_ft.transfer_choice import resolve_run_config
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,30 @@ def make_engine(config: RunConfig, splits: DatasetSplits) -> TrainingEngine:
     return TrainingEngine(config.training.max_grad_norm, config.training.max_physical_batch_size)
 
 
+def training_inputs(model, tokenizer, config: RunConfig, splits: DatasetSplits, run: RunDirectory, device: str,
+                    progress: bool = True):
+    """What `fit` trains and on what: (module, train set, validation set).
+
+    Token datasets for the model itself, or — with ``transfer: probe`` — the model's
+    classifier (`secure_ft.probe.ProbeHead`) on sentence embeddings cached in the run's
+    ``cache/`` folder.
+    """
+    texts = {name: frame["text"].tolist() for name, frame in (("train", splits.train), ("validation", splits.validation))}
+    labels = {name: frame["label"].tolist() for name, frame in (("train", splits.train), ("validation", splits.validation))}
+    max_length = config.model.max_length
+    if config.model.transfer != "probe":
+        return (model, encode(tokenizer, texts["train"], labels["train"], max_length),
+                encode(tokenizer, texts["validation"], labels["validation"], max_length))
+    from secure_ft.probe import embed_texts, embedding_cache, feature_dataset, probe_head
+
+    cache = embedding_cache(run.cache_dir, config.model)
+    vectors = embed_texts(model, tokenizer, texts["train"] + texts["validation"], max_length=max_length, cache=cache,
+                          batch_size=config.training.eval_batch_size, device=device, progress=progress)
+    count = len(texts["train"])
+    return (probe_head(model), feature_dataset(vectors[:count], labels["train"]),
+            feature_dataset(vectors[count:], labels["validation"]))
+
+
 def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_dir: str | Path | None = None,
               resume: bool = False, progress: bool = True) -> TrainedRun:
     """Load data and base model, fine-tune, save the model; resumable from the last checkpoint.
@@ -58,18 +83,24 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
     """
     if resume:
         run = RunDirectory(run_dir)
-        config = run.read_config()
+        config = run.read_config()  # saved resolved: transfer and recipe are those the run started with
         CheckpointStore(run.checkpoint_dir).load()  # fail early on a missing or corrupt checkpoint
         splits = load_splits(config.data, config.seed)
+        config, choice = resolve_run_config(config, len(splits.train))
+        choice_record = run.read_transfer_choice() or choice.to_dict()
         ledger = Ledger(run.path)
         ledger.append("run_resumed", fingerprint=splits.fingerprint)
     else:
         splits = load_splits(config.data, config.seed)
         resolve_model_source(config.model.name_or_path)
+        config, choice = resolve_run_config(config, len(splits.train))
+        choice_record = choice.to_dict()
         if run_dir is None:
             run_dir = new_run_dir(output_dir if output_dir is not None else config.output_dir)
         run = RunDirectory(run_dir)
         ledger = run.start(config, splits)
+        run.write_transfer_choice(choice_record)
+        ledger.append("transfer_resolved", **choice_record)
     run_dir = run.path
     run.write_data_summary(splits.summary())
 
@@ -80,21 +111,22 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
     trainable, total = trainable_parameter_count(model)
     log.info("model %s, transfer %s: %d of %d parameters train", config.model.name_or_path,
              config.model.transfer, trainable, total)
-    max_length = config.model.max_length
-    train_set = encode(tokenizer, splits.train["text"].tolist(), splits.train["label"].tolist(), max_length)
-    validation_set = encode(tokenizer, splits.validation["text"].tolist(), splits.validation["label"].tolist(), max_length)
+    trainee, train_set, validation_set = training_inputs(model, tokenizer, config, splits, run, device, progress)
     engine = make_engine(config, splits)
+    if hasattr(engine, "notes"):
+        engine.notes.update(hyperparameters=choice_record["hyperparameters"], transfer_choice=choice_record)
 
     def on_epoch(record: EpochRecord) -> None:
         ledger.append("epoch_done", epoch=record.epoch, step=record.step, val_accuracy=record.val_accuracy,
                       val_macro_f1=record.val_macro_f1, **{k: v for k, v in record.extra.items() if k == "epsilon"})
 
-    result = fit(model, train_set, validation_set, splits.label_names, config.training, seed=config.seed,
+    result = fit(trainee, train_set, validation_set, splits.label_names, config.training, seed=config.seed,
                  device=device, engine=engine, checkpoints=CheckpointStore(run.checkpoint_dir), resume=resume,
                  fingerprint=splits.fingerprint, progress=progress, on_epoch=on_epoch)
 
     model_dir = run.model_dir
-    digest = save_trained_model(result.model, tokenizer, model_dir)
+    # the probe trained the model's own classifier through `trainee`: save the whole model
+    digest = save_trained_model(model if config.model.transfer == "probe" else result.model, tokenizer, model_dir)
     artifacts = engine.write_artifacts(run_dir, result)
     best = next((r for r in result.history if r.epoch == result.best_epoch), None)
     metrics = {
@@ -102,6 +134,8 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
         "engine": engine.name,
         "device": device,
         "transfer": config.model.transfer,
+        "transfer_choice": choice_record,
+        "hyperparameters": choice_record["hyperparameters"],
         "trainable_parameters": trainable,
         "total_parameters": total,
         "train_examples": len(splits.train),

@@ -6,6 +6,10 @@ the plain engine clips the total gradient norm; the private engine (`secure_ft.p
 wraps the same model, optimizer and loader with Opacus, splits logical batches into
 physical ones and keeps the privacy accountant. A federated client calls `fit` on its
 site's data.
+
+A batch is either token tensors (`encode`: ids, mask, segment ids, positions, labels) for a
+model that reads text, or ``(features, labels)`` for a model that reads precomputed features
+(the frozen-encoder probe, `secure_ft.probe`): the loop trains and evaluates both the same way.
 """
 
 from __future__ import annotations
@@ -36,6 +40,15 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
 
 
+def make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    """AdamW, or SGD with momentum (the probe recipe: on unit-length features its steps stay bounded), over the trainable parameters."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.learning_rate, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -58,6 +71,8 @@ def encode(tokenizer, texts: list[str], labels: list[int], max_length: int) -> T
 
 def _trim(batch: list[torch.Tensor]) -> list[torch.Tensor]:
     """Cut the padding columns no example in the batch uses (speed only; results unchanged)."""
+    if len(batch) == 2:  # (features, labels): nothing padded
+        return batch
     input_ids, attention_mask, token_types, positions, labels = batch
     if len(input_ids) == 0:
         return batch
@@ -67,6 +82,10 @@ def _trim(batch: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def forward_logits(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+    """Logits of a token batch (a transformers model) or of a ``(features, labels)`` batch (a plain module)."""
+    if len(batch) == 2:
+        output = model(batch[0])
+        return getattr(output, "logits", output)
     input_ids, attention_mask, token_types, positions, _ = batch
     return model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_types,
                  position_ids=positions).logits
@@ -287,8 +306,7 @@ def fit(
         torch.set_num_threads(config.num_threads)
     seed_everything(seed)
     model.to(device).train()
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, config)
     if config.head_learning_rate is not None:
         give_head_its_learning_rate(optimizer, model, config.head_learning_rate)
     loader = DataLoader(train_set, batch_size=min(config.batch_size, len(train_set)), shuffle=True,

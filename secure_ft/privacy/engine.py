@@ -106,6 +106,8 @@ class PrivateEngine(TrainingEngine):
         self._last_epsilon = 0.0
         self._report_every = 1
         self.sampling_probability = 0.0
+        # what the run adds to privacy.json about how it was set up (transfer choice, hyperparameter source)
+        self.notes: dict[str, Any] = {}
 
     @classmethod
     def from_config(cls, config: RunConfig, *, dataset_size: int, fingerprint: str = "") -> "PrivateEngine":
@@ -409,6 +411,7 @@ class PrivateEngine(TrainingEngine):
             "stop_reason": stopped,
             "ledger": ACCOUNTANT_HISTORY_FILE,
             "accountant_note": self.accountant.note,
+            **self.notes,
         }
 
     def write_artifacts(self, run_dir, result: FitResult) -> list[str]:
