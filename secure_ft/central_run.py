@@ -25,7 +25,8 @@ from secure_ft.models import (
     save_trained_model,
     trainable_parameter_count,
 )
-from secure_ft.training_loop import EpochRecord, TrainingEngine, encode, fit, seed_everything
+from secure_ft.probe import trainee_and_datasets
+from secure_ft.training_loop import EpochRecord, TrainingEngine, fit, seed_everything
 from secure_ft.transfer_choice import resolve_run_config
 
 log = logging.getLogger(__name__)
@@ -47,30 +48,6 @@ def make_engine(config: RunConfig, splits: DatasetSplits) -> TrainingEngine:
 
         return PrivateEngine.from_config(config, dataset_size=len(splits.train), fingerprint=splits.fingerprint)
     return TrainingEngine(config.training.max_grad_norm, config.training.max_physical_batch_size)
-
-
-def training_inputs(model, tokenizer, config: RunConfig, splits: DatasetSplits, run: RunDirectory, device: str,
-                    progress: bool = True):
-    """What `fit` trains and on what: (module, train set, validation set).
-
-    Token datasets for the model itself, or — with ``transfer: probe`` — the model's
-    classifier (`secure_ft.probe.ProbeHead`) on sentence embeddings cached in the run's
-    ``cache/`` folder.
-    """
-    texts = {name: frame["text"].tolist() for name, frame in (("train", splits.train), ("validation", splits.validation))}
-    labels = {name: frame["label"].tolist() for name, frame in (("train", splits.train), ("validation", splits.validation))}
-    max_length = config.model.max_length
-    if config.model.transfer != "probe":
-        return (model, encode(tokenizer, texts["train"], labels["train"], max_length),
-                encode(tokenizer, texts["validation"], labels["validation"], max_length))
-    from secure_ft.probe import embed_texts, embedding_cache, feature_dataset, probe_head
-
-    cache = embedding_cache(run.cache_dir, config.model)
-    vectors = embed_texts(model, tokenizer, texts["train"] + texts["validation"], max_length=max_length, cache=cache,
-                          batch_size=config.training.eval_batch_size, device=device, progress=progress)
-    count = len(texts["train"])
-    return (probe_head(model), feature_dataset(vectors[:count], labels["train"]),
-            feature_dataset(vectors[count:], labels["validation"]))
 
 
 def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_dir: str | Path | None = None,
@@ -111,7 +88,9 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
     trainable, total = trainable_parameter_count(model)
     log.info("model %s, transfer %s: %d of %d parameters train", config.model.name_or_path,
              config.model.transfer, trainable, total)
-    trainee, train_set, validation_set = training_inputs(model, tokenizer, config, splits, run, device, progress)
+    trainee, (train_set, validation_set) = trainee_and_datasets(
+        model, tokenizer, config.model, [splits.train, splits.validation], cache_dir=run.cache_dir, device=device,
+        batch_size=config.training.eval_batch_size, progress=progress)
     engine = make_engine(config, splits)
     if hasattr(engine, "notes"):
         engine.notes.update(hyperparameters=choice_record["hyperparameters"], transfer_choice=choice_record)

@@ -122,6 +122,9 @@ class TrainingConfig(_Section):
         5e-2, gt=0, description="learning rate of the freshly initialised classification head; null = learning_rate"
     )
     weight_decay: float = Field(0.0, ge=0)
+    lr_schedule: Literal["linear", "constant"] = Field(
+        "linear", description="learning rate after warm-up: linear decay to 0 over the run, or constant"
+    )
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping of non-private runs")
     max_physical_batch_size: int | None = Field(

@@ -122,3 +122,28 @@ def embed_texts(model: nn.Module, tokenizer, texts: list[str], *, max_length: in
 def feature_dataset(embeddings: torch.Tensor, labels: list[int]) -> TensorDataset:
     """``(features, labels)``: the batch shape `secure_ft.training_loop.fit` trains a probe head on."""
     return TensorDataset(embeddings.float().contiguous(), torch.as_tensor(labels, dtype=torch.long))
+
+
+def trainee_and_datasets(model: nn.Module, tokenizer, model_config: ModelConfig, frames: list, *,
+                         cache_dir: str | Path, device: str | torch.device = "cpu", batch_size: int = 64,
+                         progress: bool = True) -> tuple[nn.Module, list[TensorDataset]]:
+    """What `fit` / `evaluate` run and on what, for each of `frames` (``text`` and ``label`` columns).
+
+    The model on token datasets (`secure_ft.training_loop.encode`), or — with ``transfer:
+    probe`` — its `ProbeHead` on sentence embeddings cached in `cache_dir` (a run directory's
+    ``cache/``). Central runs, federated sites and the federated server all call this.
+    """
+    from secure_ft.training_loop import encode
+
+    texts = [frame["text"].tolist() for frame in frames]
+    labels = [frame["label"].astype(int).tolist() for frame in frames]
+    if model_config.transfer != "probe":
+        return model, [encode(tokenizer, t, y, model_config.max_length) for t, y in zip(texts, labels)]
+    cache = embedding_cache(cache_dir, model_config)
+    vectors = embed_texts(model, tokenizer, [text for part in texts for text in part], max_length=model_config.max_length,
+                          cache=cache, batch_size=batch_size, device=device, progress=progress)
+    datasets, start = [], 0
+    for part, targets in zip(texts, labels):
+        datasets.append(feature_dataset(vectors[start:start + len(part)], targets))
+        start += len(part)
+    return probe_head(model), datasets

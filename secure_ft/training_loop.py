@@ -28,7 +28,7 @@ from sklearn.metrics import accuracy_score, f1_score, recall_score
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from secure_ft.accumulation import AccumulatingOptimizer, pieces
 from secure_ft.checkpoint import CheckpointStore
@@ -316,7 +316,11 @@ def fit(
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
-    scheduler = get_linear_schedule_with_warmup(prepared.optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps)
+    warmup = math.ceil(config.warmup_ratio * total_steps)
+    if config.lr_schedule == "constant":
+        scheduler = get_constant_schedule_with_warmup(prepared.optimizer, warmup)
+    else:
+        scheduler = get_linear_schedule_with_warmup(prepared.optimizer, warmup, total_steps)
 
     state = {"epoch": 1, "batches_done": 0, "step": 0, "history": [], "best_f1": -1.0, "best_epoch": 0,
              "best_state": None, "epochs_without_gain": 0, "loss_sum": 0.0, "loss_count": 0}
