@@ -130,9 +130,9 @@ def _choose_pooling(model: PreTrainedModel, source: str, pooling: str) -> None:
         pooling = MEAN if sentence_transformers and sentence_transformers_pooling(source) == MEAN else "cls"
     if pooling in MEAN_POOLINGS:
         if not use_mean_pooling(model, pooling):
-            raise ModelError(f"{source}: model.pooling: {pooling} (also what transfer: probe reads) needs a BERT-style "
-                             f"model with a pooler to replace; {type(model).__name__} has none — use pooling: auto or "
-                             "cls with transfer: lora or full")
+            raise ModelError(f"{source}: model.pooling: {pooling} needs a BERT-style model with a pooler to replace "
+                             f"(transfer: probe reads mean_normalized); {type(model).__name__} has none — use pooling: "
+                             "auto or cls, with transfer: lora or full")
     elif sentence_transformers:
         _use_identity_pooler(model)
 
