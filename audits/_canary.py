@@ -159,9 +159,13 @@ def canary_report(context, noise_multiplier: float | None, max_grad_norm: float 
     rows = train.sample(n=min(MAX_TRAIN_ROWS, len(train)), random_state=context.config.seed)
     texts = rows["text"].tolist() + [c.text for c in canaries] * settings.canary_repeats
     labels = rows["label"].astype(int).tolist() + [c.label for c in canaries] * settings.canary_repeats
+    from secure_ft.transfer_choice import resolve_run_config
+
+    # the transfer (and recipe) the audited run resolved `model.transfer: auto` to
+    resolved, _ = resolve_run_config(context.config, len(context.splits.train))
     model, tokenizer = train_throwaway(
-        context.config.model, label_names, texts, labels, steps=settings.canary_steps,
-        batch_size=context.config.training.batch_size, learning_rate=context.config.training.learning_rate,
+        resolved.model, label_names, texts, labels, steps=settings.canary_steps,
+        batch_size=resolved.training.batch_size, learning_rate=resolved.training.learning_rate,
         seed=context.config.seed, device=context.device, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
         must_fit=[canary.text for canary in canaries],
     )

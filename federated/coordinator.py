@@ -29,14 +29,16 @@ from federated.partition import partition_sites
 from federated.round_book import RoundBook, ServerEvaluator
 from federated.stoppable_grid import StoppableGrid
 from federated.strategy import build_strategy, sites_per_round
-from federated.task import (arrays_to_record, base_model_sha256, build_model, encode_frame, record_bytes,
-                            secure_ft_version, trainable_arrays)
+from federated.task import (arrays_to_record, base_model_sha256, build_model, record_bytes, secure_ft_version,
+                            trainable_arrays)
 from secure_ft.config import RunConfig
 from secure_ft.data import load_splits
 from secure_ft.errors import SecureFTError
 from secure_ft.run_directory import RunDirectory
 from secure_ft.models import resolve_device, trainable_parameter_count
 from secure_ft.central_run import TrainedRun
+from secure_ft.probe import trainee_and_datasets
+from secure_ft.transfer_choice import resolve_run_config
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,17 @@ class FederatedServer:
         config, run_dir = self.config, self.run_dir
         grid = StoppableGrid(grid, self.stop)
         splits = load_splits(config.data, config.seed)
-        ledger = RunDirectory(run_dir).start(config, splits)
+        # resolved once, from the whole federation's rows (a simulation partitions exactly these; a
+        # deployment's sites are unknown before they answer, so the server's own rows stand in), and
+        # sent resolved to every site: all sites train the same transfer with the same recipe
+        config, choice = resolve_run_config(config, len(splits.train))
+        choice_record = {**choice.to_dict(), "rows_counted": "the training rows the sites are partitioned from"
+                         if self.simulated else "the server's own training rows (sites' sizes are not known yet)"}
+        self.config = config
+        run = RunDirectory(run_dir)
+        ledger = run.start(config, splits)
+        run.write_transfer_choice(choice_record)
+        ledger.append("transfer_resolved", **choice_record)
         if self.simulated:
             sites = [site.summary(splits.label_names) for site in partition_sites(splits, config.federated, config.seed)]
         else:
@@ -92,8 +104,11 @@ class FederatedServer:
         trainable, total = trainable_parameter_count(model)
         evaluator = None
         if config.federated.server_evaluation:
-            validation = encode_frame(tokenizer, splits.validation, config.model.max_length)
-            evaluator = ServerEvaluator(model.to(device), validation, splits.label_names, config, device)
+            # the probe: its head (the model's own classifier) on the validation rows' cached embeddings
+            evaluated, (validation,) = trainee_and_datasets(
+                model.to(device), tokenizer, config.model, [splits.validation], cache_dir=run.cache_dir,
+                device=device, batch_size=config.training.eval_batch_size, progress=False)
+            evaluator = ServerEvaluator(evaluated, validation, splits.label_names, config, device)
         book = RoundBook(evaluator, ledger, config.federated.rounds)
         update_bytes = record_bytes(initial)
         ledger.append("federated_started", mode="simulation" if self.simulated else "deployment",
@@ -152,6 +167,7 @@ class FederatedServer:
             "site_dp": config.privacy.mode == "dp",
             "central_dp": config.federated.central_dp,
             "secagg": config.federated.secagg,
+            "transfer_choice": choice_record,
             "exchanged_tensors": sorted(initial),
             "update_bytes": update_bytes,
             "problems": problems,

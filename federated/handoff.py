@@ -97,7 +97,10 @@ def write_handoff(*, run_dir: Path, config: RunConfig, splits: DatasetSplits, bo
     site_privacy = site_guarantees(book, config, run_dir)
     privacy = privacy_summary(site_privacy, central, [site["name"] for site in sites])
     artifacts = []
+    choice = federation.get("transfer_choice")
     if privacy is not None:
+        if choice is not None:
+            privacy = {**privacy, "hyperparameters": choice["hyperparameters"], "transfer_choice": choice}
         run.write_privacy(privacy)
         artifacts.append(PRIVACY_FILE)
     run.write_federation({**federation, "sites": sites})
@@ -129,6 +132,7 @@ def write_handoff(*, run_dir: Path, config: RunConfig, splits: DatasetSplits, bo
         "engine": engine,
         "device": device,
         "transfer": config.model.transfer,
+        **({"transfer_choice": choice, "hyperparameters": choice["hyperparameters"]} if choice is not None else {}),
         "trainable_parameters": trainable,
         "total_parameters": total,
         "train_examples": train_examples,

@@ -29,10 +29,12 @@ from flwr.app import ConfigRecord, RecordDict
 from federated import protocol
 from federated.site_data import Site, resolve_site
 from federated.site_engine import SiteEngine, private_site_engine, site_noise_multiplier
-from federated.task import (build_model, encode_frame, evaluate_model, load_arrays, round_seed,
-                            base_model_sha256, secure_ft_version, trainable_arrays, train_locally)
+from federated.task import (build_model, evaluate_model, load_arrays, round_seed, base_model_sha256,
+                            secure_ft_version, trainable_arrays, train_locally)
 from secure_ft.config import RunConfig, config_from_dict
 from secure_ft.errors import ConfigError, ModelError, SecureFTError
+from secure_ft.probe import trainee_and_datasets
+from secure_ft.run_directory import RunDirectory
 from secure_ft.run_ledger import Ledger
 from secure_ft.models import resolve_device
 from secure_ft.training_loop import TrainingEngine
@@ -133,14 +135,18 @@ def train_site_round(instructions: Instructions, global_arrays: Mapping[str, np.
         started = time.perf_counter()
         model, tokenizer = build_model(config, instructions.labels)
         load_arrays(model, global_arrays)
-        train_set = encode_frame(tokenizer, site.data.train, config.model.max_length)
-        validation_set = encode_frame(tokenizer, site.data.validation, config.model.max_length)
+        device = resolve_device(config.device)
+        # the probe trains the head on embeddings cached in the site's own folder (encoded in round 1 only)
+        trainee, (train_set, validation_set) = trainee_and_datasets(
+            model, tokenizer, config.model, [site.data.train, site.data.validation],
+            cache_dir=RunDirectory(site.state_dir).cache_dir, device=device,
+            batch_size=config.training.eval_batch_size, progress=False)
         engine = SiteEngine(_inner_engine(config, site, state), proximal_mu=instructions.proximal_mu,
                             restore=_load_engine_state(state))
         try:
-            result = train_locally(model, train_set, validation_set, instructions.labels, config,
+            result = train_locally(trainee, train_set, validation_set, instructions.labels, config,
                                    seed=round_seed(config.seed, instructions.server_round, site.name), engine=engine,
-                                   device=resolve_device(config.device))
+                                   device=device)
         finally:
             engine.close()
         last = result.history[-1] if result.history else None
@@ -182,8 +188,11 @@ def evaluate_site(instructions: Instructions, global_arrays: Mapping[str, np.nda
         check_instructions(instructions)
         model, tokenizer = build_model(config, instructions.labels)
         load_arrays(model, global_arrays)
-        dataset = encode_frame(tokenizer, site.data.validation, config.model.max_length)
-        scores = evaluate_model(model, dataset, instructions.labels, config, resolve_device(config.device))
+        device = resolve_device(config.device)
+        evaluated, (dataset,) = trainee_and_datasets(
+            model, tokenizer, config.model, [site.data.validation], cache_dir=RunDirectory(site.state_dir).cache_dir,
+            device=device, batch_size=config.training.eval_batch_size, progress=False)
+        scores = evaluate_model(evaluated, dataset, instructions.labels, config, device)
         return SiteReport(site.name, {protocol.NUM_EXAMPLES: float(len(site.data.validation)),
                                       protocol.ACCURACY: scores["accuracy"], protocol.MACRO_F1: scores["macro_f1"]})
     except Exception as error:

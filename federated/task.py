@@ -4,12 +4,16 @@ Every site and the server build the same model from the same base checkpoint
 (`secure_ft.models.load_base_model` + `apply_transfer`, seeded so that freshly initialised
 heads and adapters agree). Only the parameters that train travel between them:
 
+- ``transfer: probe`` — the classification head only (a few thousand numbers); each site reads its
+  rows through the frozen encoder once, caching the embeddings in its own folder (`secure_ft.probe`);
 - ``transfer: lora`` — the LoRA adapters and the classification head (+ a trained BERT pooler): about
   0.3 % of the full model's bytes for r = 8 on the query/value projections;
 - ``transfer: top_k`` — the top k encoder layers and the head;
 - ``transfer: full`` — every parameter.
 
-The frozen rest never leaves a site, so a site whose base checkpoint differs would train a
+``transfer: auto`` is resolved once by the server (`federated.coordinator`, from the whole
+federation's rows) and sent resolved, so every site trains the same thing. The frozen rest
+never leaves a site, so a site whose base checkpoint differs would train a
 different model; `base_model_sha256` lets a site refuse such a mismatch before training.
 
 Local training is `secure_ft.training_loop.fit`, the loop central runs use, on the site's rows.

@@ -25,7 +25,9 @@ from secure_ft.models import (
     save_trained_model,
     trainable_parameter_count,
 )
-from secure_ft.training_loop import EpochRecord, TrainingEngine, encode, fit, seed_everything
+from secure_ft.probe import trainee_and_datasets
+from secure_ft.training_loop import EpochRecord, TrainingEngine, fit, seed_everything
+from secure_ft.transfer_choice import resolve_run_config
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +72,24 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
     """
     if resume:
         run = RunDirectory(run_dir)
-        config = run.read_config()
+        config = run.read_config()  # saved resolved: transfer and recipe are those the run started with
         CheckpointStore(run.checkpoint_dir).load()  # fail early on a missing or corrupt checkpoint
         splits = load_splits(config.data, config.seed)
+        config, choice = resolve_run_config(config, len(splits.train))
+        choice_record = run.read_transfer_choice() or choice.to_dict()
         ledger = Ledger(run.path)
         ledger.append("run_resumed", fingerprint=splits.fingerprint)
     else:
         splits = load_splits(config.data, config.seed)
         resolve_model_source(config.model.name_or_path)
+        config, choice = resolve_run_config(config, len(splits.train))
+        choice_record = choice.to_dict()
         if run_dir is None:
             run_dir = new_run_dir(output_dir if output_dir is not None else config.output_dir)
         run = RunDirectory(run_dir)
         ledger = run.start(config, splits)
+        run.write_transfer_choice(choice_record)
+        ledger.append("transfer_resolved", **choice_record)
     run_dir = run.path
     run.write_data_summary(splits.summary())
 
@@ -92,21 +100,24 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
     trainable, total = trainable_parameter_count(model)
     log.info("model %s, transfer %s: %d of %d parameters train", config.model.name_or_path,
              config.model.transfer, trainable, total)
-    max_length = config.model.max_length
-    train_set = encode(tokenizer, splits.train["text"].tolist(), splits.train["label"].tolist(), max_length)
-    validation_set = encode(tokenizer, splits.validation["text"].tolist(), splits.validation["label"].tolist(), max_length)
+    trainee, (train_set, validation_set) = trainee_and_datasets(
+        model, tokenizer, config.model, [splits.train, splits.validation], cache_dir=run.cache_dir, device=device,
+        batch_size=config.training.eval_batch_size, progress=progress)
     engine = make_engine(config, splits)
+    if hasattr(engine, "notes"):
+        engine.notes.update(hyperparameters=choice_record["hyperparameters"], transfer_choice=choice_record)
 
     def on_epoch(record: EpochRecord) -> None:
         ledger.append("epoch_done", epoch=record.epoch, step=record.step, val_accuracy=record.val_accuracy,
                       val_macro_f1=record.val_macro_f1, **{k: v for k, v in record.extra.items() if k == "epsilon"})
 
-    result = fit(model, train_set, validation_set, splits.label_names, config.training, seed=config.seed,
+    result = fit(trainee, train_set, validation_set, splits.label_names, config.training, seed=config.seed,
                  device=device, engine=engine, checkpoints=CheckpointStore(run.checkpoint_dir), resume=resume,
                  fingerprint=splits.fingerprint, progress=progress, on_epoch=on_epoch)
 
     model_dir = run.model_dir
-    digest = save_trained_model(result.model, tokenizer, model_dir)
+    # the probe trained the model's own classifier through `trainee`: save the whole model
+    digest = save_trained_model(model if config.model.transfer == "probe" else result.model, tokenizer, model_dir)
     artifacts = engine.write_artifacts(run_dir, result)
     record_privacy_inputs(run, ledger)
     best = next((r for r in result.history if r.epoch == result.best_epoch), None)
@@ -115,6 +126,8 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
         "engine": engine.name,
         "device": device,
         "transfer": config.model.transfer,
+        "transfer_choice": choice_record,
+        "hyperparameters": choice_record["hyperparameters"],
         "trainable_parameters": trainable,
         "total_parameters": total,
         "train_examples": len(splits.train),

@@ -65,6 +65,14 @@ def train_distributed(config, run_dir: Path | None, *, resume: bool, rank: int,
 
     if config is not None and config.privacy.mode != "dp":
         raise SystemExit("secure_ft.distributed trains central DP runs; set privacy.mode: dp")
+    if config is not None:
+        from secure_ft.transfer_choice import resolve_run_config
+
+        config, choice = resolve_run_config(config, len(load_splits(config.data, config.seed).train))
+        if choice.transfer == "probe":
+            raise SystemExit(f"model.transfer resolves to probe ({choice.reason}): the probe trains a linear head in "
+                             "seconds on one process; run `secure-ft train` instead, or set model.transfer: lora to "
+                             "train across processes")
     # process 0 chooses the run directory and tells the others
     if rank == 0 and run_dir is None:
         run_dir = new_run_dir(config.output_dir)

@@ -25,7 +25,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from secure_ft.config import ModelConfig
 from secure_ft.errors import ModelError
 from secure_ft.model_identity import DIGEST_ALGORITHM, HASH_FILE, model_digest
-from secure_ft.pooling import MEAN, sentence_transformers_pooling, use_mean_pooling
+from secure_ft.pooling import MEAN, MEAN_NORMALIZED, MEAN_POOLINGS, sentence_transformers_pooling, use_mean_pooling
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def load_base_model(config: ModelConfig, label_names: list[str]) -> tuple[PreTra
         raise
     except Exception as error:
         raise ModelError(f"{source}: cannot load the model: {error}") from None
-    _choose_pooling(model, source, config.pooling)
+    _choose_pooling(model, source, probe_pooling(config) if config.transfer == "probe" else config.pooling)
     tokenizer = load_tokenizer(source, config.revision, config.max_length)
     return model, tokenizer
 
@@ -128,12 +128,22 @@ def _choose_pooling(model: PreTrainedModel, source: str, pooling: str) -> None:
     sentence_transformers = (Path(source) / "modules.json").is_file()  # their BERT pooler never trained
     if pooling == "auto":
         pooling = MEAN if sentence_transformers and sentence_transformers_pooling(source) == MEAN else "cls"
-    if pooling == MEAN:
-        if not use_mean_pooling(model):
-            raise ModelError(f"{source}: model.pooling: mean needs a BERT-style model with a pooler to replace; "
-                             f"{type(model).__name__} has none — use pooling: auto or cls")
+    if pooling in MEAN_POOLINGS:
+        if not use_mean_pooling(model, pooling):
+            raise ModelError(f"{source}: model.pooling: {pooling} needs a BERT-style model with a pooler to replace "
+                             f"(transfer: probe reads mean_normalized); {type(model).__name__} has none — use pooling: "
+                             "auto or cls, with transfer: lora or full")
     elif sentence_transformers:
         _use_identity_pooler(model)
+
+
+def probe_pooling(config: ModelConfig) -> str:
+    """What the frozen-encoder probe reads: the unit-length mean embedding, or the plain mean when configured.
+
+    Sentence-transformers models were trained for the (normalised) mean; [CLS] readings of a
+    frozen encoder separate classes far less well (see `secure_ft.pooling`).
+    """
+    return config.pooling if config.pooling in MEAN_POOLINGS else MEAN_NORMALIZED
 
 
 def _use_identity_pooler(model: PreTrainedModel) -> None:
@@ -176,14 +186,23 @@ def classifier_module_names(model: nn.Module) -> list[str]:
     """
     names = [name for name in ("classifier", "pre_classifier", "score") if hasattr(model, name)]
     base = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    replaced = getattr(model.config, "pooler_init", None) == "identity" or getattr(model.config, "pooling", None) == MEAN
+    replaced = getattr(model.config, "pooler_init", None) == "identity" or getattr(model.config, "pooling", None) in MEAN_POOLINGS
     if getattr(base, "pooler", None) is not None and not replaced:
         names.append("pooler")
     return names
 
 
 def apply_transfer(model: PreTrainedModel, config: ModelConfig) -> nn.Module:
-    """Full fine-tuning, LoRA adapters + head, or the top k encoder layers + head."""
+    """Full fine-tuning, LoRA adapters + head, the top k encoder layers + head, or the probe (head only).
+
+    ``transfer: auto`` must be resolved first (`secure_ft.transfer_choice.resolve_run_config`).
+    """
+    if config.transfer == "auto":
+        raise ModelError("model.transfer: auto must be resolved to probe, lora or full before the model is built "
+                         "(secure_ft.transfer_choice.resolve_run_config does it from the training rows); "
+                         "or set model.transfer explicitly")
+    if config.transfer == "probe":
+        return _freeze_all_but_output_layer(model)
     if config.transfer == "full":
         for parameter in model.parameters():
             parameter.requires_grad = True
@@ -210,6 +229,16 @@ def apply_transfer(model: PreTrainedModel, config: ModelConfig) -> nn.Module:
         if name.rsplit(".", 1)[-1] in classifier_module_names(model):
             for parameter in module.parameters():
                 parameter.requires_grad = True
+    return model
+
+
+def _freeze_all_but_output_layer(model: PreTrainedModel) -> PreTrainedModel:
+    """The probe: only the output projection trains, on the frozen encoder's pooled sentence embedding."""
+    if getattr(model.config, "pooling", None) not in MEAN_POOLINGS or not isinstance(getattr(model, "classifier", None), nn.Linear):
+        raise ModelError(f"transfer: probe needs a BERT-style model whose classifier is one linear layer on the mean "
+                         f"pooled encoder ({type(model).__name__} is not one); use transfer: lora or full")
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad = name.startswith("classifier.")
     return model
 
 
@@ -283,8 +312,9 @@ def load_trained_model(model_dir: str | Path, device: str = "cpu") -> tuple[PreT
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     except Exception as error:
         raise ModelError(f"{model_dir}: cannot load the trained model: {error}") from None
-    mean_pooled = getattr(model.config, "pooling", None) == MEAN
-    if mean_pooled and not use_mean_pooling(model):
+    pooling = getattr(model.config, "pooling", None)
+    mean_pooled = pooling in MEAN_POOLINGS
+    if mean_pooled and not use_mean_pooling(model, pooling):
         raise ModelError(f"{model_dir}: config.json asks for mean pooling but this architecture has no pooler to "
                          "replace; the folder was not written by secure-ft")
     missing = [key for key in loading["missing_keys"] if not (mean_pooled and ".pooler." in f".{key}")]

@@ -93,8 +93,7 @@ def run_pipeline(config: RunConfig, output_dir: str | Path, *, resume_dir: Path 
         check_before_training(config, policy, policy_path)  # refuse now what the gate would block after training
     trained = train(config, output_dir, resume_dir, progress)
     run = RunDirectory(trained.run_dir)
-    if resume_dir is not None:
-        config = run.read_config()
+    config = run.read_config()  # what the run actually used (e.g. transfer: auto resolved), also on resume
     run_dir = run.path
     ledger = Ledger(run_dir)
     atomic_write_bytes(run.policy_file, policy_path.read_bytes())

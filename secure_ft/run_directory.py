@@ -9,6 +9,9 @@ for a path or a typed record instead of spelling a file name::
       metrics.json         per-epoch (or per-round) validation metrics, steps, stop reason
       model/               save_pretrained folder (safetensors) + model_hash.json
       checkpoints/         last.pt (+ .sha256) for resuming
+      cache/               derived data worth keeping for a resume (the probe's sentence embeddings,
+                           `secure_ft.embedding_cache`); as private as the training data, never elsewhere
+      transfer.json        what trained (model.transfer resolved, `secure_ft.transfer_choice`) and why
       ledger.jsonl         the hash-chained record of every step (`secure_ft.run_ledger`)
       privacy.json         DP runs: the guarantee, enough to recompute ε
       privacy_ledger.json  DP runs: the accountant's history (`secure_ft.privacy.accountant_history`)
@@ -48,6 +51,8 @@ DATA_FILE = "data.json"
 METRICS_FILE = "metrics.json"
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
+CACHE_DIR = "cache"
+TRANSFER_FILE = "transfer.json"
 PRIVACY_FILE = "privacy.json"
 ACCOUNTANT_HISTORY_FILE = "privacy_ledger.json"
 FEDERATED_FILE = "federated.json"
@@ -90,6 +95,11 @@ class RunDirectory:
     @property
     def checkpoint_dir(self) -> Path:
         return self.path / CHECKPOINT_DIR
+
+    @property
+    def cache_dir(self) -> Path:
+        """Derived data (embeddings) of this run; caches never live outside a run directory."""
+        return self.path / CACHE_DIR
 
     @property
     def privacy_file(self) -> Path:
@@ -189,6 +199,12 @@ class RunDirectory:
 
     def read_privacy(self) -> dict[str, Any] | None:
         return self.read_record(PRIVACY_FILE)
+
+    def write_transfer_choice(self, choice: dict[str, Any]) -> Path:
+        return self.write_record(TRANSFER_FILE, choice)
+
+    def read_transfer_choice(self) -> dict[str, Any] | None:
+        return self.read_record(TRANSFER_FILE)
 
     def write_federation(self, federation: dict[str, Any]) -> Path:
         return self.write_record(FEDERATED_FILE, federation)

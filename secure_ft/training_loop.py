@@ -6,6 +6,10 @@ the plain engine clips the total gradient norm; the private engine (`secure_ft.p
 wraps the same model, optimizer and loader with Opacus, splits logical batches into
 physical ones and keeps the privacy accountant. A federated client calls `fit` on its
 site's data.
+
+A batch is either token tensors (`encode`: ids, mask, segment ids, positions, labels) for a
+model that reads text, or ``(features, labels)`` for a model that reads precomputed features
+(the frozen-encoder probe, `secure_ft.probe`): the loop trains and evaluates both the same way.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from sklearn.metrics import accuracy_score, f1_score, recall_score
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from secure_ft.accumulation import AccumulatingOptimizer, pieces
 from secure_ft.checkpoint import CheckpointStore
@@ -34,6 +38,15 @@ from secure_ft.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
+
+
+def make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    """AdamW, or SGD with momentum (the probe recipe: on unit-length features its steps stay bounded), over the trainable parameters."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.learning_rate, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
 def seed_everything(seed: int) -> None:
@@ -58,6 +71,8 @@ def encode(tokenizer, texts: list[str], labels: list[int], max_length: int) -> T
 
 def _trim(batch: list[torch.Tensor]) -> list[torch.Tensor]:
     """Cut the padding columns no example in the batch uses (speed only; results unchanged)."""
+    if len(batch) == 2:  # (features, labels): nothing padded
+        return batch
     input_ids, attention_mask, token_types, positions, labels = batch
     if len(input_ids) == 0:
         return batch
@@ -67,6 +82,10 @@ def _trim(batch: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def forward_logits(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+    """Logits of a token batch (a transformers model) or of a ``(features, labels)`` batch (a plain module)."""
+    if len(batch) == 2:
+        output = model(batch[0])
+        return getattr(output, "logits", output)
     input_ids, attention_mask, token_types, positions, _ = batch
     return model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_types,
                  position_ids=positions).logits
@@ -287,8 +306,7 @@ def fit(
         torch.set_num_threads(config.num_threads)
     seed_everything(seed)
     model.to(device).train()
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, config)
     if config.head_learning_rate is not None:
         give_head_its_learning_rate(optimizer, model, config.head_learning_rate)
     loader = DataLoader(train_set, batch_size=min(config.batch_size, len(train_set)), shuffle=True,
@@ -298,7 +316,11 @@ def fit(
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
-    scheduler = get_linear_schedule_with_warmup(prepared.optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps)
+    warmup = math.ceil(config.warmup_ratio * total_steps)
+    if config.lr_schedule == "constant":
+        scheduler = get_constant_schedule_with_warmup(prepared.optimizer, warmup)
+    else:
+        scheduler = get_linear_schedule_with_warmup(prepared.optimizer, warmup, total_steps)
 
     state = {"epoch": 1, "batches_done": 0, "step": 0, "history": [], "best_f1": -1.0, "best_epoch": 0,
              "best_state": None, "epochs_without_gain": 0, "loss_sum": 0.0, "loss_count": 0}

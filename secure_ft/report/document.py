@@ -41,7 +41,7 @@ from secure_ft.config import RunConfig
 from secure_ft.errors import BundleError
 from secure_ft.run_ledger import verify_ledger
 from secure_ft.model_identity import HASH_FILE, model_digest
-from secure_ft.run_directory import DATA_FILE, METRICS_FILE, MODEL_DIR, POLICY_FILE, PRIVACY_FILE
+from secure_ft.run_directory import DATA_FILE, METRICS_FILE, MODEL_DIR, POLICY_FILE, PRIVACY_FILE, TRANSFER_FILE
 
 REPORT_SCHEMA_VERSION = "1.0"
 REPORT_KIND = "secure-ft audit report"
@@ -118,6 +118,7 @@ def read_json(path: Path) -> Any:
 
 def run_identity(run_dir: Path, verdict: Verdict, config: RunConfig) -> dict[str, Any]:
     data = read_json(run_dir / DATA_FILE) or {}
+    choice = read_json(run_dir / TRANSFER_FILE) or {}  # what `transfer: auto` resolved to, and why
     model_dir = run_dir / MODEL_DIR
     current_hash = model_digest(model_dir) if (model_dir / "config.json").is_file() else None
     return {
@@ -130,7 +131,9 @@ def run_identity(run_dir: Path, verdict: Verdict, config: RunConfig) -> dict[str
             "hash_recorded_at_save": (read_json(model_dir / HASH_FILE) or {}).get("sha256"),
             "base_model": config.model.name_or_path,
             "base_model_revision": config.model.revision,
-            "transfer": config.model.transfer,
+            "transfer": choice.get("transfer", config.model.transfer),
+            "transfer_reason": choice.get("reason"),
+            "hyperparameters": choice.get("hyperparameters"),
             "max_length": config.model.max_length,
             "labels": data.get("labels"),
         },

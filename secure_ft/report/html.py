@@ -175,7 +175,8 @@ def _identity(report: dict[str, Any]) -> str:
         ("dropped classes", data.get("dropped_classes") or None),
         ("model SHA-256", model.get("sha256")), ("audited model SHA-256", model.get("audited_sha256")),
         ("base model", model.get("base_model")), ("base model revision", model.get("base_model_revision")),
-        ("transfer", model.get("transfer")), ("max sequence length", model.get("max_length")),
+        ("transfer", model.get("transfer")), ("why this transfer", model.get("transfer_reason")),
+        ("hyperparameters", model.get("hyperparameters")), ("max sequence length", model.get("max_length")),
         ("seed", run.get("seed")),
         ("policy", f"{(run.get('policy') or {}).get('name')} (SHA-256 {(run.get('policy') or {}).get('sha256')})"),
     ]))
@@ -233,10 +234,10 @@ def _privacy(report: dict[str, Any]) -> str:
         ("per-sample clipping norm C", guarantee.get("max_grad_norm")), ("sampling rate q", guarantee.get("sample_rate")),
         ("optimizer steps", guarantee.get("steps")), ("epochs", guarantee.get("epochs")),
         ("training set size", guarantee.get("dataset_size")), ("trained", guarantee.get("trained")),
-        ("Opacus version", guarantee.get("opacus_version")),
+        ("hyperparameters", guarantee.get("hyperparameters")), ("Opacus version", guarantee.get("opacus_version")),
     ]
     shown = {"epsilon", "delta", "accountant", "noise_multiplier", "max_grad_norm", "sample_rate", "steps", "epochs",
-             "dataset_size", "trained", "opacus_version", "epsilon_history", "sites", "central"}
+             "dataset_size", "trained", "hyperparameters", "opacus_version", "epsilon_history", "sites", "central"}
     rows += [(key, value) for key, value in guarantee.items() if key not in shown and not isinstance(value, (dict, list))]
     parts = [_pairs(rows)]
     if _is_number(guarantee.get("epsilon")) and _is_number(guarantee.get("delta")):

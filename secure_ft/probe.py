@@ -1,0 +1,150 @@
+"""The frozen-encoder probe: sentence embeddings computed once, a linear head trained on them.
+
+With ``model.transfer: probe`` the encoder never trains. Every text is read through it once
+(`embed_texts`): the mean of its token states, scaled to unit length (the ``mean_normalized``
+pooling of `secure_ft.pooling`), which is the sentence embedding the default
+sentence-transformers encoder was trained to produce. Only the classifier's output layer
+trains, on those vectors, through the one loop (`secure_ft.training_loop.fit`) and — under
+DP — the one `secure_ft.privacy.engine.PrivateEngine`: Poisson sampling, per-sample clipping
+and accounting are exactly those of any other run, over a few thousand parameters instead
+of millions, so a small dataset's budget buys far less noise per useful direction.
+
+`ProbeHead` is a view of the full model's ``classifier`` (the same parameters), so after
+training the full model — encoder, mean-normalised pooler, trained head — is saved as an
+ordinary ``save_pretrained`` folder that `secure_ft.models.load_trained_model`, the audits,
+export and serving read like any other. Its predictions on raw text equal the head's on the
+cached embeddings, because the embeddings were computed by the same pooler.
+
+Embeddings are cached inside the run directory (`secure_ft.embedding_cache`), keyed by the
+encoder's hash, the maximum length and the pooling, and looked up by each text's hash.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+from tqdm.auto import tqdm
+
+from secure_ft.config import ModelConfig
+from secure_ft.embedding_cache import EmbeddingCache, cache_key, text_sha256
+from secure_ft.errors import ModelError
+from secure_ft.model_identity import model_digest
+from secure_ft.models import probe_pooling, resolve_model_source
+
+log = logging.getLogger(__name__)
+
+
+class ProbeHead(nn.Module):
+    """The trainable part of a probe: the full model's output layer, reading sentence embeddings.
+
+    Holds the model's own ``classifier`` (not a copy): training it trains the model. The
+    parameter names (``classifier.weight``, ``classifier.bias``) are the full model's, so
+    checkpoints and federated updates fit either.
+    """
+
+    def __init__(self, classifier: nn.Linear):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        # BERT's dropout before the classifier is left out: under DP-SGD it only adds noise
+        return self.classifier(features)
+
+
+def probe_head(model: nn.Module) -> ProbeHead:
+    """The `ProbeHead` of a model built with ``transfer: probe``."""
+    classifier = getattr(model, "classifier", None)
+    if not isinstance(classifier, nn.Linear):
+        raise ModelError(f"transfer: probe needs a classifier that is one linear layer; {type(model).__name__} has "
+                         f"{type(classifier).__name__}; use transfer: lora or full")
+    return ProbeHead(classifier)
+
+
+def encoder_sha256(model_config: ModelConfig) -> str:
+    """Identity of the base encoder: the hash of a local folder's weights and config, else name@revision."""
+    source = resolve_model_source(model_config.name_or_path)
+    if Path(source).is_dir():
+        return model_digest(Path(source))
+    return f"{source}@{model_config.revision or 'unpinned'}"
+
+
+def embedding_cache(folder: str | Path, model_config: ModelConfig) -> EmbeddingCache:
+    """The cache of this encoder setting in `folder` (a run directory's ``cache/``)."""
+    key = cache_key(encoder_sha256(model_config), model_config.max_length, probe_pooling(model_config))
+    return EmbeddingCache(folder, key)
+
+
+@torch.no_grad()  # not inference_mode: the vectors become autograd inputs of the head
+def embed_texts(model: nn.Module, tokenizer, texts: list[str], *, max_length: int, cache: EmbeddingCache | None = None,
+                batch_size: int = 64, device: str | torch.device = "cpu", progress: bool = True) -> torch.Tensor:
+    """Pooled sentence embeddings (n, hidden) of `texts`, from the cache where present.
+
+    Runs the model's own base encoder and pooler (its ``pooler_output``), so the vectors are
+    exactly what the saved model's classifier reads. Texts are encoded shortest first, so a
+    batch pads to lengths close to its own; each distinct text is encoded once.
+    """
+    digests = [text_sha256(text) for text in texts]
+    found = cache.get(digests) if cache is not None else {}
+    missing = list(dict.fromkeys(d for d in digests if d not in found))
+    if missing:
+        first_text = dict(zip(digests, texts))
+        todo = [first_text[digest] for digest in missing]
+        lengths = [len(ids) for ids in tokenizer(todo, truncation=True, max_length=max_length)["input_ids"]]
+        order = sorted(range(len(todo)), key=lengths.__getitem__)
+        encoder = getattr(model, model.base_model_prefix)
+        was_training = model.training
+        model.eval().to(device)
+        vectors: list[torch.Tensor | None] = [None] * len(todo)
+        bar = tqdm(total=len(todo), desc="embedding texts", unit="text", disable=not progress, dynamic_ncols=True)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            batch = tokenizer([todo[i] for i in chunk], truncation=True, max_length=max_length, padding=True,
+                              return_tensors="pt").to(device)
+            pooled = encoder(**batch).pooler_output.float().cpu()
+            for index, vector in zip(chunk, pooled):
+                vectors[index] = vector
+            bar.update(len(chunk))
+        bar.close()
+        model.train(was_training)
+        computed = torch.stack(vectors)
+        found.update(zip(missing, computed))
+        if cache is not None:
+            cache.add(missing, computed)
+    log.info("embeddings: %d texts, %d from the cache, %d encoded", len(texts), len(texts) - len(missing), len(missing))
+    if not texts:
+        return torch.zeros((0, model.config.hidden_size))
+    return torch.stack([found[digest] for digest in digests])
+
+
+def feature_dataset(embeddings: torch.Tensor, labels: list[int]) -> TensorDataset:
+    """``(features, labels)``: the batch shape `secure_ft.training_loop.fit` trains a probe head on."""
+    return TensorDataset(embeddings.float().contiguous(), torch.as_tensor(labels, dtype=torch.long))
+
+
+def trainee_and_datasets(model: nn.Module, tokenizer, model_config: ModelConfig, frames: list, *,
+                         cache_dir: str | Path, device: str | torch.device = "cpu", batch_size: int = 64,
+                         progress: bool = True) -> tuple[nn.Module, list[TensorDataset]]:
+    """What `fit` / `evaluate` run and on what, for each of `frames` (``text`` and ``label`` columns).
+
+    The model on token datasets (`secure_ft.training_loop.encode`), or — with ``transfer:
+    probe`` — its `ProbeHead` on sentence embeddings cached in `cache_dir` (a run directory's
+    ``cache/``). Central runs, federated sites and the federated server all call this.
+    """
+    from secure_ft.training_loop import encode
+
+    texts = [frame["text"].tolist() for frame in frames]
+    labels = [frame["label"].astype(int).tolist() for frame in frames]
+    if model_config.transfer != "probe":
+        return model, [encode(tokenizer, t, y, model_config.max_length) for t, y in zip(texts, labels)]
+    cache = embedding_cache(cache_dir, model_config)
+    vectors = embed_texts(model, tokenizer, [text for part in texts for text in part], max_length=model_config.max_length,
+                          cache=cache, batch_size=batch_size, device=device, progress=progress)
+    datasets, start = [], 0
+    for part, targets in zip(texts, labels):
+        datasets.append(feature_dataset(vectors[start:start + len(part)], targets))
+        start += len(part)
+    return probe_head(model), datasets

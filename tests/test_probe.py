@@ -1,0 +1,119 @@
+"""The frozen-encoder probe: cached embeddings, a DP head through the one loop, an ordinary saved model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dp_helpers import dp_config
+from toy_data import toy_frame
+from secure_ft.central_run import train_run
+from secure_ft.checkpoint import CheckpointStore
+from secure_ft.config import ModelConfig
+from secure_ft.embedding_cache import EmbeddingCache, text_sha256
+from secure_ft.models import load_base_model, load_trained_model, predict
+from secure_ft.privacy.accountant_history import load_accountant_history
+from secure_ft.privacy.recompute import verify_privacy
+from secure_ft.probe import embed_texts, embedding_cache
+from secure_ft.probe_recipe import RECIPE_NAME
+from secure_ft.run_directory import RunDirectory
+
+
+@pytest.fixture
+def toy_data_csv(tmp_path):
+    path = tmp_path / "data.csv"
+    toy_frame().to_csv(path, index=False)
+    return path
+
+
+def probe_config(data_csv, model_dir, output_dir, **training):
+    """A DP probe run whose training section sets only what a test needs (the recipe supplies the rest)."""
+    config = dp_config(data_csv, model_dir, output_dir, transfer="probe")
+    config.training = type(config.training).model_validate({"num_threads": 1, **training})
+    return config
+
+
+def test_saved_probe_predicts_like_the_head_on_cached_embeddings(tmp_path, toy_data_csv, tiny_model_dir):
+    config = probe_config(toy_data_csv, tiny_model_dir, tmp_path / "runs", epochs=3)
+    trained = train_run(config, output_dir=tmp_path / "runs", progress=False)
+    run = RunDirectory(trained.run_dir)
+
+    model, tokenizer = load_trained_model(trained.model_dir)  # the ordinary loader, no probe special case
+    assert json.loads((trained.model_dir / "config.json").read_text())["pooling"] == "mean_normalized"
+    texts = trained.splits.validation["text"].tolist()
+    saved = predict(model, tokenizer, texts, max_length=16).probabilities
+
+    (cache_file,) = run.cache_dir.glob("embeddings-*.safetensors")  # the cache lives in the run directory
+    cache = EmbeddingCache(run.cache_dir, embedding_cache(run.cache_dir, config.model).key)
+    found = cache.get([text_sha256(text) for text in texts])
+    embeddings = torch.stack([found[text_sha256(text)] for text in texts])
+    assert torch.allclose(embeddings.norm(dim=-1), torch.ones(len(texts)), atol=1e-5)
+    with torch.no_grad():
+        head = torch.softmax(model.classifier(embeddings), dim=-1)
+    assert torch.allclose(saved, head, atol=1e-5)
+
+    # only the head trained: the encoder is the base model's
+    base, _ = load_base_model(ModelConfig(name_or_path=str(tiny_model_dir), transfer="probe", max_length=16),
+                              trained.splits.label_names)
+    for name, parameter in base.named_parameters():
+        if name.startswith("bert.") and ".pooler." not in name:
+            assert torch.equal(parameter, model.state_dict()[name]), name
+
+    privacy = run.read_privacy()
+    assert privacy["trained"] == "probe" and privacy["hyperparameters"] == f"fixed recipe {RECIPE_NAME} with configured training.epochs"
+    verification = verify_privacy(run.path)  # ε recomputed from the accountant's history
+    assert verification.passed, verification.to_dict()
+    assert 0 < privacy["epsilon"] <= 8.0
+    metrics = run.read_metrics()
+    assert metrics["trainable_parameters"] == 32 * 3 + 3  # hidden 32 → 3 labels
+
+
+def test_killed_probe_run_resumes_to_the_same_model_and_epsilon(tmp_path, toy_data_csv, tiny_model_dir, monkeypatch):
+    config = probe_config(toy_data_csv, tiny_model_dir, tmp_path / "runs", epochs=2, checkpoint_every_steps=3)
+    reference = train_run(config, output_dir=tmp_path / "reference", progress=False)
+
+    original_save = CheckpointStore.save
+
+    def save_then_die(self, state):
+        original_save(self, state)
+        raise KeyboardInterrupt("simulated kill right after the first checkpoint")
+
+    monkeypatch.setattr(CheckpointStore, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config, output_dir=tmp_path / "killed", progress=False)
+    monkeypatch.setattr(CheckpointStore, "save", original_save)
+    (killed_dir,) = (tmp_path / "killed").iterdir()
+
+    encoded = []
+    monkeypatch.setattr("secure_ft.probe.tqdm", lambda *a, **k: encoded.append(k["total"]) or _NoBar())
+    resumed = train_run(None, killed_dir, resume=True, progress=False)
+    assert encoded == []  # every embedding came from the run's cache
+    expected = json.loads((reference.run_dir / "privacy.json").read_text())
+    got = json.loads((killed_dir / "privacy.json").read_text())
+    assert got["epsilon"] == expected["epsilon"] and got["steps"] == expected["steps"]
+    assert resumed.model_sha256 == reference.model_sha256
+    assert {"event": "resumed", "step": 3} in load_accountant_history(killed_dir).events
+
+
+class _NoBar:
+    def update(self, _):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_embeddings_are_cached_by_text_and_recomputed_for_new_ones(tmp_path, tiny_model_dir):
+    config = ModelConfig(name_or_path=str(tiny_model_dir), transfer="probe", max_length=16)
+    model, tokenizer = load_base_model(config, ["a", "b", "c"])
+    cache = embedding_cache(tmp_path / "cache", config)
+    first = embed_texts(model, tokenizer, ["card fee", "loan late", "card fee"], max_length=16, cache=cache,
+                        progress=False)
+    assert len(cache) == 2 and torch.equal(first[0], first[2])
+    reopened = embedding_cache(tmp_path / "cache", config)
+    again = embed_texts(model, tokenizer, ["loan late", "new text"], max_length=16, cache=reopened, progress=False)
+    assert torch.allclose(again[0], first[1], atol=1e-6) and len(reopened) == 3
+    other = embedding_cache(tmp_path / "cache", config.model_copy(update={"max_length": 8}))
+    assert other.key != cache.key and len(other) == 0  # another setting, another file
