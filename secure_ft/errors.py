@@ -53,3 +53,7 @@ class BundleError(SecureFTError):
     """An export bundle or run ledger failed verification (tampered, missing file, bad signature)."""
 
     exit_code = 4
+
+
+class ResourceError(SecureFTError):
+    """A local language resource (WordNet, stopwords, a spelling dictionary) is missing or damaged."""
