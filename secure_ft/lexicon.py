@@ -174,8 +174,14 @@ def english_stopwords(root: str | os.PathLike[str] | None = None) -> frozenset[s
 
 @functools.lru_cache(maxsize=4)
 def _open_wordnet(folder: Path):
+    import nltk
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
+    # nltk >= 3.10 opens corpora only under a folder on nltk.data.path; appending ours changes
+    # no other lookup (NLTK searches its own folders first)
+    data_folder = str(folder.parent.parent)
+    if data_folder not in nltk.data.path:
+        nltk.data.path.append(data_folder)
     try:
         return WordNetCorpusReader(str(folder), None)  # no Open Multilingual Wordnet: English only
     except (OSError, LookupError, ValueError) as error:
