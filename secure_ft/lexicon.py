@@ -34,6 +34,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,7 +184,9 @@ def _open_wordnet(folder: Path):
     if data_folder not in nltk.data.path:
         nltk.data.path.append(data_folder)
     try:
-        return WordNetCorpusReader(str(folder), None)  # no Open Multilingual Wordnet: English only
+        with warnings.catch_warnings():  # "multilingual functions are not available": English is all we need
+            warnings.filterwarnings("ignore", message="The multilingual functions")
+            return WordNetCorpusReader(str(folder), None)
     except (OSError, LookupError, ValueError) as error:
         raise ResourceError(f"{folder}: cannot open WordNet ({error}); rebuild it with "
                             "`python -m audits.offline_resources --force`") from None
