@@ -17,6 +17,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -25,6 +26,9 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from secure_ft.config import ModelConfig
 from secure_ft.errors import ModelError
 from secure_ft.pooling import MEAN, sentence_transformers_pooling, use_mean_pooling
+
+if TYPE_CHECKING:
+    from secure_ft.spelling import SpellingFrontEnd
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +301,17 @@ def load_trained_model(model_dir: str | Path, device: str = "cpu") -> tuple[PreT
         raise ModelError(f"{model_dir}: {WEIGHTS_FILE} lacks {len(missing)} weight(s) of the model ({', '.join(missing[:3])}"
                          f"{', ...' if len(missing) > 3 else ''}); the folder is incomplete — save or export the model again")
     return model.to(device).eval(), tokenizer
+
+
+def load_front_end(model_dir: str | Path) -> "SpellingFrontEnd | None":
+    """The text front end saved in a model folder (`secure_ft.spelling`), or None when it has none.
+
+    The one place the loader, the audits and serving get it, so that all of them apply the
+    same correction the model was trained with. Raises ModelError for a damaged ``front_end/``.
+    """
+    from secure_ft.spelling import SpellingFrontEnd
+
+    return SpellingFrontEnd.load(model_dir)
 
 
 @contextmanager

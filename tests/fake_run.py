@@ -13,7 +13,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from audits.gate import VERDICT_FILE, Verdict, decide
+from audits.gate import Verdict, decide
+from secure_ft.run_directory import VERDICT_FILE
 from audits.result import AuditResult, Check
 from secure_ft.config import RunConfig
 from secure_ft.run_ledger import Ledger
