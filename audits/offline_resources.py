@@ -31,10 +31,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-<<<<<<< HEAD
 from secure_ft.atomic_files import atomic_write_text
-from secure_ft.errors import AuditError
-=======
 from secure_ft import lexicon
 from secure_ft.errors import AuditError, ResourceError
 # re-exported: the audit's public names from before the corpora moved to secure_ft.lexicon
@@ -48,7 +45,6 @@ from secure_ft.lexicon import (  # noqa: F401
     _wordnet_sources,
     resource_root,
 )
->>>>>>> robust
 
 TEXTATTACK_MARKER = "post_install_check_3"  # the file textattack 0.3.x checks before its downloads
 

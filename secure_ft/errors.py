@@ -55,10 +55,9 @@ class BundleError(SecureFTError):
     exit_code = 4
 
 
-<<<<<<< HEAD
 class RunDirectoryError(SecureFTError):
     """A record in a run directory is unreadable (damaged or edited by hand)."""
-=======
+
+
 class ResourceError(SecureFTError):
     """A local language resource (WordNet, stopwords, a spelling dictionary) is missing or damaged."""
->>>>>>> robust

@@ -39,7 +39,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from secure_ft.config import atomic_write_text
+from secure_ft.atomic_files import atomic_write_text
 from secure_ft.errors import ResourceError
 
 ROOT_ENV = "SECURE_FT_RESOURCES"

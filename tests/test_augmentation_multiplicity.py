@@ -146,7 +146,7 @@ def test_stacked_copies_load_as_adjacent_rows_under_poisson_sampling(tiny_model_
     from transformers import AutoTokenizer
 
     from secure_ft.augmentation import Perturber
-    from secure_ft.training import encode
+    from secure_ft.training_loop import encode
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     texts = [f"my loan payment {i} was late and the fee was wrong" for i in range(12)]
