@@ -135,6 +135,7 @@ def robustness_audit(context: AuditContext) -> AuditResult:
         "example_rows": [e.row for e in examples],
         "offline_resources": {"stopwords": engine.resources.stopwords_source,
                               "wordnet": engine.resources.wordnet_source},
+        "front_end": engine.classifier.describe_front_end(),  # attacked as served: raw text → front end → model
         "recipes": {},
     }
     checks, notes = [], []

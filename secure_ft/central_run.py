@@ -25,6 +25,7 @@ from secure_ft.models import (
     save_trained_model,
     trainable_parameter_count,
 )
+from secure_ft.robust_training import apply_front_end, build_front_end, robustness_summary, training_set
 from secure_ft.training_loop import EpochRecord, TrainingEngine, encode, fit, seed_everything
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,13 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
     log.info("model %s, transfer %s: %d of %d parameters train", config.model.name_or_path,
              config.model.transfer, trainable, total)
     max_length = config.model.max_length
-    train_set = encode(tokenizer, splits.train["text"].tolist(), splits.train["label"].tolist(), max_length)
-    validation_set = encode(tokenizer, splits.validation["text"].tolist(), splits.validation["label"].tolist(), max_length)
+    robustness = config.training.robustness
+    # the front end is part of the model: training reads corrected text, as audits and serving will
+    front_end = build_front_end(robustness, tokenizer, splits.train["text"].tolist())
+    train_set = training_set(tokenizer, splits.train["text"].tolist(), splits.train["label"].tolist(),
+                             splits.train["row"].tolist(), max_length, robustness, config.seed, front_end)
+    validation_set = encode(tokenizer, apply_front_end(front_end, splits.validation["text"].tolist()),
+                            splits.validation["label"].tolist(), max_length)
     engine = make_engine(config, splits)
 
     def on_epoch(record: EpochRecord) -> None:
@@ -94,7 +100,7 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
                  fingerprint=splits.fingerprint, progress=progress, on_epoch=on_epoch)
 
     model_dir = run.model_dir
-    digest = save_trained_model(result.model, tokenizer, model_dir)
+    digest = save_trained_model(result.model, tokenizer, model_dir, front_end=front_end)
     artifacts = engine.write_artifacts(run_dir, result)
     best = next((r for r in result.history if r.epoch == result.best_epoch), None)
     metrics = {
@@ -108,8 +114,11 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
         "majority_baseline_accuracy": splits.majority_baseline("validation"),
         "best": None if best is None else {"val_accuracy": best.val_accuracy, "val_macro_f1": best.val_macro_f1},
         "model_sha256": digest,
+        "robust_training": robustness_summary(robustness, front_end),
     }
     run.write_metrics(metrics)
     ledger.append("model_saved", model_sha256=digest, steps=result.steps, stopped_reason=result.stopped_reason,
-                  artifacts=artifacts)
+                  artifacts=artifacts, augmentation_copies=robustness.augmentation_copies,
+                  front_end=None if front_end is None else "spelling",
+                  uses_private_vocabulary=metrics["robust_training"]["uses_private_vocabulary"])
     return TrainedRun(run_dir, model_dir, digest, splits, metrics)

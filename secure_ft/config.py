@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from secure_ft.errors import ConfigError
+from secure_ft.robust_training_config import RobustTrainingConfig
 
 BUILTIN_DATASET = "builtin:cfpb"
 
@@ -121,6 +122,9 @@ class TrainingConfig(_Section):
     )
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch default")
+    robustness: RobustTrainingConfig = Field(
+        default_factory=RobustTrainingConfig,
+        description="robustness-focused training (issue #16): augmentation copies and a typo-correcting front end")
 
 
 class PrivacyConfig(_Section):
@@ -441,6 +445,14 @@ class RunConfig(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @model_validator(mode="after")
+    def _robust_training_is_central(self) -> "RunConfig":
+        robustness = self.training.robustness
+        if self.mode == "federated" and (robustness.augmentation_copies or robustness.front_end != "none"):
+            raise ValueError("training.robustness (augmentation_copies, front_end) is wired into central runs only; "
+                             "remove it or use mode: central")
+        return self
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:

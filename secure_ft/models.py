@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "default"
 WEIGHTS_FILE = "model.safetensors"
 HASH_FILE = "model_hash.json"
+_DIGEST_ALGORITHM = "sha256(secure-ft/model-manifest/v1)"  # secure_ft.model_identity.DIGEST_ALGORITHM
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "model.ckpt.index")
 
 
@@ -253,16 +254,23 @@ def file_sha256(path: Path) -> str:
 
 
 def model_hash(model_dir: Path) -> str:
-    """SHA-256 identifying a saved model: its weights and its config, in a fixed order."""
-    digest = hashlib.sha256()
-    for name in sorted(p.name for p in Path(model_dir).glob("*.safetensors")) + ["config.json"]:
-        digest.update(name.encode())
-        digest.update(file_sha256(Path(model_dir) / name).encode())
-    return digest.hexdigest()
+    """SHA-256 identifying a saved model: every file of its folder (`secure_ft.model_identity`).
+
+    Weights and config alone would leave out what else decides the model's answers: the
+    tokenizer's files and a text front end (``front_end/``).
+    """
+    from secure_ft.model_identity import model_digest
+
+    return model_digest(model_dir)
 
 
-def save_trained_model(model: nn.Module, tokenizer, target: Path) -> str:
-    """Save model + tokenizer save_pretrained-style (safetensors) atomically; returns its hash."""
+def save_trained_model(model: nn.Module, tokenizer, target: Path, front_end: "SpellingFrontEnd | None" = None) -> str:
+    """Save model + tokenizer (+ text front end) save_pretrained-style (safetensors) atomically; returns its hash.
+
+    A `front_end` is written inside the folder (``front_end/``), so it is part of the model:
+    every file of the folder counts in its identity (`secure_ft.model_identity`), and
+    `secure_ft.text_classifier.TextClassifier` applies it wherever the model is used.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
@@ -270,8 +278,10 @@ def save_trained_model(model: nn.Module, tokenizer, target: Path) -> str:
         plain = plain_model(model)
         plain.save_pretrained(temp, safe_serialization=True)
         tokenizer.save_pretrained(temp)
+        if front_end is not None:
+            front_end.save(temp)
         digest = model_hash(temp)
-        (temp / HASH_FILE).write_text(json.dumps({"sha256": digest, "algorithm": "sha256(config+weights)"}) + "\n")
+        (temp / HASH_FILE).write_text(json.dumps({"sha256": digest, "algorithm": _DIGEST_ALGORITHM}) + "\n")
         if target.exists():
             shutil.rmtree(target)
         os.replace(temp, target)

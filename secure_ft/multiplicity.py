@@ -54,6 +54,17 @@ def stack_copies(original: TensorDataset, copies: list[TensorDataset]) -> Tensor
                            for t, tensor in enumerate(original.tensors)))
 
 
+def copies_per_example(dataset) -> int:
+    """G, the rows each item of `dataset` holds: 1 + K for a `stack_copies` dataset, 1 for a plain one.
+
+    Read from the labels (the last tensor): (N,) for plain data, (N, G) once stacked.
+    """
+    tensors = getattr(dataset, "tensors", None)
+    if not tensors or tensors[-1].dim() < 2:
+        return 1
+    return int(tensors[-1].shape[1])
+
+
 def collate_copies(items: list) -> list[torch.Tensor]:
     """Collate examples with copies into rows: (B, G, …) → (B·G, …), example i's copies at rows iG…iG+G-1."""
     return [tensor.reshape(-1, *tensor.shape[2:]).contiguous() for tensor in default_collate(items)]

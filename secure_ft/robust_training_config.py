@@ -1,19 +1,18 @@
 """The ``training.robustness`` config section: augmentation with multiplicity and a typo-correcting front end.
 
-Kept in its own module so the section can be tested and documented before it is mounted in
-`secure_ft.config.TrainingConfig` (as ``robustness: RobustTrainingConfig``).
+Mounted in `secure_ft.config.TrainingConfig` as ``robustness``. It lives in its own module
+(one concept: issue #16's settings) and imports nothing from `secure_ft.config`, so the
+config can import it without an import circle.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
-
-from secure_ft.config import _Section
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-class RobustTrainingConfig(_Section):
+class RobustTrainingConfig(BaseModel):
     """Robustness-focused training (issue #16); everything is off by default.
 
     ``augmentation_copies`` K > 0 trains every example together with K perturbed copies
@@ -22,6 +21,9 @@ class RobustTrainingConfig(_Section):
     step computes (K + 1)× as many rows. ``front_end: spelling`` corrects typos
     (`secure_ft.spelling`) in training, audits, export and serving alike.
     """
+
+    # as secure_ft.config._Section (not imported from there: the config imports this module)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     augmentation_copies: int = Field(
         0, ge=0, le=32, description="perturbed copies K trained with every example (0 = no augmentation); "

@@ -88,6 +88,11 @@ def read_public_dictionary() -> dict[str, int]:
     return words
 
 
+def text_words(texts: Iterable[str]) -> set[str]:
+    """The distinct words (as the front end reads them) of `texts`, lower-case: candidate ``extra_words``."""
+    return {match.group().lower() for text in texts for match in _WORD.finditer(str(text))}
+
+
 def tokenizer_words(tokenizer_or_vocab: Any) -> list[str]:
     """The whole words of a tokenizer's vocabulary: ASCII-letter entries, not ``##`` pieces or ``[CLS]``."""
     vocab = tokenizer_or_vocab.get_vocab() if hasattr(tokenizer_or_vocab, "get_vocab") else tokenizer_or_vocab
