@@ -337,7 +337,12 @@ class RobustnessAuditConfig(_Section):
         description="attack recipes; stock TextAttack names also work where their resources are available",
         min_length=1,
     )
-    num_examples: int = Field(30, ge=1, description="seeded sample of the test split to attack")
+    num_examples: int | None = Field(
+        None, ge=1, description="seeded sample of the test split to attack; null = walk a seeded shuffle of the "
+        "test split until min_correct_examples texts the model gets right are in (all of the split when fewer)")
+    min_correct_examples: int = Field(
+        100, ge=1, description="with num_examples: null, correctly classified texts each recipe attacks (enough "
+        "for a Wilson 95% interval about ±0.1 wide)")
     query_budget: int = Field(200, ge=1, description="model queries allowed per attacked example")
     workers: int = Field(2, ge=1, description="parallel processes (each with its own copy of the model)")
     batch_size: int = Field(64, ge=1, description="texts per forward pass of the model")
