@@ -12,6 +12,11 @@ queries are many near-identical short-ish texts, so this wrapper
   same, costs nothing, and the leave-one-out texts that rank word importance are shared by
   every recipe using the same ranking.
 
+The model is attacked as served: a model folder's text front end (`secure_ft.spelling`, given
+as ``front_end``) corrects every query before tokenising, so an attack must get past the typo
+correction as it would in serving. (TextAttack's gradient-based recipes read gradients of the
+uncorrected text; none of the default recipes uses them.)
+
 Import it only after :func:`audits._textattack_offline.import_textattack`. It returns the same raw logits the stock wrapper returns, so goal functions, search methods
 and results are unchanged; gradient-based recipes use the stock ``get_grad`` (with the
 tokenizer's maximum length set to the trained length).
@@ -39,11 +44,15 @@ class FastClassifierWrapper(HuggingFaceModelWrapper):
         Most sequences per forward pass.
     cache_size
         Most texts whose logits are kept (least recently used are dropped first).
+    front_end
+        The model folder's text front end (``correct(text) -> str``), applied to every query; None = none.
     """
 
-    def __init__(self, model, tokenizer, max_length: int, batch_size: int = 64, cache_size: int = 200_000):
+    def __init__(self, model, tokenizer, max_length: int, batch_size: int = 64, cache_size: int = 200_000,
+                 front_end=None):
         tokenizer.model_max_length = max_length  # also bounds get_grad and tokenize()
         super().__init__(model, tokenizer)
+        self.front_end = front_end
         self.max_length = max_length
         self.batch_size = batch_size
         self.cache_size = cache_size
@@ -52,7 +61,7 @@ class FastClassifierWrapper(HuggingFaceModelWrapper):
         self.cache_hits = 0
 
     def __call__(self, text_input_list):
-        encoded = self._encode(list(text_input_list))
+        encoded = self._encode(self.model_inputs(list(text_input_list)))
         keys = [self._key(encoded, i) for i in range(len(text_input_list))]
         missing: dict[bytes, int] = {}  # first position of each key the cache lacks
         for position, key in enumerate(keys):
@@ -69,6 +78,14 @@ class FastClassifierWrapper(HuggingFaceModelWrapper):
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return torch.from_numpy(np.stack(rows))
+
+    def model_inputs(self, inputs: list) -> list:
+        """The queries as the model reads them: each text (or each part of a pair) through the front end."""
+        if self.front_end is None:
+            return inputs
+        correct = self.front_end.correct
+        return [tuple(correct(part) for part in item) if isinstance(item, (tuple, list)) else correct(item)
+                for item in inputs]
 
     def clear_cache(self) -> None:
         self._cache.clear()

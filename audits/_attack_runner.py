@@ -66,7 +66,7 @@ class AttackEngine:
 
         from audits._textattack_offline import import_textattack
         from audits.offline_resources import ensure_offline_resources
-        from secure_ft.models import load_trained_model
+        from secure_ft.text_classifier import TextClassifier
 
         if spec.threads:
             torch.set_num_threads(spec.threads)
@@ -76,8 +76,10 @@ class AttackEngine:
         import_textattack(self.resources)  # before anything that imports textattack
         from audits._attack_model import FastClassifierWrapper
 
-        model, tokenizer = load_trained_model(spec.model_dir, spec.device)
-        self.wrapper = FastClassifierWrapper(model, tokenizer, spec.max_length, batch_size=self.config.batch_size)
+        # the model as served: its front end (if any) corrects every query the attack makes
+        self.classifier = TextClassifier.load(spec.model_dir, spec.device, max_length=spec.max_length)
+        self.wrapper = FastClassifierWrapper(self.classifier.model, self.classifier.tokenizer, spec.max_length,
+                                             batch_size=self.config.batch_size, front_end=self.classifier.front_end)
         self._attacks: dict[str, object] = {}
 
     def attack_for(self, recipe: str):

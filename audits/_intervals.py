@@ -65,6 +65,17 @@ def clopper_pearson(successes: int, trials: int, level: float) -> tuple[float, f
     return low, high
 
 
+def wilson(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for successes / trials (better coverage than the normal one near 0 and 1)."""
+    if trials <= 0:
+        return 0.0, 1.0
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    share = successes / trials
+    centre = (share + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(share * (1 - share) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def finite_or_none(value: float | None) -> float | None:
     """A float for JSON: NaN and infinities become None (JSON has neither)."""
     if value is None:

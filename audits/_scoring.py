@@ -1,6 +1,7 @@
 """Scoring a data split with the trained model, the way every audit needs it.
 
-The model only ever sees the `text` column: group columns are read from the split by the
+The model is scored as served: raw text through the model folder's front end (if it has one)
+into the classifier (`secure_ft.text_classifier.TextClassifier`). The model only ever sees the `text` column: group columns are read from the split by the
 audits themselves, never passed to the model. The trained model's label set is checked
 against the data's, so predictions are never compared with labels of another task.
 """
@@ -14,7 +15,7 @@ import pandas as pd
 
 from audits.context import AuditContext
 from secure_ft.errors import AuditError
-from secure_ft.models import load_trained_model, predict
+from secure_ft.text_classifier import TextClassifier
 
 
 @dataclass
@@ -30,9 +31,10 @@ class SplitScores:
         return self.probabilities.argmax(axis=1) if len(self.probabilities) else np.zeros(0, dtype=int)
 
 
-def load_model_for(context: AuditContext):
-    """The trained model and tokenizer, checked against the data's label set."""
-    model, tokenizer = load_trained_model(context.model_dir, context.device)
+def load_model_for(context: AuditContext) -> TextClassifier:
+    """The trained model as served (front end, tokenizer, classifier), checked against the data's label set."""
+    classifier = TextClassifier.load(context.model_dir, context.device, max_length=context.config.model.max_length)
+    model = classifier.model
     label_names = context.splits.label_names
     num_labels = int(getattr(model.config, "num_labels", len(label_names)))
     if num_labels != len(label_names):
@@ -47,21 +49,14 @@ def load_model_for(context: AuditContext):
             f"{context.model_dir}: the model's labels {[id2label.get(i) for i in range(num_labels)]} differ from "
             f"the data's {list(label_names)} (config.json id2label); audit the model with the data it was trained on"
         )
-    return model, tokenizer
+    return classifier
 
 
-def score_split(model, tokenizer, frame: pd.DataFrame, context: AuditContext) -> SplitScores:
-    """Probabilities and per-row losses of `frame`'s texts under `model` (text only)."""
+def score_split(classifier: TextClassifier, frame: pd.DataFrame, context: AuditContext) -> SplitScores:
+    """Probabilities and per-row losses of `frame`'s raw texts under the served model (text only)."""
     labels = frame["label"].to_numpy(dtype=int)
-    outputs = predict(
-        model,
-        tokenizer,
-        frame["text"].tolist(),
-        labels=labels.tolist(),
-        max_length=context.config.model.max_length,
-        batch_size=context.config.training.eval_batch_size,
-        device=context.device,
-    )
+    outputs = classifier.predict(frame["text"].tolist(), labels=labels.tolist(),
+                                 batch_size=context.config.training.eval_batch_size)
     return SplitScores(
         probabilities=outputs.probabilities.numpy().astype(float),
         losses=outputs.losses.numpy().astype(float),

@@ -216,8 +216,8 @@ def fairness_audit(context: AuditContext) -> AuditResult:
     if policy.use_ci_bound and settings.n_boot == 0:
         raise AuditError("policy fairness.use_ci_bound needs confidence intervals; set audits.fairness.n_boot > 0")
 
-    model, tokenizer = load_model_for(context)
-    scores = score_split(model, tokenizer, test, context)
+    classifier = load_model_for(context)
+    scores = score_split(classifier, test, context)
     y_true, y_pred = scores.labels, scores.predictions
 
     rng = np.random.default_rng(context.config.seed)

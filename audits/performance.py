@@ -102,8 +102,8 @@ def performance_audit(context: AuditContext) -> AuditResult:
     if len(splits.train) == 0:
         raise DataError("the train split is empty; the majority-class baseline is taken from the training labels")
     label_names = list(splits.label_names)
-    model, tokenizer = load_model_for(context)
-    scores = score_split(model, tokenizer, test, context)
+    classifier = load_model_for(context)
+    scores = score_split(classifier, test, context)
     y_true, y_pred = scores.labels, scores.predictions
     majority = int(splits.train["label"].mode().iloc[0])
 

@@ -184,10 +184,17 @@ def privacy_audit(context: AuditContext) -> AuditResult:
         checks += recomputation_checks(context.run_dir, guarantee)
 
     members, nonmembers, sources = attack_rows(context)
-    model, tokenizer = load_model_for(context)
-    member_losses = score_split(model, tokenizer, members, context).losses
-    nonmember_losses = score_split(model, tokenizer, nonmembers, context).losses
-    del model
+    classifier = load_model_for(context)
+    member_losses = score_split(classifier, members, context).losses
+    nonmember_losses = score_split(classifier, nonmembers, context).losses
+    front_end = classifier.describe_front_end()
+    if front_end is not None and front_end.get("uses_private_vocabulary"):
+        notes.append("the model's spelling front end holds words from the training data; that dictionary is NOT "
+                     "covered by the DP guarantee (it shows which words occur in the data)")
+    # the calibrating base model reads what the trained model read: the front end's output
+    members_read = members.assign(text=classifier.model_inputs(members["text"].tolist()))
+    nonmembers_read = nonmembers.assign(text=classifier.model_inputs(nonmembers["text"].tolist()))
+    del classifier
     gc.collect()
     delta = guarantee.delta if guarantee is not None and guarantee.delta is not None else default_delta(len(context.splits.train))
     rng = np.random.default_rng(context.config.seed)
@@ -195,7 +202,7 @@ def privacy_audit(context: AuditContext) -> AuditResult:
     scores = {"loss": (-member_losses, -nonmember_losses)}
     if settings.calibrated_attack:
         try:
-            base_members, base_nonmembers = base_model_losses(context, [members, nonmembers])
+            base_members, base_nonmembers = base_model_losses(context, [members_read, nonmembers_read])
             scores["calibrated"] = (base_members - member_losses, base_nonmembers - nonmember_losses)
         except ModelError as error:
             notes.append(f"calibrated attack skipped: the base model could not be loaded ({error})")
@@ -224,6 +231,7 @@ def privacy_audit(context: AuditContext) -> AuditResult:
     accountant = guarantee_metrics(guarantee)
     metrics = {
         "guarantee": accountant,
+        "front_end": front_end,  # None without one; uses_private_vocabulary: outside the DP guarantee
         "membership": {
             "n_members": int(len(members)),
             "n_non_members": int(len(nonmembers)),

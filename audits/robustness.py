@@ -20,14 +20,22 @@ selectable by name where their resources exist. Nothing is downloaded: the NLTK 
 from :mod:`audits.offline_resources` and every download path is shut
 (:mod:`audits._textattack_offline`). A recipe that cannot run fails the audit with its reason.
 
-Cost: model queries dominate, so time grows with ``num_examples`` × ``query_budget``. The
-default (30 examples, budget 200, three recipes, two workers) spent about 4 CPU-minutes on
-the default model at length 128 (about 2½ minutes on two quiet cores). PWWS ranks words by
-trying every WordNet synonym of every word, several hundred queries for a 100-word text, so at
+How many: by default (``num_examples: null``) the audit walks a seeded shuffle of the test
+split until ``min_correct_examples`` (100) texts the model classifies right are in — all of
+the split when it has fewer — so every recipe attacks at least 100 texts whatever the model's
+accuracy. Each judged rate (accuracy under attack, attack success rate, budget-exhausted
+fraction) is reported as ``{"value", "ci_lower", "ci_upper"}`` with its Wilson 95% interval;
+a policy with ``robustness.use_ci_bound`` judges the pessimistic end (30 attacked texts gave
+intervals about ±0.17 wide; 100 give about ±0.1). A fixed ``num_examples`` samples that many.
+
+Cost: model queries dominate, so time grows with the attacked texts × ``query_budget`` (200 by
+default). 30 examples at budget 200 with three recipes spent about 4 CPU-minutes on the default
+model at length 128, so the default now costs roughly 3–4× that. PWWS ranks words by trying
+every WordNet synonym of every word, several hundred queries for a 100-word text, so at
 the default budget most PWWS attacks stop at the budget (counted in ``budget_exhausted``, said
 in the notes, and judged by the policy's ``max_budget_exhausted_fraction``). For a thorough
-audit raise ``query_budget`` to 1000 or more and ``num_examples`` to a few hundred, with
-``workers`` set to the cores available (or ``device: cuda``); an interrupted run resumes.
+audit raise ``query_budget`` to 1000 or more, with ``workers`` set to the cores available (or
+``device: cuda``); an interrupted run resumes.
 
 The adversarial pairs go to ``audits/robustness/adversarial_examples.csv`` in the run
 directory. They are test data and may hold personal data: metrics and notes never contain
@@ -56,6 +64,7 @@ from audits._attack_runner import (
     RecipeRun,
     run_recipes,
 )
+from audits._intervals import estimate, wilson
 from audits._recipes import describe_attack
 from audits.context import AuditContext
 from audits.registry import register
@@ -74,6 +83,7 @@ EVIDENCE_COLUMNS = [
     "perturbed_prediction", "perturbed_prediction_name", "result", "num_queries", "budget_exhausted", "words_changed", "word_count",
     "perturbed_word_pct", "seconds", "cpu_seconds", "original_text", "perturbed_text",
 ]
+CI_LEVEL = 0.95  # Wilson intervals of the rates
 _MIN_TASKS_PER_WORKER = 2  # below this, starting worker processes costs more than it saves
 
 
@@ -89,9 +99,12 @@ def robustness_audit(context: AuditContext) -> AuditResult:
                       device=context.device)
     engine = AttackEngine(spec)
     _check_labels(engine.wrapper.model, context.splits.label_names)
-    examples = sample_examples(context.splits.test, settings.num_examples, spec.seed)
+    test = context.splits.test
+    examples = sample_examples(test, settings.num_examples or len(test), spec.seed)
     if settings.visible_text_only:
         examples = [replace(e, text=visible_prefix(e.text, engine.wrapper.tokenizer, max_length)) for e in examples]
+    if settings.num_examples is None:  # enough attacked texts to decide, not a fixed sample size
+        examples = until_enough_correct(examples, engine.wrapper, settings.min_correct_examples)
 
     # build every recipe before attacking anything: one that cannot run fails fast, with its reason
     recipes = list(dict.fromkeys(settings.recipes))
@@ -127,6 +140,9 @@ def robustness_audit(context: AuditContext) -> AuditResult:
 
     metrics = {
         "num_examples": len(examples),
+        "min_correct_examples": settings.min_correct_examples if settings.num_examples is None else None,
+        "ci_level": CI_LEVEL,
+        "ci_method": "wilson",
         "query_budget": settings.query_budget,
         "max_length": max_length,
         "seed": spec.seed,
@@ -135,6 +151,7 @@ def robustness_audit(context: AuditContext) -> AuditResult:
         "example_rows": [e.row for e in examples],
         "offline_resources": {"stopwords": engine.resources.stopwords_source,
                               "wordnet": engine.resources.wordnet_source},
+        "front_end": engine.classifier.describe_front_end(),  # attacked as served: raw text → front end → model
         "recipes": {},
     }
     checks, notes = [], []
@@ -167,6 +184,24 @@ def sample_examples(test: pd.DataFrame, num_examples: int, seed: int) -> list[At
             for i, (row, text, label) in enumerate(zip(chosen["row"], chosen["text"], chosen["label"]))]
 
 
+def until_enough_correct(examples: list[AttackExample], wrapper, wanted: int, chunk: int = 64) -> list[AttackExample]:
+    """The shortest prefix of `examples` holding `wanted` texts the model classifies right (all when fewer).
+
+    Only correctly classified texts are attacked (the others are skipped), so a fixed sample
+    size leaves the number of attacks, and the width of their intervals, to the model's
+    accuracy. Walking the seeded order until `wanted` are right fixes the number of attacks.
+    """
+    correct = 0
+    for start in range(0, len(examples), chunk):
+        part = examples[start:start + chunk]
+        predicted = wrapper([e.text for e in part]).argmax(dim=-1).tolist()  # the model as served
+        for offset, (example, label) in enumerate(zip(part, predicted)):
+            correct += int(label == example.label)
+            if correct >= wanted:
+                return examples[:start + offset + 1]
+    return examples
+
+
 def visible_prefix(text: str, tokenizer, max_length: int) -> str:
     """The longest run of whole words from the start of `text` that fits in `max_length` tokens."""
     if len(tokenizer(text, truncation=False, verbose=False)["input_ids"]) <= max_length:
@@ -188,20 +223,29 @@ def recipe_metrics(records: list[dict]) -> dict:
     counts = {status: sum(1 for r in records if r["result"] == status) for status in (SUCCEEDED, FAILED, SKIPPED)}
     attempted = counts[SUCCEEDED] + counts[FAILED]
     successes = [r for r in records if r["result"] == SUCCEEDED]
+    exhausted = sum(1 for r in records if r["budget_exhausted"])
     return {
         "examples": total,
         "succeeded": counts[SUCCEEDED],
         "failed": counts[FAILED],
         "skipped": counts[SKIPPED],
+        "attacked": attempted,
         "original_accuracy": (total - counts[SKIPPED]) / total if total else None,
-        "accuracy_under_attack": counts[FAILED] / total if total else None,
-        "attack_success_rate": counts[SUCCEEDED] / attempted if attempted else None,
+        # the rates the policy judges, each with its Wilson interval ({"value", "ci_lower", "ci_upper"})
+        "accuracy_under_attack": rate(counts[FAILED], total),
+        "attack_success_rate": rate(counts[SUCCEEDED], attempted),
         "avg_perturbed_word_pct": mean(r["perturbed_word_pct"] for r in successes) if successes else None,
         "avg_queries": mean(r["num_queries"] for r in records if r["result"] != SKIPPED) if attempted else None,
-        "budget_exhausted": sum(1 for r in records if r["budget_exhausted"]),
-        "budget_exhausted_fraction": (sum(1 for r in records if r["budget_exhausted"]) / attempted
-                                      if attempted else 0.0),
+        "budget_exhausted": exhausted,
+        "budget_exhausted_fraction": rate(exhausted, attempted) if attempted else estimate(0.0, 0.0, 0.0),
     }
+
+
+def rate(successes: int, trials: int) -> dict | None:
+    """successes / trials with its Wilson interval at `CI_LEVEL`; None when nothing was tried."""
+    if not trials:
+        return None
+    return estimate(successes / trials, *wilson(successes, trials, CI_LEVEL))
 
 
 def recipe_summary(records: list[dict], run: RecipeRun | None) -> dict:
@@ -219,7 +263,7 @@ def recipe_summary(records: list[dict], run: RecipeRun | None) -> dict:
 
 def recipe_checks(recipe: str, summary: dict, policy) -> list[Check]:
     """The policy's thresholds for `recipe` (or its "default") applied to the recipe's numbers."""
-    return threshold_checks(policy, summary, scope=f"{recipe}.", key=recipe,
+    return threshold_checks(policy, summary, scope=f"{recipe}.", key=recipe, ci_level=CI_LEVEL,
                             missing_note="no example was attacked: the model got every sampled example wrong")
 
 

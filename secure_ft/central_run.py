@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from secure_ft.checkpoint import CheckpointStore
+from secure_ft.errors import ConfigError
 from secure_ft.config import RunConfig
 from secure_ft.data import DatasetSplits, load_splits
 from secure_ft.run_directory import RunDirectory, new_run_dir
@@ -26,7 +27,8 @@ from secure_ft.models import (
     trainable_parameter_count,
 )
 from secure_ft.probe import trainee_and_datasets
-from secure_ft.training_loop import EpochRecord, TrainingEngine, fit, seed_everything
+from secure_ft.robust_training import apply_front_end, build_front_end, robustness_summary, training_set
+from secure_ft.training_loop import EpochRecord, TrainingEngine, encode, fit, seed_everything
 from secure_ft.transfer_choice import resolve_run_config
 
 log = logging.getLogger(__name__)
@@ -100,9 +102,25 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
     trainable, total = trainable_parameter_count(model)
     log.info("model %s, transfer %s: %d of %d parameters train", config.model.name_or_path,
              config.model.transfer, trainable, total)
-    trainee, (train_set, validation_set) = trainee_and_datasets(
-        model, tokenizer, config.model, [splits.train, splits.validation], cache_dir=run.cache_dir, device=device,
-        batch_size=config.training.eval_batch_size, progress=progress)
+    robustness = config.training.robustness
+    # the front end is part of the model: training reads corrected text, as audits and serving will
+    front_end = build_front_end(robustness, tokenizer, splits.train["text"].tolist())
+    if config.model.transfer == "probe":
+        if robustness.augmentation_copies:
+            raise ConfigError("training.robustness.augmentation_copies: not supported with model.transfer: probe yet "
+                              "(the probe embeds each text once); set it to 0, or use transfer: lora")
+        frames = [frame.assign(text=apply_front_end(front_end, frame["text"].tolist()))
+                  for frame in (splits.train, splits.validation)]
+        trainee, (train_set, validation_set) = trainee_and_datasets(
+            model, tokenizer, config.model, frames, cache_dir=run.cache_dir, device=device,
+            batch_size=config.training.eval_batch_size, progress=progress)
+    else:
+        max_length = config.model.max_length
+        trainee = model
+        train_set = training_set(tokenizer, splits.train["text"].tolist(), splits.train["label"].tolist(),
+                                 splits.train["row"].tolist(), max_length, robustness, config.seed, front_end)
+        validation_set = encode(tokenizer, apply_front_end(front_end, splits.validation["text"].tolist()),
+                                splits.validation["label"].tolist(), max_length)
     engine = make_engine(config, splits)
     if hasattr(engine, "notes"):
         engine.notes.update(hyperparameters=choice_record["hyperparameters"], transfer_choice=choice_record)
@@ -117,7 +135,8 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
 
     model_dir = run.model_dir
     # the probe trained the model's own classifier through `trainee`: save the whole model
-    digest = save_trained_model(model if config.model.transfer == "probe" else result.model, tokenizer, model_dir)
+    digest = save_trained_model(model if config.model.transfer == "probe" else result.model, tokenizer, model_dir,
+                                front_end=front_end)
     artifacts = engine.write_artifacts(run_dir, result)
     record_privacy_inputs(run, ledger)
     best = next((r for r in result.history if r.epoch == result.best_epoch), None)
@@ -134,8 +153,11 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
         "majority_baseline_accuracy": splits.majority_baseline("validation"),
         "best": None if best is None else {"val_accuracy": best.val_accuracy, "val_macro_f1": best.val_macro_f1},
         "model_sha256": digest,
+        "robust_training": robustness_summary(robustness, front_end),
     }
     run.write_metrics(metrics)
     ledger.append("model_saved", model_sha256=digest, steps=result.steps, stopped_reason=result.stopped_reason,
-                  artifacts=artifacts)
+                  artifacts=artifacts, augmentation_copies=robustness.augmentation_copies,
+                  front_end=None if front_end is None else "spelling",
+                  uses_private_vocabulary=metrics["robust_training"]["uses_private_vocabulary"])
     return TrainedRun(run_dir, model_dir, digest, splits, metrics)

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from secure_ft.errors import ConfigError
+from secure_ft.robust_training_config import RobustTrainingConfig
 
 BUILTIN_DATASET = "builtin:cfpb"
 # columns of the canonical frame `secure_ft.data` builds from the user's file; a group column of the
@@ -157,6 +158,9 @@ class TrainingConfig(_Section):
     )
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch default")
+    robustness: RobustTrainingConfig = Field(
+        default_factory=RobustTrainingConfig,
+        description="robustness-focused training (issue #16): augmentation copies and a typo-correcting front end")
 
 
 class PrivacyConfig(_Section):
@@ -370,7 +374,12 @@ class RobustnessAuditConfig(_Section):
         description="attack recipes; stock TextAttack names also work where their resources are available",
         min_length=1,
     )
-    num_examples: int = Field(30, ge=1, description="seeded sample of the test split to attack")
+    num_examples: int | None = Field(
+        None, ge=1, description="seeded sample of the test split to attack; null = walk a seeded shuffle of the "
+        "test split until min_correct_examples texts the model gets right are in (all of the split when fewer)")
+    min_correct_examples: int = Field(
+        100, ge=1, description="with num_examples: null, correctly classified texts each recipe attacks (enough "
+        "for a Wilson 95% interval about ±0.1 wide)")
     query_budget: int = Field(200, ge=1, description="model queries allowed per attacked example")
     workers: int = Field(2, ge=1, description="parallel processes (each with its own copy of the model)")
     batch_size: int = Field(64, ge=1, description="texts per forward pass of the model")
@@ -479,6 +488,14 @@ class RunConfig(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @model_validator(mode="after")
+    def _robust_training_is_central(self) -> "RunConfig":
+        robustness = self.training.robustness
+        if self.mode == "federated" and (robustness.augmentation_copies or robustness.front_end != "none"):
+            raise ValueError("training.robustness (augmentation_copies, front_end) is wired into central runs only; "
+                             "remove it or use mode: central")
+        return self
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:

@@ -57,3 +57,7 @@ class BundleError(SecureFTError):
 
 class RunDirectoryError(SecureFTError):
     """A record in a run directory is unreadable (damaged or edited by hand)."""
+
+
+class ResourceError(SecureFTError):
+    """A local language resource (WordNet, stopwords, a spelling dictionary) is missing or damaged."""

@@ -17,6 +17,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -26,6 +27,9 @@ from secure_ft.config import ModelConfig
 from secure_ft.errors import ModelError
 from secure_ft.model_identity import DIGEST_ALGORITHM, HASH_FILE, model_digest
 from secure_ft.pooling import MEAN, MEAN_NORMALIZED, MEAN_POOLINGS, sentence_transformers_pooling, use_mean_pooling
+
+if TYPE_CHECKING:
+    from secure_ft.spelling import SpellingFrontEnd
 
 log = logging.getLogger(__name__)
 
@@ -277,11 +281,12 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_trained_model(model: nn.Module, tokenizer, target: Path) -> str:
-    """Save model + tokenizer save_pretrained-style (safetensors) atomically; returns its digest.
+def save_trained_model(model: nn.Module, tokenizer, target: Path, front_end: "SpellingFrontEnd | None" = None) -> str:
+    """Save model + tokenizer (+ text front end) save_pretrained-style (safetensors) atomically; returns its digest.
 
-    The digest is `secure_ft.model_identity.model_digest`: the model's one identity, used by
-    training, audits, the gate, export and serving.
+    A `front_end` is written inside the folder (``front_end/``), so it is part of the model. The
+    digest is `secure_ft.model_identity.model_digest` over every file of the folder: the
+    model's one identity, used by training, audits, the gate, export and serving.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -290,6 +295,8 @@ def save_trained_model(model: nn.Module, tokenizer, target: Path) -> str:
         plain = plain_model(model)
         plain.save_pretrained(temp, safe_serialization=True)
         tokenizer.save_pretrained(temp)
+        if front_end is not None:
+            front_end.save(temp)
         digest = model_digest(temp)  # every file: weights, config, tokenizer, pooling, front end
         (temp / HASH_FILE).write_text(json.dumps({"sha256": digest, "algorithm": DIGEST_ALGORITHM}) + "\n")
         if target.exists():
@@ -322,6 +329,17 @@ def load_trained_model(model_dir: str | Path, device: str = "cpu") -> tuple[PreT
         raise ModelError(f"{model_dir}: {WEIGHTS_FILE} lacks {len(missing)} weight(s) of the model ({', '.join(missing[:3])}"
                          f"{', ...' if len(missing) > 3 else ''}); the folder is incomplete — save or export the model again")
     return model.to(device).eval(), tokenizer
+
+
+def load_front_end(model_dir: str | Path) -> "SpellingFrontEnd | None":
+    """The text front end saved in a model folder (`secure_ft.spelling`), or None when it has none.
+
+    The one place the loader, the audits and serving get it, so that all of them apply the
+    same correction the model was trained with. Raises ModelError for a damaged ``front_end/``.
+    """
+    from secure_ft.spelling import SpellingFrontEnd
+
+    return SpellingFrontEnd.load(model_dir)
 
 
 @contextmanager

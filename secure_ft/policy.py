@@ -133,6 +133,9 @@ class RobustnessPolicy(_Section):
         default_factory=dict,
         description="attempted attacks stopped by the query budget; above it accuracy under attack is not trusted",
     )
+    use_ci_bound: Judge = Field(
+        False, description="judge the pessimistic end of each rate's Wilson 95% interval (lower for minimums, "
+        "upper for maximums) instead of the point estimate")
 
 
 class FairnessPolicy(_Section):

@@ -1,10 +1,10 @@
 """The text front end: what turns a raw text into the text a model reads.
 
-Every path that feeds text to an exported model (serving today; the audits when a model ships
-a front end) calls :func:`load_text_front_end` on the model folder and applies the result
-before tokenising, so a model is served with exactly the preprocessing it was audited with.
-Today no model folder carries a front end and it is the identity; a typo-correcting front end
-(e.g. symspell, kept in the model folder so the bundle signs it) plugs in here and nowhere else.
+Serving calls :func:`load_text_front_end` on the bundle's model folder and applies the result
+before tokenising. It returns the typo-correcting front end saved in the folder
+(`secure_ft.models.load_front_end`, the same one training and the audits apply through
+`secure_ft.text_classifier`), so a model is served with exactly the preprocessing it was
+audited with; the identity when the folder has none.
 """
 
 from __future__ import annotations
@@ -33,5 +33,7 @@ def load_text_front_end(model_dir: str | Path) -> TextFrontEnd:
     callable
         Maps a sequence of raw texts to the list of texts to tokenise, one for one.
     """
-    del model_dir  # no front end is stored in model folders yet
-    return identity_front_end
+    from secure_ft.models import load_front_end
+
+    front_end = load_front_end(model_dir)
+    return identity_front_end if front_end is None else front_end.correct_all

@@ -34,6 +34,7 @@ from secure_ft.accumulation import AccumulatingOptimizer, pieces
 from secure_ft.checkpoint import CheckpointStore
 from secure_ft.config import TrainingConfig
 from secure_ft.errors import CheckpointError
+from secure_ft.multiplicity import collate_copies, copies_per_example
 
 log = logging.getLogger(__name__)
 
@@ -309,8 +310,12 @@ def fit(
     optimizer = make_optimizer(model, config)
     if config.head_learning_rate is not None:
         give_head_its_learning_rate(optimizer, model, config.head_learning_rate)
+    # items with augmentation copies (secure_ft.multiplicity) become adjacent rows of one batch; the
+    # engines see that from the dataset: sampling, batch size and ε stay per example
+    copies = copies_per_example(train_set)
     loader = DataLoader(train_set, batch_size=min(config.batch_size, len(train_set)), shuffle=True,
-                        generator=torch.Generator().manual_seed(seed), drop_last=False)
+                        generator=torch.Generator().manual_seed(seed), drop_last=False,
+                        collate_fn=collate_copies if copies > 1 else None)
     prepared = engine.attach(model, optimizer, loader, config.epochs)
     steps_per_epoch = max(1, engine.steps_per_epoch(prepared.loader))
     total_steps = steps_per_epoch * config.epochs

@@ -59,13 +59,13 @@ def fixed_predictions(monkeypatch):
     calls = []
 
     def install(predictions):
-        def score(model, tokenizer, frame, context):
+        def score(classifier, frame, context):
             calls.append(len(frame))
             n_classes = len(context.splits.label_names)
             probabilities = np.eye(n_classes)[np.asarray(predictions)] * 0.9 + 0.1 / n_classes
             return SplitScores(probabilities, np.zeros(len(frame)), frame["label"].to_numpy(dtype=int))
 
-        monkeypatch.setattr(fairness, "load_model_for", lambda context: (None, None))
+        monkeypatch.setattr(fairness, "load_model_for", lambda context: None)
         monkeypatch.setattr(fairness, "score_split", score)
         return calls
 

@@ -105,7 +105,7 @@ def test_model_trained_for_other_labels_is_refused(tmp_path):
 
 def test_real_model_sees_only_the_text_column(tmp_path, monkeypatch):
     """End to end with a tiny model: group values never reach the model, predictions happen once."""
-    import audits._scoring as scoring
+    import secure_ft.text_classifier as scoring  # audits score through the served-model path
 
     model_dir = tiny_bert_folder(tmp_path / "model", ["complaint", "number"], num_labels=2)
     seen = []

@@ -37,11 +37,11 @@ def make_context(tmp_path, test_labels=TRUE, policy=None):
 @pytest.fixture
 def predictions(monkeypatch):
     def install(predicted):
-        def score(model, tokenizer, frame, context):
+        def score(classifier, frame, context):
             return SplitScores(np.eye(len(LABELS))[np.asarray(predicted)], np.zeros(len(frame)),
                                frame["label"].to_numpy(dtype=int))
 
-        monkeypatch.setattr(performance, "load_model_for", lambda context: (None, None))
+        monkeypatch.setattr(performance, "load_model_for", lambda context: None)
         monkeypatch.setattr(performance, "score_split", score)
 
     return install

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from robustness_helpers import KEYWORD, keyword_splits, network_blocked, session_resources, train_brittle_model
 
+from audits._intervals import wilson
 from audits.context import AuditContext
 from audits.registry import run_audit
 from secure_ft.config import RunConfig
@@ -55,8 +56,8 @@ def test_brittle_classifier_has_high_attack_success_rate(brittle_audit):
     assert set(recipes) == {"deepwordbug", "pwws", "embedding-swap"}
     for name in ("deepwordbug", "pwws"):
         assert recipes[name]["original_accuracy"] >= 0.9
-        assert recipes[name]["attack_success_rate"] >= 0.7, (name, recipes[name])
-        assert recipes[name]["accuracy_under_attack"] <= 0.3
+        assert recipes[name]["attack_success_rate"]["value"] >= 0.7, (name, recipes[name])
+        assert recipes[name]["accuracy_under_attack"]["value"] <= 0.3
     assert not result.passed
     failed = {check.name for check in result.checks if not check.passed}
     assert {"deepwordbug.accuracy_under_attack", "deepwordbug.attack_success_rate"} <= failed
@@ -91,9 +92,13 @@ def test_metrics_match_a_recount_from_the_evidence_csv(brittle_audit):
         assert metrics["examples"] == len(rows)
         assert (metrics["succeeded"], metrics["failed"], metrics["skipped"]) == (succeeded, failed, skipped)
         assert metrics["original_accuracy"] == pytest.approx((rows["original_prediction"] == rows["label"]).mean())
-        assert metrics["accuracy_under_attack"] == pytest.approx(failed / len(rows))
+        assert metrics["accuracy_under_attack"]["value"] == pytest.approx(failed / len(rows))
+        low, high = wilson(failed, len(rows))
+        assert (metrics["accuracy_under_attack"]["ci_lower"], metrics["accuracy_under_attack"]["ci_upper"]) == \
+            pytest.approx((low, high))
+        assert metrics["attacked"] == succeeded + failed
         if succeeded + failed:
-            assert metrics["attack_success_rate"] == pytest.approx(succeeded / (succeeded + failed))
+            assert metrics["attack_success_rate"]["value"] == pytest.approx(succeeded / (succeeded + failed))
             assert metrics["avg_queries"] == pytest.approx(attempted["num_queries"].mean())
         if succeeded:
             wins = rows[rows["result"] == "succeeded"]
@@ -103,7 +108,7 @@ def test_metrics_match_a_recount_from_the_evidence_csv(brittle_audit):
             assert (wins["perturbed_prediction"] != wins["label"]).all()
             assert (wins["perturbed_text"] != wins["original_text"]).all()
         assert metrics["budget_exhausted"] == int(rows["budget_exhausted"].sum())
-        assert metrics["budget_exhausted_fraction"] == pytest.approx(
+        assert metrics["budget_exhausted_fraction"]["value"] == pytest.approx(
             rows["budget_exhausted"].sum() / len(attempted) if len(attempted) else 0.0)
 
 
@@ -170,6 +175,49 @@ def test_interrupted_audit_resumes_from_progress(tmp_path, brittle_model, resour
     third = run_robustness(tmp_path, brittle_model, audit_config(resources_dir, num_examples=6, recipes=["deepwordbug"],
                                                                  query_budget=50))
     assert third.metrics["recipes"]["deepwordbug"]["resumed_examples"] == 0
+
+
+def test_the_policy_can_judge_the_wilson_bound():
+    from audits.robustness import rate, recipe_checks
+
+    summary = {"accuracy_under_attack": rate(30, 100), "attack_success_rate": rate(60, 90)}
+    lenient = {"min_accuracy_under_attack": {"default": 0.25}, "max_attack_success_rate": {"default": 0.7}}
+    point = recipe_checks("deepwordbug", summary, RobustnessPolicy(**lenient))
+    bound = recipe_checks("deepwordbug", summary, RobustnessPolicy(**lenient, use_ci_bound=True))
+    assert [check.actual for check in point] == [0.3, pytest.approx(60 / 90)] and all(c.passed for c in point)
+    assert [check.actual for check in bound] == pytest.approx([wilson(30, 100)[0], wilson(60, 90)[1]])
+    assert not any(check.passed for check in bound)  # 0.21 < 0.25 and 0.76 > 0.7: pessimistic ends fail
+    assert "lower 95% CI bound" in bound[0].note and "upper 95% CI bound" in bound[1].note
+
+
+def test_default_sample_attacks_enough_correct_texts(tmp_path, brittle_model, resources_dir):
+    """num_examples: null walks the seeded order until min_correct_examples texts are right (here 5)."""
+    config = audit_config(resources_dir, num_examples=None, min_correct_examples=5, recipes=["deepwordbug"])
+    result = run_robustness(tmp_path, brittle_model, config)
+    summary = result.metrics["recipes"]["deepwordbug"]
+    assert summary["attacked"] == 5 and result.metrics["min_correct_examples"] == 5
+    evidence = pd.read_csv(tmp_path / result.evidence[0]).sort_values("example")
+    assert evidence["result"].iloc[-1] != "skipped"  # stops at the 5th correct text, not later
+    everything = run_robustness(tmp_path / "all", brittle_model, audit_config(
+        resources_dir, num_examples=None, min_correct_examples=1000, recipes=["deepwordbug"], query_budget=20))
+    assert everything.metrics["num_examples"] == 24  # fewer correct texts than wanted: the whole test split
+
+
+def test_defaults_attack_at_least_100_correct_texts_and_the_shipped_policy_judges_the_bound():
+    from secure_ft.config import RobustnessAuditConfig
+    from secure_ft.policy import load_policy
+
+    defaults = RobustnessAuditConfig()
+    assert defaults.num_examples is None and defaults.min_correct_examples >= 100 and defaults.query_budget >= 200
+    policy, _ = load_policy()
+    assert policy.robustness.use_ci_bound is True
+    assert policy.robustness.max_budget_exhausted_fraction == {"default": 0.10}
+
+
+def test_wilson_interval_matches_the_formula():
+    assert wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson(100, 100)[1] == 1.0 and wilson(0, 0) == (0.0, 1.0)
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from secure_ft.config import PrivacyConfig, RunConfig
 from secure_ft.errors import CheckpointError, PrivacyError
+from secure_ft.multiplicity import copies_per_example, group_copies_before_clipping
 from secure_ft.privacy.accountant_history import AccountantHistory, finite_or_none
 from secure_ft.privacy.accountants import BudgetUnreachable, calibrate_noise, get_accountant, steps_within_budget
 from secure_ft.privacy.per_sample_gradients import choose_grad_sample_mode, make_compatible
@@ -102,6 +103,7 @@ class PrivateEngine(TrainingEngine):
         self.ledger: AccountantHistory | None = None
         self.grad_sample_mode = ""
         self.grad_sample_reason = ""
+        self.group_size = 1  # rows per example: 1 + augmentation copies (set by attach)
         self.noise_source = ""
         self.rank, self.world_size = distributed_world()
         self._privacy_engine = None
@@ -134,6 +136,15 @@ class PrivateEngine(TrainingEngine):
         model.train()  # from_pretrained returns eval mode, which Opacus refuses
         model, optimizer = make_compatible(model, optimizer)
         self.grad_sample_mode, self.grad_sample_reason = choose_grad_sample_mode(model, settings.grad_sample_mode)
+        # augmentation multiplicity (secure_ft.multiplicity): each item holds an example and its copies
+        self.group_size = copies_per_example(loader.dataset)
+        if self.group_size > 1 and self.grad_sample_mode == "ghost":
+            if settings.grad_sample_mode == "ghost":
+                raise PrivacyError("training.robustness.augmentation_copies needs one per-sample gradient per "
+                                   "example, averaged over its copies; ghost clipping only sees single rows. Set "
+                                   "privacy.grad_sample_mode: auto, bookkeeping or hooks")
+            self.grad_sample_mode = "hooks"
+            self.grad_sample_reason += "; augmentation copies are averaged per example before clipping: hooks"
         self.planned_epochs = epochs
         poisson_in_opacus = True
         if self.world_size > 1:
@@ -214,6 +225,8 @@ class PrivateEngine(TrainingEngine):
         if len(wrapped) == 4:
             return wrapped
         dp_model, dp_optimizer, dp_loader = wrapped
+        # one row per example, the mean of its copies' rows, before Opacus clips (no-op without copies)
+        group_copies_before_clipping(dp_optimizer, self.group_size)
         return dp_model, dp_optimizer, nn.CrossEntropyLoss(), dp_loader
 
     def _wrap_bookkeeping(self, engine, model, optimizer, loader, epochs, poisson_in_opacus):
@@ -225,6 +238,7 @@ class PrivateEngine(TrainingEngine):
         from opacus.data_loader import DPDataLoader
         from opacus.optimizers import get_optimizer_class
 
+        from secure_ft.multiplicity import GroupedBookKeepingLoss, GroupedBookKeepingModule
         from secure_ft.privacy.bookkeeping_clipping import BookKeepingLoss, BookKeepingModule
 
         settings = self.settings
@@ -233,14 +247,19 @@ class PrivateEngine(TrainingEngine):
                      else loader)
         sample_rate = 1 / len(dp_loader)
         expected_batch_size = int(len(dp_loader.dataset) * sample_rate) / self.world_size  # per process
-        module = BookKeepingModule(model, settings.max_grad_norm)
+        if self.group_size > 1:  # the mean gradient of each example's copies is its per-sample gradient
+            module = GroupedBookKeepingModule(model, settings.max_grad_norm, self.group_size)
+            criterion = GroupedBookKeepingLoss(module)
+        else:
+            module = BookKeepingModule(model, settings.max_grad_norm)
+            criterion = BookKeepingLoss(module)
         optimizer_class = get_optimizer_class(clipping="flat", distributed=self.world_size > 1,
                                               grad_sample_mode="ghost")
         dp_optimizer = optimizer_class(optimizer, noise_multiplier=sigma, max_grad_norm=settings.max_grad_norm,
                                        expected_batch_size=expected_batch_size, loss_reduction="mean",
                                        generator=engine.secure_rng, secure_mode=settings.secure_mode)
         dp_optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
-        return module, dp_optimizer, BookKeepingLoss(module), dp_loader
+        return module, dp_optimizer, criterion, dp_loader
 
     def _plan_budget(self, planned_steps: int) -> None:
         """How many steps stay within target_epsilon, so the per-step budget check costs nothing."""
@@ -268,7 +287,9 @@ class PrivateEngine(TrainingEngine):
         from opacus.utils.batch_memory_manager import BatchMemoryManager
 
         optimizer = prepared.optimizer
-        with warnings.catch_warnings(), BatchMemoryManager(data_loader=prepared.loader, max_physical_batch_size=self.settings.max_physical_batch_size,
+        # a physical batch of E examples holds E·G rows with augmentation copies: keep the rows per pass
+        examples = max(1, self.settings.max_physical_batch_size // self.group_size)
+        with warnings.catch_warnings(), BatchMemoryManager(data_loader=prepared.loader, max_physical_batch_size=examples,
                                 optimizer=optimizer) as batches:
             # Opacus' hooks trigger this on every backward when the input embeddings are frozen
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -413,6 +434,7 @@ class PrivateEngine(TrainingEngine):
             "poisson_sampling": True,
             "grad_sample_mode": self.grad_sample_mode,
             "grad_sample_mode_reason": self.grad_sample_reason,
+            "rows_per_example": self.group_size,  # > 1: augmentation copies averaged before clipping
             "secure_mode": self.settings.secure_mode,
             "world_size": self.world_size,
             "data_fingerprint": ledger.fingerprint,

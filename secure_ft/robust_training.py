@@ -1,0 +1,108 @@
+"""Robustness-focused training (issue #16) for a central run: the front end and the augmented training set.
+
+`secure_ft.central_run` asks this module two things, both decided by ``training.robustness``
+(`secure_ft.robust_training_config`):
+
+* `build_front_end`: the typo-correcting front end (`secure_ft.spelling`) built from public
+  resources and the base tokenizer, plus — only when opted in — the training data's words,
+  which are then outside the DP guarantee (``uses_private_vocabulary``). The run corrects
+  every training and validation text with it and saves it inside the model folder, so the
+  audits and serving put the same front end in front of the model
+  (`secure_ft.text_classifier.TextClassifier`).
+* `training_set`: the encoded training split; with ``augmentation_copies`` K > 0 each item
+  carries the example and K perturbed copies (`secure_ft.augmentation.Perturber`, seeded by
+  the run seed and the example's row, so a copy depends on its example alone), stacked with
+  `secure_ft.multiplicity.stack_copies`. The training loop then collates the copies into
+  adjacent rows; DP-SGD averages each example's rows before clipping (one clipped row per
+  example: ε as without copies) and plain training averages their losses.
+
+The copies go through the front end too: the model always reads what serving would feed it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from torch.utils.data import TensorDataset
+
+from secure_ft.augmentation import Perturber, WordNetSynonyms
+from secure_ft.robust_training_config import RobustTrainingConfig
+from secure_ft.spelling import SpellingFrontEnd, text_words
+from secure_ft.text_classifier import describe_front_end
+from secure_ft.multiplicity import stack_copies
+from secure_ft.training_loop import encode
+
+log = logging.getLogger(__name__)
+
+
+def build_front_end(settings: RobustTrainingConfig, tokenizer, train_texts: Sequence[str]) -> SpellingFrontEnd | None:
+    """The front end ``settings.front_end`` asks for (None for ``none``).
+
+    Training words are added only with ``front_end_extra_words_from_training_data`` (then the
+    front end says ``uses_private_vocabulary``).
+    """
+    if settings.front_end == "none":
+        return None
+    extra = text_words(train_texts) if settings.front_end_extra_words_from_training_data else None
+    if extra is not None:
+        log.warning("training.robustness: the spelling front end includes %d words from the training data; "
+                    "they are NOT covered by the DP guarantee (uses_private_vocabulary: true)", len(extra))
+    return SpellingFrontEnd.from_public_resources(tokenizer, max_edit_distance=settings.front_end_max_edit_distance,
+                                                  extra_words=extra)
+
+
+def apply_front_end(front_end: SpellingFrontEnd | None, texts: Sequence[str]) -> list[str]:
+    """What the model reads: `texts` through the front end (unchanged without one)."""
+    return [str(text) for text in texts] if front_end is None else front_end.correct_all(str(t) for t in texts)
+
+
+def perturber_for(settings: RobustTrainingConfig, seed: int, resources_root=None) -> Perturber:
+    """The run's `Perturber`: its mix and rate from the settings, its seed the run's."""
+    synonyms = WordNetSynonyms(resources_root) if settings.synonym_fraction > 0 else None
+    return Perturber(char_edit_fraction=settings.char_edit_fraction, synonym_fraction=settings.synonym_fraction,
+                     word_rate=settings.word_rate, seed=seed, synonyms=synonyms)
+
+
+def training_set(tokenizer, texts: Sequence[str], labels: Sequence[int], rows: Sequence[int], max_length: int,
+                 settings: RobustTrainingConfig, seed: int, front_end: SpellingFrontEnd | None = None,
+                 perturber: Perturber | None = None) -> TensorDataset:
+    """The encoded training split; with K = ``augmentation_copies`` > 0, items of shape (1 + K, …).
+
+    Parameters
+    ----------
+    texts, labels, rows
+        The training split's raw texts, label indices and stable row numbers (the row, not the
+        position, seeds each example's copies, so a copy does not depend on the split's order).
+    front_end
+        Applied to the texts and to every copy after perturbation.
+    perturber
+        Overrides the one built from `settings` (tests, benchmarks).
+    """
+    labels = [int(label) for label in labels]
+    original = encode(tokenizer, apply_front_end(front_end, texts), labels, max_length)
+    copies = settings.augmentation_copies
+    if not copies:
+        return original
+    perturber = perturber or perturber_for(settings, seed)
+    copy_sets = []
+    for k in range(copies):
+        perturbed = [perturber.copy(str(text), int(row), k) for text, row in zip(texts, rows)]
+        copy_sets.append(encode(tokenizer, apply_front_end(front_end, perturbed), labels, max_length))
+    log.info("training.robustness: %d perturbed copies of each of the %d training examples", copies, len(labels))
+    return stack_copies(original, copy_sets)
+
+
+def robustness_summary(settings: RobustTrainingConfig, front_end: SpellingFrontEnd | None) -> dict[str, Any]:
+    """What the run's metrics say about robustness-focused training (no words of the dictionary)."""
+    summary: dict[str, Any] = {
+        "augmentation_copies": settings.augmentation_copies,
+        "front_end": describe_front_end(front_end),
+        "uses_private_vocabulary": bool(front_end is not None and front_end.uses_private_vocabulary),
+    }
+    if settings.augmentation_copies:
+        summary["augmentation"] = {"char_edit_fraction": settings.char_edit_fraction,
+                                   "synonym_fraction": settings.synonym_fraction, "word_rate": settings.word_rate,
+                                   "rows_per_example": 1 + settings.augmentation_copies}
+    return summary
