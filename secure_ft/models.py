@@ -294,6 +294,12 @@ def save_trained_model(model: nn.Module, tokenizer, target: Path, front_end: "Sp
     try:
         plain = plain_model(model)
         plain.save_pretrained(temp, safe_serialization=True)
+        backend = getattr(tokenizer, "_tokenizer", None)
+        if backend is not None:
+            # a fast tokenizer writes the padding/truncation of its last call into tokenizer.json: that
+            # is runtime state, not the model, and would make identical models differ in identity
+            backend.no_truncation()
+            backend.no_padding()
         tokenizer.save_pretrained(temp)
         if front_end is not None:
             front_end.save(temp)
