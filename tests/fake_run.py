@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from audits.gate import Verdict, decide
-from secure_ft.pipeline import audit_record, sign_verdict
+from secure_ft.pipeline import GateKey, audit_record
 from secure_ft.run_directory import RunDirectory
 from audits.result import AuditResult, Check
 from secure_ft.config import RunConfig
@@ -173,7 +173,8 @@ def make_run(root: Path, *, passing: bool = True, config: RunConfig | None = Non
         run.write_audit_result(result.name, audit_record(result, config))
     verdict = decide(results, policy, digest, policy_sha)
     run.write_verdict(verdict.to_dict())
-    sign_verdict(run, verdict, results, config)  # the pipeline's own signing step
+    gate_key = GateKey.for_config(config)  # the pipeline's own signing steps, in its order
     if report:
-        write_report(run_dir, results, verdict, config)
+        write_report(run_dir, results, verdict, config, signer=gate_key.describe())
+    gate_key.sign(run, verdict, results)
     return FakeRun(run_dir, config, results, verdict)

@@ -62,7 +62,7 @@ def test_forged_verdict_json_on_a_blocked_run(runs, tmp_path):
     verdict = json.loads((run / "verdict.json").read_text())
     verdict.update(passed=True, reasons=[])
     (run / "verdict.json").write_text(json.dumps(verdict))
-    assert _export(run, tmp_path) == 3  # the signed verdict still says blocked
+    assert _export(run, tmp_path) == 4  # verdict.json is bound by the signed verdict, which still says blocked
 
 
 def test_forged_signed_payload(runs, tmp_path):
@@ -154,6 +154,14 @@ def test_epsilon_lowered_in_privacy_json(runs, tmp_path):
 def test_config_edited_after_the_verdict(runs, tmp_path):
     run = _copy(runs["passing"], tmp_path / "run")
     (run / "config.yaml").write_text((run / "config.yaml").read_text() + "\n# edited\n")
+    assert _export(run, tmp_path) == 4
+
+
+@pytest.mark.parametrize("document", ["audit_report.json", "audit_report.html", "verdict.json"])
+def test_report_or_verdict_copy_rewritten_before_export(runs, tmp_path, document):
+    # the documents people read travel in the bundle: a rewritten one must not be signed into it
+    run = _copy(runs["passing"], tmp_path / "run")
+    (run / document).write_text((run / document).read_text().replace("regulated-default", "regulated-defau1t"))
     assert _export(run, tmp_path) == 4
 
 

@@ -33,7 +33,7 @@ REPORT_HTML = REPORT_HTML_FILE
 
 
 def write_report(run_dir: str | os.PathLike[str], results: list[AuditResult], verdict: Verdict,
-                 config: RunConfig) -> tuple[Path, Path]:
+                 config: RunConfig, signer: dict | None = None) -> tuple[Path, Path]:
     """Write ``run_dir/audit_report.json`` and ``run_dir/audit_report.html`` (atomically).
 
     Returns
@@ -41,7 +41,7 @@ def write_report(run_dir: str | os.PathLike[str], results: list[AuditResult], ve
     (json_path, html_path)
     """
     run_dir = Path(run_dir)
-    report = build_report(run_dir, results, verdict, config)
+    report = build_report(run_dir, results, verdict, config, signer)
     json_path, html_path = run_dir / REPORT_JSON, run_dir / REPORT_HTML
     atomic_write_text(json_path, json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False, default=str) + "\n")
     atomic_write_text(html_path, render_html(report))

@@ -55,7 +55,7 @@ _TEXT_KEYS = ("text", "texts", "example", "examples", "sentence", "sentences")
 
 
 def build_report(run_dir: str | os.PathLike[str], results: list[AuditResult], verdict: Verdict,
-                 config: RunConfig) -> dict[str, Any]:
+                 config: RunConfig, signer: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report document of one run (see the module docstring for its keys)."""
     run_dir = Path(run_dir)
     include = bool(config.report.include_examples)
@@ -68,6 +68,7 @@ def build_report(run_dir: str | os.PathLike[str], results: list[AuditResult], ve
         "kind": REPORT_KIND,
         "generated_at": datetime.now(timezone.utc).isoformat(),
         "verdict": verdict.to_dict(),
+        "verdict_signer": signer,  # the gate key that signs verdict.dsse.json (which also covers this report)
         "run": run_identity(run_dir, verdict, config),
         "training": read_json(run_dir / METRICS_FILE),
         "privacy_guarantee": read_json(run_dir / PRIVACY_FILE),

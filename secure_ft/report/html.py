@@ -154,6 +154,13 @@ def _verdict(report: dict[str, Any]) -> str:
         ("policy", verdict.get("policy_name")), ("policy SHA-256", verdict.get("policy_sha256")),
         ("model SHA-256", verdict.get("model_sha256")), ("decided at (UTC)", verdict.get("timestamp")),
     ]))
+    signer = report.get("verdict_signer")
+    if signer:
+        parts.append(_pairs([("verdict signed by (key SHA-256)", signer.get("public_key_sha256")),
+                             ("signing key", signer.get("key_source"))]))
+        if signer.get("created_for_this_run"):
+            parts.append('<p class="note">No signing key was configured, so a per-user key was made for this run '
+                         "and is trusted on this machine only; verifiers elsewhere need its public key.</p>")
     return "".join(parts)
 
 
