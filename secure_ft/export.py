@@ -151,11 +151,10 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
             _copy_evidence(run_dir, temp, report)
         (temp / MODEL_CARD_FILE).write_text(render_model_card(report), encoding="utf-8")
         (temp / SIGNER_KEY_FILE).write_bytes(public_key_pem(key.public_key()))
-        # the copy must still be what the gate signed (nothing changed while copying)
-        check_run_attestation(temp, gate_keys)
         sign_folder(temp, key_path, temp / SIGNATURE_FILE)
         sync_tree(temp)
-        verify_bundle(temp, trusted_keys=[key.public_key(), *gate_keys])  # never hand out one that fails
+        # never hand out one that fails; this also re-checks that the copy is what the gate signed
+        verify_bundle(temp, trusted_keys=[key.public_key(), *gate_keys])
         os.replace(temp, out_dir)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)

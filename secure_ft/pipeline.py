@@ -83,7 +83,7 @@ def audit_record(result: AuditResult, config: RunConfig) -> dict:
 
 def run_pipeline(config: RunConfig, output_dir: str | Path, *, resume_dir: Path | None = None,
                  progress: bool = True) -> PipelineOutcome:
-    from secure_ft.export import export_bundle, verify_bundle
+    from secure_ft.export import export_bundle
     from secure_ft.report import write_report
 
     output_dir = Path(output_dir)
@@ -112,8 +112,8 @@ def run_pipeline(config: RunConfig, output_dir: str | Path, *, resume_dir: Path 
     if verdict.passed:
         target = output_dir / f"{run_dir.name}-bundle"
         try:
+            # export verifies the finished bundle before it renames it into place
             bundle = export_bundle(run_dir, target, signing_key=gate_key.path, trusted_keys=[gate_key.public_key])
-            verify_bundle(bundle, trusted_keys=[gate_key.public_key])
         except SecureFTError as error:
             bundle, export_error = None, str(error)
             log.error("export failed: %s", error)
