@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -201,7 +202,7 @@ def _run_in_workers(spec: EngineSpec, tasks, workers: int, on_record, outcome: R
     task_queue, result_queue = context.Queue(), context.Queue()
     threads = max(1, _usable_cores() // workers)
     worker_spec = EngineSpec(**{**asdict(spec), "threads": threads})
-    processes = [context.Process(target=_worker_main, args=(worker_spec, task_queue, result_queue),
+    processes = [context.Process(target=_worker_main, args=(worker_spec, task_queue, result_queue, os.getpid()),
                                  name=f"secure-ft-robustness-{i}", daemon=True) for i in range(workers)]
     for process in processes:
         process.start()
@@ -252,8 +253,9 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _worker_main(spec: EngineSpec, task_queue, result_queue) -> None:
+def _worker_main(spec: EngineSpec, task_queue, result_queue, parent: int) -> None:
     """A worker: build the engine, then attack tasks until the sentinel; report every outcome."""
+    exit_with_parent_in_background(parent)
     try:
         engine = AttackEngine(spec)
     except Exception as error:  # reported to the parent, which fails the audit with it
@@ -280,3 +282,18 @@ def _worker_main(spec: EngineSpec, task_queue, result_queue) -> None:
         else:
             result_queue.put(("record", recipe, record, started, time.perf_counter()))
 
+
+
+def exit_with_parent_in_background(parent: int) -> None:
+    """Exit this process as soon as `parent` (the pid that started it) is gone.
+
+    An audit killed outright runs no `finally`, and daemon workers are not killed with it. The
+    parent's pid comes from the parent: read here, it may already be init's.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_POLL_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from secure_ft.checkpoint import CheckpointStore
-from secure_ft.errors import ConfigError
 from secure_ft.config import RunConfig
 from secure_ft.data import DatasetSplits, load_splits
 from secure_ft.run_directory import RunDirectory, new_run_dir
@@ -27,7 +26,14 @@ from secure_ft.models import (
     trainable_parameter_count,
 )
 from secure_ft.probe import trainee_and_datasets
-from secure_ft.robust_training import apply_front_end, build_front_end, robustness_summary, training_set
+from secure_ft.multiplicity import stack_copies
+from secure_ft.robust_training import (
+    apply_front_end,
+    build_front_end,
+    probe_copy_frames,
+    robustness_summary,
+    training_set,
+)
 from secure_ft.training_loop import EpochRecord, TrainingEngine, encode, fit, seed_everything
 from secure_ft.transfer_choice import resolve_run_config
 
@@ -106,14 +112,14 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
     # the front end is part of the model: training reads corrected text, as audits and serving will
     front_end = build_front_end(robustness, tokenizer, splits.train["text"].tolist())
     if config.model.transfer == "probe":
-        if robustness.augmentation_copies:
-            raise ConfigError("training.robustness.augmentation_copies: not supported with model.transfer: probe yet "
-                              "(the probe embeds each text once); set it to 0, or use transfer: lora")
+        # the copies are drawn once (seeded by row) and embedded like the originals, through the cache
         frames = [frame.assign(text=apply_front_end(front_end, frame["text"].tolist()))
-                  for frame in (splits.train, splits.validation)]
-        trainee, (train_set, validation_set) = trainee_and_datasets(
+                  for frame in (splits.train, splits.validation, *probe_copy_frames(splits.train, robustness, config.seed))]
+        trainee, (train_set, validation_set, *copy_sets) = trainee_and_datasets(
             model, tokenizer, config.model, frames, cache_dir=run.cache_dir, device=device,
             batch_size=config.training.eval_batch_size, progress=progress)
+        if copy_sets:
+            train_set = stack_copies(train_set, copy_sets)  # one clipped gradient per example: ε unchanged
     else:
         max_length = config.model.max_length
         trainee = model
@@ -123,7 +129,8 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
                                 splits.validation["label"].tolist(), max_length)
     engine = make_engine(config, splits)
     if hasattr(engine, "notes"):
-        engine.notes.update(hyperparameters=choice_record["hyperparameters"], transfer_choice=choice_record)
+        engine.notes.update(hyperparameters=choice_record["hyperparameters"], transfer_choice=choice_record,
+                            head_init=getattr(base.config, "head_init", "random"))
 
     def on_epoch(record: EpochRecord) -> None:
         ledger.append("epoch_done", epoch=record.epoch, step=record.step, val_accuracy=record.val_accuracy,

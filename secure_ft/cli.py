@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import pkgutil
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -112,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -121,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     quiet_third_party()
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so every `finally` runs: attack workers, Flower and
+    # serving processes this command started are stopped, temporary files removed
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return int(args.handler(args) or 0)
     except SecureFTError as error:

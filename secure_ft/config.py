@@ -106,6 +106,11 @@ class ModelConfig(_Section):
     )
     top_k_layers: int = Field(2, ge=0, description="with transfer: top_k, how many top encoder layers train")
     max_length: int = Field(128, ge=8, le=4096, description="maximum sequence length in tokens")
+    head_init: Literal["auto", "label_names", "random"] = Field(
+        "auto", description="how the classification head starts: label_names = each class's row is the unit-length "
+        "embedding of its name (a zero-shot classifier; the names are public, no training row is read; "
+        "transfer: probe only); random = the transformers initialisation; auto = label_names for transfer: probe "
+        "when the names are words (not 0/1 or LABEL_3), else random (secure_ft.label_name_head)")
     # cls is the default because it is what the built-in demo was measured to pass its audits with (1,070
     # rows, DP): mean pooling scored val accuracy 0.700 / macro-F1 0.34 against 0.709 / 0.41 and failed the
     # DeepWordBug robustness check; on SST-2 (67,349 rows, DP ε = 8) mean beat cls by 1.7 points.
@@ -117,6 +122,13 @@ class ModelConfig(_Section):
         "sentence-transformers export declares, else cls. transfer: probe always reads mean_normalized (or mean "
         "when set), whatever this says"
     )
+
+    @model_validator(mode="after")
+    def _label_name_head_needs_probe(self) -> "ModelConfig":
+        if self.head_init == "label_names" and self.transfer not in ("probe", "auto"):
+            raise ValueError(f"model.head_init: label_names needs transfer: probe (the head reads unit-length sentence "
+                             f"embeddings there); with transfer: {self.transfer} use head_init: auto or random")
+        return self
 
 
 class TrainingConfig(_Section):

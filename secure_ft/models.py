@@ -27,6 +27,7 @@ from secure_ft.config import ModelConfig
 from secure_ft.errors import ModelError
 from secure_ft.model_identity import DIGEST_ALGORITHM, HASH_FILE, model_digest
 from secure_ft.pooling import MEAN, MEAN_NORMALIZED, MEAN_POOLINGS, sentence_transformers_pooling, use_mean_pooling
+from secure_ft.label_name_head import LABEL_NAMES, init_head_from_label_names, resolve_head_init
 
 if TYPE_CHECKING:
     from secure_ft.spelling import SpellingFrontEnd
@@ -124,6 +125,11 @@ def load_base_model(config: ModelConfig, label_names: list[str]) -> tuple[PreTra
         raise ModelError(f"{source}: cannot load the model: {error}") from None
     _choose_pooling(model, source, probe_pooling(config) if config.transfer == "probe" else config.pooling)
     tokenizer = load_tokenizer(source, config.revision, config.max_length)
+    if resolve_head_init(config.head_init, config.transfer, label_names) == LABEL_NAMES:
+        if config.transfer != "probe":
+            raise ModelError("model.head_init: label_names needs transfer: probe (auto resolves it to the probe only "
+                             "when the run qualifies); set head_init: auto or random")
+        init_head_from_label_names(model, tokenizer, label_names, config.max_length)
     return model, tokenizer
 
 

@@ -13,6 +13,10 @@ sentence embeddings under DP-SGD, not from a search on the data being trained:
   steps); no early stopping (one noisy epoch says little);
 - logical batch 256, or a quarter of the training rows when that is smaller (at least 16),
   so that even a few hundred rows give several steps per epoch;
+- the head starts as a zero-shot classifier from the (public) label names' embeddings when they
+  are words (``model.head_init: auto``, `secure_ft.label_name_head`); on the finance demo's
+  validation split this raised the DP probe's macro-F1 from 0.54 ± 0.06 to 0.58 ± 0.03 over 5
+  noise seeds and made it predict all 9 classes (test split not looked at);
 - privacy.max_grad_norm C = 1 is the configured default and left as it is; DP runs compute a
   whole logical batch at once (``privacy.max_physical_batch_size`` 1024 unless set: a head's
   per-sample gradients are tiny, and splitting only adds Python overhead; the result is the same).
@@ -32,7 +36,7 @@ from typing import Any
 
 from secure_ft.config import RunConfig
 
-RECIPE_NAME = "probe-sgd-v1"
+RECIPE_NAME = "probe-sgd-v2"  # v2: the head starts from the label names (secure_ft.label_name_head)
 RECIPE: dict[str, Any] = {
     "optimizer": "sgd",
     "momentum": 0.9,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import TensorDataset
 
@@ -33,6 +33,9 @@ from secure_ft.spelling import SpellingFrontEnd, text_words
 from secure_ft.text_classifier import describe_front_end
 from secure_ft.multiplicity import stack_copies
 from secure_ft.training_loop import encode
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,23 @@ def training_set(tokenizer, texts: Sequence[str], labels: Sequence[int], rows: S
         copy_sets.append(encode(tokenizer, apply_front_end(front_end, perturbed), labels, max_length))
     log.info("training.robustness: %d perturbed copies of each of the %d training examples", copies, len(labels))
     return stack_copies(original, copy_sets)
+
+
+def probe_copy_frames(train: "pd.DataFrame", settings: RobustTrainingConfig, seed: int,
+                      perturber: Perturber | None = None) -> list["pd.DataFrame"]:
+    """K copies of the training split (``text`` perturbed, seeded by each row), for the probe to embed.
+
+    The probe reads sentence embeddings, so its copies are texts drawn once and embedded like
+    the originals; `secure_ft.multiplicity.stack_copies` then groups them per example exactly
+    as `training_set` does for token inputs. No copies (an empty list) when K = 0.
+    """
+    copies = settings.augmentation_copies
+    if not copies:
+        return []
+    perturber = perturber or perturber_for(settings, seed)
+    texts, rows = train["text"].astype(str).tolist(), train["row"].astype(int).tolist()
+    log.info("training.robustness: %d perturbed copies of each of the %d training examples", copies, len(texts))
+    return [train.assign(text=[perturber.copy(text, row, k) for text, row in zip(texts, rows)]) for k in range(copies)]
 
 
 def robustness_summary(settings: RobustTrainingConfig, front_end: SpellingFrontEnd | None) -> dict[str, Any]:

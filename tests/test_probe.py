@@ -117,3 +117,33 @@ def test_embeddings_are_cached_by_text_and_recomputed_for_new_ones(tmp_path, tin
     assert torch.allclose(again[0], first[1], atol=1e-6) and len(reopened) == 3
     other = embedding_cache(tmp_path / "cache", config.model_copy(update={"max_length": 8}))
     assert other.key != cache.key and len(other) == 0  # another setting, another file
+
+
+def test_probe_trains_with_augmentation_copies_at_the_same_epsilon(tmp_path, toy_data_csv, tiny_model_dir, monkeypatch):
+    import secure_ft.central_run as central_run
+    from secure_ft.robust_training_config import RobustTrainingConfig
+
+    plain = train_run(probe_config(toy_data_csv, tiny_model_dir, tmp_path / "plain", epochs=2),
+                      output_dir=tmp_path / "plain", progress=False)
+    config = probe_config(toy_data_csv, tiny_model_dir, tmp_path / "copies", epochs=2)
+    config.training.robustness = RobustTrainingConfig(augmentation_copies=2, char_edit_fraction=1.0,
+                                                      synonym_fraction=0.0)
+    stacked, stack_copies = [], central_run.stack_copies
+    monkeypatch.setattr(central_run, "stack_copies", lambda original, copies: stacked.append(
+        stack_copies(original, copies)) or stacked[-1])
+    with_copies = train_run(config, output_dir=tmp_path / "copies", progress=False)
+
+    (train_set,) = stacked
+    rows = len(with_copies.splits.train)
+    features, labels = train_set.tensors
+    assert features.shape[:2] == (rows, 3) and labels.shape == (rows, 3)  # the example and its 2 copies
+    assert torch.equal(labels[:, 0], labels[:, 1]) and torch.equal(labels[:, 0], labels[:, 2])
+    assert not torch.equal(features[:, 0], features[:, 1])  # the copies read perturbed text
+    cache_dir = RunDirectory(with_copies.run_dir).cache_dir
+    validation = len(with_copies.splits.validation)
+    assert len(EmbeddingCache(cache_dir, embedding_cache(cache_dir, config.model).key)) > rows + validation
+    # augmentation multiplicity: one clipped gradient per example, so the accountant's inputs do not change
+    a, b = RunDirectory(plain.run_dir).read_privacy(), RunDirectory(with_copies.run_dir).read_privacy()
+    for key in ("epsilon", "noise_multiplier", "sample_rate", "steps", "delta"):
+        assert a[key] == b[key], key
+    assert verify_privacy(with_copies.run_dir).passed
