@@ -28,14 +28,15 @@ fraction) is reported as ``{"value", "ci_lower", "ci_upper"}`` with its Wilson 9
 a policy with ``robustness.use_ci_bound`` judges the pessimistic end (30 attacked texts gave
 intervals about ±0.17 wide; 100 give about ±0.1). A fixed ``num_examples`` samples that many.
 
-Cost: model queries dominate, so time grows with the attacked texts × ``query_budget`` (200 by
-default). 30 examples at budget 200 with three recipes spent about 4 CPU-minutes on the default
-model at length 128, so the default now costs roughly 3–4× that. PWWS ranks words by trying
-every WordNet synonym of every word, several hundred queries for a 100-word text, so at
-the default budget most PWWS attacks stop at the budget (counted in ``budget_exhausted``, said
-in the notes, and judged by the policy's ``max_budget_exhausted_fraction``). For a thorough
-audit raise ``query_budget`` to 1000 or more, with ``workers`` set to the cores available (or
-``device: cuda``); an interrupted run resumes.
+Cost: model queries dominate. A search that ends without flipping the model has tried every
+word it may change, so on a robust model each recipe spends its whole search: measured on the
+default model with its spelling front end (64 tokens, about 50 words), DeepWordBug used about
+140 queries, PWWS 290 (at most 470) and the embedding swap about 100–200. The default
+``query_budget`` of 1000 lets those searches finish (200, the earlier default, stopped most
+PWWS searches before they had ranked the words — which the policy's
+``max_budget_exhausted_fraction`` now refuses as evidence). Time grows with the attacked
+texts × the queries each needs × the cost of one forward pass (length²-ish); ``workers`` and
+``device: cuda`` divide it, and an interrupted run resumes.
 
 The adversarial pairs go to ``audits/robustness/adversarial_examples.csv`` in the run
 directory. They are test data and may hold personal data: metrics and notes never contain

@@ -392,7 +392,10 @@ class RobustnessAuditConfig(_Section):
     min_correct_examples: int = Field(
         100, ge=1, description="with num_examples: null, correctly classified texts each recipe attacks (enough "
         "for a Wilson 95% interval about ±0.1 wide)")
-    query_budget: int = Field(200, ge=1, description="model queries allowed per attacked example")
+    query_budget: int = Field(
+        1000, ge=1, description="model queries allowed per attacked example; enough for the default recipes' "
+        "whole search on texts the model reads in full (a search stopped by the budget proves nothing: "
+        "the policy's max_budget_exhausted_fraction judges how often that happened)")
     workers: int = Field(2, ge=1, description="parallel processes (each with its own copy of the model)")
     batch_size: int = Field(64, ge=1, description="texts per forward pass of the model")
     visible_text_only: bool = Field(
