@@ -187,7 +187,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
         raise ConfigError(f"{run_dir}: already holds a run; choose a new --run-dir")
     require_declared_labels(config)
     policy_path, policy, _ = resolve_policy(config, args.policy)
-    check_before_training(config, policy, policy_path)  # what the gate would block after training, refused now
+    # what the gate would block after training, refused now
+    check_before_training(config, policy, policy_path, deployed=True)
     print(f"pre-flight passed against policy {policy.name!r} ({policy_path})", flush=True)
     env = flower_environment()
     write_connection(env, _control_address(args), Path(args.ca))
