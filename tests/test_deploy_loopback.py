@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -156,7 +157,7 @@ def rogue_is_refused(tmp_path: Path, env: dict[str, str], pki: Path, keys: Path,
     assert registered.returncode != 0 or "registered successfully" not in registered.stdout, registered.stdout
     listed = run([str(BIN / "flwr"), "ls", "fed", "--format", "json"], rogue_env, 60)
     assert listed.returncode != 0 or '"success": true' not in listed.stdout, listed.stdout
-    with httpx.Client(verify=str(pki / "ca.crt"), timeout=30) as client:
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(pki / "ca.crt")), timeout=30) as client:
         for path in ("/v1/control/list-runs", "/v1/control/register-node", "/v1/runtime/get-nodes"):
             assert client.post(f"https://{front}{path}", content=b"").status_code == 403, path
         assert client.get(f"https://{front}/v1/fleet/get-run").status_code == 403  # only POSTs pass
@@ -220,7 +221,8 @@ def test_deployed_dp_run_is_audited_gated_and_exported_and_registration_needs_th
                                          "--key", str(keys / site), "--data", str(data), "--site", site,
                                          "--state", str(tmp_path / "state" / site)])
         intruder = next(process for name, process, _ in processes.started if name == "intruder")
-        assert intruder.wait(timeout=120) != 0, "a SuperNode with an unregistered key must not stay connected"
+        assert intruder.wait(timeout=120) == 1, "a SuperNode with an unregistered key must not stay connected"
+        assert "Failed to activate SuperNode" in processes.log("intruder")
 
         launched = run(CLI + ["deploy", "launch", "--config", str(tmp_path / "run.yaml"), "--run-dir", str(run_dir),
                               "--policy", str(tmp_path / "policy.yaml"), *coordinator], env, 400)
