@@ -2,8 +2,9 @@
 
 Training records the accountant's inputs — its history of (σ, q, steps), δ and the
 accountant's name — in the hash-chained run ledger as it finishes (event
-``privacy_accounted``); federated simulations keep each site's inputs in
-``sites/NAME/privacy.json``. The privacy audit recomputes every ε from those inputs with a
+``privacy_accounted``); a federated run keeps every site's inputs (sent with each update,
+`federated.site_privacy`) and the central aggregate's inside ``privacy.json`` itself, under
+``sites.NAME`` and ``central`` (older simulations: ``sites/NAME/privacy.json``). The privacy audit recomputes every ε from those inputs with a
 fresh accountant (`secure_ft.privacy.accountants`) and fails, showing both numbers, when
 ``privacy.json`` disagrees: beyond the accountant's stated error (PRV's ``eps_error``) or a
 relative 1e-6 otherwise, or when any recorded input differs.
@@ -74,13 +75,25 @@ def recomputation_checks(run_dir: Path, guarantee: PrivacyGuarantee) -> list[Che
                                              f"δ {inputs.get('delta')}, steps {steps}"))
         elif scope.scope.startswith("site:"):
             site = scope.scope.split(":", 1)[1]
-            details = RunDirectory(run_dir).site(site).privacy_file
-            inputs = None
-            if details.is_file():
-                site_raw = json.loads(details.read_text(encoding="utf-8"))
-                if all(key in site_raw for key in ("noise_multiplier", "sample_rate", "steps")):
-                    inputs = {"accountant": site_raw.get("accountant"), "delta": site_raw.get("delta"),
-                              "history": [[site_raw["noise_multiplier"], site_raw["sample_rate"], site_raw["steps"]]]}
-            checks.append(_scope_check(f"{scope.scope}.epsilon_recomputed", scope.epsilon, inputs,
-                                       f"site {site}'s recorded σ, q and steps"))
+            inputs, where = _site_inputs(run_dir, site, (raw.get("sites") or {}).get(site) or {})
+            checks.append(_scope_check(f"{scope.scope}.epsilon_recomputed", scope.epsilon, inputs, where))
+        elif scope.scope == "central":
+            central = raw.get("central") or {}
+            inputs = central if all(key in central for key in INPUTS) else None
+            checks.append(_scope_check("central.epsilon_recomputed", scope.epsilon, inputs,
+                                       "the central aggregate's recorded (z, releases)"))
     return checks
+
+
+def _site_inputs(run_dir: Path, site: str, entry: dict) -> tuple[dict | None, str]:
+    """A site's accountant inputs: inline in privacy.json (bound by the signed verdict), else its details file."""
+    if all(key in entry for key in INPUTS):
+        return entry, f"site {site}'s accountant inputs in {PRIVACY_FILE}"
+    details = RunDirectory(run_dir).site(site).privacy_file
+    if details.is_file():
+        site_raw = json.loads(details.read_text(encoding="utf-8"))
+        if all(key in site_raw for key in ("noise_multiplier", "sample_rate", "steps")):
+            return ({"accountant": site_raw.get("accountant"), "delta": site_raw.get("delta"),
+                     "history": [[site_raw["noise_multiplier"], site_raw["sample_rate"], site_raw["steps"]]]},
+                    f"site {site}'s recorded σ, q and steps")
+    return None, f"site {site}"

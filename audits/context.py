@@ -23,6 +23,9 @@ class AuditContext:
     config: RunConfig
     policy: Policy
     device: str = "cpu"
+    # False for a deployed federation: the training rows stayed at the sites, so the train split
+    # here is not what the model trained on and cannot serve as membership-inference members
+    members_available: bool = True
 
     def evidence_dir(self, audit_name: str) -> Path:
         folder = RunDirectory(self.run_dir).audit_evidence_dir(audit_name)

@@ -171,18 +171,13 @@ def _write_csv(context: AuditContext, filename: str, table: pd.DataFrame) -> str
     return str(path.relative_to(context.run_dir))
 
 
-@register(NAME)
-def privacy_audit(context: AuditContext) -> AuditResult:
-    """Check the DP guarantee and measure membership inference (and canaries); see the module docstring."""
-    settings = context.config.audits.privacy
-    policy = context.policy.privacy
-    if policy.use_ci_bound and settings.n_boot == 0:
-        raise AuditError("policy privacy.use_ci_bound needs confidence intervals; set audits.privacy.n_boot > 0")
-    guarantee = read_guarantee(context.run_dir)
-    checks, notes = guarantee_checks(guarantee, policy)
-    if guarantee is not None:
-        checks += recomputation_checks(context.run_dir, guarantee)
+MEMBERS_AT_SITES = ("the sites' training rows never left the sites, so the coordinator holds no members to attack; "
+                    "each site's DP guarantee is what bounds membership inference (a policy that sets membership "
+                    "thresholds cannot pass a deployed run)")
 
+
+def _membership(context: AuditContext, guarantee, policy, settings, notes: list[str]):
+    """The membership-inference attacks on members (train) vs non-members (held out)."""
     members, nonmembers, sources = attack_rows(context)
     classifier = load_model_for(context)
     member_losses = score_split(classifier, members, context).losses
@@ -214,11 +209,45 @@ def privacy_audit(context: AuditContext) -> AuditResult:
 
     top = strongest(attacks)
     worst = worst_attack_measurements(attacks, policy.use_ci_bound)
-    checks += threshold_checks(policy, {metric: estimate for metric, (_, estimate) in worst.items()},
+    checks = threshold_checks(policy, {metric: estimate for metric, (_, estimate) in worst.items()},
                                group="membership", ci_level=settings.ci_level,
                                notes={metric: f"strongest attack: {name}" for metric, (name, _) in worst.items()})
     if len(nonmembers) < 1000:
         notes.append(f"TPR at 0.1% FPR is measured at FPR 0 (resolution 1/{len(nonmembers)} non-members)")
+
+    membership = {
+        "n_members": int(len(members)),
+        "n_non_members": int(len(nonmembers)),
+        **sources,
+        "n_boot": settings.n_boot,
+        "ci_level": settings.ci_level,
+        "seed": context.config.seed,
+        "attacks": attacks,
+        "strongest": top,
+    }
+    return membership, attacks, evidence, checks, front_end
+
+
+@register(NAME)
+def privacy_audit(context: AuditContext) -> AuditResult:
+    """Check the DP guarantee and measure membership inference (and canaries); see the module docstring."""
+    settings = context.config.audits.privacy
+    policy = context.policy.privacy
+    if policy.use_ci_bound and settings.n_boot == 0:
+        raise AuditError("policy privacy.use_ci_bound needs confidence intervals; set audits.privacy.n_boot > 0")
+    guarantee = read_guarantee(context.run_dir)
+    checks, notes = guarantee_checks(guarantee, policy)
+    if guarantee is not None:
+        checks += recomputation_checks(context.run_dir, guarantee)
+
+    if context.members_available:
+        membership, attacks, evidence, membership_checks, front_end = _membership(context, guarantee, policy,
+                                                                                  settings, notes)
+        checks += membership_checks
+    else:
+        membership, attacks, evidence, front_end = None, {}, [], None
+        checks += threshold_checks(policy, {}, group="membership", missing_note=MEMBERS_AT_SITES)
+        notes.append(f"membership inference not measured: {MEMBERS_AT_SITES}")
 
     canary = None
     if settings.canaries:
@@ -232,20 +261,13 @@ def privacy_audit(context: AuditContext) -> AuditResult:
     metrics = {
         "guarantee": accountant,
         "front_end": front_end,  # None without one; uses_private_vocabulary: outside the DP guarantee
-        "membership": {
-            "n_members": int(len(members)),
-            "n_non_members": int(len(nonmembers)),
-            **sources,
-            "n_boot": settings.n_boot,
-            "ci_level": settings.ci_level,
-            "seed": context.config.seed,
-            "attacks": attacks,
-            "strongest": top,
-        },
+        "membership": membership,  # None: not measurable here (a deployment's rows stayed at the sites)
         "epsilon_comparison": {
             "accountant_epsilon": accountant["epsilon"],
-            "empirical_lower_bound": max(a["empirical_epsilon"]["lower_bound"] for a in attacks.values()),
-            "empirical_point_estimate": max(a["empirical_epsilon"]["point_estimate"] or 0.0 for a in attacks.values()),
+            "empirical_lower_bound": max((a["empirical_epsilon"]["lower_bound"] for a in attacks.values()),
+                                         default=None),
+            "empirical_point_estimate": max((a["empirical_epsilon"]["point_estimate"] or 0.0
+                                             for a in attacks.values()), default=None),
         },
         "canary": canary,
     }

@@ -177,13 +177,25 @@ def wrap_with_central_dp(strategy: Strategy, config: FederatedConfig,
 
 
 def central_guarantee(config: FederatedConfig, accountant: OpacusRdpAccountant, wrapped: Strategy) -> dict[str, Any]:
-    """The ``central`` section of privacy.json."""
+    """The ``central`` section of privacy.json, with the accountant inputs that recompute its ε.
+
+    Every released aggregate is one Gaussian mechanism with multiplier z and no sampling
+    amplification (q = 1), so the whole run is the history [(z, 1, releases)]. ε is computed
+    from exactly that history by the same Opacus RDP accountant the gate recomputes it with
+    (`secure_ft.privacy.accountants`); Flower's accountant above (a wider set of Rényi orders)
+    only steers the run.
+    """
+    from secure_ft.privacy.accountants import epsilon_from_history, normalise_history
+
     spent = accountant.get_privacy_spent()
+    history = [[float(config.central_noise_multiplier), 1.0, int(spent.num_releases)]]
+    epsilon = epsilon_from_history("rdp", normalise_history(history), float(spent.delta))
     return {
-        "epsilon": spent.epsilon,
+        "epsilon": epsilon,
         "delta": spent.delta,
         "unit": "site (client-level DP: protects each site's whole contribution)",
-        "accountant": spent.accounting_method,
+        "accountant": "rdp",
+        "history": history,
         "mechanism": f"Gaussian, server-side {config.central_dp} clipping (Flower)",
         "noise_multiplier": config.central_noise_multiplier,
         "clipping_norm": (getattr(wrapped, "clipping_norm", config.central_clipping_norm)),

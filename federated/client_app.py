@@ -19,6 +19,7 @@ from flwr.clientapp import ClientApp
 
 from federated import protocol
 from federated.secagg import is_legacy_fit, secagg_when_requested, train_legacy
+from federated.site_privacy import encode_site_privacy
 from federated.site_training import evaluate_site, read_instructions, train_site_round
 from federated.task import arrays_to_record, record_to_arrays
 
@@ -42,7 +43,8 @@ def train(msg: Message, context: Context) -> Message:
     instructions = read_instructions(msg.content[protocol.CONFIG], context.node_config)
     global_arrays = record_to_arrays(msg.content[protocol.ARRAYS])
     report = train_site_round(instructions, global_arrays, context.node_config, context.state, context.run_id)
-    return Message(content=_reply(report.site, report.metrics, arrays_to_record(report.arrays)), reply_to=msg)
+    return Message(content=_reply(report.site, report.metrics, arrays_to_record(report.arrays), report.privacy),
+                   reply_to=msg)
 
 
 @app.evaluate()
@@ -54,8 +56,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(content=_reply(report.site, report.metrics), reply_to=msg)
 
 
-def _reply(site: str, metrics: dict[str, float], arrays: ArrayRecord | None = None) -> RecordDict:
-    content = RecordDict({protocol.METRICS: MetricRecord(metrics), protocol.SITE: ConfigRecord({protocol.SITE_NAME: site})})
+def _reply(site: str, metrics: dict[str, float], arrays: ArrayRecord | None = None,
+           privacy: dict | None = None) -> RecordDict:
+    site_record = {protocol.SITE_NAME: site}
+    if privacy is not None:  # the accountant inputs, so the coordinator can recompute this site's ε
+        site_record[protocol.SITE_PRIVACY] = encode_site_privacy(privacy)
+    content = RecordDict({protocol.METRICS: MetricRecord(metrics), protocol.SITE: ConfigRecord(site_record)})
     if arrays is not None:
         content[protocol.ARRAYS] = arrays
     return content

@@ -33,7 +33,7 @@ from federated.task import (arrays_to_record, base_model_sha256, build_model, re
                             trainable_arrays)
 from secure_ft.config import RunConfig
 from secure_ft.data import load_splits
-from secure_ft.errors import SecureFTError
+from secure_ft.errors import ConfigError, SecureFTError
 from secure_ft.run_directory import RunDirectory
 from secure_ft.models import resolve_device, trainable_parameter_count
 from secure_ft.central_run import TrainedRun
@@ -45,6 +45,16 @@ log = logging.getLogger(__name__)
 
 class FederationFailed(SecureFTError):
     """A federated run aggregated no round: no site delivered a usable update."""
+
+
+def require_declared_labels(config: RunConfig) -> None:
+    """A deployed federation trains one label set, fixed by the run config before any site answers."""
+    if config.data.labels is None:
+        where = config.source_path or "the run config"
+        raise ConfigError(
+            f"{where}: data.labels is not set; a deployed run needs the federation's label set declared "
+            "(e.g. data.labels: [billing, fraud, service]) so that every site numbers the labels the same way "
+            "and checks its own file against it before training")
 
 
 def engine_label(config: RunConfig) -> str:
@@ -82,7 +92,10 @@ class FederatedServer:
     def run(self, grid: Grid, context: Context) -> TrainedRun:
         config, run_dir = self.config, self.run_dir
         grid = StoppableGrid(grid, self.stop)
-        splits = load_splits(config.data, config.seed)
+        if not self.simulated:
+            require_declared_labels(config)
+        # deployed: the label set is data.labels exactly; the coordinator's small hold-out never narrows it
+        splits = load_splits(config.data, config.seed, keep_declared_labels=not self.simulated)
         # resolved once, from the whole federation's rows (a simulation partitions exactly these; a
         # deployment's sites are unknown before they answer, so the server's own rows stand in), and
         # sent resolved to every site: all sites train the same transfer with the same recipe

@@ -33,7 +33,13 @@ log = logging.getLogger(__name__)
 
 
 def site_guarantees(book: RoundBook, config: RunConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
-    """Each site's sample-level (ε, δ): its last report (ε only grows), from the round records."""
+    """Each DP site's guarantee: its last report (ε only grows), with the accountant inputs it sent.
+
+    The inputs (accountant, δ, the (σ, q, steps) history) come with every update
+    (`federated.site_privacy`), so the gate recomputes each site's ε from ``privacy.json``
+    alone, for simulated and deployed sites alike. A site that reported ε without them (an
+    older secure-ft) is kept, marked, and fails that recomputation.
+    """
     sites: dict[str, dict[str, Any]] = {}
     for entry in book.rounds:
         for site in entry["sites"]:
@@ -41,12 +47,17 @@ def site_guarantees(book: RoundBook, config: RunConfig, run_dir: Path) -> dict[s
             if site["phase"] != "train" or "epsilon" not in metrics:
                 continue
             previous = sites.get(site["site"], {}).get("epsilon", -math.inf)
+            inputs = site.get("privacy") or {}
             sites[site["site"]] = {
                 "epsilon": max(previous, float(metrics["epsilon"])),
                 "delta": float(metrics["delta"]),
                 "unit": "record (sample-level DP-SGD on the site's own rows)",
-                "accountant": config.privacy.accountant,
+                "accountant": inputs.get("accountant", config.privacy.accountant),
                 "last_round": entry["round"],
+                **({key: inputs[key] for key in ("history", "noise_multiplier", "sample_rate", "steps",
+                                                 "max_grad_norm", "dataset_size", "target_epsilon",
+                                                 "opacus_version", "data_fingerprint") if key in inputs}
+                   if inputs else {"inputs_missing": "the site sent no accountant inputs with its updates"}),
             }
     for name, guarantee in sites.items():
         details = RunDirectory(run_dir).site(name).privacy_file

@@ -13,7 +13,9 @@ Site → server (reply)::
     "arrays"  ArrayRecord   train only: the site's new tensors (never its data)
     "metrics" MetricRecord  num-examples, train-loss, local-steps, local-val-accuracy,
                             seconds; epsilon and delta when the site trains with DP
-    "site"    ConfigRecord  name: the site's name, for logs and the run's records
+    "site"    ConfigRecord  name: the site's name, for logs and the run's records;
+                            privacy (train, with DP): its accountant inputs as JSON
+                            (`federated.site_privacy`)
 
 A site's node config (``flower-supernode --node-config``) says where its data is:
 
@@ -51,6 +53,7 @@ AGGREGATION_WEIGHT = "aggregation-weight"
 
 # site record keys
 SITE_NAME = "name"
+SITE_PRIVACY = "privacy"
 
 # node config keys
 DATA_PATH = "data-path"

@@ -45,6 +45,7 @@ from flwr.compat.common import recorddict_compat as compat
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 
 from federated import protocol
+from federated.site_privacy import decode_site_privacy, encode_site_privacy
 from federated.site_training import read_instructions, train_site_round
 from federated.update_validation import ACCEPTED, FAILED, SiteOutcome
 
@@ -85,6 +86,8 @@ def train_legacy(msg: Message, context: Context) -> Message:
                     report.site, beyond, bound)
     metrics: dict[str, Any] = {key: float(value) for key, value in report.metrics.items()}
     metrics[protocol.SITE] = report.site
+    if report.privacy is not None:  # legacy metrics may hold strings: the accountant inputs as JSON
+        metrics[protocol.SITE_PRIVACY] = encode_site_privacy(report.privacy)
     fitres = FitRes(status=Status(Code.OK, "ok"), parameters=ndarrays_to_parameters(update),
                     num_examples=int(report.metrics[protocol.NUM_EXAMPLES]), metrics=metrics)
     return Message(content=compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
@@ -134,7 +137,8 @@ class SecAggUpdateAverage(LegacyFedAvg):
                        if isinstance(value, (int, float)) and not isinstance(value, bool)}
             site_metrics.append((fitres.num_examples, metrics))
             self.outcomes.append(SiteOutcome(server_round, "train", str(fitres.metrics.get(protocol.SITE, proxy.cid)),
-                                             proxy.node_id, ACCEPTED, None, None, metrics))
+                                             proxy.node_id, ACCEPTED, None, None, metrics,
+                                             decode_site_privacy(fitres.metrics.get(protocol.SITE_PRIVACY))))
         reason = None
         if failures and not self.accept_failures:
             reason = f"{len(failures)} site(s) failed and accept_failures is false"

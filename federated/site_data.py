@@ -106,8 +106,12 @@ def load_site_file(path: Path, config: RunConfig, labels: list[str], name: str) 
         "source": str(path), "group_columns": [], "derived_group_columns": [], "labels": list(labels),
         "min_class_count": 3, "small_classes": "drop", "max_rows": None,
     })
-    raw, where = read_table(site_config.source, site_config.format, site_config.hf_split)
-    frame, _, dropped = validate(raw, site_config, where)
+    try:
+        raw, where = read_table(site_config.source, site_config.format, site_config.hf_split)
+        frame, _, dropped = validate(raw, site_config, where)
+    except DataError as error:  # the site's own file: name the site, the file and the run's labels
+        raise DataError(f"site {name}: {error} (the run's label set, data.labels: {list(labels)}; the file must "
+                        f"have columns {config.data.text_column!r} and {config.data.label_column!r})") from None
     index = {label: position for position, label in enumerate(labels)}
     frame[LABEL] = frame["label_name"].map(index).astype(int)  # the run's numbering, not this file's
     fraction = config.data.split.validation_fraction

@@ -150,6 +150,10 @@ class SiteEngine(TrainingEngine):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.inner.load_state_dict(state)
 
+    def accountant_history(self) -> list[list[float]]:
+        """Every (σ, q, steps) the site's accountant composed so far, this run's earlier rounds included."""
+        return self.inner.accountant_history() if self.private else []
+
     def guarantee(self, result: FitResult | None = None) -> dict[str, Any] | None:
         """The site's (ε, δ, ...) so far (private engine only)."""
         return self.inner.guarantee(result) if self.private else None

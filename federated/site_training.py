@@ -28,6 +28,7 @@ from flwr.app import ConfigRecord, RecordDict
 
 from federated import protocol
 from federated.site_data import Site, resolve_site
+from federated.site_privacy import site_privacy_report
 from federated.site_engine import SiteEngine, private_site_engine, site_noise_multiplier
 from federated.task import (build_model, evaluate_model, load_arrays, round_seed, base_model_sha256,
                             secure_ft_version, trainable_arrays, train_locally)
@@ -95,6 +96,7 @@ class SiteReport:
     site: str
     metrics: dict[str, float]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    privacy: dict[str, Any] | None = None  # DP: the accountant inputs (`federated.site_privacy`)
 
 
 def read_instructions(record: Mapping[str, Any], node_config: Mapping[str, Any]) -> Instructions:
@@ -157,8 +159,10 @@ def train_site_round(instructions: Instructions, global_arrays: Mapping[str, np.
             protocol.LOCAL_VAL_ACCURACY: float(last.val_accuracy) if last else float("nan"),
             protocol.SECONDS: time.perf_counter() - started,
         }
+        privacy = None
         if engine.private:
             guarantee = engine.guarantee(result)
+            privacy = site_privacy_report(guarantee, engine.accountant_history())
             metrics[protocol.EPSILON] = float(guarantee["epsilon"])
             metrics[protocol.DELTA] = float(guarantee["delta"])
             _save_engine_state(state, engine.state_dict())
@@ -169,7 +173,7 @@ def train_site_round(instructions: Instructions, global_arrays: Mapping[str, np.
         log.info("site %s, round %d: %d steps, loss %.4f%s", site.name, instructions.server_round, result.steps,
                  metrics[protocol.TRAIN_LOSS],
                  f", ε = {metrics[protocol.EPSILON]:.3f}" if protocol.EPSILON in metrics else "")
-        return SiteReport(site.name, metrics, trainable_arrays(result.model))
+        return SiteReport(site.name, metrics, trainable_arrays(result.model), privacy)
     except SiteFailure:
         raise
     except (SecureFTError, Exception) as error:  # the server logs the reason with the site's name

@@ -34,6 +34,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from federated import protocol
+from federated.site_privacy import decode_site_privacy
 from federated.task import arrays_to_record, record_to_arrays
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class SiteOutcome:
     reason: str | None = None
     update_norm: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    privacy: dict[str, Any] | None = None  # a DP site's accountant inputs (`federated.site_privacy`)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -304,7 +306,7 @@ class UpdateGuard(Strategy):
             log.warning("round %d: %s: %s", server_round, site, check.reason)
         metrics[protocol.AGGREGATION_WEIGHT] = 1.0 if self.uniform_weights else examples
         return SiteOutcome(server_round, "train", site, node, check.status, check.reason, check.norm,
-                           _plain_metrics(metrics))
+                           _plain_metrics(metrics), self._site_privacy(reply))
 
     def _site_name(self, reply: Message) -> str:
         node = reply.metadata.src_node_id
@@ -312,6 +314,11 @@ class UpdateGuard(Strategy):
         if record is not None and isinstance(record.get(protocol.SITE_NAME), str):
             self.node_sites[node] = str(record[protocol.SITE_NAME])
         return self.node_sites.get(node, f"node {node}")
+
+    @staticmethod
+    def _site_privacy(reply: Message) -> dict[str, Any] | None:
+        record = reply.content.config_records.get(protocol.SITE)
+        return decode_site_privacy(record.get(protocol.SITE_PRIVACY)) if record is not None else None
 
     def _site_from_error(self, reply: Message) -> str:
         match = _SITE_IN_REASON.search(reply.error.reason or "")

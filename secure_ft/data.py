@@ -145,8 +145,14 @@ def _read_hub(name: str, split: str) -> pd.DataFrame:
         raise DataError(f"{name}: could not load the `datasets` hub dataset (split {split!r}): {error}") from None
 
 
-def validate(frame: pd.DataFrame, config: DataConfig, where: str) -> tuple[pd.DataFrame, list[str], dict[str, int]]:
-    """Check the rows and return the canonical frame, the label names and dropped classes."""
+def validate(frame: pd.DataFrame, config: DataConfig, where: str,
+             keep_declared_labels: bool = False) -> tuple[pd.DataFrame, list[str], dict[str, int]]:
+    """Check the rows and return the canonical frame, the label names and dropped classes.
+
+    With `keep_declared_labels` (a deployed federation's coordinator) the label set is exactly
+    ``data.labels``: rows of a class too small to split are still left out, but the class keeps
+    its place in the numbering, because the sites train on it.
+    """
     wanted = [config.text_column, config.label_column, *config.group_columns]
     missing = [column for column in wanted if column not in frame.columns]
     if missing:
@@ -193,7 +199,8 @@ def validate(frame: pd.DataFrame, config: DataConfig, where: str) -> tuple[pd.Da
         log.warning("%s: dropping classes too small to split: %s", where, dropped)
         canonical = canonical[~canonical["label_name"].isin(small.index)].reset_index(drop=True)
     label_names = list(config.labels) if config.labels is not None else sorted(canonical["label_name"].unique())
-    label_names = [name for name in label_names if name not in dropped]
+    if not (keep_declared_labels and config.labels is not None):
+        label_names = [name for name in label_names if name not in dropped]
     if len(label_names) < 2:
         raise DataError(f"{where}: need at least two classes after dropping small ones, found {label_names}")
     index = {name: position for position, name in enumerate(label_names)}
@@ -241,10 +248,13 @@ def split(frame: pd.DataFrame, config: DataConfig, seed: int) -> tuple[pd.DataFr
     return (part.sort_values("row").reset_index(drop=True) for part in (train, validation, test))
 
 
-def load_splits(config: DataConfig, seed: int) -> DatasetSplits:
-    """Load, validate, (optionally subsample,) fingerprint and split the configured data."""
+def load_splits(config: DataConfig, seed: int, keep_declared_labels: bool = False) -> DatasetSplits:
+    """Load, validate, (optionally subsample,) fingerprint and split the configured data.
+
+    `keep_declared_labels`: never narrow ``data.labels`` (see `validate`).
+    """
     raw, where = read_table(config.source, config.format, config.hf_split)
-    canonical, label_names, dropped = validate(raw, config, where)
+    canonical, label_names, dropped = validate(raw, config, where, keep_declared_labels)
     if config.max_rows is not None and config.max_rows < len(canonical):
         canonical, _ = train_test_split(
             canonical, train_size=config.max_rows, stratify=canonical[LABEL], random_state=seed

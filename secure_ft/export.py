@@ -184,7 +184,7 @@ def _run_config(run_dir: Path) -> RunConfig:
 def _matching_report(run_dir: Path, attested: AttestedVerdict) -> dict[str, Any]:
     for name in REPORT_FILES:
         if not (run_dir / name).is_file():
-            raise BundleError(f"{run_dir / name}: missing; write the report before exporting (`secure-ft run` does)")
+            raise BundleError(f"{run_dir / name}: missing; write the report before exporting (`secure-ft audit RUN_DIR` or `secure-ft run` does)")
     try:
         report = json.loads((run_dir / REPORT_FILES[0]).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as error:

@@ -4,6 +4,10 @@ Everything goes under one output folder: the run directory (model, metrics, ledg
 evidence, verdict, report) and, when the policy is met, the signed bundle beside it. Each
 step appends to the run's hash-chained ledger, so the record of what happened can be
 checked later with `secure-ft ledger verify`.
+
+`audit_finished_run` runs the same audits → gate → report → signed verdict on a run
+directory that something else trained (a deployed federation's coordinator, an earlier
+`secure-ft train`); `secure-ft export` then writes its bundle.
 """
 
 from __future__ import annotations
@@ -48,6 +52,11 @@ class PipelineOutcome:
 
 
 def train(config: RunConfig, output_dir: Path, resume_dir: Path | None, progress: bool) -> TrainedRun:
+    if resume_dir is not None and config.mode == "federated":
+        from secure_ft.finished_run import load_finished_run
+
+        # a federated run (simulated or deployed) is not resumable; a finished one is audited as it is
+        return load_finished_run(resume_dir)[0]
     if config.mode == "federated":
         from federated import run_federated
 
@@ -59,8 +68,11 @@ def train(config: RunConfig, output_dir: Path, resume_dir: Path | None, progress
 
 def run_audits(trained: TrainedRun, config: RunConfig, policy, ledger: Ledger) -> list[AuditResult]:
     """Every audit the policy requires, in the policy's order; failures are results, not crashes."""
+    from secure_ft.finished_run import members_held_here
+
     context = AuditContext(run_dir=trained.run_dir, model_dir=trained.model_dir, splits=trained.splits,
-                           config=config, policy=policy, device=resolve_device(config.device))
+                           config=config, policy=policy, device=resolve_device(config.device),
+                           members_available=members_held_here(trained.run_dir))
     results = []
     for name in dict.fromkeys(policy.required_audits):
         log.info("audit %s: running", name)
@@ -81,17 +93,49 @@ def audit_record(result: AuditResult, config: RunConfig) -> dict:
     return raw if config.report.include_examples else withhold_text(raw)
 
 
+def resolve_policy(config: RunConfig, policy_file: str | Path | None = None):
+    """The policy to apply (the given file, else the config's, else the built-in default): (path, policy, sha256)."""
+    policy_path = Path(policy_file) if policy_file else (Path(config.policy) if config.policy else default_policy_path())
+    policy, policy_sha256 = load_policy(policy_path)
+    return policy_path, policy, policy_sha256
+
+
 def run_pipeline(config: RunConfig, output_dir: str | Path, *, resume_dir: Path | None = None,
                  progress: bool = True) -> PipelineOutcome:
     from secure_ft.export import export_bundle
-    from secure_ft.report import write_report
 
     output_dir = Path(output_dir)
-    policy_path = Path(config.policy) if config.policy else default_policy_path()
-    policy, policy_sha256 = load_policy(policy_path)  # a bad policy fails before any training
+    policy_path, policy, policy_sha256 = resolve_policy(config)  # a bad policy fails before any training
     if resume_dir is None:
         check_before_training(config, policy, policy_path)  # refuse now what the gate would block after training
     trained = train(config, output_dir, resume_dir, progress)
+    outcome, gate_key = audit_and_gate(trained, policy_path, policy, policy_sha256)
+    if outcome.verdict.passed:
+        target = output_dir / f"{outcome.run_dir.name}-bundle"
+        try:
+            # export verifies the finished bundle before it renames it into place
+            outcome.bundle = export_bundle(outcome.run_dir, target, signing_key=gate_key.path,
+                                           trusted_keys=[gate_key.public_key])
+        except SecureFTError as error:
+            outcome.export_error = str(error)
+            log.error("export failed: %s", error)
+    return outcome
+
+
+def audit_finished_run(run_dir: str | Path, policy_file: str | Path | None = None) -> PipelineOutcome:
+    """Audits → gate → report → signed verdict for a run directory trained by anything; no export."""
+    from secure_ft.finished_run import load_finished_run
+
+    trained, config = load_finished_run(run_dir)
+    policy_path, policy, policy_sha256 = resolve_policy(config, policy_file)
+    outcome, _ = audit_and_gate(trained, policy_path, policy, policy_sha256)
+    return outcome
+
+
+def audit_and_gate(trained: TrainedRun, policy_path: Path, policy, policy_sha256: str) -> tuple[PipelineOutcome, "GateKey"]:
+    """Run the policy's audits on a trained run, decide, write the report and sign the verdict."""
+    from secure_ft.report import write_report
+
     run = RunDirectory(trained.run_dir)
     config = run.read_config()  # what the run actually used (e.g. transfer: auto resolved), also on resume
     run_dir = run.path
@@ -107,17 +151,7 @@ def run_pipeline(config: RunConfig, output_dir: str | Path, *, resume_dir: Path 
     report_json, report_html = write_report(run_dir, results, verdict, config, signer=gate_key.describe())
     ledger.append("report_written", files=[report_json.name, report_html.name])
     gate_key.sign(run, verdict, results)
-
-    bundle, export_error = None, None
-    if verdict.passed:
-        target = output_dir / f"{run_dir.name}-bundle"
-        try:
-            # export verifies the finished bundle before it renames it into place
-            bundle = export_bundle(run_dir, target, signing_key=gate_key.path, trusted_keys=[gate_key.public_key])
-        except SecureFTError as error:
-            bundle, export_error = None, str(error)
-            log.error("export failed: %s", error)
-    return PipelineOutcome(run_dir, verdict, results, report_json, report_html, bundle, export_error)
+    return PipelineOutcome(run_dir, verdict, results, report_json, report_html, None), gate_key
 
 
 @dataclass
@@ -172,7 +206,9 @@ def print_outcome(outcome: PipelineOutcome) -> None:
     print(f"        {outcome.report_json}")
     if outcome.bundle is not None:
         print(f"bundle: {outcome.bundle} (signed and verified)")
-    elif verdict.passed:
+    elif verdict.passed and outcome.export_error:
         print(f"bundle: not written: {outcome.export_error}")
+    elif verdict.passed:
+        print(f"bundle: export it with `secure-ft export {outcome.run_dir} --out BUNDLE`")
     else:
         print("bundle: not written: the gate blocked export")

@@ -69,7 +69,8 @@ class PreflightReport:
         return asdict(self)
 
 
-def check_before_training(config: RunConfig, policy: Policy, policy_path: str | Path | None) -> PreflightReport:
+def check_before_training(config: RunConfig, policy: Policy, policy_path: str | Path | None, *,
+                          deployed: bool = False) -> PreflightReport:
     """Check that `config` can satisfy `policy` before anything trains.
 
     Parameters
@@ -80,6 +81,10 @@ def check_before_training(config: RunConfig, policy: Policy, policy_path: str | 
         The loaded export policy.
     policy_path
         The policy's file, named in messages; None = the shipped default.
+    deployed
+        A federation across real sites (`secure-ft deploy launch`): the coordinator's data is
+        only its hold-out and the sites' sizes are unknown until they answer, so each site's δ
+        (1/(10 N) of its own N unless ``privacy.target_delta`` is set) is left to the gate.
 
     Returns
     -------
@@ -94,7 +99,7 @@ def check_before_training(config: RunConfig, policy: Policy, policy_path: str | 
     started = time.monotonic()
     policy_file = str(policy_path) if policy_path is not None else str(default_policy_path())
     report = PreflightReport(policy_name=policy.name, policy_path=policy_file)
-    check = _Checker(config, policy, policy_file, report)
+    check = _Checker(config, policy, policy_file, report, deployed)
     check.audit_names()
     check.fairness_columns()
     check.dp_required()
@@ -112,8 +117,9 @@ def check_before_training(config: RunConfig, policy: Policy, policy_path: str | 
 class _Checker:
     """The individual checks; each appends readable problems instead of raising, so all are listed."""
 
-    def __init__(self, config: RunConfig, policy: Policy, policy_file: str, report: PreflightReport):
-        self.config, self.policy, self.report = config, policy, report
+    def __init__(self, config: RunConfig, policy: Policy, policy_file: str, report: PreflightReport,
+                 deployed: bool = False):
+        self.config, self.policy, self.report, self.deployed = config, policy, report, deployed
         self.where = f"policy {Path(policy_file).name}"
         self.problems: list[str] = []
         self.required = list(dict.fromkeys(policy.required_audits))
@@ -300,13 +306,18 @@ class _Checker:
         from secure_ft.data import load_splits
 
         try:
-            splits = load_splits(self.config.data, self.config.seed)
+            splits = load_splits(self.config.data, self.config.seed, keep_declared_labels=self.deployed)
         except DataError as error:
             self.problems.append(f"data: {error}")
             return None
         self.report.train_rows = len(splits.train)
         if self.config.mode != "federated":
             return {"run": len(splits.train)}
+        if self.deployed:
+            if self.config.privacy.mode == "dp" and self.config.privacy.target_delta is None:
+                self.report.warnings.append("each deployed site's δ = 1/(10 N) of its own N is not known before the "
+                                            "sites answer; the gate checks it against privacy.max_delta")
+            return {}
         from federated.partition import partition_sites
 
         try:
@@ -321,18 +332,12 @@ class _Checker:
 def central_client_epsilon(config: RunConfig) -> float:
     """ε of the central client-level guarantee after every round releases an aggregate.
 
-    The same accountant the server uses (`federated.central_dp.OpacusRdpAccountant`, one
-    Gaussian release per round, no amplification claimed), so the number matches the one the
-    run will record; a round that releases nothing only lowers it.
+    Computed as the run records it (`federated.central_dp.central_guarantee`: one Gaussian
+    release per round, no amplification claimed, Opacus' RDP accountant), so the number matches
+    the one the run will record; a round that releases nothing only lowers it.
     """
-    from flwr.serverapp import GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, SamplingMethod
-
-    from federated.central_dp import OpacusRdpAccountant
+    from secure_ft.privacy.accountants import epsilon_from_history
 
     federated = config.federated
-    accountant = OpacusRdpAccountant(PrivacyConfig(
-        target_delta=federated.central_delta, population_size=federated.num_sites,
-        neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE, sampling_method=SamplingMethod.NO_AMPLIFICATION))
-    accountant.compose(GaussianPrivacyEvent(federated.central_noise_multiplier, federated.num_sites,
-                                            federated.num_sites), count=federated.rounds)
-    return accountant.get_epsilon(federated.central_delta)
+    return epsilon_from_history("rdp", ((float(federated.central_noise_multiplier), 1.0, int(federated.rounds)),),
+                                float(federated.central_delta))

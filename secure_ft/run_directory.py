@@ -209,6 +209,14 @@ class RunDirectory:
     def write_federation(self, federation: dict[str, Any]) -> Path:
         return self.write_record(FEDERATED_FILE, federation)
 
+    def read_federation(self) -> dict[str, Any] | None:
+        return self.read_record(FEDERATED_FILE)
+
+    def is_deployed_federation(self) -> bool:
+        """True when real sites trained this run on rows that never left them (`federated.json` mode)."""
+        federation = self.read_federation()
+        return federation is not None and federation.get("mode") == "deployment"
+
     def write_verdict(self, verdict: dict[str, Any]) -> Path:
         return self.write_record(VERDICT_FILE, verdict)
 

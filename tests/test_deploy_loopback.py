@@ -1,17 +1,21 @@
-"""The deployment path end to end on loopback: CA + TLS, SuperNode authentication, 2 sites, 2 rounds.
+"""The deployment path end to end on loopback, as deploy/README.md tells a coordinator and two sites.
 
-Uses the scripts in deploy/ exactly as a coordinator and two sites would: make_certs.py,
-start_superlink.sh, register_sites.sh, start_supernode.sh, launch_run.sh (flwr run). A third
-SuperNode with a key that was never registered must be refused. Every process started here is
-stopped by its process group id in a finally block, and the test checks none survives.
+`secure-ft deploy certs|superlink|register|supernode|launch` (the kit shipped in the package),
+two sites with site-level DP on their own files, then `secure-ft privacy`, `audit`, `export`
+and `verify` on the coordinator's run directory. A node holding only ``ca.crt`` can neither
+register a key nor list runs through the sites' address, and a SuperNode with an unregistered
+key is refused. Every process started here is stopped by its process group id in a finally
+block, and the test checks none survives.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -22,9 +26,8 @@ import yaml
 
 from toy_data import VOCAB, toy_frame
 
-REPO = Path(__file__).resolve().parents[1]
-DEPLOY = REPO / "deploy"
 BIN = Path(sys.executable).parent
+CLI = [sys.executable, "-m", "secure_ft.cli"]
 FLOWER_PROCESSES = "flower-superlink|flower-supernode|flower-superexec|flwr-serverapp|flwr-clientapp|raylet"
 
 
@@ -129,82 +132,121 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None:
     raise AssertionError(f"nothing listens on port {port} after {timeout}s")
 
 
+POLICY = """name: deployed-test
+required_audits: [performance, privacy]
+performance:
+  min_gain_over_majority: -1.0
+privacy:
+  require_dp: true
+  max_epsilon: 50.0
+"""
+
+
+def rogue_is_refused(tmp_path: Path, env: dict[str, str], pki: Path, keys: Path, front: str) -> None:
+    """A machine with only ca.crt, pointed at the sites' address: no registration, no run listing."""
+    import httpx
+
+    rogue_home = tmp_path / "rogue-flwr"
+    rogue_home.mkdir()
+    shutil.copy(pki / "ca.crt", rogue_home / "ca.crt")
+    (rogue_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "fed"\n[superlink.fed]\naddress = "{front}"\n'
+        f'root-certificates = "{rogue_home / "ca.crt"}"\n')
+    rogue_env = {**env, "FLWR_HOME": str(rogue_home)}
+    registered = run([str(BIN / "flwr"), "supernode", "register", str(keys / "intruder.pub"), "fed"], rogue_env, 60)
+    assert registered.returncode != 0 or "registered successfully" not in registered.stdout, registered.stdout
+    listed = run([str(BIN / "flwr"), "ls", "fed", "--format", "json"], rogue_env, 60)
+    assert listed.returncode != 0 or '"success": true' not in listed.stdout, listed.stdout
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(pki / "ca.crt")), timeout=30) as client:
+        for path in ("/v1/control/list-runs", "/v1/control/register-node", "/v1/runtime/get-nodes"):
+            assert client.post(f"https://{front}{path}", content=b"").status_code == 403, path
+        assert client.get(f"https://{front}/v1/fleet/get-run").status_code == 403  # only POSTs pass
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(420)
-def test_tls_authenticated_deployment_trains_two_sites_and_refuses_an_unknown_one(tmp_path, tiny_model_dir):
+@pytest.mark.timeout(600)
+def test_deployed_dp_run_is_audited_gated_and_exported_and_registration_needs_the_coordinator(tmp_path, tiny_model_dir):
     before = flower_processes()
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_HOME": str(tmp_path / "flwr"),
-           "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_DISABLE_USAGE_STATS": "1",
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr"), "SECURE_FT_CONFIG_DIR": str(tmp_path / "cfg"),
            "OMP_NUM_THREADS": "1"}
     pki, keys, logs = tmp_path / "pki", tmp_path / "keys", tmp_path / "logs"
     logs.mkdir()
-    python = [sys.executable, str(DEPLOY / "make_certs.py")]
     for command in (["ca", "--out", str(pki)], ["server", "--out", str(pki)],
                     *(["site-key", "--out", str(keys), "--site", site] for site in ("site-a", "site-b", "intruder"))):
-        result = run(python + command, env, 60)
+        result = run(CLI + ["deploy", "certs", *command], env, 60)
         assert result.returncode == 0, result.stderr
     assert oct((keys / "site-a").stat().st_mode)[-3:] == "600"
 
     frame = toy_frame(rows_per_class=60, seed=3)
+    labels = sorted(frame["product"].unique())
     (tmp_path / "site-a.csv").write_text(frame.iloc[:60].to_csv(index=False))
     (tmp_path / "site-b.csv").write_text(frame.iloc[60:120].to_csv(index=False))
     (tmp_path / "coordinator.csv").write_text(frame.iloc[120:].to_csv(index=False))
+    (tmp_path / "policy.yaml").write_text(POLICY)
     (tmp_path / "run.yaml").write_text(yaml.safe_dump({
-        "data": {"source": str(tmp_path / "coordinator.csv"), "label_column": "product",
+        "mode": "federated",
+        "data": {"source": str(tmp_path / "coordinator.csv"), "label_column": "product", "labels": labels,
                  "group_columns": ["region"], "min_class_count": 5},
         "model": {"name_or_path": str(tiny_model_dir), "transfer": "lora", "max_length": 16},
         "training": {"batch_size": 16, "learning_rate": 0.01},
-        "privacy": {"mode": "none"},
+        "privacy": {"mode": "dp", "target_epsilon": 8.0, "accountant": "rdp"},
         "federated": {"num_sites": 2, "rounds": 2, "min_train_sites": 2, "min_available_sites": 2,
                       "federated_evaluation": False, "round_timeout_s": 240},
+        "audits": {"privacy": {"calibrated_attack": False, "n_boot": 0}},
     }))
 
-    port = free_port()
-    address = f"127.0.0.1:{port}"
+    port, control_port = free_port(), free_port()
+    front = f"127.0.0.1:{port}"
+    state = tmp_path / "superlink-state"
+    coordinator = ["--ca", str(pki / "ca.crt"), "--control-port", str(control_port)]
     processes = Processes(env, logs)
+    run_dir = tmp_path / "run"
     try:
-        superlink = processes.start("superlink", ["bash", str(DEPLOY / "start_superlink.sh"), "--pki", str(pki),
-                                                  "--host", "127.0.0.1", "--port", str(port),
-                                                  "--state", str(tmp_path / "superlink-state")])
-        wait_for_port(port, superlink, 60)
-        registered = None
-        for _ in range(20):  # the HTTPS API may need a moment after the port opens
-            registered = run(["bash", str(DEPLOY / "register_sites.sh"), "--superlink", address, "--ca",
-                              str(pki / "ca.crt"), str(keys / "site-a.pub"), str(keys / "site-b.pub")], env, 60)
-            if registered.returncode == 0:
-                break
-            time.sleep(1)
+        superlink = processes.start("superlink", CLI + ["deploy", "superlink", "--pki", str(pki), "--host", "127.0.0.1",
+                                                        "--port", str(port), "--control-port", str(control_port),
+                                                        "--state", str(state)])
+        wait_for_port(port, superlink, 120)
+        rogue_is_refused(tmp_path, env, pki, keys, front)
+
+        registered = run(CLI + ["deploy", "register", str(keys / "site-a.pub"), str(keys / "site-b.pub"),
+                                "--state", str(state), *coordinator], env, 120)
         assert registered.returncode == 0, registered.stdout + registered.stderr
-        assert registered.stdout.count("registered successfully") == 2, registered.stdout
+        assert "registered site site-a" in registered.stdout and "registered site site-b" in registered.stdout
+        listed = run(CLI + ["sites", "list", "--state", str(state), *coordinator], env, 60)
+        assert listed.returncode == 0 and "site-a" in listed.stdout and "site-b" in listed.stdout, listed.stdout
 
-        for index, site in enumerate(("site-a", "site-b", "intruder")):
+        for site in ("site-a", "site-b", "intruder"):
             data = tmp_path / ("site-a.csv" if site == "intruder" else f"{site}.csv")
-            processes.start(site, ["bash", str(DEPLOY / "start_supernode.sh"), "--superlink", address,
-                                   "--ca", str(pki / "ca.crt"), "--key", str(keys / site), "--data", str(data),
-                                   "--site", site, "--state", str(tmp_path / "state" / site),
-                                   "--port", str(free_port())])
-
+            processes.start(site, CLI + ["deploy", "supernode", "--superlink", front, "--ca", str(pki / "ca.crt"),
+                                         "--key", str(keys / site), "--data", str(data), "--site", site,
+                                         "--state", str(tmp_path / "state" / site)])
         intruder = next(process for name, process, _ in processes.started if name == "intruder")
-        assert intruder.wait(timeout=90) != 0, "a SuperNode with an unregistered key must not stay connected"
+        assert intruder.wait(timeout=120) == 1, "a SuperNode with an unregistered key must not stay connected"
         assert "Failed to activate SuperNode" in processes.log("intruder")
-        assert "No SuperNode found with the given public key" in processes.log("superlink")
 
-        launched = run(["bash", str(DEPLOY / "launch_run.sh"), "--superlink", address, "--ca", str(pki / "ca.crt"),
-                        "--config", str(tmp_path / "run.yaml"), "--run-dir", str(tmp_path / "run")], env, 300)
+        launched = run(CLI + ["deploy", "launch", "--config", str(tmp_path / "run.yaml"), "--run-dir", str(run_dir),
+                              "--policy", str(tmp_path / "policy.yaml"), *coordinator], env, 400)
         assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
     finally:
         processes.stop_all()
+    assert flower_processes() - before == set(), "a Flower process outlived the test"
 
-    run_dir = tmp_path / "run"
-    assert (run_dir / "model" / "model.safetensors").is_file(), launched.stdout[-3000:]
-    assert json.loads((run_dir / "model" / "model_hash.json").read_text())["sha256"]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert [entry["round"] for entry in metrics["rounds"]] == [1, 2]
-    assert all(entry["aggregated"] and entry["sites_accepted"] == 2 for entry in metrics["rounds"])
     federation = json.loads((run_dir / "federated.json").read_text())
     assert federation["mode"] == "deployment"
     assert sorted(site["name"] for site in federation["sites"]) == ["site-a", "site-b"]
-    site_ledgers = list((tmp_path / "state" / "site-a").glob("run-*/ledger.jsonl"))
-    assert len(site_ledgers) == 1 and len(site_ledgers[0].read_text().splitlines()) == 2
+    assert json.loads((run_dir / "data.json").read_text())["labels"] == labels
+    privacy = json.loads((run_dir / "privacy.json").read_text())
+    for site in ("site-a", "site-b"):
+        entry = privacy["sites"][site]
+        assert entry["history"] and entry["noise_multiplier"] > 0 and 0 < entry["sample_rate"] < 1
     assert not list((tmp_path / "state" / "intruder").glob("run-*")), "the refused site must never have trained"
-    assert flower_processes() - before == set(), "a Flower process outlived the test"
+
+    checked = run(CLI + ["privacy", str(run_dir)], env, 120)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    audited = run(CLI + ["audit", str(run_dir), "--policy", str(tmp_path / "policy.yaml")], env, 300)
+    assert audited.returncode == 0, audited.stdout[-3000:] + audited.stderr[-3000:]
+    assert "verdict: PASSED" in audited.stdout and (run_dir / "audit_report.html").is_file()
+    exported = run(CLI + ["export", str(run_dir), "--out", str(tmp_path / "bundle")], env, 120)
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    verified = run(CLI + ["verify", str(tmp_path / "bundle")], env, 120)
+    assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -116,3 +116,19 @@ def test_a_deployed_site_reads_its_own_file_with_the_run_label_numbering(lora_co
     frame.to_csv(path, index=False)
     with pytest.raises(DataError, match="declared set"):
         load_site_file(path, lora_config, LABELS, "hospital-a")
+
+
+def test_a_site_file_outside_the_label_set_or_without_the_column_names_site_file_and_labels(lora_config, tmp_path):
+    frame = toy_frame(rows_per_class=20, seed=5)
+    frame.loc[frame.index[3], "product"] = "insurance"
+    path = tmp_path / "ward-7.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(DataError) as raised:
+        load_site_file(path, lora_config, LABELS, "hospital-a")
+    message = str(raised.value)
+    assert "site hospital-a" in message and str(path) in message and "insurance" in message
+    assert str(LABELS) in message
+    frame.drop(columns=["product"]).to_csv(path, index=False)
+    with pytest.raises(DataError) as raised:
+        load_site_file(path, lora_config, LABELS, "hospital-a")
+    assert "site hospital-a" in str(raised.value) and "'product'" in str(raised.value) and str(path) in str(raised.value)

@@ -323,6 +323,10 @@ class PrivateEngine(TrainingEngine):
     def steps_per_epoch(self, loader: DataLoader) -> int:
         return len(loader)
 
+    def accountant_history(self) -> list[list[float]]:
+        """The accountant's (σ, q, steps) entries so far, as a JSON-ready list."""
+        return [list(entry) for entry in self._sync().history_tuple()]
+
     def _sync(self) -> AccountantHistory:
         self.ledger.history = [list(entry) for entry in self._privacy_engine.accountant.history]
         return self.ledger

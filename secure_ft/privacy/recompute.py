@@ -2,8 +2,11 @@
 
 `verify_privacy(run_dir)` trusts nothing the run computed: it recomputes ε twice, once from
 the ledger's accountant history and once from the (q, σ, steps) that ``privacy.json``
-declares, and checks that the two files, the data fingerprint and the budget agree. Used by
-``secure-ft privacy RUN_DIR`` (exit 0 when everything matches, 4 otherwise).
+declares, and checks that the two files, the data fingerprint and the budget agree. A
+federated run has no run-level ledger: its ``privacy.json`` holds every site's accountant
+inputs (sent with each update) and the central aggregate's, and each scope's ε is recomputed
+from those (`verify_federated_privacy`). Used by ``secure-ft privacy RUN_DIR`` (exit 0 when
+everything matches, 4 otherwise).
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ def verify_privacy(run_dir: str | Path) -> PrivacyVerification:
 
     run_dir = Path(run_dir)
     report = _read_report(run_dir)
+    if report.get("sites") or report.get("central") is not None:
+        return verify_federated_privacy(run_dir, report)
     reported = report.get("epsilon")
     result = PrivacyVerification(run_dir, reported if isinstance(reported, (int, float)) else None, None)
     try:
@@ -162,3 +167,46 @@ def _check_fingerprint(result: PrivacyVerification, run_dir: Path, ledger: Accou
         return
     result.add("data fingerprint", fingerprint == ledger.fingerprint,
                f"ledger {ledger.fingerprint[:16]}…, data.json {str(fingerprint)[:16]}…")
+
+
+def verify_federated_privacy(run_dir: Path, report: dict[str, Any]) -> PrivacyVerification:
+    """Recompute every site's and the central aggregate's ε from the inputs in privacy.json."""
+    reported = report.get("epsilon")
+    result = PrivacyVerification(run_dir, reported if isinstance(reported, (int, float)) else None, None)
+    scopes = [(f"site {name}", entry) for name, entry in sorted((report.get("sites") or {}).items())]
+    if report.get("central") is not None:
+        scopes.append(("central", report["central"]))
+    recomputed_all = []
+    for scope, entry in scopes:
+        recomputed = _recompute_scope(result, scope, entry)
+        if recomputed is not None:
+            recomputed_all.append(recomputed)
+    if recomputed_all and len(recomputed_all) == len(scopes):
+        weakest = max(recomputed_all)
+        result.recomputed_epsilon = weakest
+        stated = math.inf if reported is None else float(reported)
+        result.add("top-level ε is the weakest scope", _same(stated, weakest),
+                   f"privacy.json states {stated!r}, the largest recomputed ε over {len(scopes)} scope(s) is {weakest!r}")
+    return result
+
+
+def _recompute_scope(result: PrivacyVerification, scope: str, entry: Any) -> float | None:
+    try:
+        history = tuple((float(sigma), float(rate), int(steps)) for sigma, rate, steps in entry["history"])
+        recomputed = epsilon_from_history(str(entry["accountant"]), history, float(entry["delta"]))
+    except (KeyError, TypeError, ValueError, PrivacyError) as error:
+        result.add(f"{scope}: ε recomputed", False, f"no usable accountant inputs (σ, q, steps, δ, accountant): "
+                   f"{error!r}; ε cannot be recomputed, so it is not trusted")
+        return None
+    stated = math.inf if entry.get("epsilon") is None else float(entry["epsilon"])
+    result.add(f"{scope}: ε recomputed", _same(stated, recomputed),
+               f"stated {stated!r}, recomputed {recomputed!r} by a fresh {entry['accountant']} accountant from "
+               f"{sum(steps for _, _, steps in history)} steps")
+    if "steps" in entry:
+        steps = sum(step for _, _, step in history)
+        result.add(f"{scope}: steps match history", int(entry["steps"]) == steps,
+                   f"steps {entry['steps']!r}, history {steps}")
+    target = entry.get("target_epsilon")
+    if isinstance(target, (int, float)):
+        result.add(f"{scope}: within target ε", recomputed <= target, f"ε {recomputed:.6g} vs target_epsilon {target:g}")
+    return recomputed

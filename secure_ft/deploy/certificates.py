@@ -1,11 +1,10 @@
-#!/usr/bin/env python3
-"""Create the certificate authority, the SuperLink's TLS certificate, and SuperNode keys.
+"""The federation's certificate authority, the SuperLink's TLS certificate, and SuperNode keys.
 
 Three commands, run by the coordinator (``ca``, ``server``) and by each site (``site-key``)::
 
-    python deploy/make_certs.py ca --out pki/
-    python deploy/make_certs.py server --out pki/ --dns superlink.example.org --ip 10.0.0.5
-    python deploy/make_certs.py site-key --out site-keys/ --site hospital-a
+    secure-ft deploy certs ca --out pki/
+    secure-ft deploy certs server --out pki/ --dns superlink.example.org --ip 10.0.0.5
+    secure-ft deploy certs site-key --out site-keys/ --site hospital-a
 
 ``ca``        ``ca.crt`` (give it to every site) and ``ca.key`` (keep it offline)
 ``server``    ``server.pem`` / ``server.key`` for the SuperLink, signed by the CA, with the
@@ -21,11 +20,9 @@ NIST curves only).
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import ipaddress
-import os
-import sys
+import re
 from pathlib import Path
 
 from cryptography import x509
@@ -33,19 +30,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from secure_ft.atomic_files import atomic_write_bytes
+from secure_ft.errors import ConfigError
+
+SITE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
 
 def _write(path: Path, data: bytes, private: bool, force: bool) -> None:
     if path.exists() and not force:
-        raise SystemExit(f"error: {path} exists; pass --force to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    handle = os.open(temp, flags, 0o600 if private else 0o644)
-    try:
-        os.write(handle, data)
-    finally:
-        os.close(handle)
-    os.replace(temp, path)
+        raise ConfigError(f"{path}: exists; pass --force to replace it")
+    atomic_write_bytes(path, data, mode=0o600 if private else 0o644)
     print(f"wrote {path}")
 
 
@@ -81,14 +75,14 @@ def make_server(out: Path, dns: list[str], ips: list[str], days: int, force: boo
         ca_key = serialization.load_pem_private_key((out / "ca.key").read_bytes(), password=None)
         ca_cert = x509.load_pem_x509_certificate((out / "ca.crt").read_bytes())
     except FileNotFoundError as error:
-        raise SystemExit(f"error: {error.filename} not found; run `make_certs.py ca --out {out}` first") from None
+        raise ConfigError(f"{error.filename}: not found; run `secure-ft deploy certs ca --out {out}` first") from None
     names = list(dict.fromkeys(["localhost", *dns]))
     addresses = list(dict.fromkeys(["127.0.0.1", *ips]))
     try:
         alt_names = [x509.DNSName(name) for name in names] + [x509.IPAddress(ipaddress.ip_address(ip))
                                                                for ip in addresses]
     except ValueError as error:
-        raise SystemExit(f"error: bad --ip value: {error}") from None
+        raise ConfigError(f"bad --ip value: {error}") from None
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
     cert = (x509.CertificateBuilder()
@@ -106,8 +100,7 @@ def make_server(out: Path, dns: list[str], ips: list[str], days: int, force: boo
 
 
 def make_site_key(out: Path, site: str, force: bool) -> None:
-    if not site or any(char in site for char in "/\\ \t\n"):
-        raise SystemExit(f"error: --site {site!r} must be a plain name (letters, digits, - and _)")
+    check_site_name(site)
     key = ec.generate_private_key(ec.SECP384R1())
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                 serialization.NoEncryption())
@@ -116,29 +109,9 @@ def make_site_key(out: Path, site: str, force: bool) -> None:
     _write(out / f"{site}.pub", public + f" {site}\n".encode(), private=False, force=force)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    ca = commands.add_parser("ca", help="create the federation's certificate authority")
-    server = commands.add_parser("server", help="create the SuperLink's TLS certificate, signed by the CA")
-    server.add_argument("--dns", action="append", default=[], help="DNS name sites use for the SuperLink (repeat)")
-    server.add_argument("--ip", action="append", default=[], help="IP address sites use for the SuperLink (repeat)")
-    site = commands.add_parser("site-key", help="create a SuperNode authentication key pair for one site")
-    site.add_argument("--site", required=True, help="the site's name (file names)")
-    for command in (ca, server, site):
-        command.add_argument("--out", required=True, type=Path, help="folder to write into")
-        command.add_argument("--force", action="store_true", help="replace existing files")
-    for command in (ca, server):
-        command.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
-    args = parser.parse_args(argv)
-    if args.command == "ca":
-        make_ca(args.out, args.days, args.force)
-    elif args.command == "server":
-        make_server(args.out, args.dns, args.ip, args.days, args.force)
-    else:
-        make_site_key(args.out, args.site, args.force)
-    return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+def check_site_name(site: str) -> str:
+    """A site's name is a file name and a Flower node config value: plain characters only."""
+    if not SITE_NAME.match(site or ""):
+        raise ConfigError(f"--site {site!r} must be a plain name (letters, digits, '.', '_', '-')")
+    return site

@@ -1,0 +1,74 @@
+"""The TLS front sites connect to: the SuperLink's Fleet API, and nothing else.
+
+Flower 1.42's SuperLink serves all of its APIs over HTTP on one port: the Fleet API sites
+use (``/v1/fleet/...``), the Control API the ``flwr`` CLI uses (``/v1/control/...``:
+registering SuperNodes, listing, starting and stopping runs) and the runtime API of the
+ServerApp (``/v1/runtime/...``). The Control API has no authentication of its own in the
+open-source SuperLink, so anyone who can reach that port and holds ``ca.crt`` could register
+a key. The kit therefore binds the SuperLink to the coordinator's loopback address and puts
+this front on the address sites use: it forwards ``POST /v1/fleet/*`` to the SuperLink and
+answers 403 to every other path. SuperNode authentication (signed requests from registered
+keys) still happens in the SuperLink itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+log = logging.getLogger(__name__)
+
+FLEET_PREFIX = "/v1/fleet/"
+# hop-by-hop headers and those the client library recomputes are never forwarded
+_DROPPED = {"host", "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+            "proxy-authorization", "proxy-authenticate", "content-length", "content-encoding"}
+REFUSED = "refused: this address serves only the Fleet API (/v1/fleet/); administration is on the coordinator"
+
+
+def is_fleet_request(method: str, path: str) -> bool:
+    """Only a POST to a Fleet API path passes the front."""
+    return method == "POST" and path.startswith(FLEET_PREFIX) and ".." not in path
+
+
+def fleet_front_app(upstream: str, ca_file: Path, timeout_s: float = 120.0) -> Starlette:
+    """A Starlette app forwarding Fleet API calls to `upstream` (``https://127.0.0.1:PORT``), verified with `ca_file`."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    client = httpx.AsyncClient(base_url=upstream, verify=context, timeout=timeout_s)
+
+    async def forward(request: Request) -> Response:
+        path = request.url.path
+        if not is_fleet_request(request.method, path):
+            log.warning("fleet front: refused %s %s from %s", request.method, path,
+                        request.client.host if request.client else "?")
+            return PlainTextResponse(REFUSED, status_code=403)
+        headers = {key: value for key, value in request.headers.items() if key.lower() not in _DROPPED}
+        upstream_reply = await client.post(path, content=await request.body(), headers=headers,
+                                           params=request.query_params)
+        reply_headers = {key: value for key, value in upstream_reply.headers.items() if key.lower() not in _DROPPED}
+        return Response(upstream_reply.content, status_code=upstream_reply.status_code, headers=reply_headers)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        await client.aclose()
+
+    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
+
+
+def serve_fleet_front(host: str, port: int, upstream: str, pki: Path) -> None:
+    """Serve the front with TLS (the SuperLink's certificate) until interrupted."""
+    import uvicorn
+
+    app = fleet_front_app(upstream, pki / "ca.crt")
+    config = uvicorn.Config(app, host=host, port=port, ssl_certfile=str(pki / "server.pem"),
+                            ssl_keyfile=str(pki / "server.key"), log_level="warning", access_log=False)
+    uvicorn.Server(config).run()
