@@ -142,7 +142,7 @@ def measure(servers: dict, texts: list[str], clients: int, seconds: float, round
     """
     latencies = {name: [] for name in servers}
     elapsed = dict.fromkeys(servers, 0.0)
-    passes = {}
+    passes = {name: [0.0, 0.0] for name in servers}  # forward passes, texts
     for round_index in range(rounds):
         names = list(servers) if round_index % 2 == 0 else list(reversed(servers))
         for name in names:
@@ -151,7 +151,7 @@ def measure(servers: dict, texts: list[str], clients: int, seconds: float, round
             after = forward_passes(servers[name].url)
             latencies[name] += done
             elapsed[name] += took
-            passes[name] = [a - b + previous for a, b, previous in zip(after, before, passes.get(name, (0, 0)))]
+            passes[name] = [total + a - b for total, a, b in zip(passes[name], after, before)]
     return {name: {"rps": len(latencies[name]) / elapsed[name], "p50": percentile(latencies[name], 50),
                    "p95": percentile(latencies[name], 95), "p99": percentile(latencies[name], 99),
                    "batch": passes[name][1] / max(passes[name][0], 1)} for name in servers}
