@@ -253,7 +253,8 @@ def print_table(results: dict, started: dict, ceilings: dict, args) -> None:
             b, d = results["baseline", kind, clients], results["batched", kind, clients]
             print(f"{clients:>7} | {b['rps']:>10.1f} {b['p50'] * 1e3:>7.1f} {b['p95'] * 1e3:>7.1f} "
                   f"{b['p99'] * 1e3:>7.1f} | {d['rps']:>11.1f} {d['p50'] * 1e3:>7.1f} {d['p95'] * 1e3:>7.1f} "
-                  f"{d['p99'] * 1e3:>7.1f} {d['batch']:>10.1f} | {d['rps'] / b['rps']:>7.2f} {d['p95'] / b['p95']:>6.2f}")
+                  f"{d['p99'] * 1e3:>7.1f} {d['batch']:>10.1f} | {d['rps'] / b['rps']:>7.2f} "
+                  f"{d['p95'] / b['p95']:>6.2f}")
         print(f"forward passes alone, in-process: 16 texts per pass give {ceilings[kind]:.2f}× the texts/s of one "
               "per pass (the most batching can give here)")
         if 16 in args.clients:
