@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 
 def quiet_third_party() -> None:
@@ -19,8 +20,10 @@ def quiet_third_party() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
-    import transformers
-
-    transformers.logging.set_verbosity_error()
+    # errors only, without importing transformers (and torch, ~2 s) here: commands such as
+    # `verify` never need them, and `serve` imports them only after the bundle verified
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:  # imported already: its logging read the variable then
+        sys.modules["transformers"].logging.set_verbosity_error()
     # matplotlib logs every categorical axis at INFO while the report draws its plots
     logging.getLogger("matplotlib").setLevel(logging.WARNING)

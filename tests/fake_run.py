@@ -117,11 +117,12 @@ class FakeRun:
 
 
 def make_run(root: Path, *, passing: bool = True, config: RunConfig | None = None, report: bool = True,
-             model_dir: Path | None = None) -> FakeRun:
+             model_dir: Path | None = None, front_end=None) -> FakeRun:
     """A run directory with model, config, data/metrics/privacy JSON, ledger, verdict and report.
 
     `model_dir`: a saved classifier with ``len(LABELS)`` classes to put in the run instead of the
-    tiny random BERT (benchmarks use a real model).
+    tiny random BERT (benchmarks use a real model). `front_end`: a `secure_ft.spelling.SpellingFrontEnd`
+    saved inside the run's model folder (part of the model, as training saves it).
     """
     config = config or RunConfig()
     base = model_dir or tiny_bert_folder(root / "base", WORDS, num_labels=len(LABELS), seed=3)
@@ -130,7 +131,7 @@ def make_run(root: Path, *, passing: bool = True, config: RunConfig | None = Non
     model.config.label2id = {name: index for index, name in enumerate(LABELS)}
     run_dir = root / "run"
     run_dir.mkdir(parents=True)
-    digest = save_trained_model(model, tokenizer, run_dir / "model")
+    digest = save_trained_model(model, tokenizer, run_dir / "model", front_end=front_end)
     ledger = Ledger(run_dir)
     (run_dir / "config.yaml").write_text(config.to_yaml())
     ledger.append("config_loaded", source="test")

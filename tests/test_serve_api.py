@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -168,3 +169,46 @@ def test_metrics_count_requests_errors_latency_and_batches(loaded):
     assert 'secure_ft_request_errors_total{route="/predict",status="422"} 1.0' in text
     assert 'secure_ft_request_latency_seconds_count{route="/predict"} 4.0' in text
     assert "secure_ft_batch_size_sum 6.0" in text
+
+
+def test_a_bundle_is_served_with_its_own_pooling_and_typo_correcting_front_end(tmp_path):
+    from fake_run import WORDS
+    from secure_ft.models import load_trained_model, predict, save_trained_model
+    from secure_ft.pooling import use_mean_pooling
+    from secure_ft.spelling import SpellingFrontEnd
+    from tiny_models import tiny_bert_folder
+
+    model, tokenizer = load_trained_model(tiny_bert_folder(tmp_path / "base", WORDS, num_labels=3, seed=5))
+    assert use_mean_pooling(model, "mean")
+    save_trained_model(model, tokenizer, tmp_path / "classifier")
+    front_end = SpellingFrontEnd({word: 10 for word in WORDS})
+    signed = signed_bundle(tmp_path, model_dir=tmp_path / "classifier", front_end=front_end)
+    bundle = load_verified_bundle(signed.bundle, signed.public_key)
+    classifier = BundleClassifier.from_bundle(bundle, "cpu")
+    assert classifier.model.config.pooling == "mean"
+
+    typos = ["lon chrge on my cerdit card", "morgage paymnet refnd", "lat fea and fruad"]
+    corrected = front_end.correct_all(typos)
+    assert corrected == ["loan charge on my credit card", "mortgage payment refund", "late fee and fraud"]
+    served_model, served_tokenizer = load_trained_model(signed.bundle / "model")  # pooling restored from config.json
+    expected = predict(served_model, served_tokenizer, corrected, max_length=128).probabilities.numpy()
+    uncorrected = predict(served_model, served_tokenizer, typos, max_length=128).probabilities.numpy()
+    with TestClient(create_app(classifier, bundle, ServeSettings(model_name="m"))) as client:
+        reply = client.post("/predict", json={"texts": typos}).json()
+    np.testing.assert_allclose(np.array(reply["probabilities"]), expected, atol=1e-5, rtol=0)
+    assert not np.allclose(uncorrected, expected, atol=1e-3)  # the correction changed what the model read
+
+
+def test_cpu_forward_passes_follow_the_token_budget_and_keep_the_input_order(loaded, monkeypatch):
+    from secure_ft.models import predict
+    from secure_ft.serving import classifier as classifier_module
+
+    _, classifier = loaded
+    texts = [" ".join([TEXTS[index]] * (1 + index % 4)) for index in range(12)]  # 6 to 24 tokens, mixed
+    monkeypatch.setattr(classifier_module, "CPU_TOKEN_BUDGET", 40)
+    counts = [len(ids) for ids in classifier.tokenizer(texts)["input_ids"]]
+    chunks = classifier._chunks(texts)
+    assert len(chunks) > 1 and sorted(index for chunk in chunks for index in chunk) == list(range(12))
+    assert all(len(chunk) * max(counts[index] for index in chunk) <= 40 for chunk in chunks)
+    expected = predict(classifier.model, classifier.tokenizer, texts, max_length=classifier.max_length)
+    np.testing.assert_allclose(classifier.probabilities(texts), expected.probabilities.numpy(), atol=1e-5, rtol=0)

@@ -123,3 +123,47 @@ def test_stopping_fails_queued_requests_and_refuses_new_ones():
 
     first, queued = _run(scenario())
     assert isinstance(first, BatcherStopped) and isinstance(queued, BatcherStopped)
+
+
+def test_a_lone_client_is_not_delayed_by_the_wait_for_company():
+    recorder = Recorder()
+
+    async def scenario():
+        batcher = DynamicBatcher(recorder, max_batch_size=32, max_wait_ms=400)
+        await batcher.start()
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            for index in range(5):  # one request at a time: every batch equals the previous one (1)
+                await batcher.submit([str(index)])
+            return loop.time() - started
+        finally:
+            await batcher.stop()
+
+    assert _run(scenario()) < 0.4  # 5 requests waiting out max_wait would take 2 s
+    assert [len(batch) for batch in recorder.batches] == [1] * 5
+
+
+def test_a_batch_waits_for_as_many_requests_as_the_previous_one_held():
+    recorder = Recorder()
+
+    async def scenario():
+        batcher = DynamicBatcher(recorder, max_batch_size=32, max_wait_ms=2000)
+        await batcher.start()
+        try:
+            await asyncio.gather(*(batcher.submit([f"a{i}"]) for i in range(3)))  # a batch of 3
+
+            async def late(delay, text):
+                await asyncio.sleep(delay)
+                return await batcher.submit([text])
+
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await asyncio.gather(late(0, "b0"), late(0.05, "b1"), late(0.1, "b2"))
+            return loop.time() - started
+        finally:
+            await batcher.stop()
+
+    took = _run(scenario())
+    assert [len(batch) for batch in recorder.batches] == [3, 3]  # the stragglers joined the first one
+    assert took < 1.0  # and the batch ran once it held 3, not after max_wait

@@ -1,15 +1,23 @@
-"""`secure-ft serve` as a real process on a loopback port, spoken to over HTTP.
+"""`secure-ft serve` as a real process on a loopback port, spoken to over HTTP(S).
 
 Served predictions equal the bundle loaded in-process; a tampered bundle and a wrong public
 key make the command exit 4 without ever listening; an oversized request is refused with
-413; 200 requests from 16 concurrent clients all succeed (and share forward passes).
+413; 200 requests from 16 concurrent clients all succeed (and share forward passes); with
+TLS and a bearer token, a client trusting the CA (and holding the token) is answered while
+plain HTTP and untrusting clients are not; the process never imports training or audit code.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
 import shutil
+import ssl
+import subprocess
+import sys
+import textwrap
 
 import httpx
 import numpy as np
@@ -18,7 +26,7 @@ import pytest
 from fake_run import TEXTS
 from secure_ft.models import load_trained_model, predict
 from secure_ft.text_front_end import load_text_front_end
-from serve_helpers import port_is_open, serve_processes, signed_bundle
+from serve_helpers import REPO, make_tls_files, port_is_open, serve_processes, signed_bundle
 
 MAX_TEXTS = 8
 MAX_BODY = 4096
@@ -101,6 +109,7 @@ def test_200_requests_from_16_concurrent_clients_all_succeed(server):
 
     statuses = asyncio.run(clients())
     assert statuses == [200] * 200
+    assert not any(text in server.output for text in TEXTS)  # the access log holds no texts
     metrics = httpx.get(f"{server.url}/metrics").text
     batches = float(re.search(r"^secure_ft_batch_size_count (\S+)$", metrics, re.M).group(1))
     texts = float(re.search(r"^secure_ft_batch_size_sum (\S+)$", metrics, re.M).group(1))
@@ -115,7 +124,6 @@ def _assert_refused_without_listening(server, file_named: str) -> None:
     assert not port_is_open(server.port)
 
 
-@pytest.mark.slow  # a fresh interpreter imports torch before it can refuse (~5-8 s on 2 cores)
 def test_a_bundle_with_one_changed_byte_is_not_served(signed, start_server, tmp_path):
     tampered = shutil.copytree(signed.bundle, tmp_path / "tampered")
     weights = tampered / "model" / "model.safetensors"
@@ -126,9 +134,63 @@ def test_a_bundle_with_one_changed_byte_is_not_served(signed, start_server, tmp_
                                       "model.safetensors")
 
 
-@pytest.mark.slow
 def test_a_wrong_public_key_is_not_served(signed, start_server, tmp_path):
     from secure_ft.keys import generate_key_pair
 
     _, other = generate_key_pair(tmp_path / "other")
     _assert_refused_without_listening(start_server(signed.bundle, "--public-key", str(other)), "not trusted")
+
+
+def test_tls_and_bearer_token_answer_only_trusting_clients_with_the_token(signed, start_server, tmp_path):
+    tls = make_tls_files(tmp_path / "tls")
+    token = "serve-test-token-0123456789abcdef"
+    token_file = tmp_path / "token"
+    token_file.touch(mode=0o600)
+    token_file.write_text(token + "\n")
+    server = start_server(signed.bundle, "--public-key", str(signed.public_key), "--model-name", "complaints",
+                          "--ssl-certfile", str(tls.certificate), "--ssl-keyfile", str(tls.key),
+                          "--token-file", str(token_file), tls_ca=tls.ca)
+    server.wait_ready()  # over HTTPS, verifying the server against the throw-away CA
+    assert server.url.startswith("https://")
+
+    with httpx.Client(base_url=server.url, verify=server.verify, timeout=30) as client:
+        reply = client.post("/predict", json={"texts": TEXTS[:2]}, headers={"Authorization": f"Bearer {token}"})
+        assert reply.status_code == 200 and len(reply.json()["labels"]) == 2
+        infer = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": TEXTS[:1]}]}
+        assert client.post("/v2/models/complaints/infer", json=infer).status_code == 401
+        wrong = client.get("/model-card", headers={"Authorization": f"Bearer {token[:-1]}x"})
+        assert wrong.status_code == 401 and wrong.json() == {"error": "missing or wrong bearer token"}
+        assert client.get("/v2/health/ready").json() == {"ready": True}  # health needs no token
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):  # a client without the CA
+        httpx.get(f"{server.url}/v2/health/live", verify=ssl.create_default_context())
+    with pytest.raises(httpx.TransportError):  # plain HTTP on the TLS port gets no HTTP answer
+        httpx.get(f"http://127.0.0.1:{server.port}/v2/health/live", timeout=10)
+    assert token not in server.output
+
+
+_IMPORTED_MODULES = textwrap.dedent("""
+    import json, sys
+    import uvicorn
+
+    def report_instead_of_listening(app, **options):  # the real command up to the point it would listen
+        print(json.dumps(sorted(sys.modules)))
+
+    uvicorn.run = report_instead_of_listening
+    from secure_ft.cli import main
+    sys.exit(main(["serve", sys.argv[1], "--public-key", sys.argv[2], "--device", "cpu"]))
+""")
+NOT_FOR_SERVING = ("opacus", "textattack", "flwr", "fairlearn", "sklearn", "scipy", "datasets", "pandas", "peft",
+                   "matplotlib", "nltk", "flair", "ray", "federated", "audits.robustness", "audits.fairness",
+                   "audits.privacy", "audits.performance", "audits.registry", "secure_ft.training_loop",
+                   "secure_ft.central_run", "secure_ft.privacy", "secure_ft.pipeline", "secure_ft.report",
+                   "secure_ft.distributed", "secure_ft.probe", "secure_ft.robust_training", "secure_ft.augmentation")
+
+
+def test_the_serving_process_imports_no_training_audit_or_attack_code(signed):
+    done = subprocess.run([sys.executable, "-c", _IMPORTED_MODULES, str(signed.bundle), str(signed.public_key)],
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    modules = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert {"torch", "transformers", "secure_ft.serving.app", "audits.gate"} <= modules  # it did load and verify
+    assert sorted(name for name in modules
+                  if any(name == banned or name.startswith(banned + ".") for banned in NOT_FOR_SERVING)) == []

@@ -30,27 +30,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_chars=args.max_chars, max_body_bytes=args.max_body_bytes, max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms, token=read_token(args.token_file), log_texts=args.log_texts,
     )
-    if args.threads:
-        import torch
-
-        # one process per core set: oversubscribed OpenMP threads spin-wait (≈30× slower per forward on a busy box)
-        torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    import secure_ft.export  # noqa: F401  (torch and transformers: timed apart from verification itself)
-
-    imported = time.perf_counter()
-    bundle = load_verified_bundle(args.bundle, args.public_key)  # raises BundleError: exit 4, never listens
+    # first verify, before torch is even imported: a refused bundle exits 4 within a second, never listens,
+    # and nothing of the model is read until the signature and the signed verdict hold
+    bundle = load_verified_bundle(args.bundle, args.public_key)
     verified = time.perf_counter()
 
+    from secure_ft.serving.runtime import import_model_runtime
+
+    import_model_runtime(args.threads)
     from secure_ft.serving.app import create_app
     from secure_ft.serving.classifier import BundleClassifier
 
+    imported = time.perf_counter()
     classifier = BundleClassifier.from_bundle(bundle, args.device)
     app = create_app(classifier, bundle, settings)
-    log.info("imports took %.2f s; bundle %s verified in %.2f s (policy %r, key SHA-256 %s…); model loaded on %s "
-             "in %.2f s", imported - started, bundle.bundle_dir, verified - imported, bundle.policy_name,
-             bundle.public_key_sha256[:16], classifier.device, time.perf_counter() - verified)
-    _warn_about_exposure(args, bundle.trusted_key, settings.token is not None)
+    log.info("bundle %s verified in %.2f s (policy %r, key SHA-256 %s…); torch and transformers imported in %.2f s; "
+             "model loaded on %s in %.2f s", bundle.bundle_dir, verified - started, bundle.policy_name,
+             bundle.public_key_sha256[:16], imported - verified, classifier.device, time.perf_counter() - imported)
+    _warn_about_exposure(args, settings.token is not None)
 
     import uvicorn
 
@@ -71,10 +69,7 @@ def _check_tls(certfile: str | None, keyfile: str | None) -> None:
             raise ConfigError(f"{path}: TLS file not found")
 
 
-def _warn_about_exposure(args: argparse.Namespace, trusted_key: bool, has_token: bool) -> None:
-    if not trusted_key:
-        log.warning("no --public-key: the bundle was checked against its own key, which proves it unchanged "
-                    "but not who exported it; pass the signer's public key in production")
+def _warn_about_exposure(args: argparse.Namespace, has_token: bool) -> None:
     if args.log_texts:
         log.warning("--log-texts: request texts are written to the log; they may be sensitive")
     try:
@@ -96,7 +91,9 @@ def register(subparsers) -> None:
         description="Verify BUNDLE as `secure-ft verify` does, then serve its model. A bundle that fails "
                     "verification exits with code 4 before any port is opened.")
     serve.add_argument("bundle", metavar="BUNDLE", help="export bundle folder")
-    serve.add_argument("--public-key", metavar="KEY", help="signer's public key PEM (default: the bundle's own key)")
+    serve.add_argument("--public-key", metavar="KEY",
+                       help="signer's public key PEM, or a folder of them (default: your trust list, "
+                            "`secure-ft trust add`); never the copy inside the bundle")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     serve.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or mps")

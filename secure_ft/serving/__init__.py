@@ -3,9 +3,10 @@
 A server is started from an export bundle (see :mod:`secure_ft.export`). Before it opens a
 port it verifies the bundle exactly as ``secure-ft verify`` does
 (:func:`~secure_ft.serving.bundle_loader.load_verified_bundle`, the one place that decides
-whether a bundle may be served), then loads the model's safetensors offline with the same
-preprocessing the audits saw: the trained pooling, the trained sequence length and the text
-front end (:mod:`~secure_ft.serving.front_end`).
+whether a bundle may be served); only then does it import torch and transformers
+(:mod:`.runtime`) and load the model's safetensors offline with the same preprocessing the
+audits saw: the trained pooling, the trained sequence length and the typo-correcting text
+front end (:mod:`secure_ft.text_front_end`).
 
 It speaks the Open Inference Protocol (KServe v2 / Triton REST, :mod:`.protocol`) plus a
 plain ``POST /predict``, gathers concurrent requests into one forward pass

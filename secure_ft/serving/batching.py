@@ -4,8 +4,10 @@ Requests wait in an asyncio queue; one worker takes whatever is queued (up to
 ``max_batch_size`` texts), waits at most ``max_wait_ms`` for more, runs the batch in a
 single worker thread so the event loop keeps accepting requests, and hands each request its
 own rows. While a forward pass runs, new requests pile up and form the next batch, so the
-batch size follows the load without a fixed delay. A request larger than ``max_batch_size``
-runs alone, never split.
+batch size follows the load. The wait ends early once the batch holds as many requests as
+the previous one did: a lone client is never delayed, while clients whose answers just went
+out are given the time to send again and join. A request larger than ``max_batch_size`` runs
+alone, never split.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class DynamicBatcher:
         self._queue: asyncio.Queue[_Pending] | None = None
         self._carry: _Pending | None = None  # taken from the queue but too big for the last batch
         self._running: list[_Pending] = []  # the batch in its forward pass
+        self._last_requests = 1  # requests in the previous batch: how many a batch waits to gather
         self._worker: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -119,7 +122,10 @@ class DynamicBatcher:
             self._running = []
 
     async def _gather(self) -> list[_Pending]:
-        """The next batch: what is queued now, plus what arrives within max_wait, up to the size limit."""
+        """The next batch: what is queued now, plus what arrives within max_wait, up to the size limit.
+
+        Waiting stops once the batch holds as many requests as the previous batch.
+        """
         loop = asyncio.get_running_loop()
         first = self._carry or await self._queue.get()
         self._carry = None
@@ -131,7 +137,7 @@ class DynamicBatcher:
                     item = self._queue.get_nowait()
                 else:
                     remaining = deadline - loop.time()
-                    if remaining <= 0:
+                    if remaining <= 0 or len(batch) >= self._last_requests:
                         break
                     item = await asyncio.wait_for(self._queue.get(), remaining)
             except (asyncio.TimeoutError, asyncio.QueueEmpty):
@@ -143,4 +149,8 @@ class DynamicBatcher:
                 break
             batch.append(item)
             size += len(item.texts)
-        return [pending for pending in batch if not pending.future.done()] or await self._gather()
+        batch = [pending for pending in batch if not pending.future.done()]
+        if not batch:
+            return await self._gather()
+        self._last_requests = len(batch)
+        return batch

@@ -26,7 +26,8 @@ class ServeSettings:
     max_batch_size
         Most texts in one forward pass; 1 disables batching across requests.
     max_wait_ms
-        How long a batch waits for more requests once the worker is free.
+        Longest a batch waits for more requests once the worker is free; it stops earlier once
+        it holds as many requests as the previous batch (a lone client is not delayed).
     token
         Bearer token every non-health endpoint requires; None: no check.
     log_texts
