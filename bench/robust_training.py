@@ -18,8 +18,8 @@ classified ones, all there are when fewer), ε, training seconds. Every cell use
 so the copies, the Poisson batches and the attacked texts differ only by what the cell varies.
 
     python bench/robust_training.py [--data finance,sst2] [--defences none,augmentation,front-end,both]
-        [--privacy dp,plain] [--epsilon 8] [--copies 2] [--recipes deepwordbug] [--min-correct 100]
-        [--query-budget 200] [--epochs N] [--max-rows N] [--sst2-train-rows 4000] [--out table.md]
+        [--privacy dp,plain] [--epsilon 8] [--copies 4] [--recipes deepwordbug,pwws,embedding-swap] [--min-correct 100]
+        [--query-budget 1000] [--epochs N] [--max-rows N] [--sst2-train-rows 4000] [--out table.md]
 
 The full grid (2 data sets × 4 defences × 2 privacy settings, 100+ attacks per cell) takes
 hours on two CPU cores; select a slice with the flags.
@@ -55,7 +55,7 @@ def run_config(data: str, defence: str, privacy: str, args, output_dir: Path):
     if args.epochs:
         training["epochs"] = args.epochs
     raw = {"seed": args.seed, "output_dir": str(output_dir), "device": "cpu",
-           "model": {"max_length": args.max_length}, "training": training,
+           "model": {"max_length": args.max_length} if args.max_length else {}, "training": training,
            "privacy": {"mode": "dp", "target_epsilon": args.epsilon} if privacy == "dp" else {"mode": "none"},
            "audits": {"robustness": {"recipes": args.recipes, "min_correct_examples": args.min_correct,
                                      "query_budget": args.query_budget, "workers": args.workers}}}
@@ -137,18 +137,18 @@ def main() -> int:
     parser.add_argument("--defences", default="none,augmentation,front-end,both")
     parser.add_argument("--privacy", default="dp,plain", help="comma-separated: dp, plain")
     parser.add_argument("--epsilon", type=float, default=8.0)
-    parser.add_argument("--copies", type=int, default=2, help="augmentation copies K per example")
-    parser.add_argument("--char-edit-fraction", type=float, default=1.0,
+    parser.add_argument("--copies", type=int, default=4, help="augmentation copies K per example")
+    parser.add_argument("--char-edit-fraction", type=float, default=0.5,
                         help="share of character edits among the changes (the rest are WordNet synonym swaps)")
-    parser.add_argument("--recipes", default="deepwordbug")
+    parser.add_argument("--recipes", default="deepwordbug,pwws,embedding-swap", help="default: the audit's")
     parser.add_argument("--min-correct", type=int, default=100, help="correctly classified texts attacked per recipe")
-    parser.add_argument("--query-budget", type=int, default=200)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--query-budget", type=int, default=1000, help="the audit's default")
+    parser.add_argument("--workers", type=int, default=2, help="the audit's default")
     parser.add_argument("--epochs", type=int, help="training.epochs (default: the product default)")
     parser.add_argument("--max-rows", type=int, help="finance: stratified subsample (speed)")
     parser.add_argument("--sst2", type=Path, default=SST2)
     parser.add_argument("--sst2-train-rows", type=int, default=4000, help="seeded subset of SST-2's train split")
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--max-length", type=int, default=None, help="model.max_length (default: the product's)")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="also write the table (Markdown) and the rows (JSON beside it)")

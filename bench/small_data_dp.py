@@ -2,7 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python bench/small_data_dp.py [--datasets sst2,finance]
         [--sizes 250,500,1000,2000,5000,20000] [--transfers probe,lora,full] [--epsilons 1,3,8,none]
-        [--work-dir runs/bench-small-data] [--max-length 64]
+        [--work-dir runs/bench-small-data] [--max-length N]
 
 Data: GLUE SST-2 from ../shared/data/sst2 (see its PROVENANCE.md): N training rows are the
 first N of a permutation of the official train split seeded with 0; the official dev split
@@ -72,7 +72,7 @@ def run_cell(frames, labels: list[str], *, transfer: str, epsilon: float | None,
     from secure_ft.transfer_choice import resolve_run_config
 
     train, validation, test = frames
-    raw = {"model": {"transfer": transfer, "max_length": args.max_length},
+    raw = {"model": {"transfer": transfer, **({"max_length": args.max_length} if args.max_length else {})},
            "privacy": {"mode": "dp", "target_epsilon": epsilon} if epsilon is not None else {"mode": "none"},
            "training": {"num_threads": args.threads}}
     config, choice = resolve_run_config(RunConfig.model_validate(raw), len(train))
@@ -134,7 +134,7 @@ def main() -> int:
     parser.add_argument("--epsilons", default="1,3,8,none", help="comma-separated ε; none = non-private")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-small-data"),
                         help="holds the per-dataset embedding caches (as private as the data)")
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--max-length", type=int, default=None, help="model.max_length (default: the product's)")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

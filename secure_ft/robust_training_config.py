@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class RobustTrainingConfig(BaseModel):
-    """Robustness-focused training (issue #16); everything is off by default.
+    """Robustness-focused training (issue #16); the spelling front end is on by default, augmentation off.
 
     ``augmentation_copies`` K > 0 trains every example together with K perturbed copies
     (`secure_ft.augmentation`); under DP the example's and its copies' gradients are averaged
@@ -34,8 +34,10 @@ class RobustTrainingConfig(BaseModel):
         0.5, ge=0, le=1, description="share of changed words swapped for a WordNet synonym (never an antonym)")
     word_rate: float = Field(
         0.1, gt=0, le=1, description="fraction of a text's words changed in one copy (at least one word)")
+    # spelling by default: without it DeepWordBug flipped the default model's every complaint; with
+    # it 8 of 12 searches failed (measured on the demo, 128 tokens, whole search)
     front_end: Literal["none", "spelling"] = Field(
-        "none", description="text front end applied before tokenising in training, audits and serving: "
+        "spelling", description="text front end applied before tokenising in training, audits and serving: "
         "none, or spelling (SymSpell typo correction saved in the model folder)")
     front_end_max_edit_distance: int = Field(
         2, ge=1, le=3, description="largest edit distance the spelling front end corrects")
