@@ -192,9 +192,9 @@ class FederatedServer:
             "problems": problems,
         }
         self.result = write_handoff(run_dir=run_dir, config=config, splits=splits, book=book, model=model.cpu(),
-                                    tokenizer=tokenizer, front_end=front_end, ledger=ledger, engine=engine_label(config), device=device,
-                                    trainable=trainable, total=total, sites=sites, federation=federation,
-                                    central=central)
+                                    tokenizer=tokenizer, front_end=front_end, ledger=ledger,
+                                    engine=engine_label(config), device=device, trainable=trainable, total=total,
+                                    sites=sites, federation=federation, central=central)
         return self.result
 
 

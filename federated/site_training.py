@@ -12,7 +12,9 @@ SecAgg+ path in `federated.secagg`). What a site checks before it trains:
 
 It reads every text through that front end and, with ``augmentation_copies`` K > 0, trains
 each row with K perturbed copies averaged before clipping (`secure_ft.robust_training`): its
-σ, sampling rate and steps are those of the same run without copies. After training it keeps its own records in its state folder: the site ledger
+σ, sampling rate and steps are those of the same run without copies.
+
+After training it keeps its own records in its state folder: the site ledger
 (``ledger.jsonl``, one line per round) and, with DP, its ``privacy.json`` and privacy ledger.
 Its DP accountant state is also carried in Flower's per-site ``Context.state`` so that the
 next round (a fresh process in a deployment) continues the same budget.
