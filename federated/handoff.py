@@ -96,8 +96,9 @@ def privacy_summary(sites: dict[str, dict[str, Any]], central: dict[str, Any] | 
 
 
 def write_handoff(*, run_dir: Path, config: RunConfig, splits: DatasetSplits, book: RoundBook, model, tokenizer,
-                  front_end: SpellingFrontEnd | None = None, ledger: Ledger, engine: str, device: str, trainable: int, total: int, sites: list[dict[str, Any]],
-                  federation: dict[str, Any], central: dict[str, Any] | None) -> TrainedRun:
+                  front_end: SpellingFrontEnd | None = None, ledger: Ledger, engine: str, device: str, trainable: int,
+                  total: int, sites: list[dict[str, Any]], federation: dict[str, Any],
+                  central: dict[str, Any] | None) -> TrainedRun:
     """Save the best round's global model and every record a central run would have."""
     from federated.task import load_arrays
 
