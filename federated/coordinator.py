@@ -6,7 +6,9 @@
 2. load the server's data: its validation split is the held-out set every round is judged
    on, its test split is left for the audits (in a simulation the training split is what the
    sites are partitioned from; in a deployment it is not used);
-3. send the label set (its numbering) with every message, and hash the base checkpoint;
+3. send the label set (its numbering) with every message, and hash the base checkpoint (and,
+   with ``training.robustness.front_end: spelling``, the front end every participant builds
+   from public resources, `federated.front_end`: the server validates through it too);
 4. build the model, send its trainable tensors as the initial global model, and run the
    rounds with `federated.strategy` (or the SecAgg+ workflow in `federated.secagg`);
 5. hand off the best round's global model (`federated.handoff`).
@@ -24,6 +26,7 @@ from flwr.serverapp import Grid
 
 from federated import protocol
 from federated.central_dp import central_guarantee
+from federated.front_end import federation_front_end, front_end_sha256
 from federated.handoff import write_handoff
 from federated.partition import partition_sites
 from federated.round_book import RoundBook, ServerEvaluator
@@ -38,6 +41,7 @@ from secure_ft.run_directory import RunDirectory
 from secure_ft.models import resolve_device, trainable_parameter_count
 from secure_ft.central_run import TrainedRun
 from secure_ft.probe import trainee_and_datasets
+from secure_ft.robust_training import through_front_end
 from secure_ft.transfer_choice import resolve_run_config
 
 log = logging.getLogger(__name__)
@@ -113,14 +117,15 @@ class FederatedServer:
             sites = []
         device = resolve_device(config.device)
         model, tokenizer = build_model(config, splits.label_names)
+        front_end = federation_front_end(config, tokenizer)
         initial = trainable_arrays(model)
         trainable, total = trainable_parameter_count(model)
         evaluator = None
         if config.federated.server_evaluation:
             # the probe: its head (the model's own classifier) on the validation rows' cached embeddings
             evaluated, (validation,) = trainee_and_datasets(
-                model.to(device), tokenizer, config.model, [splits.validation], cache_dir=run.cache_dir,
-                device=device, batch_size=config.training.eval_batch_size, progress=False)
+                model.to(device), tokenizer, config.model, [through_front_end(front_end, splits.validation)],
+                cache_dir=run.cache_dir, device=device, batch_size=config.training.eval_batch_size, progress=False)
             evaluator = ServerEvaluator(evaluated, validation, splits.label_names, config, device)
         book = RoundBook(evaluator, ledger, config.federated.rounds)
         update_bytes = record_bytes(initial)
@@ -138,6 +143,7 @@ class FederatedServer:
             protocol.RUN_DIR: str(run_dir.resolve()) if self.simulated else "",
             protocol.VERSION: secure_ft_version(),
             protocol.BASE_MODEL_SHA256: base_model_sha256(config.model),
+            protocol.FRONT_END_SHA256: front_end_sha256(front_end),
         }
         central = None
         if config.federated.secagg:
@@ -186,9 +192,9 @@ class FederatedServer:
             "problems": problems,
         }
         self.result = write_handoff(run_dir=run_dir, config=config, splits=splits, book=book, model=model.cpu(),
-                                    tokenizer=tokenizer, ledger=ledger, engine=engine_label(config), device=device,
-                                    trainable=trainable, total=total, sites=sites, federation=federation,
-                                    central=central)
+                                    tokenizer=tokenizer, front_end=front_end, ledger=ledger,
+                                    engine=engine_label(config), device=device, trainable=trainable, total=total,
+                                    sites=sites, federation=federation, central=central)
         return self.result
 
 

@@ -3,7 +3,8 @@
 The run directory (`secure_ft.run_directory`) gets the same records as a central run's, so the
 same audits, gate, report and export apply unchanged:
 
-    model/          save_pretrained folder (LoRA merged) + model_hash.json
+    model/          save_pretrained folder (LoRA merged) + model_hash.json, and the
+                    spelling front end (front_end/) the sites and the server read through
     config.yaml     the effective config (mode: federated)
     data.json       the server's split summary, plus the sites (rows, groups, label mix)
     metrics.json    the central keys (steps, best, epochs = rounds, ...) and every round's record
@@ -26,8 +27,10 @@ from secure_ft.config import RunConfig
 from secure_ft.data import DatasetSplits
 from secure_ft.central_run import TrainedRun
 from secure_ft.models import save_trained_model
+from secure_ft.robust_training import robustness_summary
 from secure_ft.run_directory import PRIVACY_FILE, FEDERATED_FILE, RunDirectory
 from secure_ft.run_ledger import Ledger
+from secure_ft.spelling import SpellingFrontEnd
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +96,9 @@ def privacy_summary(sites: dict[str, dict[str, Any]], central: dict[str, Any] | 
 
 
 def write_handoff(*, run_dir: Path, config: RunConfig, splits: DatasetSplits, book: RoundBook, model, tokenizer,
-                  ledger: Ledger, engine: str, device: str, trainable: int, total: int, sites: list[dict[str, Any]],
-                  federation: dict[str, Any], central: dict[str, Any] | None) -> TrainedRun:
+                  front_end: SpellingFrontEnd | None = None, ledger: Ledger, engine: str, device: str, trainable: int,
+                  total: int, sites: list[dict[str, Any]], federation: dict[str, Any],
+                  central: dict[str, Any] | None) -> TrainedRun:
     """Save the best round's global model and every record a central run would have."""
     from federated.task import load_arrays
 
@@ -103,7 +107,7 @@ def write_handoff(*, run_dir: Path, config: RunConfig, splits: DatasetSplits, bo
         load_arrays(model, arrays)
     run = RunDirectory(run_dir)
     model_dir = run.model_dir
-    digest = save_trained_model(model, tokenizer, model_dir)
+    digest = save_trained_model(model, tokenizer, model_dir, front_end=front_end)  # audits and serving apply it
 
     site_privacy = site_guarantees(book, config, run_dir)
     privacy = privacy_summary(site_privacy, central, [site["name"] for site in sites])
@@ -151,12 +155,16 @@ def write_handoff(*, run_dir: Path, config: RunConfig, splits: DatasetSplits, bo
         "best": None if best is None or best["val_accuracy"] is None else
         {"val_accuracy": best["val_accuracy"], "val_macro_f1": best["val_macro_f1"]},
         "model_sha256": digest,
+        "robust_training": robustness_summary(config.training.robustness, front_end),
         "initial_evaluation": book.initial,
         "rounds": book.rounds,
     }
     run.write_metrics(metrics)
     ledger.append("model_saved", model_sha256=digest, steps=steps, best_round=book.best_round,
                   stopped_reason=metrics["stopped_reason"], artifacts=artifacts,
-                  epsilon=None if privacy is None else privacy["epsilon"])
+                  epsilon=None if privacy is None else privacy["epsilon"],
+                  augmentation_copies=config.training.robustness.augmentation_copies,
+                  front_end=None if front_end is None else "spelling",
+                  uses_private_vocabulary=metrics["robust_training"]["uses_private_vocabulary"])
     log.info("global model of round %d saved to %s (sha256 %s…)", book.best_round, model_dir, digest[:16])
     return TrainedRun(run_dir, model_dir, digest, splits, metrics)

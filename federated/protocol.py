@@ -6,7 +6,8 @@ Server → site (``train`` and ``evaluate`` messages)::
     "config"  ConfigRecord  server-round, run-config (the run's YAML as UTF-8 bytes),
                             labels (JSON list: the label set and its numbering),
                             run-dir (simulation only), secure-ft-version,
-                            base-model-sha256, proximal-mu (FedProx)
+                            base-model-sha256, front-end-sha256 (the spelling
+                            front end's identity, when there is one), proximal-mu (FedProx)
 
 Site → server (reply)::
 
@@ -36,6 +37,7 @@ LABELS = "labels"
 RUN_DIR = "run-dir"
 VERSION = "secure-ft-version"
 BASE_MODEL_SHA256 = "base-model-sha256"
+FRONT_END_SHA256 = "front-end-sha256"
 PROXIMAL_MU = "proximal-mu"
 
 # metric keys (site → server)

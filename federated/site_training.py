@@ -6,7 +6,13 @@ SecAgg+ path in `federated.secagg`). What a site checks before it trains:
 - the run config parses, and the label set (and so the label numbering) is the server's;
 - its base checkpoint has the hash the server announced (frozen weights never travel, so a
   different checkpoint would silently train a different model);
+- with ``training.robustness.front_end: spelling``, the front end it builds from public
+  resources (`federated.front_end`) is the one the server announced;
 - the secure-ft version matches (a mismatch is logged: the exchanged tensors may differ).
+
+It reads every text through that front end and, with ``augmentation_copies`` K > 0, trains
+each row with K perturbed copies averaged before clipping (`secure_ft.robust_training`): its
+σ, sampling rate and steps are those of the same run without copies.
 
 After training it keeps its own records in its state folder: the site ledger
 (``ledger.jsonl``, one line per round) and, with DP, its ``privacy.json`` and privacy ledger.
@@ -27,6 +33,7 @@ import yaml
 from flwr.app import ConfigRecord, RecordDict
 
 from federated import protocol
+from federated.front_end import check_same_front_end, federation_front_end
 from federated.site_data import Site, resolve_site
 from federated.site_privacy import site_privacy_report
 from federated.site_engine import SiteEngine, private_site_engine, site_noise_multiplier
@@ -35,6 +42,8 @@ from federated.task import (build_model, evaluate_model, load_arrays, round_seed
 from secure_ft.config import RunConfig, config_from_dict
 from secure_ft.errors import ConfigError, ModelError, SecureFTError
 from secure_ft.probe import trainee_and_datasets
+from secure_ft.robust_training import robust_datasets, through_front_end
+from secure_ft.spelling import SpellingFrontEnd
 from secure_ft.run_directory import RunDirectory
 from secure_ft.run_ledger import Ledger
 from secure_ft.models import resolve_device
@@ -57,6 +66,7 @@ class Instructions:
     run_dir: str = ""
     proximal_mu: float = 0.0
     base_model_sha256: str = ""
+    front_end_sha256: str = ""
     version: str = ""
 
     @classmethod
@@ -85,6 +95,7 @@ class Instructions:
             run_dir=str(record.get(protocol.RUN_DIR, "")),
             proximal_mu=float(record.get(protocol.PROXIMAL_MU, 0.0)),
             base_model_sha256=str(record.get(protocol.BASE_MODEL_SHA256, "")),
+            front_end_sha256=str(record.get(protocol.FRONT_END_SHA256, "")),
             version=str(record.get(protocol.VERSION, "")),
         )
 
@@ -137,12 +148,13 @@ def train_site_round(instructions: Instructions, global_arrays: Mapping[str, np.
         started = time.perf_counter()
         model, tokenizer = build_model(config, instructions.labels)
         load_arrays(model, global_arrays)
+        front_end = site_front_end(instructions, tokenizer)
         device = resolve_device(config.device)
-        # the probe trains the head on embeddings cached in the site's own folder (encoded in round 1 only)
-        trainee, (train_set, validation_set) = trainee_and_datasets(
-            model, tokenizer, config.model, [site.data.train, site.data.validation],
-            cache_dir=RunDirectory(site.state_dir).cache_dir, device=device,
-            batch_size=config.training.eval_batch_size, progress=False)
+        # the probe trains the head on embeddings (copies included) cached in the site's own folder,
+        # encoded in round 1 only; copies are seeded by the run seed and each row, so every round draws the same
+        trainee, train_set, (validation_set,) = robust_datasets(
+            model, tokenizer, config, site.data.train, [site.data.validation], front_end=front_end,
+            cache_dir=RunDirectory(site.state_dir).cache_dir, device=device)
         engine = SiteEngine(_inner_engine(config, site, state), proximal_mu=instructions.proximal_mu,
                             restore=_load_engine_state(state))
         try:
@@ -192,16 +204,25 @@ def evaluate_site(instructions: Instructions, global_arrays: Mapping[str, np.nda
         check_instructions(instructions)
         model, tokenizer = build_model(config, instructions.labels)
         load_arrays(model, global_arrays)
+        front_end = site_front_end(instructions, tokenizer)
         device = resolve_device(config.device)
         evaluated, (dataset,) = trainee_and_datasets(
-            model, tokenizer, config.model, [site.data.validation], cache_dir=RunDirectory(site.state_dir).cache_dir,
-            device=device, batch_size=config.training.eval_batch_size, progress=False)
+            model, tokenizer, config.model, [through_front_end(front_end, site.data.validation)],
+            cache_dir=RunDirectory(site.state_dir).cache_dir, device=device,
+            batch_size=config.training.eval_batch_size, progress=False)
         scores = evaluate_model(evaluated, dataset, instructions.labels, config, device)
         return SiteReport(site.name, {protocol.NUM_EXAMPLES: float(len(site.data.validation)),
                                       protocol.ACCURACY: scores["accuracy"], protocol.MACRO_F1: scores["macro_f1"]})
     except Exception as error:
         log.exception("site %s failed to evaluate in round %d", site_name, instructions.server_round)
         raise failure(site_name, error) from error
+
+
+def site_front_end(instructions: Instructions, tokenizer) -> SpellingFrontEnd | None:
+    """The front end this site reads its texts through: built here, checked against the server's."""
+    front_end = federation_front_end(instructions.config, tokenizer)
+    check_same_front_end(front_end, instructions.front_end_sha256)
+    return front_end
 
 
 def _node_label(node_config: Mapping[str, Any]) -> str:

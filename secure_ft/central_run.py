@@ -25,16 +25,8 @@ from secure_ft.models import (
     save_trained_model,
     trainable_parameter_count,
 )
-from secure_ft.probe import trainee_and_datasets
-from secure_ft.multiplicity import stack_copies
-from secure_ft.robust_training import (
-    apply_front_end,
-    build_front_end,
-    probe_copy_frames,
-    robustness_summary,
-    training_set,
-)
-from secure_ft.training_loop import EpochRecord, TrainingEngine, encode, fit, seed_everything
+from secure_ft.robust_training import build_front_end, robust_datasets, robustness_summary
+from secure_ft.training_loop import EpochRecord, TrainingEngine, fit, seed_everything
 from secure_ft.transfer_choice import resolve_run_config
 
 log = logging.getLogger(__name__)
@@ -111,22 +103,10 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
     robustness = config.training.robustness
     # the front end is part of the model: training reads corrected text, as audits and serving will
     front_end = build_front_end(robustness, tokenizer, splits.train["text"].tolist())
-    if config.model.transfer == "probe":
-        # the copies are drawn once (seeded by row) and embedded like the originals, through the cache
-        frames = [frame.assign(text=apply_front_end(front_end, frame["text"].tolist()))
-                  for frame in (splits.train, splits.validation, *probe_copy_frames(splits.train, robustness, config.seed))]
-        trainee, (train_set, validation_set, *copy_sets) = trainee_and_datasets(
-            model, tokenizer, config.model, frames, cache_dir=run.cache_dir, device=device,
-            batch_size=config.training.eval_batch_size, progress=progress)
-        if copy_sets:
-            train_set = stack_copies(train_set, copy_sets)  # one clipped gradient per example: ε unchanged
-    else:
-        max_length = config.model.max_length
-        trainee = model
-        train_set = training_set(tokenizer, splits.train["text"].tolist(), splits.train["label"].tolist(),
-                                 splits.train["row"].tolist(), max_length, robustness, config.seed, front_end)
-        validation_set = encode(tokenizer, apply_front_end(front_end, splits.validation["text"].tolist()),
-                                splits.validation["label"].tolist(), max_length)
+    # probe: the head trains on embeddings (copies included) cached in the run directory
+    trainee, train_set, (validation_set,) = robust_datasets(
+        model, tokenizer, config, splits.train, [splits.validation], front_end=front_end, cache_dir=run.cache_dir,
+        device=device, progress=progress)
     engine = make_engine(config, splits)
     if hasattr(engine, "notes"):
         engine.notes.update(hyperparameters=choice_record["hyperparameters"], transfer_choice=choice_record,

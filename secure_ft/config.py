@@ -509,11 +509,14 @@ class RunConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     @model_validator(mode="after")
-    def _robust_training_is_central(self) -> "RunConfig":
+    def _federated_front_end_is_public(self) -> "RunConfig":
         robustness = self.training.robustness
-        if self.mode == "federated" and (robustness.augmentation_copies or robustness.front_end != "none"):
-            raise ValueError("training.robustness (augmentation_copies, front_end) is wired into central runs only; "
-                             "remove it or use mode: central")
+        if self.mode == "federated" and robustness.front_end_extra_words_from_training_data:
+            raise ValueError(
+                "training.robustness.front_end_extra_words_from_training_data cannot be used with mode: federated: "
+                "every site and the coordinator must build the same spelling front end, and adding the training "
+                "data's words would need every site's data at the coordinator (outside the DP guarantee); set it "
+                "to false (the front end is then built from public resources and the base tokenizer alone)")
         return self
 
 

@@ -1,6 +1,7 @@
-"""Robustness-focused training (issue #16) for a central run: the front end and the augmented training set.
+"""Robustness-focused training (issue #16): the front end and the augmented training set.
 
-`secure_ft.central_run` asks this module two things, both decided by ``training.robustness``
+Central runs (`secure_ft.central_run`) and federated sites and coordinators (`federated`)
+ask this module two things, both decided by ``training.robustness``
 (`secure_ft.robust_training_config`):
 
 * `build_front_end`: the typo-correcting front end (`secure_ft.spelling`) built from public
@@ -17,17 +18,24 @@
   example: ε as without copies) and plain training averages their losses.
 
 The copies go through the front end too: the model always reads what serving would feed it.
+`robust_datasets` puts both together for any transfer mode: what `fit` trains on (the probe's
+copies embedded once, through the run's or site's embedding cache, like the originals) and
+the evaluation sets, all read through the front end.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torch import nn
 from torch.utils.data import TensorDataset
 
 from secure_ft.augmentation import Perturber, WordNetSynonyms
+from secure_ft.config import RunConfig
+from secure_ft.probe import trainee_and_datasets
 from secure_ft.robust_training_config import RobustTrainingConfig
 from secure_ft.spelling import SpellingFrontEnd, text_words
 from secure_ft.text_classifier import describe_front_end
@@ -59,6 +67,11 @@ def build_front_end(settings: RobustTrainingConfig, tokenizer, train_texts: Sequ
 def apply_front_end(front_end: SpellingFrontEnd | None, texts: Sequence[str]) -> list[str]:
     """What the model reads: `texts` through the front end (unchanged without one)."""
     return [str(text) for text in texts] if front_end is None else front_end.correct_all(str(t) for t in texts)
+
+
+def through_front_end(front_end: SpellingFrontEnd | None, frame: "pd.DataFrame") -> "pd.DataFrame":
+    """`frame` with its ``text`` column as the model reads it (the same frame without a front end)."""
+    return frame if front_end is None else frame.assign(text=apply_front_end(front_end, frame["text"].tolist()))
 
 
 def perturber_for(settings: RobustTrainingConfig, seed: int, resources_root=None) -> Perturber:
@@ -112,6 +125,44 @@ def probe_copy_frames(train: "pd.DataFrame", settings: RobustTrainingConfig, see
     texts, rows = train["text"].astype(str).tolist(), train["row"].astype(int).tolist()
     log.info("training.robustness: %d perturbed copies of each of the %d training examples", copies, len(texts))
     return [train.assign(text=[perturber.copy(text, row, k) for text, row in zip(texts, rows)]) for k in range(copies)]
+
+
+def robust_datasets(model: nn.Module, tokenizer, config: RunConfig, train: "pd.DataFrame",
+                    evaluation: Sequence["pd.DataFrame"], *, front_end: SpellingFrontEnd | None,
+                    cache_dir: str | Path, device: str = "cpu", progress: bool = False,
+                    ) -> tuple[nn.Module, TensorDataset, list[TensorDataset]]:
+    """What `secure_ft.training_loop.fit` trains and evaluates: ``(trainee, training set, evaluation sets)``.
+
+    Every text goes through `front_end`; with ``augmentation_copies`` K > 0 the training set's
+    items carry the example and its K copies (seeded by ``config.seed`` and each ``row``), so
+    that DP-SGD clips one averaged gradient per example and the accountant's inputs are those
+    of the same run without copies.
+
+    Parameters
+    ----------
+    train, evaluation
+        Frames with ``text``, ``label`` and ``row`` columns (``row`` for `train` only).
+    cache_dir
+        With ``transfer: probe``: where the embeddings are cached (a run's or a site's
+        ``cache/``); the copies are embedded once there, like the originals.
+    """
+    robustness = config.training.robustness
+    if config.model.transfer == "probe":
+        frames = [through_front_end(front_end, frame)
+                  for frame in (train, *evaluation, *probe_copy_frames(train, robustness, config.seed))]
+        trainee, (train_set, *rest) = trainee_and_datasets(
+            model, tokenizer, config.model, frames, cache_dir=cache_dir, device=device,
+            batch_size=config.training.eval_batch_size, progress=progress)
+        evaluation_sets, copy_sets = rest[:len(evaluation)], rest[len(evaluation):]
+        if copy_sets:
+            train_set = stack_copies(train_set, copy_sets)  # one clipped gradient per example: ε unchanged
+        return trainee, train_set, evaluation_sets
+    max_length = config.model.max_length
+    train_set = training_set(tokenizer, train["text"].tolist(), train["label"].astype(int).tolist(),
+                             train["row"].astype(int).tolist(), max_length, robustness, config.seed, front_end)
+    evaluation_sets = [encode(tokenizer, apply_front_end(front_end, frame["text"].tolist()),
+                              frame["label"].astype(int).tolist(), max_length) for frame in evaluation]
+    return model, train_set, evaluation_sets
 
 
 def robustness_summary(settings: RobustTrainingConfig, front_end: SpellingFrontEnd | None) -> dict[str, Any]:

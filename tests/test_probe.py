@@ -120,7 +120,7 @@ def test_embeddings_are_cached_by_text_and_recomputed_for_new_ones(tmp_path, tin
 
 
 def test_probe_trains_with_augmentation_copies_at_the_same_epsilon(tmp_path, toy_data_csv, tiny_model_dir, monkeypatch):
-    import secure_ft.central_run as central_run
+    import secure_ft.robust_training as robust_training
     from secure_ft.robust_training_config import RobustTrainingConfig
 
     plain = train_run(probe_config(toy_data_csv, tiny_model_dir, tmp_path / "plain", epochs=2),
@@ -128,8 +128,8 @@ def test_probe_trains_with_augmentation_copies_at_the_same_epsilon(tmp_path, toy
     config = probe_config(toy_data_csv, tiny_model_dir, tmp_path / "copies", epochs=2)
     config.training.robustness = RobustTrainingConfig(augmentation_copies=2, char_edit_fraction=1.0,
                                                       synonym_fraction=0.0)
-    stacked, stack_copies = [], central_run.stack_copies
-    monkeypatch.setattr(central_run, "stack_copies", lambda original, copies: stacked.append(
+    stacked, stack_copies = [], robust_training.stack_copies
+    monkeypatch.setattr(robust_training, "stack_copies", lambda original, copies: stacked.append(
         stack_copies(original, copies)) or stacked[-1])
     with_copies = train_run(config, output_dir=tmp_path / "copies", progress=False)
 

@@ -227,13 +227,3 @@ def test_plain_training_averages_each_examples_copies():
     per_row = nn.functional.cross_entropy(logits, rows_y, reduction="none")
     # the loop's mean over rows is the mean over examples of each example's mean over its copies
     assert float(nn.functional.cross_entropy(logits, rows_y)) == pytest.approx(float(per_row.view(4, 2).mean(1).mean()))
-
-
-def test_federated_runs_refuse_robust_training():
-    from pydantic import ValidationError
-
-    from secure_ft.config import RunConfig
-
-    with pytest.raises(ValidationError, match="central runs only"):
-        RunConfig.model_validate({"mode": "federated", "privacy": {"mode": "none"},
-                                  "training": {"robustness": {"front_end": "spelling"}}})
