@@ -176,9 +176,9 @@ def test_bad_settings_are_refused():
 
 # -- the config section -----------------------------------------------------------------------------
 
-def test_robust_training_config_defaults_are_off_and_documented():
+def test_robust_training_config_defaults_and_documentation():
     config = RobustTrainingConfig()
-    assert config.augmentation_copies == 0 and config.front_end == "none"
+    assert config.augmentation_copies == 0 and config.front_end == "spelling"
     assert config.front_end_extra_words_from_training_data is False
     assert config.front_end_max_edit_distance == 2
     assert all(field.description for field in RobustTrainingConfig.model_fields.values())
@@ -190,7 +190,7 @@ def test_robust_training_config_refuses_bad_values():
     with pytest.raises(ValidationError, match="must add up to 1"):
         RobustTrainingConfig(augmentation_copies=2, char_edit_fraction=0.5, synonym_fraction=0.2)
     with pytest.raises(ValidationError, match="needs front_end: spelling"):
-        RobustTrainingConfig(front_end_extra_words_from_training_data=True)
+        RobustTrainingConfig(front_end="none", front_end_extra_words_from_training_data=True)
     with pytest.raises(ValidationError):
         RobustTrainingConfig(front_end="autocorrect")
     assert RobustTrainingConfig(augmentation_copies=4, char_edit_fraction=1.0, synonym_fraction=0.0,
