@@ -17,6 +17,10 @@ sentence embeddings under DP-SGD, not from a search on the data being trained:
   are words (``model.head_init: auto``, `secure_ft.label_name_head`); on the finance demo's
   validation split this raised the DP probe's macro-F1 from 0.54 ± 0.06 to 0.58 ± 0.03 over 5
   noise seeds and made it predict all 9 classes (test split not looked at);
+- central runs train every example with K = 4 augmentation copies (`training.robustness`,
+  DeepWordBug-style edits and WordNet synonyms, averaged before clipping so ε is unchanged; the
+  copies are embedded once): on the demo's validation split 0.765 / 0.642 against 0.752 / 0.625
+  without (accuracy / macro-F1), at 91 s instead of 43 s of training on 2 cores;
 - privacy.max_grad_norm C = 1 is the configured default and left as it is; DP runs compute a
   whole logical batch at once (``privacy.max_physical_batch_size`` 1024 unless set: a head's
   per-sample gradients are tiny, and splitting only adds Python overhead; the result is the same).
@@ -36,7 +40,10 @@ from typing import Any
 
 from secure_ft.config import RunConfig
 
-RECIPE_NAME = "probe-sgd-v2"  # v2: the head starts from the label names (secure_ft.label_name_head)
+RECIPE_NAME = "probe-sgd-v3"  # v2: the head starts from the label names; v3: central runs train with 4 copies
+# augmentation copies per example in central probe runs (multiplicity: ε unchanged); measured on the
+# demo's validation split 0.765 / 0.642 against 0.752 / 0.625 without, 91 s against 43 s of training
+AUGMENTATION_COPIES = 4
 RECIPE: dict[str, Any] = {
     "optimizer": "sgd",
     "momentum": 0.9,
@@ -81,6 +88,13 @@ def apply_probe_recipe(config: RunConfig, train_rows: int) -> tuple[RunConfig, s
         sections["federated"] = config.federated.model_copy(update={"local_epochs": local_epochs})
     elif federated:
         overridden.append("federated.local_epochs")
+    robustness = training.robustness
+    if "augmentation_copies" in robustness.model_fields_set:
+        overridden.append("training.robustness.augmentation_copies")
+    elif not federated:  # sites keep 0: copies lowered the federated example's validation macro-F1 (0.488 vs 0.529)
+        training = training.model_copy(update={"robustness": robustness.model_copy(
+            update={"augmentation_copies": AUGMENTATION_COPIES})})
+        sections["training"] = training
     note = f"fixed recipe {RECIPE_NAME}"
     if overridden:
         note += " with configured " + ", ".join(key if "." in key else f"training.{key}" for key in overridden)

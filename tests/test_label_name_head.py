@@ -57,3 +57,19 @@ def test_meaningless_names_and_explicit_random_keep_the_usual_head(word_model):
 def test_label_name_head_is_refused_outside_the_probe():
     with pytest.raises(ValueError, match="head_init: label_names needs transfer: probe"):
         ModelConfig(transfer="lora", head_init="label_names")
+
+
+def test_central_probe_recipe_trains_with_copies_unless_configured():
+    from secure_ft.config import RunConfig
+    from secure_ft.probe_recipe import AUGMENTATION_COPIES, RECIPE_NAME, apply_probe_recipe
+
+    central, note = apply_probe_recipe(RunConfig.model_validate({"model": {"transfer": "probe"}}), 1000)
+    assert central.training.robustness.augmentation_copies == AUGMENTATION_COPIES == 4
+    assert note == f"fixed recipe {RECIPE_NAME}"
+    chosen, note = apply_probe_recipe(RunConfig.model_validate(
+        {"model": {"transfer": "probe"}, "training": {"robustness": {"augmentation_copies": 0}}}), 1000)
+    assert chosen.training.robustness.augmentation_copies == 0
+    assert "training.robustness.augmentation_copies" in note
+    federated, _ = apply_probe_recipe(RunConfig.model_validate(
+        {"mode": "federated", "model": {"transfer": "probe"}}), 1000)
+    assert federated.training.robustness.augmentation_copies == 0
