@@ -98,16 +98,24 @@ def training_set(tokenizer, texts: Sequence[str], labels: Sequence[int], rows: S
     """
     labels = [int(label) for label in labels]
     original = encode(tokenizer, apply_front_end(front_end, texts), labels, max_length)
+    copy_sets = [encode(tokenizer, apply_front_end(front_end, perturbed), labels, max_length)
+                 for perturbed in copy_texts(texts, rows, settings, seed, perturber)]
+    return stack_copies(original, copy_sets) if copy_sets else original
+
+
+def copy_texts(texts: Sequence[str], rows: Sequence[int], settings: RobustTrainingConfig, seed: int,
+               perturber: Perturber | None = None) -> list[list[str]]:
+    """The K = ``augmentation_copies`` perturbed versions of `texts`, copy k of every text in list k.
+
+    Each copy is seeded by the run seed, the example's row and k alone, so it depends on that
+    example only (and not on the split's order). No lists when K = 0.
+    """
     copies = settings.augmentation_copies
     if not copies:
-        return original
+        return []
     perturber = perturber or perturber_for(settings, seed)
-    copy_sets = []
-    for k in range(copies):
-        perturbed = [perturber.copy(str(text), int(row), k) for text, row in zip(texts, rows)]
-        copy_sets.append(encode(tokenizer, apply_front_end(front_end, perturbed), labels, max_length))
-    log.info("training.robustness: %d perturbed copies of each of the %d training examples", copies, len(labels))
-    return stack_copies(original, copy_sets)
+    log.info("training.robustness: %d perturbed copies of each of the %d training examples", copies, len(texts))
+    return [[perturber.copy(str(text), int(row), k) for text, row in zip(texts, rows)] for k in range(copies)]
 
 
 def probe_copy_frames(train: "pd.DataFrame", settings: RobustTrainingConfig, seed: int,
@@ -118,13 +126,8 @@ def probe_copy_frames(train: "pd.DataFrame", settings: RobustTrainingConfig, see
     the originals; `secure_ft.multiplicity.stack_copies` then groups them per example exactly
     as `training_set` does for token inputs. No copies (an empty list) when K = 0.
     """
-    copies = settings.augmentation_copies
-    if not copies:
-        return []
-    perturber = perturber or perturber_for(settings, seed)
-    texts, rows = train["text"].astype(str).tolist(), train["row"].astype(int).tolist()
-    log.info("training.robustness: %d perturbed copies of each of the %d training examples", copies, len(texts))
-    return [train.assign(text=[perturber.copy(text, row, k) for text, row in zip(texts, rows)]) for k in range(copies)]
+    return [train.assign(text=texts) for texts in copy_texts(train["text"].tolist(), train["row"].tolist(),
+                                                              settings, seed, perturber)]
 
 
 def robust_datasets(model: nn.Module, tokenizer, config: RunConfig, train: "pd.DataFrame",

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from secure_ft.errors import PrivacyError
+from secure_ft.errors import PrivacyError, RunDirectoryError
 from secure_ft.privacy.accountant_history import AccountantHistory, load_accountant_history
 from secure_ft.privacy.accountants import epsilon_from_history
-from secure_ft.run_directory import ACCOUNTANT_HISTORY_FILE, DATA_FILE, PRIVACY_FILE
+from secure_ft.run_directory import ACCOUNTANT_HISTORY_FILE, DATA_FILE, PRIVACY_FILE, RunDirectory
 RELATIVE_TOLERANCE = 1e-9  # the same inputs give the same ε; allow only float noise
 
 
@@ -58,16 +58,10 @@ def _same(a: float, b: float) -> bool:
 
 
 def _read_report(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / PRIVACY_FILE
-    if not path.is_file():
-        raise PrivacyError(f"{path}: not found; {run_dir} is not a differentially private run "
+    report = RunDirectory(run_dir).read_privacy()  # a damaged file is a RunDirectoryError naming it
+    if report is None:
+        raise PrivacyError(f"{run_dir / PRIVACY_FILE}: not found; {run_dir} is not a differentially private run "
                            "(train with privacy.mode: dp) or is not a run directory")
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise PrivacyError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(report, dict):
-        raise PrivacyError(f"{path}: expected a JSON object")
     return report
 
 
@@ -157,14 +151,14 @@ def _check_history(result: PrivacyVerification, report: dict[str, Any], ledger: 
 
 
 def _check_fingerprint(result: PrivacyVerification, run_dir: Path, ledger: AccountantHistory) -> None:
-    data_file = run_dir / DATA_FILE
-    if not data_file.is_file():
-        return
     try:
-        fingerprint = json.loads(data_file.read_text(encoding="utf-8")).get("fingerprint")
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        result.add("data fingerprint", False, f"{data_file}: unreadable")
+        summary = RunDirectory(run_dir).read_data_summary()
+    except RunDirectoryError:
+        result.add("data fingerprint", False, f"{run_dir / DATA_FILE}: unreadable")
         return
+    if summary is None:
+        return
+    fingerprint = summary.get("fingerprint")
     result.add("data fingerprint", fingerprint == ledger.fingerprint,
                f"ledger {ledger.fingerprint[:16]}…, data.json {str(fingerprint)[:16]}…")
 
