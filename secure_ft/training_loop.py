@@ -393,9 +393,13 @@ def fit(
         record = _end_epoch(engine, prepared, validation_set, label_names, config, device, state, started)
         if on_epoch:
             on_epoch(record)
-        bar.write(f"epoch {epoch}: loss {record.train_loss:.4f}  val accuracy {record.val_accuracy:.4f}  "
-                  f"val macro-F1 {record.val_macro_f1:.4f}"
-                  + "".join(f"  {k} {v:.3f}" for k, v in record.extra.items() if isinstance(v, float)))
+        summary = (f"epoch {epoch}: loss {record.train_loss:.4f}  val accuracy {record.val_accuracy:.4f}  "
+                   f"val macro-F1 {record.val_macro_f1:.4f}"
+                   + "".join(f"  {k} {v:.3f}" for k, v in record.extra.items() if isinstance(v, float)))
+        if progress:
+            bar.write(summary)
+        else:  # a disabled bar still prints what it writes: without progress the line goes to the log only
+            log.info(summary)
         if config.early_stopping_patience and state["epochs_without_gain"] >= config.early_stopping_patience:
             stopped, finished = f"early stopping: no validation macro-F1 gain for {state['epochs_without_gain']} epochs", True
         save_checkpoint()

@@ -44,3 +44,12 @@ def test_pieces_of_a_logical_batch_take_the_same_step_as_one_pass(tiny_model_dir
     assert moved == 0  # a piece as large as the batch changes nothing
     for a, b in zip(whole.history, pieced.history):  # the reported loss is the logical batches' mean loss
         assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
+
+
+def test_training_without_progress_prints_nothing(tiny_model_dir, capsys, caplog):
+    """Benchmarks and sites train with progress=False: the epoch summaries go to the log, not stdout."""
+    with caplog.at_level("INFO", logger="secure_ft.training_loop"):
+        result, _ = train(tiny_model_dir, None)
+    assert capsys.readouterr().out == ""
+    summaries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(summaries) == len(result.history) == 2
