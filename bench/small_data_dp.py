@@ -20,7 +20,7 @@ SST-2 — never the test set). Nothing is tuned per cell. Printed per cell: test
 macro-F1, training seconds (encoding excluded; the probe's embeddings are cached per dataset
 in the work directory, keyed by text, so every size and ε after the first reuses them), then
 for each ε the smallest N at which LoRA beats the probe in test macro-F1 — the crossover
-`model.transfer: auto` approximates with 5,000 rows (`secure_ft.transfer_choice`).
+`model.transfer: auto` approximates with 7,500 rows (`secure_ft.transfer_choice`).
 
 Cost on 2 busy cores: encoding ≈ 20–60 texts/s at length 64–128, so the first probe cell of
 each dataset pays for its texts once; a probe cell then trains in ~1 minute (60 epochs, ε

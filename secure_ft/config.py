@@ -95,7 +95,7 @@ class ModelConfig(_Section):
         "auto", description="what trains: probe = frozen encoder, a linear head on its cached mean-pooled, "
         "L2-normalised sentence embeddings; lora = LoRA adapters + head; full = every weight; top_k = the top k "
         "encoder layers + head; auto = chosen from the training rows N and the privacy target "
-        "(secure_ft.transfer_choice): DP with ε ≤ 8 (or a fixed noise_multiplier): probe below 5,000 rows, else lora; "
+        "(secure_ft.transfer_choice): DP with ε ≤ 8 (or a fixed noise_multiplier): probe below 7,500 rows, else lora; "
         "DP with ε > 8: lora; non-private: probe below 1,000 rows, full from 20,000, lora between"
     )
     lora_r: int = Field(8, ge=1)

@@ -11,8 +11,8 @@ from secure_ft.transfer_choice import choose_transfer, resolve_run_config
 
 @pytest.mark.parametrize("privacy, rows, expected", [
     ({"mode": "dp", "target_epsilon": 8.0}, 1_070, "probe"),
-    ({"mode": "dp", "target_epsilon": 1.0}, 4_999, "probe"),
-    ({"mode": "dp", "target_epsilon": 8.0}, 5_000, "lora"),
+    ({"mode": "dp", "target_epsilon": 1.0}, 7_499, "probe"),
+    ({"mode": "dp", "target_epsilon": 8.0}, 7_500, "lora"),
     ({"mode": "dp", "target_epsilon": 10.0}, 1_070, "lora"),
     ({"mode": "dp", "target_epsilon": None, "noise_multiplier": 1.0}, 1_070, "probe"),
     ({"mode": "none"}, 999, "probe"),
