@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 import numpy as np
@@ -33,17 +34,23 @@ def _run(coroutine):
     return asyncio.run(coroutine)
 
 
+@contextlib.asynccontextmanager
+async def running(batcher: DynamicBatcher):
+    """`batcher` started, and stopped again whatever the scenario does."""
+    await batcher.start()
+    try:
+        yield batcher
+    finally:
+        await batcher.stop()
+
+
 def test_concurrent_requests_share_one_forward_pass_and_get_their_own_rows():
     recorder = Recorder()
 
     async def scenario():
-        batcher = DynamicBatcher(recorder, max_batch_size=32, max_wait_ms=50)
-        await batcher.start()
-        try:
+        async with running(DynamicBatcher(recorder, max_batch_size=32, max_wait_ms=50)) as batcher:
             requests = [["a" * (i + 1)] * (1 + i % 3) for i in range(8)]
             results = await asyncio.gather(*(batcher.submit(texts) for texts in requests))
-        finally:
-            await batcher.stop()
         return requests, results
 
     requests, results = _run(scenario())
@@ -57,13 +64,9 @@ def test_batches_respect_the_size_limit_and_a_large_request_runs_whole():
     recorder = Recorder()
 
     async def scenario():
-        batcher = DynamicBatcher(recorder, max_batch_size=4, max_wait_ms=20)
-        await batcher.start()
-        try:
+        async with running(DynamicBatcher(recorder, max_batch_size=4, max_wait_ms=20)) as batcher:
             sizes = [3, 3, 6, 1]
             results = await asyncio.gather(*(batcher.submit([f"t{n}"] * n) for n in sizes))
-        finally:
-            await batcher.stop()
         return sizes, results
 
     sizes, results = _run(scenario())
@@ -77,12 +80,8 @@ def test_max_batch_size_one_runs_every_request_alone():
     recorder = Recorder()
 
     async def scenario():
-        batcher = DynamicBatcher(recorder, max_batch_size=1, max_wait_ms=0)
-        await batcher.start()
-        try:
+        async with running(DynamicBatcher(recorder, max_batch_size=1, max_wait_ms=0)) as batcher:
             await asyncio.gather(*(batcher.submit([str(i)]) for i in range(5)))
-        finally:
-            await batcher.stop()
 
     _run(scenario())
     assert [len(batch) for batch in recorder.batches] == [1] * 5
@@ -92,14 +91,10 @@ def test_a_failing_forward_pass_fails_every_request_of_its_batch_and_the_worker_
     recorder = Recorder(fail=True)
 
     async def scenario():
-        batcher = DynamicBatcher(recorder, max_batch_size=8, max_wait_ms=20)
-        await batcher.start()
-        try:
+        async with running(DynamicBatcher(recorder, max_batch_size=8, max_wait_ms=20)) as batcher:
             outcomes = await asyncio.gather(*(batcher.submit(["x"]) for _ in range(3)), return_exceptions=True)
             recorder.fail = False
             after = await batcher.submit(["yy"])
-        finally:
-            await batcher.stop()
         return outcomes, after
 
     outcomes, after = _run(scenario())
@@ -129,16 +124,12 @@ def test_a_lone_client_is_not_delayed_by_the_wait_for_company():
     recorder = Recorder()
 
     async def scenario():
-        batcher = DynamicBatcher(recorder, max_batch_size=32, max_wait_ms=400)
-        await batcher.start()
-        try:
+        async with running(DynamicBatcher(recorder, max_batch_size=32, max_wait_ms=400)) as batcher:
             loop = asyncio.get_running_loop()
             started = loop.time()
             for index in range(5):  # one request at a time: every batch equals the previous one (1)
                 await batcher.submit([str(index)])
             return loop.time() - started
-        finally:
-            await batcher.stop()
 
     assert _run(scenario()) < 0.4  # 5 requests waiting out max_wait would take 2 s
     assert [len(batch) for batch in recorder.batches] == [1] * 5
@@ -148,9 +139,7 @@ def test_a_batch_waits_for_as_many_requests_as_the_previous_one_held():
     recorder = Recorder()
 
     async def scenario():
-        batcher = DynamicBatcher(recorder, max_batch_size=32, max_wait_ms=2000)
-        await batcher.start()
-        try:
+        async with running(DynamicBatcher(recorder, max_batch_size=32, max_wait_ms=2000)) as batcher:
             await asyncio.gather(*(batcher.submit([f"a{i}"]) for i in range(3)))  # a batch of 3
 
             async def late(delay, text):
@@ -161,8 +150,6 @@ def test_a_batch_waits_for_as_many_requests_as_the_previous_one_held():
             started = loop.time()
             await asyncio.gather(late(0, "b0"), late(0.05, "b1"), late(0.1, "b2"))
             return loop.time() - started
-        finally:
-            await batcher.stop()
 
     took = _run(scenario())
     assert [len(batch) for batch in recorder.batches] == [3, 3]  # the stragglers joined the first one

@@ -11,7 +11,6 @@ everything matches, 4 otherwise).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -19,7 +19,9 @@ from secure_ft.text_front_end import TextFrontEnd, load_text_front_end
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_LENGTH = 128  # the training default, for bundles whose report lacks it
+# reports have recorded run.model.max_length since bundles existed; a report without it is hand-made or
+# damaged, and gets the training default of that time (128; training reads 64 by default now)
+DEFAULT_MAX_LENGTH = 128
 # On a CPU a forward pass costs about its padded tokens: matrix products are 86 % of its time at one
 # text and at 16 alike (default encoder, 1 thread; short complaints: 10.7 ms of GEMM per text alone,
 # 6.6 ms in a pass of 16, where the products run near the core's peak). Texts are sorted by token count

@@ -5,8 +5,9 @@ the model is loaded. Start-up is mostly imports, and transformers pulled in two 
 integrations a text classifier never runs: scikit-learn (≈1.3 s on 2 busy cores, for assisted
 generation's candidate model) and SciPy (≈0.3 s, for the loss of object-detection models).
 Before its model code is imported, transformers is told those two packages are absent, in
-this process only; a BERT-style classifier loads and computes exactly as before. If a transformers release renames the private switches, nothing
-breaks: start-up is just slower again (`tests/test_serve_process.py` notices).
+this process only; a BERT-style classifier loads and computes exactly as before. If a
+transformers release renames the private switches, nothing breaks: start-up is just slower
+again (`tests/test_serve_process.py` notices).
 """
 
 from __future__ import annotations
