@@ -9,6 +9,11 @@ several metrics of one resample (equalized odds is the larger of two differences
 worst-group gap subtracts a group from the overall accuracy) and need joint resamples, and
 because Fairlearn scores an undefined rate (no positives in a group) as 0, which would enter
 the differences as a real value; here such a rate stays undefined (null).
+
+Each column's report also lists the (class, group) cells left out of the TPR / FPR
+comparisons for want of support (``excluded_cells``) and, per summary measure, a
+permutation test (``tests``, :mod:`audits._permutation`): the same measure recomputed with
+the group labels shuffled, its p-value and the shape of that null distribution.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from fairlearn.metrics import (
 )
 from sklearn.metrics import accuracy_score
 
-from audits._group_rates import GROUP_RATES, SUMMARY_MEASURES, class_rates, confusion_tensor, group_rates, summary_measures
+from audits._group_rates import (GROUP_RATES, SUMMARY_MEASURES, WORSE_WHEN_LARGER, class_rates, confusion_tensor,
+                                 group_rates, summary_measures, supported_cells)
+from audits._permutation import null_summary, permuted_confusions
 from audits._intervals import estimate, finite_or_none, percentile_intervals
 from secure_ft.errors import AuditError
 
@@ -69,14 +76,50 @@ def _check_agreement(table: pd.DataFrame, point: dict[str, np.ndarray], confusio
             raise AuditError(f"internal inconsistency between Fairlearn and the confusion counts for {name}; report this bug")
 
 
+def excluded_cells(confusion: np.ndarray, names: list[str], eligible: np.ndarray, label_names: list[str],
+                   positive_class: int | None, min_positives: int) -> list[dict]:
+    """The (class, group) cells of eligible groups whose TPR or FPR is left out for want of support."""
+    positives = class_rates(confusion[None])["positives"][0]
+    negatives = class_rates(confusion[None])["negatives"][0]
+    tpr_ok, fpr_ok = supported_cells(confusion[None], min_positives)
+    classes = [positive_class] if positive_class is not None else range(len(label_names))
+    cells = []
+    for g, name in enumerate(names):
+        if not eligible[g]:
+            continue  # the whole group is out (min_group_size); listed as an insufficient group
+        for c in classes:
+            left_out = [rate for rate, ok in (("tpr", tpr_ok[0, g, c]), ("fpr", fpr_ok[0, g, c])) if not ok]
+            if left_out:
+                cells.append({"class": label_names[c], "group": name, "positives": int(positives[g, c]),
+                              "negatives": int(negatives[g, c]), "left_out": left_out})
+    return cells
+
+
+def permutation_tests(y_true: np.ndarray, y_pred: np.ndarray, codes: np.ndarray, n_groups: int, n_classes: int,
+                      eligible: np.ndarray, positive_class: int | None, min_positives: int,
+                      overall_accuracy: float, observed: dict[str, float | None], orders: np.ndarray) -> dict:
+    """Per summary measure: the measure recomputed on shuffled group labels, summarised (p, median, histogram)."""
+    null = {name: [] for name in SUMMARY_MEASURES}
+    for confusion in permuted_confusions(y_true, y_pred, codes, n_groups, n_classes, orders):
+        measures = summary_measures(confusion, eligible, positive_class, np.full(len(confusion), overall_accuracy),
+                                    min_positives=min_positives, fixed_support=False)
+        for name, values in measures.items():
+            null[name].append(values)
+    return {name: null_summary(observed[name], np.concatenate(values) if values else np.array([]),
+                               name in WORSE_WHEN_LARGER)
+            for name, values in null.items()}
+
+
 def disaggregate(y_true: np.ndarray, y_pred: np.ndarray, group_values: pd.Series, *, label_names: list[str],
                  positive_class: int | None, min_group_size: int, row_weights: np.ndarray, ci_level: float,
-                 overall_accuracy: np.ndarray) -> dict:
+                 overall_accuracy: np.ndarray, min_positives: int = 0, orders: np.ndarray | None = None) -> dict:
     """The fairness report of one sensitive column.
 
     `row_weights` is the (n_boot, n) bootstrap multiplicity matrix shared by every column;
     `overall_accuracy` holds the whole split's accuracy for the point estimate (index 0) and
-    then each resample, so the worst-group gap's interval is joint.
+    then each resample, so the worst-group gap's interval is joint. `min_positives` is the
+    support a cell needs to enter TPR / FPR comparisons; `orders` (n_permutations, n) are the
+    row shuffles of the permutation test (None or empty: no test).
     """
     n_classes = len(label_names)
     names = sorted(group_values.unique().tolist())
@@ -127,6 +170,9 @@ def disaggregate(y_true: np.ndarray, y_pred: np.ndarray, group_values: pd.Series
         "reason": None,
         "summary": {name: estimate(np.nan) for name in SUMMARY_MEASURES},
         "worst_group": None,
+        "min_positives": min_positives,
+        "excluded_cells": excluded_cells(confusion[0], names, eligible, label_names, positive_class, min_positives),
+        "tests": {},
     }
     if eligible.sum() < 2:
         report["status"] = "insufficient_data"
@@ -137,10 +183,14 @@ def disaggregate(y_true: np.ndarray, y_pred: np.ndarray, group_values: pd.Series
                                 "test rows; at least two are needed to compare groups")
         return report
 
-    measures = summary_measures(confusion, eligible, positive_class, overall_accuracy)
+    measures = summary_measures(confusion, eligible, positive_class, overall_accuracy, min_positives=min_positives)
     for name, values in measures.items():
         interval = percentile_intervals(values[1:, None], ci_level) if len(weights) > 1 else (np.array([np.nan]),) * 2
         report["summary"][name] = estimate(values[0], interval[0][0], interval[1][0])
+    if orders is not None and len(orders):
+        observed = {name: report["summary"][name]["value"] for name in SUMMARY_MEASURES}
+        report["tests"] = permutation_tests(y_true, y_pred, codes, len(names), n_classes, eligible, positive_class,
+                                            min_positives, float(overall_accuracy[0]), observed, orders)
     eligible_accuracy = np.where(eligible, rates["accuracy"][0], np.inf)
     report["worst_group"] = names[int(np.argmin(eligible_accuracy))]
     return report

@@ -25,6 +25,16 @@ groups with a defined rate. For a positive class the measures are those of its b
 in *macro* mode each measure is computed for every class and averaged over the classes where
 it is defined. Accuracy is the exact multi-class accuracy; the worst-group accuracy is the
 lowest over eligible groups and its gap is overall accuracy minus it.
+
+**Support of a cell.** A (class, group) cell with fewer than ``min_positives`` positives has
+a TPR too noisy to compare (with 5 positives one more hit moves it by 0.2; Fairlearn's
+guidance on small groups and its ``MetricFrame`` docs warn that such rates have very large
+variance), so its TPR is left out of equal opportunity and equalized odds; likewise its
+FPR with fewer than ``min_positives`` negatives. Demographic parity and accuracy use the
+whole group and are governed by ``min_group_size`` instead. `supported_cells` says which
+cells count; with ``fixed_support`` the cells are those supported in the point estimate
+(the bootstrap then measures the noise of those cells' rates), otherwise the rule is
+re-applied to each confusion tensor (the permutation test recomputes the whole statistic).
 """
 
 from __future__ import annotations
@@ -42,6 +52,9 @@ SUMMARY_MEASURES = (
     "worst_group_accuracy_gap",
 )
 GROUP_RATES = ("accuracy", "selection_rate", "tpr", "fpr", "fnr")
+# measures where a larger value is the worse one (differences, gaps); the others are worse when smaller
+WORSE_WHEN_LARGER = frozenset({"demographic_parity_difference", "equalized_odds_difference",
+                               "equal_opportunity_difference", "worst_group_accuracy_gap"})
 
 
 def confusion_tensor(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, n_groups: int,
@@ -120,14 +133,32 @@ def _spread(values: np.ndarray, eligible: np.ndarray) -> tuple[np.ndarray, np.nd
     return high - low, _divide(low, high)
 
 
+def supported_cells(confusion: np.ndarray, min_positives: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which (class, group) cells may enter TPR and FPR comparisons: two boolean (B, G, K) arrays.
+
+    A cell's TPR counts with at least `min_positives` positives, its FPR with at least as many
+    negatives (one-vs-rest, within the group).
+    """
+    rates = class_rates(confusion)
+    return rates["positives"] >= min_positives, rates["negatives"] >= min_positives
+
+
 def summary_measures(confusion: np.ndarray, eligible: np.ndarray, positive_class: int | None,
-                     overall_accuracy: np.ndarray) -> dict[str, np.ndarray]:
-    """The fairness summary measures, each an array of shape (B,); see the module docstring."""
+                     overall_accuracy: np.ndarray, *, min_positives: int = 0,
+                     fixed_support: bool = True) -> dict[str, np.ndarray]:
+    """The fairness summary measures, each an array of shape (B,); see the module docstring.
+
+    `min_positives` leaves unsupported cells out of the TPR / FPR comparisons; with
+    `fixed_support` the supported cells are those of resample 0 (the point estimate).
+    """
     eligible = np.asarray(eligible, dtype=bool)
     rates = class_rates(confusion)
+    tpr_ok, fpr_ok = supported_cells(confusion, min_positives)
+    if fixed_support:
+        tpr_ok, fpr_ok = np.broadcast_to(tpr_ok[:1], tpr_ok.shape), np.broadcast_to(fpr_ok[:1], fpr_ok.shape)
     dp_diff, dp_ratio = _spread(rates["selection_rate"], eligible)
-    tpr_diff, tpr_ratio = _spread(rates["tpr"], eligible)
-    fpr_diff, fpr_ratio = _spread(rates["fpr"], eligible)
+    tpr_diff, tpr_ratio = _spread(np.where(tpr_ok, rates["tpr"], np.nan), eligible)
+    fpr_diff, fpr_ratio = _spread(np.where(fpr_ok, rates["fpr"], np.nan), eligible)
     # NaN-propagating max/min: equalized odds needs both of its parts
     per_class = {
         "demographic_parity_difference": dp_diff,

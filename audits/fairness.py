@@ -31,9 +31,22 @@ inflated under resampling: their intervals can sit above the point estimate, whi
 upper bound conservative for the gate; the audit adds a note whenever an estimate falls
 outside its own interval.
 
-**Checks.** One per column and policy threshold, on the point estimate or, with
-``fairness.use_ci_bound``, on the pessimistic end of the interval (upper bound of a
-difference or gap, lower bound of a ratio or accuracy).
+**Support.** A (class, group) cell with fewer than the policy's ``fairness.min_positives``
+positives (default 10) is left out of equal opportunity and equalized odds, and listed by
+name in ``excluded_cells`` and the audit's notes: a TPR estimated from a handful of positives
+swings by 1/n with each example, so a max-minus-min over such cells measures noise, not the
+model (Fairlearn's user guide warns that metrics on small subgroups have high variance and
+need their uncertainty reported). The same floor applies to negatives for FPR.
+
+**Checks.** One per column and policy threshold, judged three ways on the measure's
+bootstrap interval and a permutation test (:mod:`audits._permutation`: the group labels
+shuffled ``audits.fairness.n_permutations`` times, the same measure recomputed): **pass**
+when the pessimistic end of the interval (upper for a difference or gap, lower for a ratio
+or accuracy) meets the limit; **fail** when the optimistic end breaks it too and the
+permutation p-value is below ``fairness.significance_level``; **inconclusive** otherwise,
+with what a reviewer must look at. The policy's ``fairness.inconclusive`` says what the gate
+does with an inconclusive check (block, review, warn). A measure that is undefined fails,
+unless cells were left out for want of support, which makes it inconclusive.
 
 Metric keys (``AuditResult.metrics``)
 -------------------------------------
@@ -52,11 +65,16 @@ mode), ``accuracy``, ``selection_rate``, ``tpr``, ``fpr``, ``fnr`` (estimates), 
 tasks ``class_recall`` {label: estimate} and ``class_selection_rate`` {label: value}}],
 ``summary``: {demographic_parity_difference, demographic_parity_ratio,
 equalized_odds_difference, equalized_odds_ratio, equal_opportunity_difference,
-worst_group_accuracy, worst_group_accuracy_gap: estimate}}}.
+worst_group_accuracy, worst_group_accuracy_gap: estimate},
+``min_positives``, ``excluded_cells``: [{``class``, ``group``, ``positives``, ``negatives``,
+``left_out`` (["tpr"], ["fpr"] or both)}],
+``tests``: {measure: {``p_value``, ``alternative``, ``n_permutations``, ``n_defined``, ``median``,
+``histogram`` {edges, counts}}}}}, ``n_permutations``.
 
 Evidence (under ``audits/fairness/``): ``groups.csv`` (one row per column and group),
-``summary.csv`` (one row per column and measure), and ``class_recall.csv`` for multi-class
-tasks.
+``summary.csv`` (one row per column and measure, with the permutation p-value),
+``excluded_cells.csv`` (one row per unsupported cell) and ``class_recall.csv`` for
+multi-class tasks.
 """
 
 from __future__ import annotations
@@ -69,10 +87,11 @@ import pandas as pd
 from audits._disaggregation import disaggregate
 from audits._group_rates import GROUP_RATES, confusion_tensor, group_rates
 from audits._intervals import bootstrap_counts, estimate, percentile_intervals
+from audits._permutation import shuffles
 from audits._scoring import load_model_for, score_split
 from audits.context import AuditContext
 from audits.registry import register
-from audits.policy_checks import threshold_checks
+from audits.policy_checks import interval_checks
 from audits.result import AuditResult, Check
 from secure_ft.atomic_files import atomic_write_text
 from secure_ft.errors import AuditError, ConfigError, DataError
@@ -151,10 +170,38 @@ def _checks_for(column: str, report: dict, policy, level: float) -> tuple[list[C
         else:
             notes.append(f"warning: {column}: not assessed: {report['reason']}")
         return checks, notes
-    checks += threshold_checks(policy, report["summary"], scope=f"{column}.", ci_level=level,
-                               missing_note="undefined on this data (e.g. no positives or no selections in the "
-                                            "compared groups)")
+    excluded = report.get("excluded_cells") or []
+    if excluded:
+        shown = ", ".join(f"{cell['class']!r} in {cell['group']!r} ({cell['positives']} positives, "
+                          f"{cell['negatives']} negatives)" for cell in excluded[:12])
+        notes.append(f"{column}: {len(excluded)} (class, group) cell(s) below fairness.min_positives = "
+                     f"{policy.min_positives} left out of equal opportunity / equalized odds: {shown}"
+                     + (" ..." if len(excluded) > 12 else ""))
+    tests = report.get("tests") or {}
+    p_values = {measure: (tests.get(measure) or {}).get("p_value") for measure in report["summary"]}
+    review, undefined = {}, {}
+    for measure, value in report["summary"].items():
+        p_value = p_values[measure]
+        review[measure] = (
+            f"the {level:.0%} interval [{_short(value['ci_lower'])}, {_short(value['ci_upper'])}] of {column}'s "
+            f"{measure.replace('_', ' ')} reaches across the limit"
+            + (f" and shuffled {column} labels give a value this extreme with p = {p_value:.3g}" if p_value is not None else "")
+            + f"; read {column}'s per-group rates, excluded cells and permutation distribution in the report's "
+            "fairness section and decide whether the gap is acceptable, or add test rows for the small groups")
+        if excluded and measure in _SUPPORT_MEASURES:
+            undefined[measure] = "inconclusive"
+            review[measure] = (f"no two groups of {column} have enough positives (fairness.min_positives = "
+                               f"{policy.min_positives}) to compare; add test rows for those groups")
+    checks += interval_checks(policy, report["summary"], p_values=p_values, alpha=policy.significance_level,
+                              scope=f"{column}.", ci_level=level, review=review, undefined=undefined)
     return checks, notes
+
+
+_SUPPORT_MEASURES = {"equalized_odds_difference", "equalized_odds_ratio", "equal_opportunity_difference"}
+
+
+def _short(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3g}"
 
 
 def _interval_notes(reports: dict[str, dict], level: float) -> list[str]:
@@ -172,9 +219,12 @@ def _interval_notes(reports: dict[str, dict], level: float) -> list[str]:
     return notes
 
 
+_EXCLUDED_COLUMNS = ["column", "class", "group", "positives", "negatives", "left_out"]
+
+
 def _write_evidence(context: AuditContext, columns: dict[str, dict], multi_class: bool) -> list[str]:
     folder = context.evidence_dir(NAME)
-    group_rows, summary_rows, recall_rows = [], [], []
+    group_rows, summary_rows, recall_rows, excluded_rows = [], [], [], []
     for column, report in columns.items():
         for group in report["groups"]:
             row = {"column": column, "derived": report["derived"], "group": group["group"], "count": group["count"],
@@ -188,15 +238,21 @@ def _write_evidence(context: AuditContext, columns: dict[str, dict], multi_class
                 recall_rows.append({"column": column, "group": group["group"], "class": label, "recall": recall["value"],
                                     "ci_lower": recall["ci_lower"], "ci_upper": recall["ci_upper"],
                                     "selection_rate": group["class_selection_rate"][label]})
+        tests = report.get("tests") or {}
         for measure, value in report["summary"].items():
-            summary_rows.append({"column": column, "status": report["status"], "measure": measure, **value})
-    tables = {"groups.csv": group_rows, "summary.csv": summary_rows}
+            test = tests.get(measure) or {}
+            summary_rows.append({"column": column, "status": report["status"], "measure": measure, **value,
+                                 "permutation_p_value": test.get("p_value"), "permutation_median": test.get("median")})
+        for cell in report.get("excluded_cells") or []:
+            excluded_rows.append({"column": column, **cell, "left_out": "+".join(cell["left_out"])})
+    tables = {"groups.csv": group_rows, "summary.csv": summary_rows, "excluded_cells.csv": excluded_rows}
     if multi_class:
         tables["class_recall.csv"] = recall_rows
     evidence = []
     for filename, rows in tables.items():
         buffer = io.StringIO()
-        pd.DataFrame(rows).to_csv(buffer, index=False)
+        columns = _EXCLUDED_COLUMNS if filename == "excluded_cells.csv" else None  # headers even when empty
+        pd.DataFrame(rows, columns=columns).to_csv(buffer, index=False)
         atomic_write_text(folder / filename, buffer.getvalue())
         evidence.append(str((folder / filename).relative_to(context.run_dir)))
     return evidence
@@ -213,8 +269,13 @@ def fairness_audit(context: AuditContext) -> AuditResult:
     label_names = list(context.splits.label_names)
     columns = sensitive_columns(context)
     positive_class, positive_source = resolve_positive_class(settings.positive_class, label_names)
-    if policy.use_ci_bound and settings.n_boot == 0:
-        raise AuditError("policy fairness.use_ci_bound needs confidence intervals; set audits.fairness.n_boot > 0")
+    if policy.sets_any_check() and settings.n_boot == 0:
+        raise AuditError("policy fairness thresholds are judged on bootstrap intervals; set audits.fairness.n_boot > 0")
+    if policy.sets_any_check() and 1.0 / (1 + settings.n_permutations) >= policy.significance_level:
+        raise AuditError(
+            f"audits.fairness.n_permutations = {settings.n_permutations} shuffles cannot give a p-value below the policy's "
+            f"fairness.significance_level = {policy.significance_level:g}, so no disparity could ever fail; use at least "
+            f"{int(np.ceil(1 / policy.significance_level))} (the default is 1000)")
 
     classifier = load_model_for(context)
     scores = score_split(classifier, test, context)
@@ -223,6 +284,7 @@ def fairness_audit(context: AuditContext) -> AuditResult:
     rng = np.random.default_rng(context.config.seed)
     weights = np.vstack([np.ones((1, len(test))), bootstrap_counts(len(test), settings.n_boot, rng)])
     overall, overall_accuracy = _overall(y_true, y_pred, len(label_names), positive_class, weights, settings.ci_level)
+    orders = shuffles(len(test), settings.n_permutations, rng)  # drawn after the resamples: those stay as they were
 
     groupings = {column: ([column], column in context.splits.derived_group_columns) for column in columns}
     if settings.intersections and len(columns) > 1:
@@ -233,7 +295,7 @@ def fairness_audit(context: AuditContext) -> AuditResult:
         report = disaggregate(
             y_true, y_pred, _group_values(test, parts), label_names=label_names, positive_class=positive_class,
             min_group_size=settings.min_group_size, row_weights=weights[1:], ci_level=settings.ci_level,
-            overall_accuracy=overall_accuracy,
+            overall_accuracy=overall_accuracy, min_positives=policy.min_positives, orders=orders,
         )
         reports[name] = {"derived": derived, "intersection": len(parts) > 1, **report}
 
@@ -268,6 +330,11 @@ def fairness_audit(context: AuditContext) -> AuditResult:
         "n_boot": settings.n_boot,
         "seed": context.config.seed,
         "bootstrap": "percentile intervals over seeded resamples of the whole test split (rows drawn with replacement)",
+        "n_permutations": settings.n_permutations,
+        "min_positives": policy.min_positives,
+        "significance_level": policy.significance_level,
+        "permutation_test": "group labels shuffled across test rows, the same measure recomputed; one-sided p-value "
+                            "(1 + shuffles at least as extreme) / (1 + shuffles)",
         "sensitive_columns": list(reports),
         "predicted_classes": predicted,
         "overall": overall,

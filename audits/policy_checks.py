@@ -80,3 +80,47 @@ def threshold_checks(section: BaseModel, measured: Mapping[str, Any], *, group: 
                 note = f"{note}; {extra}"
         checks.append(Check.evaluate(f"{scope}{threshold.check_name}", value, threshold.comparison, limit, note))
     return checks
+
+
+def interval_checks(section: BaseModel, measured: Mapping[str, Any], *, p_values: Mapping[str, float | None],
+                    alpha: float | None, scope: str = "", ci_level: float | None = None,
+                    notes: Mapping[str, str] | None = None, review: Mapping[str, str] | None = None,
+                    undefined: Mapping[str, str] | None = None, group: str = "main") -> list[Check]:
+    """One three-way `Check` per threshold the section sets, judged by `Check.from_interval`.
+
+    Parameters
+    ----------
+    section
+        A policy section whose thresholds are judged on intervals (``policy.fairness``).
+    measured
+        Metric name → an estimate ``{"value", "ci_lower", "ci_upper"}`` (or None).
+    p_values
+        Metric name → the p-value of the test of a breach (None: no test, so no failure).
+    alpha
+        Significance level a breach's p-value must be below to fail; None: no test required.
+    review
+        Metric name → what a reviewer must look at when the check is inconclusive.
+    undefined
+        Metric name → the outcome when the estimate is undefined (default ``fail``).
+    """
+    level = f"{ci_level:.0%} " if ci_level is not None else ""
+    checks = []
+    for field, threshold in declared_thresholds(type(section)).items():
+        if threshold.group != group or getattr(section, field) is None:
+            continue
+        estimate = measured.get(threshold.metric)
+        value, low, high = ((estimate.get("value"), estimate.get("ci_lower"), estimate.get("ci_upper"))
+                            if isinstance(estimate, Mapping) else (estimate, None, None))
+        p_value = p_values.get(threshold.metric)
+        note = (f"judged on the {level}bootstrap interval"
+                + (f" and a permutation test (fails only when p < {alpha:g})" if alpha is not None else ""))
+        for extra in ((notes or {}).get(threshold.metric),
+                      "undefined on this data (e.g. no positives or no selections in the compared groups)"
+                      if value is None else ""):
+            if extra:
+                note = f"{note}; {extra}"
+        checks.append(Check.from_interval(
+            f"{scope}{threshold.check_name}", value, low, high, threshold.comparison, getattr(section, field),
+            p_value=p_value, alpha=alpha, note=note, review=(review or {}).get(threshold.metric, ""),
+            undefined=(undefined or {}).get(threshold.metric, "fail")))
+    return checks

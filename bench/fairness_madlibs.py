@@ -115,7 +115,7 @@ def audit_model(model, tokenizer, train: pd.DataFrame, test: pd.DataFrame, run_d
         "training": {"eval_batch_size": 256},
         "audits": {"fairness": {"positive_class": "1", "min_group_size": 20, "n_boot": n_boot}},
     })
-    policy = Policy.model_validate({"fairness": {"max_equalized_odds_difference": 0.3, "use_ci_bound": False}})
+    policy = Policy.model_validate({"fairness": {"max_equalized_odds_difference": 0.3}})
     context = AuditContext(run_dir=run_dir, model_dir=run_dir / "model", splits=splits, config=config, policy=policy)
     result = run_audit("fairness", context)
     if result.error:

@@ -430,6 +430,9 @@ class FairnessAuditConfig(_Section):
     )
     n_boot: int = Field(200, ge=0, description="bootstrap resamples for confidence intervals; 0 = no intervals")
     ci_level: float = Field(0.95, gt=0, lt=1, description="confidence level of the intervals")
+    n_permutations: int = Field(
+        1000, ge=0, description="group-label shuffles of the permutation test of each disparity; 0 = no test "
+        "(then no disparity can fail, only pass or be inconclusive)")
 
 
 class PrivacyAuditConfig(_Section):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from secure_ft.errors import PolicyError
 
@@ -139,6 +139,17 @@ class RobustnessPolicy(_Section):
 
 
 class FairnessPolicy(_Section):
+    """Limits on group disparities, each judged on its bootstrap interval and a permutation test.
+
+    A disparity **passes** when the pessimistic end of its interval meets the limit, **fails**
+    when the optimistic end breaks it too and shuffling the group labels produces a disparity
+    that large with probability below ``significance_level`` (a randomization test: Fisher
+    1935; Good, *Permutation Tests*, 2005), and is **inconclusive** otherwise; ``inconclusive``
+    says what the gate does with that. A (class, group) cell with fewer than ``min_positives``
+    positives (or negatives) has a TPR (FPR) too noisy to compare and is left out of equal
+    opportunity and equalized odds, and listed.
+    """
+
     max_demographic_parity_difference: Annotated[float | None, _maximum("demographic_parity_difference")] = Field(
         None, ge=0)
     min_demographic_parity_ratio: Annotated[UnitShare, _minimum("demographic_parity_ratio")] = None
@@ -149,10 +160,26 @@ class FairnessPolicy(_Section):
     max_worst_group_accuracy_gap: Annotated[float | None, _maximum("worst_group_accuracy_gap")] = Field(
         None, description="overall accuracy minus the worst group's")
     min_worst_group_accuracy: Annotated[UnitShare, _minimum("worst_group_accuracy")] = None
-    use_ci_bound: Judge = Field(True, description="judge the pessimistic CI bound instead of the point estimate")
+    min_positives: Annotated[int, Setting()] = Field(
+        10, ge=1, description="a (class, group) cell with fewer positives (negatives) is left out of the TPR (FPR) "
+        "comparisons of equal opportunity and equalized odds, and listed")
+    significance_level: Annotated[float, Setting()] = Field(
+        0.05, gt=0, lt=1, description="a broken limit fails only when the permutation test's p-value is below this")
+    inconclusive: Annotated[Literal["block", "review", "warn"], Setting()] = Field(
+        "block", description="what an inconclusive disparity does to the verdict: block export, ask for a human "
+        "review (verdict needs_review), or only warn")
     insufficient_data: Annotated[Literal["fail", "warn"], Setting()] = Field(
         "warn", description="a group below min_group_size fails the audit, or is reported as a warning"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_point_estimate_switch(cls, raw):
+        if isinstance(raw, dict) and "use_ci_bound" in raw:
+            raise ValueError("use_ci_bound is no longer a fairness setting: every disparity is judged on its bootstrap "
+                             "interval and a permutation test; remove the line (set `inconclusive: block | review | "
+                             "warn` to say what a disparity the data cannot settle does)")
+        return raw
 
 
 class PrivacyPolicy(_Section):

@@ -20,7 +20,7 @@ def test_canary_in_every_row_never_reaches_report_or_bundle(tmp_path, toy_config
     policy.write_text(
         "name: canary-test\nrequired_audits: [performance, fairness, privacy]\n"
         "performance:\n  min_gain_over_majority: -1.0\n"
-        "fairness:\n  max_demographic_parity_difference: 1.0\n  use_ci_bound: false\n  insufficient_data: warn\n"
+        "fairness:\n  max_demographic_parity_difference: 1.0\n  insufficient_data: warn\n"
         "privacy:\n  require_dp: false\n  max_membership_auc: 1.0\n"
     )
     toy_config.data.source = str(data)

@@ -49,7 +49,7 @@ def make_context(tmp_path, table: pd.DataFrame, label_names, *, policy=None, der
                            source="synthetic")
     settings = {"min_group_size": 3, "n_boot": 100, **fairness_settings}
     config = RunConfig.model_validate({"audits": {"fairness": settings}})
-    policy = policy or Policy.model_validate({"fairness": {"use_ci_bound": False}})
+    policy = policy or Policy.model_validate({"fairness": {"min_positives": 1}})
     return AuditContext(run_dir=tmp_path, model_dir=tmp_path / "model", splits=splits, config=config, policy=policy)
 
 
@@ -186,26 +186,32 @@ def test_bootstrap_intervals_match_a_naive_reference(tmp_path, fixed_predictions
         assert [measured["ci_lower"], measured["ci_upper"]] == pytest.approx(expected.tolist())
 
 
-def test_checks_use_point_estimate_or_pessimistic_bound(tmp_path, fixed_predictions):
+def test_checks_are_judged_on_the_interval_and_the_permutation_test(tmp_path, fixed_predictions):
     fixed_predictions(BINARY["pred"])
     thresholds = {"max_demographic_parity_difference": 0.3, "max_equalized_odds_difference": 0.3,
-                  "min_demographic_parity_ratio": 0.4, "max_worst_group_accuracy_gap": 0.2}
-    point = fairness.fairness_audit(make_context(tmp_path, BINARY, ["0", "1"], policy=Policy.model_validate(
-        {"fairness": {**thresholds, "use_ci_bound": False}})))
-    checks = {check.name: check for check in point.checks}
+                  "min_demographic_parity_ratio": 0.4, "max_worst_group_accuracy_gap": 0.2, "min_positives": 1}
+    result = fairness.fairness_audit(make_context(tmp_path, BINARY, ["0", "1"], policy=Policy.model_validate(
+        {"fairness": thresholds})))
+    column = result.metrics["columns"]["group"]
+    checks = {check.name: check for check in result.checks}
+    assert set(checks) == {f"group.{m}" for m in ("demographic_parity_difference", "demographic_parity_ratio",
+                                                  "equalized_odds_difference", "worst_group_accuracy_gap")}
+    for name, check in checks.items():
+        measure = name.split(".", 1)[1]
+        summary, test = column["summary"][measure], column["tests"][measure]
+        assert check.actual == summary["value"] and check.interval == [summary["ci_lower"], summary["ci_upper"]]
+        assert check.p_value == test["p_value"] is not None
+        larger_is_worse = check.comparison == "<="
+        pessimistic = summary["ci_upper"] if larger_is_worse else summary["ci_lower"]
+        optimistic = summary["ci_lower"] if larger_is_worse else summary["ci_upper"]
+        meets = (lambda v: v <= check.threshold) if larger_is_worse else (lambda v: v >= check.threshold)
+        expected = ("pass" if meets(pessimistic) else
+                    "fail" if not meets(optimistic) and test["p_value"] < 0.05 else "inconclusive")
+        assert check.outcome == expected, name
+    # 12 rows cannot settle a 0.25 demographic-parity gap against 0.3 either way
+    assert checks["group.demographic_parity_difference"].outcome == "inconclusive"
     assert checks["group.demographic_parity_difference"].actual == pytest.approx(0.25)
-    assert checks["group.demographic_parity_difference"].passed
-    assert not checks["group.equalized_odds_difference"].passed  # 1/3 > 0.3
-    assert checks["group.demographic_parity_ratio"].passed  # 0.5 >= 0.4
-    assert not point.passed
-
-    bound = fairness.fairness_audit(make_context(tmp_path, BINARY, ["0", "1"], policy=Policy.model_validate(
-        {"fairness": {**thresholds, "use_ci_bound": True}})))
-    summary = bound.metrics["columns"]["group"]["summary"]
-    checks = {check.name: check for check in bound.checks}
-    assert checks["group.demographic_parity_difference"].actual == summary["demographic_parity_difference"]["ci_upper"]
-    assert checks["group.demographic_parity_ratio"].actual == summary["demographic_parity_ratio"]["ci_lower"]
-    assert "upper 95% CI bound" in checks["group.demographic_parity_difference"].note
+    assert not result.passed
 
 
 def test_small_groups_warn_or_fail_as_the_policy_says(tmp_path, fixed_predictions):
@@ -213,7 +219,7 @@ def test_small_groups_warn_or_fail_as_the_policy_says(tmp_path, fixed_prediction
     warn = fairness.fairness_audit(make_context(tmp_path, BINARY, ["0", "1"]))
     assert warn.passed and any("below the minimum size" in note and "C" in note for note in warn.notes)
     fail = fairness.fairness_audit(make_context(tmp_path, BINARY, ["0", "1"], policy=Policy.model_validate(
-        {"fairness": {"use_ci_bound": False, "insufficient_data": "fail"}})))
+        {"fairness": {"min_positives": 1, "insufficient_data": "fail"}})))
     assert not fail.passed
     assert [c.name for c in fail.checks if not c.passed] == ["group.groups_below_min_size"]
 
@@ -236,9 +242,10 @@ def test_intersection_and_derived_columns_are_labelled(tmp_path, fixed_predictio
 def test_evidence_tables_are_written_and_listed(tmp_path, fixed_predictions):
     fixed_predictions(MULTI["pred"])
     result = fairness.fairness_audit(make_context(tmp_path, MULTI, ["0", "1", "2"]))
-    assert sorted(result.evidence) == ["audits/fairness/class_recall.csv", "audits/fairness/groups.csv",
-                                       "audits/fairness/summary.csv"]
+    assert sorted(result.evidence) == ["audits/fairness/class_recall.csv", "audits/fairness/excluded_cells.csv",
+                                       "audits/fairness/groups.csv", "audits/fairness/summary.csv"]
     groups = pd.read_csv(tmp_path / "audits/fairness/groups.csv")
     assert list(groups["group"]) == ["X", "Y"] and "tpr_ci_upper" in groups.columns
     assert len(pd.read_csv(tmp_path / "audits/fairness/class_recall.csv")) == 6
-    assert set(pd.read_csv(tmp_path / "audits/fairness/summary.csv")["measure"]) >= {"equalized_odds_difference"}
+    summary = pd.read_csv(tmp_path / "audits/fairness/summary.csv")
+    assert set(summary["measure"]) >= {"equalized_odds_difference"} and "permutation_p_value" in summary.columns

@@ -14,7 +14,7 @@ from tiny_models import tiny_bert_folder
 from secure_ft.policy import Policy
 from test_fairness_audit import BINARY, fixed_predictions, make_context  # noqa: F401  (fixture)
 
-POLICY = Policy.model_validate({"fairness": {"use_ci_bound": False, "max_demographic_parity_difference": 0.5,
+POLICY = Policy.model_validate({"fairness": {"min_positives": 1, "max_demographic_parity_difference": 0.5,
                                              "min_demographic_parity_ratio": 0.5}})
 
 
@@ -50,7 +50,7 @@ def test_one_comparable_column_is_enough_when_the_other_is_thin(tmp_path, fixed_
     assert result.metrics["columns"]["region"]["status"] == "insufficient_data"
     assert result.metrics["columns"]["group"]["status"] == "ok"
     assert result.passed
-    strict = Policy.model_validate({"fairness": {"use_ci_bound": False, "insufficient_data": "fail"}})
+    strict = Policy.model_validate({"fairness": {"min_positives": 1, "insufficient_data": "fail"}})
     failed = fairness.fairness_audit(make_context(tmp_path, table, ["0", "1"], policy=strict))
     assert {c.name for c in failed.checks if not c.passed} == {"group.groups_below_min_size", "region.comparable_groups"}
 
@@ -89,8 +89,8 @@ def test_unknown_positive_class_is_a_config_error(tmp_path):
         fairness.fairness_audit(make_context(tmp_path, BINARY, ["0", "1"], positive_class="toxic"))
 
 
-def test_ci_bound_without_bootstrap_is_an_error(tmp_path):
-    context = make_context(tmp_path, BINARY, ["0", "1"], n_boot=0, policy=Policy())  # use_ci_bound: true by default
+def test_thresholds_without_bootstrap_are_an_error(tmp_path):
+    context = make_context(tmp_path, BINARY, ["0", "1"], n_boot=0, policy=POLICY)  # judged on intervals
     with pytest.raises(AuditError, match="n_boot"):
         fairness.fairness_audit(context)
 

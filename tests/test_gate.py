@@ -94,7 +94,7 @@ def test_shipped_policies_load_and_are_ordered_by_strictness():
     assert {"regulated-default.yaml", "strict.yaml", "research.yaml"} <= set(policies)
     strict, default, research = policies["strict.yaml"], policies["regulated-default.yaml"], policies["research.yaml"]
     assert strict.privacy.max_epsilon < default.privacy.max_epsilon
-    assert strict.fairness.insufficient_data == "fail" and strict.fairness.use_ci_bound
+    assert strict.fairness.insufficient_data == "fail" and strict.fairness.inconclusive == "review"
     assert research.privacy.require_dp is False and default.privacy.require_dp is True
     for policy in policies.values():
         assert set(policy.required_audits) <= {"performance", "robustness", "fairness", "privacy"}
