@@ -6,7 +6,8 @@ against a trusted key, names the model folder as it is now, binds the policy, th
 results, ``privacy.json`` and the config as they are now, follows from them when the policy is
 re-evaluated, and is anchored in the run ledger. A refusal because the evidence does not
 check out exits 4 (`BundleError`); a verdict that checks out but did not pass exits 3
-(`ExportRefused`). Nothing is written either way. The bundle::
+(`ExportRefused`): blocked, or needs_review (inconclusive checks a human must decide; until
+signed human approvals exist, export treats it as blocked and lists what to review). Nothing is written either way. The bundle::
 
     BUNDLE/
       model/                 the model folder (safetensors, tokenizer, pooling, front end)
@@ -73,6 +74,7 @@ class BundleVerification:
     policy_name: str
     public_key_sha256: str
     trusted_key: bool  # False only when the bundle's own key was accepted (allow_self_signed)
+    outcome: str = "passed"  # the signed verdict's outcome (a bundle is only written for a passed one)
 
 
 def trusted_keys_for(public_key: str | os.PathLike[str] | None) -> list:
@@ -276,4 +278,4 @@ def verify_bundle(bundle_dir: str | os.PathLike[str], public_key: str | os.PathL
     attested = check_run_attestation(bundle, gate_keys)
     return BundleVerification(bundle_dir=bundle, files=len(signed), model_sha256=attested.verdict.model_sha256,
                               policy_name=attested.verdict.policy_name, public_key_sha256=shipped_id,
-                              trusted_key=not self_signed)
+                              trusted_key=not self_signed, outcome=attested.verdict.outcome)

@@ -167,15 +167,30 @@ def _audit_status(report: dict[str, Any], name: str) -> tuple[dict[str, Any] | N
         return None, "not run"
     if result.get("error"):
         return None, f"could not run: {result['error']}"
-    return result, "passed" if result.get("passed") else "FAILED"
+    if result.get("passed"):
+        return result, "passed"
+    outcomes = {_outcome(check) for check in result.get("checks") or []}
+    return result, "inconclusive" if "inconclusive" in outcomes and "fail" not in outcomes else "FAILED"
+
+
+def _interval(bounds: Any) -> str | None:
+    if isinstance(bounds, list) and len(bounds) == 2 and None not in bounds:
+        return f"{_fmt(bounds[0])}–{_fmt(bounds[1])}"
+    return None
+
+
+def _outcome(check: dict[str, Any]) -> str:
+    return check.get("outcome") or ("pass" if check.get("passed") else "fail")
 
 
 def _checks(result: dict[str, Any]) -> list[str]:
     checks = result.get("checks") or []
     if not checks:
         return []
-    return ["", _table(["check", "measured", "required", "result"], [
-        [c.get("name"), c.get("actual"), f"{c.get('comparison')} {_fmt(c.get('threshold'))}", "ok" if c.get("passed") else "FAILED"]
+    shown = {"pass": "ok", "fail": "FAILED", "inconclusive": "inconclusive"}
+    return ["", _table(["check", "measured", "interval", "permutation p", "required", "result"], [
+        [c.get("name"), c.get("actual"), _interval(c.get("interval")), c.get("p_value"),
+         f"{c.get('comparison')} {_fmt(c.get('threshold'))}", shown[_outcome(c)]]
         for c in checks
     ])]
 
@@ -258,6 +273,7 @@ def render_model_card(report: dict[str, Any]) -> str:
         "A text classifier fine-tuned and audited with secure-ft. It was exported only because it passed "
         f"policy **{verdict.get('policy_name')}** (SHA-256 `{verdict.get('policy_sha256')}`) on "
         f"{verdict.get('timestamp')}; the full evidence is in `audit_report.html` / `audit_report.json`.", "",
+        f"- Gate verdict: **{verdict.get('outcome') or ('passed' if verdict.get('passed') is True else 'blocked')}**",
         f"- Model SHA-256 (config + weights): `{verdict.get('model_sha256')}`",
         f"- Data fingerprint: `{(run.get('data') or {}).get('fingerprint')}`", "",
     ]

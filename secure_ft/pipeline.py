@@ -198,10 +198,14 @@ def print_outcome(outcome: PipelineOutcome) -> None:
     for result in outcome.results:
         state = "passed" if result.passed else ("could not run" if result.error else "FAILED")
         print(f"  audit {result.name:<12} {state}")
-    print(f"verdict: {'PASSED' if verdict.passed else 'BLOCKED'} (policy {verdict.policy_name}, "
-          f"model sha256 {verdict.model_sha256[:16]}…)")
+    shown = {"passed": "PASSED", "blocked": "BLOCKED", "needs_review": "NEEDS REVIEW"}[verdict.outcome]
+    print(f"verdict: {shown} (policy {verdict.policy_name}, model sha256 {verdict.model_sha256[:16]}…)")
     for reason in verdict.reasons:
         print(f"  - {reason}")
+    if verdict.review:
+        print("  for a human reviewer (inconclusive: the evidence neither meets nor breaks the limit):")
+        for item in verdict.review:
+            print(f"  ? {item}")
     print(f"report: {outcome.report_html}")
     print(f"        {outcome.report_json}")
     if outcome.bundle is not None:
@@ -210,5 +214,8 @@ def print_outcome(outcome: PipelineOutcome) -> None:
         print(f"bundle: not written: {outcome.export_error}")
     elif verdict.passed:
         print(f"bundle: export it with `secure-ft export {outcome.run_dir} --out BUNDLE`")
+    elif verdict.outcome == "needs_review":
+        print("bundle: not written: the verdict needs review, and export treats needs_review as blocked until "
+              "signed human approvals exist")
     else:
         print("bundle: not written: the gate blocked export")

@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from audits.gate import Verdict, decide
+from audits.gate import Verdict, decide, same_decision
 from audits.result import AuditResult
 from secure_ft.attestation import (check_model_matches, model_statement, read_envelope, sign_statement,
                                    statement_model_digest, verify_envelope, write_envelope)
@@ -81,8 +81,9 @@ def attest_verdict(folder: Path, verdict: Verdict, audit_names: list[str], priva
 
 def record_attestation(folder: Path, verdict: Verdict, envelope: dict) -> None:
     """The ledger event that closes the gate: the verdict and the attestation's digest."""
-    Ledger(folder).append("verdict", passed=verdict.passed, reasons=verdict.reasons,
-                          model_sha256=verdict.model_sha256, attestation_sha256=payload_digest(envelope))
+    Ledger(folder).append("verdict", passed=verdict.passed, outcome=verdict.outcome, reasons=verdict.reasons,
+                          review=verdict.review, model_sha256=verdict.model_sha256,
+                          attestation_sha256=payload_digest(envelope))
 
 
 @dataclass
@@ -125,6 +126,11 @@ def check_run_attestation(folder: Path, trusted_keys: list, *, require_pass: boo
     _check_bound_files(folder, predicate, path)
     _check_recomputed_verdict(folder, predicate, verdict, path)
     lines, head = _check_anchored_ledger(folder, predicate, envelope, path)
+    if require_pass and verdict.outcome == "needs_review":
+        items = "\n".join(f"  - {item}" for item in verdict.review)
+        raise ExportRefused(f"the gate's verdict under policy {verdict.policy_name!r} is needs_review: the evidence "
+                            "neither meets nor breaks these limits, and a human reviewer must decide them. Export "
+                            f"treats needs_review as blocked until signed human approvals exist:\n{items}")
     if require_pass and not verdict.passed:
         reasons = "\n".join(f"  - {reason}" for reason in verdict.reasons) or "  - (no reasons recorded)"
         raise ExportRefused(f"the gate blocked export under policy {verdict.policy_name!r}:\n{reasons}")
@@ -161,10 +167,11 @@ def _check_recomputed_verdict(folder: Path, predicate: dict, verdict: Verdict, s
         except (ValueError, TypeError, KeyError) as error:
             raise BundleError(f"{folder / entry['file']}: the signed audit result {name!r} cannot be read ({error})") from None
     again = decide(results, policy, verdict.model_sha256, policy_sha256, now=datetime.fromisoformat(verdict.timestamp))
-    if (again.passed, again.reasons, again.policy_name) != (verdict.passed, verdict.reasons, verdict.policy_name):
-        raise BundleError(f"{source}: the signed verdict ({'passed' if verdict.passed else 'blocked'}) is not what "
-                          f"the policy gives on the signed audit results ({'passed' if again.passed else 'blocked'}: "
-                          f"{'; '.join(again.reasons) or 'no reasons'})")
+    # the same checks decide the same way; in which order they are listed carries no meaning
+    if not same_decision(verdict, again):
+        raise BundleError(f"{source}: the signed verdict ({verdict.outcome}) is not what the policy gives on the "
+                          f"signed audit results ({again.outcome}: "
+                          f"{'; '.join(again.reasons + again.review) or 'no reasons'})")
 
 
 def _check_anchored_ledger(folder: Path, predicate: dict, envelope: dict, source: Path) -> tuple[int, str]:

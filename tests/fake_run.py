@@ -117,12 +117,13 @@ class FakeRun:
 
 
 def make_run(root: Path, *, passing: bool = True, config: RunConfig | None = None, report: bool = True,
-             model_dir: Path | None = None, front_end=None) -> FakeRun:
+             model_dir: Path | None = None, front_end=None, results: list[AuditResult] | None = None) -> FakeRun:
     """A run directory with model, config, data/metrics/privacy JSON, ledger, verdict and report.
 
     `model_dir`: a saved classifier with ``len(LABELS)`` classes to put in the run instead of the
     tiny random BERT (benchmarks use a real model). `front_end`: a `secure_ft.spelling.SpellingFrontEnd`
-    saved inside the run's model folder (part of the model, as training saves it).
+    saved inside the run's model folder (part of the model, as training saves it). `results`: the
+    audit results to gate and sign instead of `audit_results(passing)`.
     """
     config = config or RunConfig()
     base = model_dir or tiny_bert_folder(root / "base", WORDS, num_labels=len(LABELS), seed=3)
@@ -166,7 +167,7 @@ def make_run(root: Path, *, passing: bool = True, config: RunConfig | None = Non
 
     shutil.copy(default_policy_path(), run_dir / "policy.yaml")
     policy, policy_sha = load_policy(run_dir / "policy.yaml")
-    results = audit_results(passing)
+    results = results if results is not None else audit_results(passing)
     for result in results:
         ledger.append("audit_finished", audit=result.name, passed=result.passed)
     run = RunDirectory(run_dir)

@@ -4,7 +4,8 @@ For any run directory, whatever trained it: a central `secure-ft train`, a simul
 federation, or a deployed one (the coordinator's run directory, audited on the coordinator's
 held-out data named in the run's recorded config). The same pipeline steps as `secure-ft run`
 (`secure_ft.pipeline.audit_finished_run`); export is a separate step, `secure-ft export`.
-Exit 0 when the gate passed, 3 when it blocked, 2 on bad input.
+Exit 0 when the gate passed, 3 when it blocked or its verdict needs review (export refuses
+both), 2 on bad input.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return _fail(error)
     print(f"bundle OK: {result.bundle_dir}")
     print(f"  {result.files} files match the OpenSSF signature")
-    print(f"  model digest {result.model_sha256}, signed verdict: passed policy {result.policy_name!r}")
+    print(f"  model digest {result.model_sha256}, signed verdict: {result.outcome} under policy {result.policy_name!r}")
     if result.trusted_key:
         print(f"  signed by a trusted key (SHA-256 {result.public_key_sha256})")
     else:
@@ -102,6 +102,8 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
     if anchored is not None:
         print(f"  anchored: line {anchored.ledger_lines} matches the head signed with the verdict "
               f"(key {anchored.signer_sha256[:16]}…)")
+        print(f"  signed verdict: {anchored.verdict.outcome} under policy {anchored.verdict.policy_name!r}, "
+              "re-derived from the signed audit results")
     else:
         print("  not anchored: the run has no signed verdict yet, so a cut tail cannot be detected")
     if events:

@@ -40,9 +40,9 @@ table{border-collapse:collapse;margin:8px 0 14px;font-size:.9em}
 th,td{border:1px solid #dde1e6;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f1f3f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .banner{padding:16px 20px;border-radius:6px;color:#fff;font-size:1.25em;font-weight:600}
-.pass{background:#1b7f3b}.fail{background:#b3261e}.muted{color:#666}
+.pass{background:#1b7f3b}.fail{background:#b3261e}.review{background:#a15c00}.muted{color:#666}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:.85em;font-weight:600;color:#fff}
-.badge.pass{background:#1b7f3b}.badge.fail{background:#b3261e}.badge.none{background:#8a8f98}
+.badge.pass{background:#1b7f3b}.badge.fail{background:#b3261e}.badge.review{background:#a15c00}.badge.none{background:#8a8f98}
 .note{background:#fff8e1;border-left:4px solid #f2b600;padding:6px 10px;margin:8px 0}
 code,pre{font-family:"SFMono-Regular",Consolas,monospace;font-size:.85em}
 pre{background:#f6f8fa;padding:10px;overflow-x:auto;border:1px solid #e3e6ea}
@@ -110,7 +110,7 @@ def _image(uri: str | None, alt: str) -> str:
 
 
 def _badge(status: str) -> str:
-    css = {"passed": "pass", "FAILED": "fail", "could not run": "fail"}.get(status, "none")
+    css = {"passed": "pass", "FAILED": "fail", "could not run": "fail", "inconclusive": "review"}.get(status, "none")
     return f'<span class="badge {css}">{_e(status)}</span>'
 
 
@@ -136,14 +136,22 @@ def flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
 def _verdict(report: dict[str, Any]) -> str:
     verdict = report.get("verdict") or {}
     passed = verdict.get("passed") is True
-    banner = ("PASSED — the model may be exported" if passed
-              else "BLOCKED — the model may not be exported")
-    parts = [f'<div class="banner {"pass" if passed else "fail"}" id="verdict-banner">Verdict: {banner}</div>']
+    outcome = verdict.get("outcome") or ("passed" if passed else "blocked")
+    banner, css = {
+        "passed": ("PASSED — the model may be exported", "pass"),
+        "needs_review": ("NEEDS REVIEW — a human reviewer must decide the items below; until signed approvals "
+                         "exist, export treats this as blocked", "review"),
+    }.get(outcome, ("BLOCKED — the model may not be exported", "fail"))
+    parts = [f'<div class="banner {css}" id="verdict-banner">Verdict: {banner}</div>']
     reasons = verdict.get("reasons") or []
     if reasons:
         parts.append("<h3>Reasons</h3><ol>" + "".join(f"<li>{_e(r)}</li>" for r in reasons) + "</ol>")
     elif passed:
         parts.append("<p>Every audit the policy requires ran and passed every check.</p>")
+    review = verdict.get("review") or []
+    if review:
+        parts.append("<h3>For a human reviewer (inconclusive: the evidence neither meets nor breaks the limit)</h3>"
+                     "<ol>" + "".join(f"<li>{_e(item)}</li>" for item in review) + "</ol>")
     warnings = verdict.get("warnings") or []
     if warnings:
         parts.append("<h3>Warnings (do not block export)</h3><ul>" + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul>")
@@ -280,17 +288,35 @@ def _audit_header(result: dict[str, Any] | None, name: str) -> tuple[str, bool]:
         return f"<p>{_badge('not run')} The {_e(name)} audit was not run.</p>", False
     if result.get("error"):
         return f"<p>{_badge('could not run')} {_e(result['error'])}</p>", False
-    parts = [f"<p>{_badge('passed' if result.get('passed') else 'FAILED')}</p>"]
     checks = result.get("checks") or []
+    outcomes = {_check_outcome(c) for c in checks}
+    status = ("passed" if result.get("passed") else
+              "inconclusive" if "inconclusive" in outcomes and "fail" not in outcomes else "FAILED")
+    parts = [f"<p>{_badge(status)}</p>"]
     if checks:
-        parts.append("<h3>Policy checks</h3>" + _table(
-            ("check", "measured", "required", "result", "note"),
-            [(c.get("name"), c.get("actual"), f"{c.get('comparison')} {fmt(c.get('threshold'))}",
-              "ok" if c.get("passed") else "FAILED", c.get("note") or "") for c in checks]))
+        judged = any(c.get("interval") is not None or c.get("p_value") is not None for c in checks)
+        shown = {"pass": "ok", "fail": "FAILED", "inconclusive": "INCONCLUSIVE"}
+        headers = ("check", "measured", *(("interval", "permutation p") if judged else ()), "required", "result", "note")
+        parts.append("<h3>Policy checks</h3>" + _table(headers, [
+            (c.get("name"), c.get("actual"),
+             *((_bounds(c.get("interval")), c.get("p_value")) if judged else ()),
+             f"{c.get('comparison')} {fmt(c.get('threshold'))}", shown[_check_outcome(c)],
+             " ".join(part for part in (c.get("note"), f"Review: {c['review']}" if c.get("review") else "") if part))
+            for c in checks]))
     notes = result.get("notes") or []
     if notes:
         parts.append("<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
     return "".join(parts), True
+
+
+def _check_outcome(check: dict[str, Any]) -> str:
+    return check.get("outcome") or ("pass" if check.get("passed") else "fail")
+
+
+def _bounds(bounds: Any) -> str:
+    if isinstance(bounds, list) and len(bounds) == 2 and None not in bounds:
+        return f"[{fmt(bounds[0])}, {fmt(bounds[1])}]"
+    return "—"
 
 
 def _all_metrics(result: dict[str, Any]) -> str:
@@ -366,8 +392,26 @@ def _fairness(report: dict[str, Any]) -> str:
             parts.append(_image(plots.group_bars(f"accuracy by {column} (with CI)", bars, overall_accuracy, "overall accuracy"),
                                 f"accuracy per group of {column}"))
         summary = table.get("summary") or {}
+        tests = table.get("tests") or {}
         if summary:
-            parts.append(_table(("measure", "estimate [CI]"), list(summary.items())))
+            parts.append(_table(("measure", "estimate [CI]", "permutation p", "median under shuffled labels"),
+                                [(measure, value, (tests.get(measure) or {}).get("p_value"),
+                                  (tests.get(measure) or {}).get("median")) for measure, value in summary.items()]))
+        excluded = [cell for cell in table.get("excluded_cells") or [] if isinstance(cell, dict)]
+        if excluded:
+            parts.append(f"<p>{len(excluded)} (class, group) cell(s) with fewer than {_e(table.get('min_positives'))} "
+                         "positives (or negatives) are left out of equal opportunity / equalized odds:</p>"
+                         + _table(("class", "group", "positives", "negatives", "left out of"),
+                                  [(c.get("class"), c.get("group"), c.get("positives"), c.get("negatives"),
+                                    ", ".join(c.get("left_out") or [])) for c in excluded]))
+        for check in result.get("checks") or []:
+            measure = str(check.get("name", "")).removeprefix(f"{column}.")
+            test = tests.get(measure) or {}
+            if str(check.get("name", "")).startswith(f"{column}.") and test.get("histogram"):
+                parts.append(_image(plots.permutation_histogram(
+                    f"{column}: {measure.replace('_', ' ')} under shuffled group labels (p = {fmt(test.get('p_value'))})",
+                    test["histogram"], (summary.get(measure) or {}).get("value"), check.get("threshold")),
+                    f"permutation distribution of {measure} for {column}"))
     parts.append(_all_metrics({"evidence": result.get("evidence")}))
     return "".join(parts)
 

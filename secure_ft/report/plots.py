@@ -95,6 +95,27 @@ def group_bars(title: str, groups: list[tuple[str, float, float | None, float | 
     return _data_uri(figure)
 
 
+def permutation_histogram(title: str, histogram: dict[str, list[float]] | None, observed: float | None,
+                          limit: float | None) -> str | None:
+    """A permutation test's null distribution, with the observed value and the policy limit marked."""
+    edges, counts = (histogram or {}).get("edges") or [], (histogram or {}).get("counts") or []
+    if len(edges) != len(counts) + 1 or not counts:
+        return None
+    figure, axes = plt.subplots(figsize=(6.4, 2.8))
+    widths = [high - low for low, high in zip(edges[:-1], edges[1:])]
+    axes.bar(edges[:-1], counts, width=widths, align="edge", color=_LIGHT, edgecolor=_NEUTRAL,
+             label="shuffled group labels")
+    if _finite(observed):
+        axes.axvline(observed, color=_NEUTRAL, linewidth=2, label=f"observed {observed:.3g}")
+    if _finite(limit):
+        axes.axvline(limit, color=_FAIL, linestyle="--", label=f"policy limit {limit:g}")
+    axes.set_ylabel("shuffles")
+    axes.set_title(title, fontsize=10)
+    axes.legend(loc="upper right", fontsize=8, frameon=False)
+    axes.grid(axis="y", alpha=0.3)
+    return _data_uri(figure)
+
+
 def robustness_bars(recipes: list[tuple[str, float | None, float | None, float | None]]) -> str | None:
     """Per recipe: clean accuracy next to accuracy under attack (and the policy minimum)."""
     rows = [row for row in recipes if _finite(row[1]) or _finite(row[2])]

@@ -25,6 +25,7 @@ def read_model_card(bundle: VerifiedBundle, labels: list[str]) -> dict[str, Any]
         "policy_name": bundle.policy_name,
         "verdict": {
             "passed": verdict.get("passed"),
+            "outcome": verdict.get("outcome") or ("passed" if verdict.get("passed") is True else "blocked"),
             "timestamp": verdict.get("timestamp"),
             "audits": verdict.get("audits") or {},
             "warnings": verdict.get("warnings") or [],
