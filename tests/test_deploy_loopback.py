@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from own_processes import marked_environment, own_processes
 from toy_data import VOCAB, toy_frame
 
 BIN = Path(sys.executable).parent
@@ -35,12 +36,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def flower_processes() -> set[str]:
-    found = subprocess.run(["pgrep", "-af", FLOWER_PROCESSES], capture_output=True, text=True).stdout
-    # a zombie (<defunct>) has exited already; it only waits for its (re-)parent to reap it
-    return {line for line in found.splitlines() if "pgrep" not in line and "<defunct>" not in line}
 
 
 class Processes:
@@ -165,8 +160,9 @@ def rogue_is_refused(tmp_path: Path, env: dict[str, str], pki: Path, keys: Path,
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_deployed_dp_run_is_audited_gated_and_exported_and_registration_needs_the_coordinator(tmp_path, tiny_model_dir):
-    before = flower_processes()
+def test_deployed_dp_run_is_audited_gated_and_exported_and_registration_needs_the_coordinator(tmp_path, tiny_model_dir,
+                                                                                               monkeypatch):
+    token = marked_environment(monkeypatch)  # every process started below inherits it through `env`
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr"), "SECURE_FT_CONFIG_DIR": str(tmp_path / "cfg"),
            "OMP_NUM_THREADS": "1"}
     pki, keys, logs = tmp_path / "pki", tmp_path / "keys", tmp_path / "logs"
@@ -229,7 +225,7 @@ def test_deployed_dp_run_is_audited_gated_and_exported_and_registration_needs_th
         assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
     finally:
         processes.stop_all()
-    assert flower_processes() - before == set(), "a Flower process outlived the test"
+    assert own_processes(token, FLOWER_PROCESSES) == set(), "a Flower process started by this test outlived it"
 
     federation = json.loads((run_dir / "federated.json").read_text())
     assert federation["mode"] == "deployment"

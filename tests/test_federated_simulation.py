@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 from flwr.app import Context, Message
@@ -11,6 +10,7 @@ from flwr.clientapp import ClientApp
 
 from federated import protocol, run_federated
 from federated.client_app import app as site_app
+from own_processes import marked_environment, own_processes
 
 FLOWER_PROCESSES = "flower-superlink|flower-supernode|flower-superexec|flwr-serverapp|flwr-clientapp|raylet"
 
@@ -29,12 +29,6 @@ def evaluate(msg: Message, context: Context) -> Message:
     return site_app(message=msg, context=context)
 
 
-def flower_processes() -> set[str]:
-    found = subprocess.run(["pgrep", "-af", FLOWER_PROCESSES], capture_output=True, text=True).stdout
-    # a zombie (<defunct>) has exited already; it only waits for its (re-)parent to reap it
-    return {line for line in found.splitlines() if "pgrep" not in line and "<defunct>" not in line}
-
-
 @pytest.fixture
 def flower_env(tmp_path, monkeypatch):
     for key, value in {"FLWR_HOME": str(tmp_path / "flwr"), "FLWR_TELEMETRY_ENABLED": "0",
@@ -44,8 +38,8 @@ def flower_env(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_ray_simulation_survives_a_crashing_site_and_leaves_no_process(toy_config, tmp_path, flower_env):
-    before = flower_processes()
+def test_ray_simulation_survives_a_crashing_site_and_leaves_no_process(toy_config, tmp_path, flower_env, monkeypatch):
+    token = marked_environment(monkeypatch)  # Ray's and Flower's processes inherit it; nobody else's carry it
     config = toy_config.model_copy(deep=True)
     config.model.transfer = "lora"
     config.training.learning_rate = 0.01
@@ -60,4 +54,4 @@ def test_ray_simulation_survives_a_crashing_site_and_leaves_no_process(toy_confi
     assert [site["site"] for site in failed] == ["site-3"] and "power cut" in failed[0]["reason"]
     assert (trained.model_dir / "model.safetensors").is_file()
     assert json.loads((trained.run_dir / "federated.json").read_text())["mode"] == "simulation"
-    assert flower_processes() - before == set(), "Ray or Flower processes outlived the simulation"
+    assert own_processes(token, FLOWER_PROCESSES) == set(), "Ray or Flower processes outlived the simulation"

@@ -54,6 +54,7 @@ def test_protocol_metadata_health_and_model_card(loaded):
         assert client.post("/v2/models/other/infer", json=_infer(["loan"])).status_code == 404
         card = client.get("/model-card").json()
     assert card["policy_name"] == "regulated-default" and card["verdict"]["passed"] is True
+    assert card["verdict"]["outcome"] == "passed"
     assert card["privacy"] == {"epsilon": 3.2, "delta": 1e-5, "accountant": "prv"}
     assert card["labels"] == LABELS and card["model_sha256"] == bundle.model_sha256
     assert card["signature"]["trusted_key"] is True and card["card"].startswith("---\n")
