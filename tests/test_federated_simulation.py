@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from flwr.app import Context, Message
@@ -29,6 +30,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     return site_app(message=msg, context=context)
 
 
+def _watch(token: str, seen: set[str], done: threading.Event) -> None:
+    """Record this test's Flower / Ray processes while the simulation runs."""
+    while not done.wait(0.5):
+        seen |= own_processes(token, FLOWER_PROCESSES)
+
+
 @pytest.fixture
 def flower_env(tmp_path, monkeypatch):
     for key, value in {"FLWR_HOME": str(tmp_path / "flwr"), "FLWR_TELEMETRY_ENABLED": "0",
@@ -45,7 +52,15 @@ def test_ray_simulation_survives_a_crashing_site_and_leaves_no_process(toy_confi
     config.training.learning_rate = 0.01
     config.federated = config.federated.model_copy(update={
         "num_sites": 3, "partition": "iid", "rounds": 2, "min_train_sites": 2, "federated_evaluation": False})
-    trained = run_federated(config, tmp_path / "run", progress=False, client_app=crashing_site)
+    seen, done = set(), threading.Event()
+    watcher = threading.Thread(target=_watch, args=(token, seen, done), daemon=True)
+    watcher.start()
+    try:
+        trained = run_federated(config, tmp_path / "run", progress=False, client_app=crashing_site)
+    finally:
+        done.set()
+        watcher.join(timeout=10)
+    assert any("raylet" in line for line in seen), "the mark must reach Ray's processes, or the check below is empty"
 
     rounds = trained.metrics["rounds"]
     assert [entry["aggregated"] for entry in rounds] == [True, True]
