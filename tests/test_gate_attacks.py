@@ -60,7 +60,7 @@ def test_an_untouched_run_exports(runs, tmp_path):
 def test_forged_verdict_json_on_a_blocked_run(runs, tmp_path):
     run = _copy(runs["blocked"], tmp_path / "run")
     verdict = json.loads((run / "verdict.json").read_text())
-    verdict.update(passed=True, reasons=[])
+    verdict.update(passed=True, outcome="passed", reasons=[])
     (run / "verdict.json").write_text(json.dumps(verdict))
     assert _export(run, tmp_path) == 4  # verdict.json is bound by the signed verdict, which still says blocked
 
@@ -69,7 +69,7 @@ def test_forged_signed_payload(runs, tmp_path):
     run = _copy(runs["blocked"], tmp_path / "run")
     envelope = json.loads((run / "verdict.dsse.json").read_text())
     statement = json.loads(base64.b64decode(envelope["payload"]))
-    statement["predicate"]["verdict"].update(passed=True, reasons=[])
+    statement["predicate"]["verdict"].update(passed=True, outcome="passed", reasons=[])
     envelope["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
     (run / "verdict.dsse.json").write_text(json.dumps(envelope))
     assert _export(run, tmp_path) == 4
@@ -81,7 +81,7 @@ def test_verdict_re_signed_with_the_attackers_own_key(runs, tmp_path):
     verdict = json.loads((run / "verdict.json").read_text())
     from audits.gate import Verdict
 
-    forged = Verdict.from_dict({**verdict, "passed": True, "reasons": []})
+    forged = Verdict.from_dict({**verdict, "passed": True, "outcome": "passed", "reasons": []})
     envelope = attest_verdict(run, forged, ["performance", "robustness", "fairness", "privacy"],
                               load_private_key(private), "attacker")
     record_attestation(run, forged, envelope)
@@ -229,7 +229,8 @@ def test_self_signed_bundle_with_a_verdict_of_its_own_is_refused(runs, tmp_path)
     private, _ = generate_key_pair(tmp_path / "attacker")
     from audits.gate import Verdict
 
-    forged = Verdict.from_dict({**json.loads((run / "verdict.json").read_text()), "passed": True, "reasons": []})
+    forged = Verdict.from_dict({**json.loads((run / "verdict.json").read_text()), "passed": True, "outcome": "passed",
+                                "reasons": []})
     record_attestation(run, forged, attest_verdict(run, forged, ["performance", "robustness", "fairness", "privacy"],
                                                    load_private_key(private), "attacker"))
     # even an exporter who trusts the attacker's key gets nothing: the policy, re-evaluated over the
