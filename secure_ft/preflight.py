@@ -27,6 +27,8 @@ naming the setting, the policy file and field it conflicts with, and the fix.
 
 from __future__ import annotations
 
+import math
+
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,6 +104,7 @@ def check_before_training(config: RunConfig, policy: Policy, policy_path: str | 
     check = _Checker(config, policy, policy_file, report, deployed)
     check.audit_names()
     check.fairness_columns()
+    check.fairness_judgement()
     check.dp_required()
     check.epsilons()
     check.deltas()
@@ -166,6 +169,21 @@ class _Checker:
                 f"{setting}: column(s) {absent} are not in the data file {data.source} (its columns: "
                 f"{', '.join(header)}); the fairness audit required by {self.where} needs them. Fix the names in "
                 "data.group_columns or add the columns to the file")
+
+    def fairness_judgement(self) -> None:
+        """Thresholds are judged on bootstrap intervals and a permutation test: both must be able to run."""
+        if "fairness" not in self.required or not self.policy.fairness.sets_any_check():
+            return
+        settings, level = self.config.audits.fairness, self.policy.fairness.significance_level
+        if settings.n_boot == 0:
+            self.problems.append(
+                f"audits.fairness.n_boot is 0, but {self.where} sets fairness thresholds, which are judged on "
+                "bootstrap intervals. Set audits.fairness.n_boot > 0 (default 200)")
+        if 1.0 / (1 + settings.n_permutations) >= level:
+            self.problems.append(
+                f"audits.fairness.n_permutations = {settings.n_permutations} cannot give a p-value below "
+                f"{self.where} fairness.significance_level = {level:g}, so no disparity could ever fail. Use at least "
+                f"{int(math.ceil(1 / level))} (default 1000)")
 
     # -- privacy: is there a guarantee at all, and what ε does it aim for ----------------------
 

@@ -92,6 +92,15 @@ def test_group_column_absent_from_the_data_file(toy_csv, tmp_path):
     assert "audits.fairness.sensitive_columns: ['zip'] are not in data.group_columns" in message
 
 
+def test_fairness_thresholds_need_intervals_and_a_test_that_can_reject(toy_csv, tmp_path):
+    policy, path = make_policy(tmp_path)
+    config = make_config(toy_csv, tmp_path, audits={"fairness": {"n_boot": 0, "n_permutations": 19}})
+    message = problems(config, policy, path)
+    assert "audits.fairness.n_boot is 0" in message
+    assert "audits.fairness.n_permutations = 19 cannot give a p-value below" in message and "at least 20" in message
+    check_before_training(make_config(toy_csv, tmp_path, audits={"fairness": {"n_permutations": 20}}), policy, path)
+
+
 def test_unknown_audit_name_in_the_policy(toy_csv, tmp_path):
     policy, path = make_policy(tmp_path, required_audits=["performance", "fairnes", "privacy"])
     message = problems(make_config(toy_csv, tmp_path), policy, path)
