@@ -80,7 +80,8 @@ def run_audits(trained: TrainedRun, config: RunConfig, policy, ledger: Ledger) -
         results.append(result)
         RunDirectory(trained.run_dir).write_audit_result(name, audit_record(result, config))
         ledger.append("audit_finished", audit=name, passed=result.passed, error=result.error,
-                      failed_checks=[check.name for check in result.checks if not check.passed])
+                      failed_checks=[check.name for check in result.checks if check.outcome == "fail"],
+                      inconclusive_checks=[check.name for check in result.inconclusive_checks()])
         log.info("audit %s: %s", name, "passed" if result.passed else "FAILED")
     return results
 
@@ -196,7 +197,8 @@ def print_outcome(outcome: PipelineOutcome) -> None:
     print()
     print(f"run directory: {outcome.run_dir}")
     for result in outcome.results:
-        state = "passed" if result.passed else ("could not run" if result.error else "FAILED")
+        state = "passed" if result.passed else ("could not run" if result.error else
+                                                "FAILED" if result.failure_reasons() else "inconclusive")
         print(f"  audit {result.name:<12} {state}")
     shown = {"passed": "PASSED", "blocked": "BLOCKED", "needs_review": "NEEDS REVIEW"}[verdict.outcome]
     print(f"verdict: {shown} (policy {verdict.policy_name}, model sha256 {verdict.model_sha256[:16]}…)")

@@ -15,6 +15,7 @@ import audits.fairness as fairness
 from audits.gate import decide
 from audits.result import Check
 from secure_ft.policy import Policy
+from secure_ft.report.html import render_html
 from test_fairness_audit import fixed_predictions, make_context  # noqa: F401  (fixture)
 
 LIMITS = {"max_equalized_odds_difference": 0.3, "max_demographic_parity_difference": 0.2,
@@ -92,6 +93,9 @@ def test_disparity_that_shuffled_labels_reproduce_is_never_a_fail(tmp_path, fixe
     verdict = decide([result], _policy(), "m" * 64, "p" * 64)
     assert verdict.outcome == "needs_review" and not verdict.passed and verdict.reasons == []
     assert len(verdict.review) == 3 and all("review:" in item for item in verdict.review)
+    html = render_html({"audits": {"fairness": result.to_dict()}, "verdict": verdict.to_dict()})
+    assert "NEEDS REVIEW" in html and "INCONCLUSIVE" in html
+    assert 'alt="permutation distribution of equalized_odds_difference for group"' in html
 
 
 def test_clear_disparity_fails_and_blocks(tmp_path, fixed_predictions):  # noqa: F811
