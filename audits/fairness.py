@@ -188,7 +188,7 @@ def _checks_for(column: str, report: dict, policy, level: float) -> tuple[list[C
             + (f" and shuffled {column} labels give a value this extreme with p = {p_value:.3g}" if p_value is not None else "")
             + f"; read {column}'s per-group rates, excluded cells and permutation distribution in the report's "
             "fairness section and decide whether the gap is acceptable, or add test rows for the small groups")
-        if excluded and measure in _SUPPORT_MEASURES:
+        if excluded and measure in _SUPPORT_MEASURES and value["value"] is None:
             undefined[measure] = "inconclusive"
             review[measure] = (f"no two groups of {column} have enough positives (fairness.min_positives = "
                                f"{policy.min_positives}) to compare; add test rows for those groups")
