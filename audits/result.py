@@ -108,7 +108,7 @@ class Check:
         if self.interval is not None and None not in self.interval:
             shown += f" [interval {float(self.interval[0]):.3g}, {float(self.interval[1]):.3g}]"
         if self.p_value is not None:
-            shown += f", permutation p = {self.p_value:.3g}"
+            shown += f", p = {self.p_value:.3g}"
         verdict = {"pass": "ok", "fail": "FAILED", "inconclusive": "INCONCLUSIVE"}[self.outcome]
         extra = f" ({self.note})" if self.note else ""
         return f"{self.name} = {shown}, required {self.comparison} {self.threshold:g}: {verdict}{extra}"

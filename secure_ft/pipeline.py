@@ -82,8 +82,17 @@ def run_audits(trained: TrainedRun, config: RunConfig, policy, ledger: Ledger) -
         ledger.append("audit_finished", audit=name, passed=result.passed, error=result.error,
                       failed_checks=[check.name for check in result.checks if check.outcome == "fail"],
                       inconclusive_checks=[check.name for check in result.inconclusive_checks()])
-        log.info("audit %s: %s", name, "passed" if result.passed else "FAILED")
+        log.info("audit %s: %s", name, audit_state(result))
     return results
+
+
+def audit_state(result: AuditResult) -> str:
+    """passed, FAILED, could not run, or inconclusive (nothing failed, some checks could not be settled)."""
+    if result.passed:
+        return "passed"
+    if result.error:
+        return "could not run"
+    return "inconclusive" if result.inconclusive_checks() and not result.failure_reasons() else "FAILED"
 
 
 def audit_record(result: AuditResult, config: RunConfig) -> dict:
@@ -197,9 +206,7 @@ def print_outcome(outcome: PipelineOutcome) -> None:
     print()
     print(f"run directory: {outcome.run_dir}")
     for result in outcome.results:
-        state = "passed" if result.passed else ("could not run" if result.error else
-                                                "FAILED" if result.failure_reasons() else "inconclusive")
-        print(f"  audit {result.name:<12} {state}")
+        print(f"  audit {result.name:<12} {audit_state(result)}")
     shown = {"passed": "PASSED", "blocked": "BLOCKED", "needs_review": "NEEDS REVIEW"}[verdict.outcome]
     print(f"verdict: {shown} (policy {verdict.policy_name}, model sha256 {verdict.model_sha256[:16]}…)")
     for reason in verdict.reasons:

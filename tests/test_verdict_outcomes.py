@@ -75,7 +75,7 @@ def test_needs_review_is_signed_and_export_treats_it_as_blocked(tmp_path, capsys
     assert "older_american.equalized_odds_difference" in str(refused.value)
     assert cli_main(["export", str(run.run_dir), "--out", str(tmp_path / "bundle2")]) == 3
     err = capsys.readouterr().err
-    assert "until signed human approvals exist" in err and "permutation p = 0.49" in err
+    assert "until signed human approvals exist" in err and "p = 0.49" in err
     assert not (tmp_path / "bundle").exists() and not (tmp_path / "bundle2").exists()
     assert cli_main(["ledger", "verify", str(run.run_dir)]) == 0
     assert "signed verdict: needs_review" in capsys.readouterr().out
