@@ -6,7 +6,8 @@ files and the HTML is only a view of it. Top-level keys (schema version 1.0)::
     schema_version      "1.0"; readers refuse a major version they do not know
     kind                "secure-ft audit report"
     generated_at        UTC ISO 8601
-    verdict             Verdict.to_dict(): passed, reasons, warnings, model and policy hashes
+    verdict             Verdict.to_dict(): outcome (passed | blocked | needs_review), passed, reasons,
+                        review items, warnings, model and policy hashes
     run                 identity: run name, data summary + fingerprint, model (hash, base model,
                         transfer), seed, effective config, policy, library versions, platform,
                         ledger (lines, verified)
