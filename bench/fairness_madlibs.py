@@ -172,7 +172,10 @@ def print_tables(results: dict, targets: tuple[str, ...]) -> None:
         ratio = f"{skewed / balanced:7.2f}" if balanced else "    inf"
         print(f"{label:<42} {shown[0]:<20} {shown[1]:<20} {ratio}")
     for name, result in results.items():
-        verdict = "pass" if result.passed else "FAIL: " + "; ".join(result.failure_reasons())
+        unsettled = [check.describe() for check in result.inconclusive_checks()]
+        verdict = ("pass" if result.passed else
+                   "FAIL: " + "; ".join(result.failure_reasons()) if result.failure_reasons() else
+                   "inconclusive: " + "; ".join(unsettled))
         print(f"example policy (equalized odds difference <= 0.3), {name}: {verdict}")
 
 
