@@ -46,6 +46,7 @@ from secure_ft.config import RunConfig, load_config
 from secure_ft.errors import BundleError, ConfigError, ExportRefused
 from secure_ft.keys import (SIGNING_KEY_ENV, load_public_key, public_key_fingerprint, public_key_from_pem,
                             public_key_pem, resolve_signing_key_path, load_private_key, trusted_public_keys)
+from secure_ft.bundle_usage import bundle_facts
 from secure_ft.model_card import render_model_card
 from secure_ft.openssf_signing import sign_folder, verify_folder
 from secure_ft.run_directory import (AUDITS_DIR, CONFIG_FILE, MODEL_DIR, POLICY_FILE, PRIVACY_FILE, REPORT_HTML_FILE,
@@ -149,7 +150,8 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
             shutil.copy2(run_dir / relative, temp / relative)
         if config.export.include_evidence:
             _copy_evidence(run_dir, temp, report)
-        (temp / MODEL_CARD_FILE).write_text(render_model_card(report), encoding="utf-8")
+        facts = bundle_facts(temp / MODEL_DIR, report, SIGNATURE_FILE, SIGNER_KEY_FILE)
+        (temp / MODEL_CARD_FILE).write_text(render_model_card(report, facts), encoding="utf-8")
         (temp / SIGNER_KEY_FILE).write_bytes(public_key_pem(key.public_key()))
         sign_folder(temp, key_path, temp / SIGNATURE_FILE)
         sync_tree(temp)

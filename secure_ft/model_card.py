@@ -4,7 +4,7 @@ The card follows the Hugging Face model-card layout: YAML front matter (``librar
 ``pipeline_tag``, ``tags``, ``base_model``, ``model-index`` with the test metrics) followed by
 Markdown sections for intended use, training data (its fingerprint, never its text),
 training procedure, privacy guarantee, evaluation, fairness, robustness, membership
-inference, limitations, how to load the model and how to verify the bundle.
+inference, limitations, and (from `secure_ft.bundle_usage`) how to load the model and verify the bundle.
 
 It is rendered from the report document alone, so the card can never claim more than the
 filed report holds.
@@ -15,6 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+
+from secure_ft.bundle_usage import BundleFacts, usage_section, verification_section
 
 # the packaged default encoder is this hub model
 _DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -247,8 +249,12 @@ def _limitations(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_model_card(report: dict[str, Any]) -> str:
-    """README.md text for an export bundle, from the report document."""
+def render_model_card(report: dict[str, Any], facts: BundleFacts | None = None) -> str:
+    """README.md text for an export bundle, from the report document.
+
+    `facts` (`secure_ft.bundle_usage.bundle_facts`, read from the bundled model folder) adds
+    the "How to use" and "Verification" sections; without them the card describes the run only.
+    """
     run = report.get("run") or {}
     verdict = report.get("verdict") or {}
     front = yaml.safe_dump(_front_matter(report), sort_keys=False, allow_unicode=True)
@@ -267,20 +273,6 @@ def render_model_card(report: dict[str, Any]) -> str:
     lines += _privacy_section(report) + [""]
     lines += _audit_sections(report) + [""]
     lines += _limitations(report) + [""]
-    lines += [
-        "## How to use", "",
-        "```python",
-        "from secure_ft.models import load_trained_model",
-        "",
-        'model, tokenizer = load_trained_model("model")  # safetensors only; restores the pooling in config.json',
-        "```", "",
-        'Plain `transformers` (`AutoModelForSequenceClassification.from_pretrained("model", use_safetensors=True)`) '
-        'loads the same weights, but when `config.json` says `"pooling": "mean"` (sentence-transformers bases) the '
-        "classifier reads the average of the token states, which plain `transformers` does not do: use the loader "
-        "above for those models.", "",
-        "## Verification", "",
-        "`manifest.json` lists the SHA-256 of every file in this bundle and `manifest.sig` is its Ed25519 "
-        "signature. Check both before use, with the signer's public key:", "",
-        "```", "secure-ft verify BUNDLE --public-key SIGNER.pub", "```", "",
-    ]
+    if facts is not None:
+        lines += usage_section(facts) + [""] + verification_section(facts) + [""]
     return "\n".join(lines)
