@@ -19,7 +19,7 @@ from typing import Any
 from secure_ft.pooling import MEAN_POOLINGS
 from secure_ft.spelling import FOLDER as FRONT_END_FOLDER
 
-SIGNATURE_FORMAT = "OpenSSF model-signing (sigstore bundle format), ECDSA P-256 key"
+SIGNATURE_FORMAT = "OpenSSF model-signing signature (sigstore bundle format, ECDSA P-256 key)"
 # the README's code block is marked with this info string, so tests (and users) can find it
 CODE_BLOCK_INFO = "python"
 EXAMPLE_TEXT = "Replace this with the text to classify."
@@ -118,7 +118,7 @@ def verification_section(facts: BundleFacts) -> list[str]:
     """The README's "Verification" section (Markdown lines)."""
     return [
         "## Verification", "",
-        f"`{facts.signature_file}` is an {SIGNATURE_FORMAT} signature over every other file in this bundle. "
+        f"`{facts.signature_file}` is an {SIGNATURE_FORMAT} over every other file in this bundle. "
         f"Check it before use with the signer's public key (`{facts.signer_key_file}` is a copy for reference, "
         "never proof of who signed):", "",
         "```", "secure-ft verify BUNDLE --public-key SIGNER.pub", "```", "",

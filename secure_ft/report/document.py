@@ -17,8 +17,8 @@ files and the HTML is only a view of it. Top-level keys (schema version 1.0)::
     examples_included   whether report.include_examples allowed text from the data
 
 Text from the data (training or test examples, adversarial examples) is withheld unless
-``report.include_examples`` is true: any metric field named like ``text``, ``texts`` or
-``examples`` is replaced by a marker. Audits keep such text in separate evidence files.
+``report.include_examples`` is true: every string under a metric field named like ``text``,
+``texts`` or ``examples`` is replaced by a marker (numbers there, such as ``num_examples``, stay). Audits keep such text in separate evidence files.
 """
 
 from __future__ import annotations
@@ -91,14 +91,28 @@ def json_safe(value: Any) -> Any:
 
 
 def withhold_text(value: Any) -> Any:
-    """A copy of `value` with every field named like text/examples replaced by a marker."""
+    """A copy of `value` with the text under every field named like text/examples replaced by a marker.
+
+    Redaction acts on what a value holds, not on its key's name: under such a field every
+    string (and only strings) is withheld, so counts such as ``num_examples`` or an example's
+    label index stay numbers.
+    """
     if isinstance(value, dict):
-        return {
-            key: WITHHELD if _is_text_key(key) and value[key] not in (None, [], {}) else withhold_text(item)
-            for key, item in value.items()
-        }
+        return {key: _withhold_strings(item) if _is_text_key(key) else withhold_text(item)
+                for key, item in value.items()}
     if isinstance(value, list):
         return [withhold_text(item) for item in value]
+    return value
+
+
+def _withhold_strings(value: Any) -> Any:
+    """`value` with every string in it replaced by the marker; numbers, booleans and nulls kept."""
+    if isinstance(value, str):
+        return WITHHELD
+    if isinstance(value, dict):
+        return {key: _withhold_strings(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_withhold_strings(item) for item in value]
     return value
 
 
