@@ -93,7 +93,8 @@ def trusted_keys_for(public_key: str | os.PathLike[str] | None) -> list:
 
 def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                   signing_key: str | os.PathLike[str] | None = None,
-                  public_key: str | os.PathLike[str] | None = None, trusted_keys: list | None = None) -> Path:
+                  public_key: str | os.PathLike[str] | None = None, trusted_keys: list | None = None,
+                  signing_key_given_by: str = "the export's signing_key argument") -> Path:
     """Write a signed export bundle of a run whose signed verdict passed and still holds.
 
     Parameters
@@ -111,6 +112,9 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
         Default: the user's trust list (which holds the per-user default key).
     trusted_keys
         Public key objects trusted in addition (the pipeline passes the key its gate just used).
+    signing_key_given_by
+        Who named `signing_key`, for the ledger's and log's key provenance (a path that is the
+        per-user default key or ``$SECURE_FT_SIGNING_KEY``'s is described as that instead).
 
     Raises
     ------
@@ -133,7 +137,7 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
         _record_refusal(ledger, error)
         raise
     config = _run_config(run_dir)
-    key_path, key_source, _ = resolve_signing_key_path(signing_key)
+    key_path, key_source, _ = resolve_signing_key_path(signing_key, signing_key_given_by)
     key = load_private_key(key_path)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)

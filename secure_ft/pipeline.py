@@ -115,7 +115,8 @@ def run_pipeline(config: RunConfig, output_dir: str | Path, *, resume_dir: Path 
         try:
             # export verifies the finished bundle before it renames it into place
             outcome.bundle = export_bundle(outcome.run_dir, target, signing_key=gate_key.path,
-                                           trusted_keys=[gate_key.public_key])
+                                           trusted_keys=[gate_key.public_key],
+                                           signing_key_given_by="the run config (export.signing_key)")
         except SecureFTError as error:
             outcome.export_error = str(error)
             log.error("export failed: %s", error)
