@@ -3,8 +3,8 @@
 The card follows the Hugging Face model-card layout: YAML front matter (``library_name``,
 ``pipeline_tag``, ``tags``, ``base_model``, ``model-index`` with the test metrics) followed by
 Markdown sections for intended use, training data (its fingerprint, never its text),
-training procedure, privacy guarantee, evaluation, fairness, robustness, membership
-inference, limitations, and (from `secure_ft.bundle_usage`) how to load the model and verify the bundle.
+training procedure, privacy guarantee, evaluation, fairness, robustness, the privacy audit
+(ε and membership inference), limitations, and (from `secure_ft.bundle_usage`) how to load the model and verify the bundle.
 
 It is rendered from the report document alone, so the card can never claim more than the
 filed report holds.
@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from secure_ft.bundle_usage import BundleFacts, usage_section, verification_section
+from secure_ft.verdict_explanations import audit_status, format_estimate, format_number
 
 # the packaged default encoder is this hub model
 _DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -32,13 +33,14 @@ def _fmt(value: Any, digits: int = 4) -> str:
         point, low, high = value.get("value"), value.get("ci_lower"), value.get("ci_upper")
         if low is None or high is None:
             return _fmt(point, digits)
-        return f"{_fmt(point, digits)} (CI {_fmt(low, digits)}–{_fmt(high, digits)})"
+        shown = format_estimate(point, low, high, digits)
+        return f"{shown[0]} (CI {shown[1]}–{shown[2]})"
     if value is None:
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.{digits}g}"
+        return format_number(value, digits)
     return str(value)
 
 
@@ -165,11 +167,10 @@ def _privacy_section(report: dict[str, Any]) -> list[str]:
 
 def _audit_status(report: dict[str, Any], name: str) -> tuple[dict[str, Any] | None, str]:
     result = (report.get("audits") or {}).get(name)
-    if not result:
-        return None, "not run"
-    if result.get("error"):
-        return None, f"could not run: {result['error']}"
-    return result, "passed" if result.get("passed") else "FAILED"
+    policy = (report.get("run") or {}).get("policy") or {}
+    required = policy.get("required_audits")
+    status = audit_status(name, result, required if required is not None else [name], policy.get("name"))
+    return (result if status in ("passed", "FAILED") else None), status
 
 
 def _checks(result: dict[str, Any]) -> list[str]:
@@ -216,7 +217,8 @@ def _audit_sections(report: dict[str, Any]) -> list[str]:
         lines += _checks(result)
 
     result, status = _audit_status(report, "privacy")
-    lines += ["", "## Membership inference", "", f"Privacy audit (ε bound and membership-inference attack): **{status}**."]
+    lines += ["", "## Privacy audit (ε and membership inference)", "",
+              f"Privacy audit (ε bound and membership-inference attack): **{status}**."]
     if result:
         attacks = ((result.get("metrics") or {}).get("membership") or {}).get("attacks") or {}
         fields = ["auc", "advantage", "tpr_at_1pct_fpr"]
@@ -246,6 +248,9 @@ def _limitations(report: dict[str, Any]) -> list[str]:
                      + "), not self-reported attributes; their fairness results are approximate.")
     warnings = (report.get("verdict") or {}).get("warnings") or []
     lines += [f"- Warning from the gate: {warning}" for warning in warnings]
+    explanations = report.get("explanations") or {}
+    lines += [f"- Warning: {warning}" for warning in explanations.get("interval_warnings") or []]
+    lines += [f"- Policy: {warning}" for warning in explanations.get("policy_warnings") or []]
     return lines
 
 

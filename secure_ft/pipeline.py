@@ -97,6 +97,8 @@ def resolve_policy(config: RunConfig, policy_file: str | Path | None = None):
     """The policy to apply (the given file, else the config's, else the built-in default): (path, policy, sha256)."""
     policy_path = Path(policy_file) if policy_file else (Path(config.policy) if config.policy else default_policy_path())
     policy, policy_sha256 = load_policy(policy_path)
+    for warning in policy.warnings:  # an omitted judgement key is judged by its default: say which
+        log.warning("%s: %s", policy_path, warning)
     return policy_path, policy, policy_sha256
 
 
@@ -192,6 +194,21 @@ class GateKey:
         record_attestation(run.path, verdict, envelope)
 
 
+def verdict_explanation_lines(outcome: PipelineOutcome) -> list[str]:
+    """What the failed checks mean, and warnings the verdict's pass carries (`secure_ft.verdict_explanations`)."""
+    from secure_ft.verdict_explanations import failure_explanations, interval_warnings
+
+    audits = {result.name: result.to_dict() for result in outcome.results}  # the policy's required audits
+    lines = []
+    failed = failure_explanations(audits, list(audits))
+    if failed:
+        lines.append("what the failed checks mean:")
+        lines += [f"  - {item['audit']} {item['check']}: {item['explanation']}" for item in failed]
+    for warning in [*outcome.verdict.warnings, *interval_warnings(audits)]:
+        lines.append(f"warning: {warning}")
+    return lines
+
+
 def print_outcome(outcome: PipelineOutcome) -> None:
     verdict = outcome.verdict
     print()
@@ -203,6 +220,8 @@ def print_outcome(outcome: PipelineOutcome) -> None:
           f"model sha256 {verdict.model_sha256[:16]}…)")
     for reason in verdict.reasons:
         print(f"  - {reason}")
+    for line in verdict_explanation_lines(outcome):
+        print(line)
     print(f"report: {outcome.report_html}")
     print(f"        {outcome.report_json}")
     if outcome.bundle is not None:
