@@ -51,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcome = run_pipeline(config, out, resume_dir=resume)
     metrics = RunDirectory(outcome.run_dir).read_metrics()
     if metrics is not None:
-        print_training_summary(metrics, outcome.run_dir)
+        print_training_summary(metrics, outcome.run_dir, show_run_dir=False)  # the outcome names it
     print_outcome(outcome)
     return outcome.exit_code
 
