@@ -77,6 +77,10 @@ def import_textattack(resources: OfflineResources) -> ModuleType:
         return sys.modules["textattack"]
     saved = {name: os.environ.get(name) for name in _OVERWRITTEN_ENV}
     os.environ["TA_CACHE_DIR"] = str(resources.textattack_cache)
+    # textattack configures its logger with logging.config.dictConfig, which disables every logger that
+    # exists already (secure-ft's own among them): remember which were enabled and enable them again
+    enabled = [logger for logger in logging.Logger.manager.loggerDict.values()
+               if isinstance(logger, logging.Logger) and not logger.disabled]
     try:
         import textattack  # noqa: F401  (reads stopwords; finds the post-install marker)
     except LookupError as error:
@@ -90,8 +94,32 @@ def import_textattack(resources: OfflineResources) -> ModuleType:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        for logger in enabled:
+            logger.disabled = False
     logging.getLogger("textattack").setLevel(logging.WARNING)
+    # its INFO lines come from this logger, whose own level (INFO) the parent's does not override
+    logging.getLogger(TEXTATTACK_LOGGER).addFilter(_once_in_the_main_process)
     return sys.modules["textattack"]
+
+
+TEXTATTACK_LOGGER = "textattack.shared.utils.install"
+_seen_messages: set[str] = set()
+
+
+def _once_in_the_main_process(record: logging.LogRecord) -> bool:
+    """TextAttack's INFO lines ("Goal function … compatible with model …", repeated for every attack
+    it builds) once per message in the main process, never from attack workers; warnings always."""
+    if record.levelno >= logging.WARNING:
+        return True
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:
+        return False
+    message = record.getMessage()
+    if message in _seen_messages:
+        return False
+    _seen_messages.add(message)
+    return True
 
 
 def _refuse_download(what: str):

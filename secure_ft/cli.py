@@ -51,15 +51,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcome = run_pipeline(config, out, resume_dir=resume)
     metrics = RunDirectory(outcome.run_dir).read_metrics()
     if metrics is not None:
-        print_training_summary(metrics, outcome.run_dir)
+        print_training_summary(metrics, outcome.run_dir, show_run_dir=False)  # the outcome names it
     print_outcome(outcome)
     return outcome.exit_code
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from secure_ft.config import load_config
+    import json
 
-    print(load_config(args.file).to_yaml(), end="")
+    from secure_ft.config import load_config
+    from secure_ft.effective_config import effective_config, render_effective_config
+
+    effective = effective_config(load_config(args.file))  # loads and splits the data: N decides transfer and δ
+    if args.json:
+        print(json.dumps(effective.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print(render_effective_config(effective), end="")
     return 0
 
 
@@ -95,8 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = commands.add_parser("config", help="show or create run configs")
     config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    show = config_commands.add_parser("show", help="print the effective config")
+    show = config_commands.add_parser(
+        "show", help="print the config a run will use (transfer, recipe, δ resolved), each value with its source")
     show.add_argument("file", nargs="?", help="config YAML (default: built-in)")
+    show.add_argument("--json", action="store_true", help="print JSON: every dotted key with its value and source")
     show.set_defaults(handler=cmd_config_show)
     init = config_commands.add_parser("init", help="write a commented starter config")
     init.add_argument("file", nargs="?", default="secure-ft.yaml")

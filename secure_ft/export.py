@@ -47,6 +47,7 @@ from secure_ft.config import RunConfig, load_config
 from secure_ft.errors import BundleError, ConfigError, ExportRefused
 from secure_ft.keys import (SIGNING_KEY_ENV, load_public_key, public_key_fingerprint, public_key_from_pem,
                             public_key_pem, resolve_signing_key_path, load_private_key, trusted_public_keys)
+from secure_ft.bundle_usage import bundle_facts
 from secure_ft.model_card import render_model_card
 from secure_ft.openssf_signing import sign_folder, verify_folder
 from secure_ft.run_directory import (AUDITS_DIR, CONFIG_FILE, MODEL_DIR, POLICY_FILE, PRIVACY_FILE, REPORT_HTML_FILE,
@@ -94,7 +95,8 @@ def trusted_keys_for(public_key: str | os.PathLike[str] | None) -> list:
 
 def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                   signing_key: str | os.PathLike[str] | None = None,
-                  public_key: str | os.PathLike[str] | None = None, trusted_keys: list | None = None) -> Path:
+                  public_key: str | os.PathLike[str] | None = None, trusted_keys: list | None = None,
+                  signing_key_given_by: str = "the export's signing_key argument") -> Path:
     """Write a signed export bundle of a run whose signed verdict passed and still holds.
 
     Parameters
@@ -112,6 +114,9 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
         Default: the user's trust list (which holds the per-user default key).
     trusted_keys
         Public key objects trusted in addition (the pipeline passes the key its gate just used).
+    signing_key_given_by
+        Who named `signing_key`, for the ledger's and log's key provenance (a path that is the
+        per-user default key or ``$SECURE_FT_SIGNING_KEY``'s is described as that instead).
 
     Raises
     ------
@@ -134,7 +139,7 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
         _record_refusal(ledger, error)
         raise
     config = _run_config(run_dir)
-    key_path, key_source, _ = resolve_signing_key_path(signing_key)
+    key_path, key_source, _ = resolve_signing_key_path(signing_key, signing_key_given_by)
     key = load_private_key(key_path)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +156,8 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
             shutil.copy2(run_dir / relative, temp / relative)
         if config.export.include_evidence:
             _copy_evidence(run_dir, temp, report)
-        (temp / MODEL_CARD_FILE).write_text(render_model_card(report), encoding="utf-8")
+        facts = bundle_facts(temp / MODEL_DIR, report, SIGNATURE_FILE, SIGNER_KEY_FILE)
+        (temp / MODEL_CARD_FILE).write_text(render_model_card(report, facts), encoding="utf-8")
         (temp / SIGNER_KEY_FILE).write_bytes(public_key_pem(key.public_key()))
         sign_folder(temp, key_path, temp / SIGNATURE_FILE)
         sync_tree(temp)

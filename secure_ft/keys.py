@@ -140,21 +140,36 @@ def trust_public_key(public_key_path: str | os.PathLike[str]) -> Path:
 
 # --- choosing the signing key ------------------------------------------------------------------
 
-def resolve_signing_key_path(configured_path: str | os.PathLike[str] | None) -> tuple[Path, str, bool]:
+def resolve_signing_key_path(configured_path: str | os.PathLike[str] | None,
+                             given_by: str = "the run config") -> tuple[Path, str, bool]:
     """Which private key signs: ``(path, source description, created by this call)``.
 
     The key named by the run config wins over ``$SECURE_FT_SIGNING_KEY`` (an explicit,
     recorded choice beats an ambient one); with neither, the per-user default key is used and
-    made if missing.
+    made if missing. A given path that is the per-user default key, or the key
+    ``$SECURE_FT_SIGNING_KEY`` names, is described as that (the pipeline hands its gate key's
+    path on to export); any other is "signing key from `given_by`".
     """
     if configured_path:
-        return Path(configured_path).expanduser(), f"signing key from the run config ({configured_path})", False
+        path = Path(configured_path).expanduser()
+        if _same_file(path, default_key_paths()[0]):
+            return path, f"per-user default key ({path})", False
+        if os.environ.get(SIGNING_KEY_ENV) and _same_file(path, Path(os.environ[SIGNING_KEY_ENV]).expanduser()):
+            return path, f"organisation key from ${SIGNING_KEY_ENV} ({path})", False
+        return path, f"signing key from {given_by} ({configured_path})", False
     if os.environ.get(SIGNING_KEY_ENV):
         path = Path(os.environ[SIGNING_KEY_ENV]).expanduser()
         return path, f"organisation key from ${SIGNING_KEY_ENV} ({path})", False
     path, created = ensure_default_key()
     made = ", created now" if created else ""
     return path, f"per-user default key ({path}{made})", created
+
+
+def _same_file(path: Path, other: Path) -> bool:
+    try:
+        return path.resolve() == other.resolve()
+    except OSError:
+        return False
 
 
 def resolve_signing_key(configured_path: str | os.PathLike[str] | None

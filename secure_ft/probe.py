@@ -78,6 +78,15 @@ def embedding_cache(folder: str | Path, model_config: ModelConfig) -> EmbeddingC
     return EmbeddingCache(folder, key)
 
 
+def embedding_summary(texts: int, distinct: int, encoded: int) -> str:
+    """What one `embed_texts` call did: repeated texts (augmentation copies that came out unchanged,
+    duplicate rows) are encoded once, and only texts stored by an earlier call come from the cache."""
+    repeats = texts - distinct
+    cached = distinct - encoded
+    return (f"embeddings: {texts} texts ({distinct} distinct{f', {repeats} repeats' if repeats else ''}): "
+            f"{encoded} encoded now, {cached} from the cache")
+
+
 @torch.no_grad()  # not inference_mode: the vectors become autograd inputs of the head
 def embed_texts(model: nn.Module, tokenizer, texts: list[str], *, max_length: int, cache: EmbeddingCache | None = None,
                 batch_size: int = 64, device: str | torch.device = "cpu", progress: bool = True) -> torch.Tensor:
@@ -114,7 +123,7 @@ def embed_texts(model: nn.Module, tokenizer, texts: list[str], *, max_length: in
         found.update(zip(missing, computed))
         if cache is not None:
             cache.add(missing, computed)
-    log.info("embeddings: %d texts, %d from the cache, %d encoded", len(texts), len(texts) - len(missing), len(missing))
+    log.info(embedding_summary(len(texts), len(set(digests)), len(missing)))
     if not texts:
         return torch.zeros((0, model.config.hidden_size))
     return torch.stack([found[digest] for digest in digests])

@@ -31,6 +31,10 @@ def test_passing_run_exports_a_verified_bundle(tmp_path, toy_config, capsys):
     (run_dir,) = [p for p in out.iterdir() if not p.name.endswith("-bundle")]
     bundle = out / f"{run_dir.name}-bundle"
     assert f"bundle: {bundle}" in printed and "verdict: PASSED" in printed
+    assert printed.count("run directory:") == 1
+    export = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()][-1]
+    # export.signing_key is null: the per-user default key signed, and the ledger says so
+    assert export["event"] == "export" and export["data"]["key_source"].startswith("per-user default key")
     assert (run_dir / "audit_report.html").is_file() and (bundle / "bundle.sig").is_file()
     assert main(["verify", str(bundle)]) == 0
     events = [json.loads(line)["event"] for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
@@ -44,6 +48,7 @@ def test_blocked_run_exits_3_with_a_report_and_no_bundle(tmp_path, toy_config, c
     code, out, printed = run_cli(tmp_path, toy_config, write_policy(tmp_path, 0.99), capsys)
     assert code == 3, printed
     assert "verdict: BLOCKED" in printed and "gain_over_majority" in printed
+    assert "what the failed checks mean:" in printed and "test accuracy minus always guessing" in printed
     (run_dir,) = list(out.iterdir())
     assert (run_dir / "audit_report.html").is_file()
     verdict = json.loads((run_dir / "verdict.json").read_text())

@@ -24,7 +24,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     try:
         bundle = export_bundle(Path(args.run_dir), Path(args.out), signing_key=args.signing_key,
-                               public_key=args.public_key)
+                               public_key=args.public_key, signing_key_given_by="--signing-key")
     except SecureFTError as error:
         if error.exit_code == 3:
             print(f"export refused: {error}", file=sys.stderr)

@@ -15,11 +15,14 @@ files and the HTML is only a view of it. Top-level keys (schema version 1.0)::
     privacy_guarantee   privacy.json (ε, δ, accountant, noise, clipping, sampling, steps, ε history)
                         or null for a non-private run
     audits              {name: AuditResult.to_dict()} for every audit that ran
+    explanations        failed_checks (audit, check, what it measures and the next step),
+                        interval_warnings (passes whose interval contains the threshold) and
+                        policy_warnings (judgement keys the policy file omits)
     examples_included   whether report.include_examples allowed text from the data
 
 Text from the data (training or test examples, adversarial examples) is withheld unless
-``report.include_examples`` is true: any metric field named like ``text``, ``texts`` or
-``examples`` is replaced by a marker. Audits keep such text in separate evidence files.
+``report.include_examples`` is true: every string under a metric field named like ``text``,
+``texts`` or ``examples`` is replaced by a marker (numbers there, such as ``num_examples``, stay). Audits keep such text in separate evidence files.
 """
 
 from __future__ import annotations
@@ -35,11 +38,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from audits.gate import Verdict
 from audits.result import AuditResult
 from secure_ft.config import RunConfig
 from secure_ft.errors import BundleError
+from secure_ft.policy import Policy, omitted_key_warnings
+from secure_ft.verdict_explanations import failure_explanations, interval_warnings
 from secure_ft.run_ledger import verify_ledger
 from secure_ft.model_identity import HASH_FILE, model_digest
 from secure_ft.run_directory import DATA_FILE, METRICS_FILE, MODEL_DIR, POLICY_FILE, PRIVACY_FILE, TRANSFER_FILE
@@ -60,6 +66,7 @@ def build_report(run_dir: str | os.PathLike[str], results: list[AuditResult], ve
     """The report document of one run (see the module docstring for its keys)."""
     run_dir = Path(run_dir)
     include = bool(config.report.include_examples)
+    policy_summary = _policy_summary(run_dir, verdict)
     audits = {}
     for result in results:
         raw = result.to_dict()
@@ -70,10 +77,11 @@ def build_report(run_dir: str | os.PathLike[str], results: list[AuditResult], ve
         "generated_at": datetime.now(timezone.utc).isoformat(),
         "verdict": verdict.to_dict(),
         "verdict_signer": signer,  # the gate key that signs verdict.dsse.json (which also covers this report)
-        "run": run_identity(run_dir, verdict, config),
+        "run": run_identity(run_dir, verdict, config, policy_summary),
         "training": read_json(run_dir / METRICS_FILE),
         "privacy_guarantee": read_json(run_dir / PRIVACY_FILE),
         "audits": audits,
+        "explanations": verdict_explanations(audits, policy_summary),
         "examples_included": include,
     })
 
@@ -92,14 +100,28 @@ def json_safe(value: Any) -> Any:
 
 
 def withhold_text(value: Any) -> Any:
-    """A copy of `value` with every field named like text/examples replaced by a marker."""
+    """A copy of `value` with the text under every field named like text/examples replaced by a marker.
+
+    Redaction acts on what a value holds, not on its key's name: under such a field every
+    string (and only strings) is withheld, so counts such as ``num_examples`` or an example's
+    label index stay numbers.
+    """
     if isinstance(value, dict):
-        return {
-            key: WITHHELD if _is_text_key(key) and value[key] not in (None, [], {}) else withhold_text(item)
-            for key, item in value.items()
-        }
+        return {key: _withhold_strings(item) if _is_text_key(key) else withhold_text(item)
+                for key, item in value.items()}
     if isinstance(value, list):
         return [withhold_text(item) for item in value]
+    return value
+
+
+def _withhold_strings(value: Any) -> Any:
+    """`value` with every string in it replaced by the marker; numbers, booleans and nulls kept."""
+    if isinstance(value, str):
+        return WITHHELD
+    if isinstance(value, dict):
+        return {key: _withhold_strings(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_withhold_strings(item) for item in value]
     return value
 
 
@@ -118,7 +140,8 @@ def read_json(path: Path) -> Any:
         return {"error": f"{path.name} is unreadable: {error}"}
 
 
-def run_identity(run_dir: Path, verdict: Verdict, config: RunConfig) -> dict[str, Any]:
+def run_identity(run_dir: Path, verdict: Verdict, config: RunConfig,
+                 policy_summary: dict[str, Any] | None = None) -> dict[str, Any]:
     data = read_json(run_dir / DATA_FILE) or {}
     choice = read_json(run_dir / TRANSFER_FILE) or {}  # what `transfer: auto` resolved to, and why
     model_dir = run_dir / MODEL_DIR
@@ -142,7 +165,7 @@ def run_identity(run_dir: Path, verdict: Verdict, config: RunConfig) -> dict[str
         "seed": config.seed,
         "mode": _training_mode(run_dir, config),
         "config": config.model_dump(mode="json"),
-        "policy": _policy_summary(run_dir, verdict),
+        "policy": policy_summary if policy_summary is not None else _policy_summary(run_dir, verdict),
         "library_versions": library_versions(),
         "platform": machine_identity(),
         "ledger": _ledger_state(run_dir),
@@ -167,7 +190,25 @@ def _policy_summary(run_dir: Path, verdict: Verdict) -> dict[str, Any]:
             summary["content"] = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError):
             summary["content"] = None
+    content = summary.get("content")
+    if isinstance(content, dict):
+        try:
+            policy = Policy.model_validate(content)
+        except ValidationError:
+            return summary
+        summary["required_audits"] = list(policy.required_audits)
+        # keys the file leaves out whose default decides how checks are judged (CI bound, budget check)
+        summary["warnings"] = omitted_key_warnings(content, policy)
     return summary
+
+
+def verdict_explanations(audits: dict[str, Any], policy_summary: dict[str, Any]) -> dict[str, Any]:
+    """What each failed check means and what to do next, passes the data cannot tell from failures,
+    and the policy's omitted judgement keys (`secure_ft.verdict_explanations`)."""
+    required = policy_summary.get("required_audits") or list(audits)
+    return {"failed_checks": failure_explanations(audits, required),
+            "interval_warnings": interval_warnings(audits),
+            "policy_warnings": policy_summary.get("warnings") or []}
 
 
 def _ledger_state(run_dir: Path) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The report document rendered as one self-contained HTML page.
 
 The page opens with the verdict and its reasons, then run identity, training summary,
-privacy guarantee, the audits (performance, fairness, robustness, membership inference),
+privacy guarantee, the audits (performance, fairness, robustness, privacy: ε and membership inference),
 and the effective configuration. Charts are PNGs embedded as ``data:`` URIs and the style
 sheet is inline: the page makes no network request and can be archived as a single file.
 Every section renders from whatever the document holds; a missing part shows as "not run"
@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import yaml
 
 from secure_ft.report import plots
+from secure_ft.verdict_explanations import audit_status, check_outcome, format_estimate, format_number
 
 SECTIONS = (
     ("verdict", "Verdict"),
@@ -26,7 +27,7 @@ SECTIONS = (
     ("performance", "Performance"),
     ("fairness", "Fairness"),
     ("robustness", "Robustness"),
-    ("membership", "Membership inference"),
+    ("membership", "Privacy audit (ε and membership inference)"),
     ("configuration", "Configuration"),
 )
 _DEDICATED = {"performance", "fairness", "robustness", "privacy"}
@@ -75,11 +76,11 @@ def fmt(value: Any, digits: int = 4) -> str:
     if _is_number(value):
         if isinstance(value, float) and not math.isfinite(value):
             return str(value)
-        return f"{value:,}" if isinstance(value, int) else f"{value:.{digits}g}"
+        return format_number(value, digits)
     if _is_estimate(value):
-        point = fmt(value.get("value"), digits)
         low, high = value.get("ci_lower"), value.get("ci_upper")
-        return point if low is None and high is None else f"{point} [{fmt(low, digits)}, {fmt(high, digits)}]"
+        point, shown_low, shown_high = format_estimate(value.get("value"), low, high, digits)
+        return point if low is None and high is None else f"{point} [{shown_low}, {shown_high}]"
     if isinstance(value, dict) and len(value) <= 12 and all(not isinstance(v, (dict, list)) for v in value.values()):
         return ", ".join(f"{key}: {fmt(item, digits)}" for key, item in value.items()) or "—"
     if isinstance(value, list):
@@ -110,7 +111,7 @@ def _image(uri: str | None, alt: str) -> str:
 
 
 def _badge(status: str) -> str:
-    css = {"passed": "pass", "FAILED": "fail", "could not run": "fail", "inconclusive": "review"}.get(status, "none")
+    css = {"passed": "pass", "FAILED": "fail", "could not run": "fail", "not run": "fail", "inconclusive": "review"}.get(status, "none")
     return f'<span class="badge {css}">{_e(status)}</span>'
 
 
@@ -152,7 +153,14 @@ def _verdict(report: dict[str, Any]) -> str:
     if review:
         parts.append("<h3>For a human reviewer (inconclusive: the evidence neither meets nor breaks the limit)</h3>"
                      "<ol>" + "".join(f"<li>{_e(item)}</li>" for item in review) + "</ol>")
-    warnings = verdict.get("warnings") or []
+    explanations = report.get("explanations") or {}
+    failed = explanations.get("failed_checks") or []
+    if failed:
+        parts.append("<h3>What the failed checks mean</h3><ul>" + "".join(
+            f"<li><b>{_e(item.get('audit'))}: {_e(item.get('check'))}</b> — {_e(item.get('explanation'))}</li>"
+            for item in failed) + "</ul>")
+    warnings = [*(verdict.get("warnings") or []), *(explanations.get("interval_warnings") or []),
+                *(explanations.get("policy_warnings") or [])]
     if warnings:
         parts.append("<h3>Warnings (do not block export)</h3><ul>" + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul>")
     audits = verdict.get("audits") or {}
@@ -282,16 +290,20 @@ def _check_threshold(report: dict[str, Any], audit: str, needle: str) -> float |
     return None
 
 
-def _audit_header(result: dict[str, Any] | None, name: str) -> tuple[str, bool]:
+def _audit_header(result: dict[str, Any] | None, name: str, report: dict[str, Any] | None = None) -> tuple[str, bool]:
     """Status line, checks table and notes of one audit; False when the audit did not run."""
     if not result:
-        return f"<p>{_badge('not run')} The {_e(name)} audit was not run.</p>", False
+        policy = ((report or {}).get("run") or {}).get("policy") or {}
+        required = policy.get("required_audits")
+        status = audit_status(name, None, required if required is not None else [name], policy.get("name"))
+        if status != "not run":  # the policy does not ask for it: nothing failed
+            return f"<p>{_badge(status)} The {_e(name)} audit is {_e(status)}.</p>", False
+        who = f"policy {policy.get('name')}" if policy.get("name") else "the policy"
+        return f"<p>{_badge('not run')} The {_e(name)} audit was not run, although {_e(who)} requires it.</p>", False
     if result.get("error"):
         return f"<p>{_badge('could not run')} {_e(result['error'])}</p>", False
     checks = result.get("checks") or []
-    outcomes = {_check_outcome(c) for c in checks}
-    status = ("passed" if result.get("passed") else
-              "inconclusive" if "inconclusive" in outcomes and "fail" not in outcomes else "FAILED")
+    status = audit_status(name, result, [name], None)
     parts = [f"<p>{_badge(status)}</p>"]
     if checks:
         judged = any(c.get("interval") is not None or c.get("p_value") is not None for c in checks)
@@ -300,17 +312,13 @@ def _audit_header(result: dict[str, Any] | None, name: str) -> tuple[str, bool]:
         parts.append("<h3>Policy checks</h3>" + _table(headers, [
             (c.get("name"), c.get("actual"),
              *((_bounds(c.get("interval")), c.get("p_value")) if judged else ()),
-             f"{c.get('comparison')} {fmt(c.get('threshold'))}", shown[_check_outcome(c)],
+             f"{c.get('comparison')} {fmt(c.get('threshold'))}", shown[check_outcome(c)],
              " ".join(part for part in (c.get("note"), f"Review: {c['review']}" if c.get("review") else "") if part))
             for c in checks]))
     notes = result.get("notes") or []
     if notes:
         parts.append("<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
     return "".join(parts), True
-
-
-def _check_outcome(check: dict[str, Any]) -> str:
-    return check.get("outcome") or ("pass" if check.get("passed") else "fail")
 
 
 def _bounds(bounds: Any) -> str:
@@ -332,7 +340,7 @@ def _all_metrics(result: dict[str, Any]) -> str:
 
 def _performance(report: dict[str, Any]) -> str:
     result = (report.get("audits") or {}).get("performance")
-    header, ran = _audit_header(result, "performance")
+    header, ran = _audit_header(result, "performance", report)
     if not ran:
         return header
     metrics = result.get("metrics") or {}
@@ -362,7 +370,7 @@ def _performance(report: dict[str, Any]) -> str:
 
 def _fairness(report: dict[str, Any]) -> str:
     result = (report.get("audits") or {}).get("fairness")
-    header, ran = _audit_header(result, "fairness")
+    header, ran = _audit_header(result, "fairness", report)
     if not ran:
         return header
     metrics = result.get("metrics") or {}
@@ -424,7 +432,7 @@ def _estimate_parts(value: Any) -> tuple[float | None, float | None, float | Non
 
 def _robustness(report: dict[str, Any]) -> str:
     result = (report.get("audits") or {}).get("robustness")
-    header, ran = _audit_header(result, "robustness")
+    header, ran = _audit_header(result, "robustness", report)
     if not ran:
         return header
     metrics = result.get("metrics") or {}
@@ -474,7 +482,7 @@ _ATTACK_COLUMNS = (("auc", "AUC"), ("balanced_accuracy", "balanced accuracy"), (
 
 def _membership(report: dict[str, Any]) -> str:
     result = (report.get("audits") or {}).get("privacy")
-    header, ran = _audit_header(result, "privacy")
+    header, ran = _audit_header(result, "privacy", report)
     if not ran:
         return header
     metrics = result.get("metrics") or {}
