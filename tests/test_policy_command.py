@@ -30,7 +30,7 @@ def test_show_lists_every_key_with_value_default_and_meaning(capsys):
         "key": "robustness.max_budget_exhausted_fraction", "value": {"default": 0.1}, "default": {}, "set": True,
         "meaning": keys["robustness.max_budget_exhausted_fraction"]["meaning"]}
     assert "query budget" in keys["robustness.max_budget_exhausted_fraction"]["meaning"]
-    assert keys["fairness.use_ci_bound"]["value"] is False and keys["fairness.use_ci_bound"]["default"] is True
+    assert keys["fairness.inconclusive"]["value"] == "review" and keys["fairness.inconclusive"]["default"] == "block"
     assert keys["performance.min_accuracy"]["set"] is False and keys["performance.min_accuracy"]["meaning"]
     assert all(row["meaning"] for row in shown["keys"])
 
@@ -78,5 +78,5 @@ def test_init_writes_a_policy_that_loads_to_the_same_judgement(tmp_path, capsys)
     strict, _ = load_policy(default_policy_path().with_name("strict.yaml"))
     assert written.model_dump() == strict.model_dump()
     assert written.warnings == []  # every key is written out, so nothing is left to a default
-    assert "# judge the pessimistic CI bound instead of the point estimate (default: true)" in target.read_text()
+    assert "or only warn (default: block)\n  inconclusive: review" in target.read_text()
     assert cli_main(["policy", "init", str(target)]) == 2  # never overwrites without --force
