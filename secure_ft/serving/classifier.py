@@ -12,10 +12,11 @@ import numpy as np
 import torch
 
 from secure_ft.errors import BundleError
-from secure_ft.model_identity import model_digest
-from secure_ft.models import load_trained_model, predict, resolve_device
+from secure_ft.models import predict, resolve_device
 from secure_ft.serving.bundle_loader import VerifiedBundle
-from secure_ft.text_front_end import TextFrontEnd, load_text_front_end
+from secure_ft.text_front_end import TextFrontEnd, identity_front_end
+
+REPORT_FILE = "audit_report.json"
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +51,29 @@ class BundleClassifier:
 
     @classmethod
     def from_bundle(cls, bundle: VerifiedBundle, device: str = "auto") -> "BundleClassifier":
-        """Load the verified bundle's model (safetensors only, pooling restored) on `device`.
+        """Build the verified bundle's model on `device` from its verified bytes (never from the folder).
+
+        Weights come from memory (safetensors, pooling restored), the tokenizer, config and
+        front end from a private copy of the verified bytes, the sequence length from the
+        verified report (see `secure_ft.snapshot_model`).
 
         Raises
         ------
         BundleError
-            When the model folder no longer has the hash that was verified (changed in between).
+            When the snapshot's model is not the one the signed verdict names.
         """
-        model, tokenizer = load_trained_model(bundle.model_dir, resolve_device(device))
-        # the folder was hashed by verification; a change since then must not be served
-        if model_digest(bundle.model_dir) != bundle.model_sha256:
-            raise BundleError(f"{bundle.model_dir}: changed after verification; restart the server to verify again")
+        from secure_ft.snapshot_model import load_model_from_snapshot, snapshot_model_digest
+
+        # verification already tied these bytes to the verdict; re-derived here so a caller cannot mix bundles
+        if snapshot_model_digest(bundle.snapshot) != bundle.model_sha256:
+            raise BundleError(f"{bundle.bundle_dir}: the model read is not the one the signed verdict names")
+        model, tokenizer, front_end = load_model_from_snapshot(bundle.snapshot, resolve_device(device))
         config = model.config
         labels = [str(config.id2label.get(index, f"LABEL_{index}")) for index in range(config.num_labels)]
-        return cls(model=model, tokenizer=tokenizer, labels=labels, max_length=trained_max_length(bundle.bundle_dir),
-                   device=str(model.device), front_end=load_text_front_end(bundle.model_dir))
+        report = bundle.read(REPORT_FILE)
+        return cls(model=model, tokenizer=tokenizer, labels=labels,
+                   max_length=trained_max_length(report, bundle.bundle_dir / REPORT_FILE),
+                   device=str(model.device), front_end=identity_front_end if front_end is None else front_end.correct_all)
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities, float32 of shape (len(texts), classes), in input order.
@@ -99,14 +108,13 @@ class BundleClassifier:
         return [self.labels[index] for index in probabilities.argmax(axis=-1).tolist()]
 
 
-def trained_max_length(bundle_dir: Path) -> int:
-    """The sequence length the bundle's model was trained and audited with (from its report)."""
-    path = Path(bundle_dir) / "audit_report.json"
+def trained_max_length(report: bytes, where: Path) -> int:
+    """The sequence length the bundle's model was trained and audited with (from its verified report)."""
     try:
-        value = (json.loads(path.read_text(encoding="utf-8")).get("run") or {}).get("model", {}).get("max_length")
-    except (OSError, ValueError, AttributeError):
+        value = (json.loads(report.decode("utf-8")).get("run") or {}).get("model", {}).get("max_length")
+    except (ValueError, AttributeError):
         value = None
-    if not isinstance(value, int) or value < 1:
-        log.warning("%s: no run.model.max_length; reading %d tokens per text", path, DEFAULT_MAX_LENGTH)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        log.warning("%s: no run.model.max_length; reading %d tokens per text", where, DEFAULT_MAX_LENGTH)
         return DEFAULT_MAX_LENGTH
     return value
