@@ -172,10 +172,10 @@ _IMPORTED_MODULES = textwrap.dedent("""
     import json, sys
     import uvicorn
 
-    def report_instead_of_listening(app, **options):  # the real command up to the point it would listen
+    def report_instead_of_listening(server, *args, **options):  # the real command up to the point it would listen
         print(json.dumps(sorted(sys.modules)))
 
-    uvicorn.run = report_instead_of_listening
+    uvicorn.Server.run = report_instead_of_listening
     from secure_ft.cli import main
     sys.exit(main(["serve", sys.argv[1], "--public-key", sys.argv[2], "--device", "cpu"]))
 """)
