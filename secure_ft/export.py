@@ -122,8 +122,12 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: run directory not found")
+    if out_dir.is_symlink():
+        raise ConfigError(f"{out_dir}: is a symbolic link{' to a missing target' if not out_dir.exists() else ''}; "
+                          "choose a new --out folder that is not a link (bundles are never written through links)")
     if out_dir.exists():
         raise ConfigError(f"{out_dir}: already exists; choose a new --out folder (bundles are never overwritten)")
+    _refuse_out_inside_what_export_reads(run_dir, out_dir)
     ledger = Ledger(run_dir)
     gate_keys = list(trusted_keys or []) + trusted_keys_for(public_key)
     try:
@@ -165,6 +169,17 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
                   public_key_sha256=public_key_fingerprint(key.public_key()), key_source=key_source)
     log.info("exported %s (signed with %s)", out_dir, key_source)
     return out_dir
+
+
+def _refuse_out_inside_what_export_reads(run_dir: Path, out_dir: Path) -> None:
+    """A bundle written inside the model or evidence folders would be copied into itself (and change the model)."""
+    target = out_dir.parent.resolve() / out_dir.name  # resolved through existing links, as the write would go
+    run = run_dir.resolve()
+    read = [run / MODEL_DIR, run / AUDITS_DIR]
+    for folder in read:
+        if target == folder or folder in target.parents:
+            raise ConfigError(f"{out_dir}: lies inside {folder}, which export reads (and the model digest covers); "
+                              f"choose --out outside {run / MODEL_DIR} and {run / AUDITS_DIR}, e.g. {run.parent / (run.name + '-bundle')}")
 
 
 def _record_refusal(ledger: Ledger, error: Exception) -> None:

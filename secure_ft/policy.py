@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from secure_ft.errors import PolicyError
 
@@ -175,13 +175,26 @@ class PrivacyPolicy(_Section):
     use_ci_bound: Judge = Field(False, description="judge the upper CI bound of the attack metrics")
 
 
+#: the audits a policy can require: one section each below (``audits.registry`` runs the same four);
+#: names become file names (``audits/NAME.json``), so nothing else is accepted
+KNOWN_AUDITS = ("performance", "robustness", "fairness", "privacy")
+
+
 class Policy(_Section):
     name: str = "unnamed policy"
-    required_audits: list[str] = Field(default_factory=lambda: ["performance", "robustness", "fairness", "privacy"])
+    required_audits: list[str] = Field(default_factory=lambda: list(KNOWN_AUDITS))
     performance: PerformancePolicy = Field(default_factory=PerformancePolicy)
     robustness: RobustnessPolicy = Field(default_factory=RobustnessPolicy)
     fairness: FairnessPolicy = Field(default_factory=FairnessPolicy)
     privacy: PrivacyPolicy = Field(default_factory=PrivacyPolicy)
+
+    @field_validator("required_audits")
+    @classmethod
+    def _known_audits(cls, names: list[str]) -> list[str]:
+        unknown = [name for name in names if name not in KNOWN_AUDITS]
+        if unknown:
+            raise ValueError(f"unknown audit {unknown[0]!r}; known audits are {', '.join(KNOWN_AUDITS)}")
+        return names
 
 
 def default_policy_path() -> Path:
