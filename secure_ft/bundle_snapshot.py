@@ -47,6 +47,14 @@ class BundleSnapshot:
         except KeyError:
             raise BundleError(f"{self.root / relative}: missing; this is not a complete secure-ft bundle") from None
 
+    def release(self, relative: str) -> None:
+        """Drop one file's bytes once they have been used (the weights: their tensors hold the copy now).
+
+        Later reads of it raise BundleError; the snapshot's other files stay.
+        """
+        if isinstance(self.files, dict):
+            self.files.pop(relative, None)
+
     def under(self, folder: str) -> dict[str, bytes]:
         """The files inside `folder` (e.g. ``"model"``), with paths relative to it."""
         prefix = folder.rstrip("/") + "/"

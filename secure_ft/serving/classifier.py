@@ -62,12 +62,17 @@ class BundleClassifier:
         BundleError
             When the snapshot's model is not the one the signed verdict names.
         """
-        from secure_ft.snapshot_model import load_model_from_snapshot, snapshot_model_digest
+        from secure_ft.models import WEIGHTS_FILE
+        from secure_ft.snapshot_model import MODEL_FOLDER, load_model_from_snapshot, snapshot_model_digest
 
+        if f"{MODEL_FOLDER}/{WEIGHTS_FILE}" not in bundle.snapshot.files:
+            raise BundleError(f"{bundle.bundle_dir}: this verified bundle's weights were released by a first load; "
+                              "verify the bundle again (load_verified_bundle) to build another classifier")
         # verification already tied these bytes to the verdict; re-derived here so a caller cannot mix bundles
         if snapshot_model_digest(bundle.snapshot) != bundle.model_sha256:
             raise BundleError(f"{bundle.bundle_dir}: the model read is not the one the signed verdict names")
         model, tokenizer, front_end = load_model_from_snapshot(bundle.snapshot, resolve_device(device))
+        bundle.snapshot.release(f"{MODEL_FOLDER}/{WEIGHTS_FILE}")  # the tensors own a copy: no second one in memory
         config = model.config
         labels = [str(config.id2label.get(index, f"LABEL_{index}")) for index in range(config.num_labels)]
         report = bundle.read(REPORT_FILE)
