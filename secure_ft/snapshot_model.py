@@ -11,7 +11,6 @@ checks for missing weights.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 from secure_ft.bundle_snapshot import BundleSnapshot
@@ -23,8 +22,11 @@ from secure_ft.pooling import MEAN_POOLINGS, use_mean_pooling
 MODEL_FOLDER = "model"
 
 
-def load_model_from_snapshot(snapshot: BundleSnapshot, device: str = "cpu"):
+def load_model_from_snapshot(snapshot: BundleSnapshot, device: str = "cpu", *, release_weights: bool = False):
     """Model (eval mode, on `device`), tokenizer and text front end (None if none) of a bundle's ``model/``.
+
+    With `release_weights`, the weights' bytes leave the snapshot as soon as their tensors
+    exist (a server keeps one copy of the weights, not two).
 
     Raises
     ------
@@ -36,8 +38,7 @@ def load_model_from_snapshot(snapshot: BundleSnapshot, device: str = "cpu"):
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
     where = snapshot.root / MODEL_FOLDER
-    files: Mapping[str, bytes] = snapshot.under(MODEL_FOLDER)
-    if WEIGHTS_FILE not in files:
+    if f"{MODEL_FOLDER}/{WEIGHTS_FILE}" not in snapshot.files:
         raise ModelError(f"{where}: no {WEIGHTS_FILE}; a secure-ft model folder holds its weights in one safetensors file")
     with snapshot.private_copy(MODEL_FOLDER, exclude=(WEIGHTS_FILE,)) as copy:
         try:
@@ -51,7 +52,9 @@ def load_model_from_snapshot(snapshot: BundleSnapshot, device: str = "cpu"):
                              f"{str(error).replace(str(copy), str(where))}") from None
     try:
         model_class = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
-        state = safetensors.torch.load(files[WEIGHTS_FILE])  # tensors own their memory: no map of any file
+        state = safetensors.torch.load(snapshot.files[f"{MODEL_FOLDER}/{WEIGHTS_FILE}"])  # tensors own their memory
+        if release_weights:
+            snapshot.release(f"{MODEL_FOLDER}/{WEIGHTS_FILE}")
         with _quiet_transformers():  # missing weights are checked below, with a clearer message
             model, loading = model_class.from_pretrained(None, config=config, state_dict=state,
                                                          output_loading_info=True)

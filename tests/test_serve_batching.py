@@ -84,15 +84,13 @@ def test_a_small_request_is_not_stuck_behind_a_large_one():
         async with running(DynamicBatcher(recorder, max_batch_size=8, max_wait_ms=0)) as batcher:
             large = asyncio.create_task(batcher.submit([f"L{i}" for i in range(64)]))
             await asyncio.sleep(0.01)  # the large request's first batch is running
-            small = await batcher.submit(["small"])
-            passes_before_small = len(recorder.batches)
+            await batcher.submit(["small"])
             await large
-        return passes_before_small
 
-    passes = _run(scenario())
+    _run(scenario())
     # 64 texts need 8 passes of 8; the small one ran in the second pass (shared with the large one), not the ninth
-    assert passes == 2, recorder.batches
-    assert "small" in recorder.batches[1] and len(recorder.batches[1]) == 8
+    assert next(i for i, batch in enumerate(recorder.batches) if "small" in batch) == 1, recorder.batches
+    assert len(recorder.batches[1]) == 8
     assert sum(len(batch) for batch in recorder.batches) == 65 and len(recorder.batches) == 9
 
 
@@ -194,3 +192,29 @@ def test_a_batch_waits_for_as_many_requests_as_the_previous_one_held():
     took = _run(scenario())
     assert [len(batch) for batch in recorder.batches] == [3, 3]  # the stragglers joined the first one
     assert took < 1.0  # and the batch ran once it held 3, not after max_wait
+
+
+def test_a_cost_budget_bounds_each_batch_so_a_small_request_waits_for_little_work():
+    recorder = Recorder(delay=0.05)
+
+    async def scenario():
+        batcher = DynamicBatcher(recorder, max_batch_size=32, max_wait_ms=0, cost=len, max_batch_cost=400)
+        async with running(batcher):
+            large = asyncio.create_task(batcher.submit(["L" * 100] * 16))  # 16 texts of cost 100
+            await asyncio.sleep(0.01)
+            await batcher.submit(["s"])
+            await large
+
+    _run(scenario())
+    assert len(recorder.batches[0]) == 4  # 4 texts of cost 100 fill the budget of 400
+    assert "s" in recorder.batches[1]  # the second pass, behind 4 texts' work, not 16
+    assert all(sum(len(text) for text in batch) <= 400 for batch in recorder.batches)
+    oversized = Recorder()
+
+    async def alone():
+        async with running(DynamicBatcher(oversized, max_batch_size=8, max_wait_ms=0, cost=len,
+                                          max_batch_cost=10)) as batcher:
+            return await batcher.submit(["x" * 50, "y"])
+
+    rows = _run(alone())  # a text over the budget still runs, alone in its batch
+    assert rows.tolist() == [[50], [1]] and [len(batch) for batch in oversized.batches] == [1, 1]

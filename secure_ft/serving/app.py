@@ -58,7 +58,8 @@ def create_app(classifier: BundleClassifier, bundle: VerifiedBundle, settings: S
     """
     metrics = ServerMetrics()
     batcher = DynamicBatcher(classifier.probabilities, settings.max_batch_size, settings.max_wait_ms,
-                             on_batch=metrics.batch_size.observe, max_queued_texts=settings.max_queued_texts)
+                             on_batch=metrics.batch_size.observe, max_queued_texts=settings.max_queued_texts,
+                             cost=classifier.estimated_tokens, max_batch_cost=classifier.batch_token_budget())
     card = read_model_card(bundle, classifier.labels)
     version = settings.model_version or bundle.model_sha256[:12]
     metadata = protocol.model_metadata(settings.model_name, len(classifier.labels), version).model_dump()

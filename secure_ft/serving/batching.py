@@ -9,9 +9,11 @@ as the previous one did: a lone client is never delayed, while clients whose ans
 went out are given the time to send again and join.
 
 Fairness: a request larger than the batch (or than its share of it) is split. Each batch is
-filled round-robin, every waiting request taking an equal share of the free places, and a
-request that still has texts left goes behind the requests that got none. A one-text request
-arriving behind a 64-text one therefore runs in the next forward pass, not after all 64.
+filled round-robin, a text at a time from each waiting request, and a request that still has
+texts left goes behind the requests that got none. A batch is bounded in texts and, given a
+cost per text (tokens, on a CPU), in cost, so one batch never holds the worker long. A
+one-text request arriving behind a 64-text one therefore runs in the next, short forward
+pass, not after all 64.
 
 Back-pressure: at most ``max_queued_texts`` texts are admitted (waiting or running); a
 request that would go past it is refused at once with :class:`BatcherOverloaded` (the server
@@ -76,12 +78,19 @@ class DynamicBatcher:
         Called with the number of texts of each batch that ran (metrics).
     max_queued_texts
         Most texts admitted at once (waiting or running); None: no limit.
+    cost, max_batch_cost
+        Estimated cost of one text (e.g. its tokens) and the most a batch may cost (None: no
+        limit). On a CPU a forward pass takes about its tokens' time, so a cost budget bounds
+        how long a batch holds the worker, and so how long a newly arrived request waits.
     """
 
     def __init__(self, run_batch: Callable[[list[str]], np.ndarray], max_batch_size: int = 32,
                  max_wait_ms: float = 5.0, on_batch: Callable[[int], None] | None = None,
-                 max_queued_texts: int | None = None):
+                 max_queued_texts: int | None = None, cost: Callable[[str], float] | None = None,
+                 max_batch_cost: float | None = None):
         self.run_batch = run_batch
+        self.cost = cost or (lambda text: 1.0)
+        self.max_batch_cost = max_batch_cost
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.on_batch = on_batch or (lambda size: None)
@@ -222,22 +231,36 @@ class DynamicBatcher:
         return batch
 
     def _share_out(self) -> list[_Slice]:
-        """Round-robin shares of the free places; requests left with texts move behind the others."""
-        free, order = self.max_batch_size, list(self._active)
+        """Round-robin, a text at a time, within the size and cost limits; unfinished requests move back.
+
+        The batch's first text always goes, even when it alone costs more than the budget.
+        """
+        free_texts, free_cost = self.max_batch_size, self.max_batch_cost
+        order = list(self._active)
         taken: dict[int, _Slice] = {}
-        while free and any(p.waiting for p in order):
-            wanting = [p for p in order if p.waiting]
-            share = max(1, free // len(wanting))
-            for pending in wanting:
-                if not free:
+        full: set[int] = set()  # requests whose next text does not fit this batch's cost any more
+        while free_texts:
+            moved = False
+            for pending in order:
+                if not free_texts:
                     break
-                count = min(share, pending.waiting, free)
+                if id(pending) in full or not pending.waiting:
+                    continue
+                cost = self.cost(pending.texts[pending.scheduled])
+                if free_cost is not None and taken and cost > free_cost:
+                    full.add(id(pending))
+                    continue
                 part = taken.get(id(pending))
                 if part is None:
                     part = taken[id(pending)] = _Slice(pending, pending.scheduled, pending.scheduled)
-                pending.scheduled += count
+                pending.scheduled += 1
                 part.end = pending.scheduled
-                free -= count
+                free_texts -= 1
+                if free_cost is not None:
+                    free_cost -= cost
+                moved = True
+            if not moved:
+                break
         untouched = [p for p in order if id(p) not in taken]
         unfinished = [p for p in order if id(p) in taken and p.waiting]
         self._active = deque(untouched + unfinished)
