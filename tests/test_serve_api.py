@@ -289,3 +289,29 @@ def test_cpu_forward_passes_follow_the_token_budget_and_keep_the_input_order(loa
     assert all(len(chunk) * max(counts[index] for index in chunk) <= 40 for chunk in chunks)
     expected = predict(classifier.model, classifier.tokenizer, texts, max_length=classifier.max_length)
     np.testing.assert_allclose(classifier.probabilities(texts), expected.probabilities.numpy(), atol=1e-5, rtol=0)
+
+
+def test_queued_texts_past_the_limit_get_503_with_retry_after(loaded):
+    import dataclasses
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    bundle, classifier = loaded
+    release = threading.Event()
+    slow = dataclasses.replace(classifier)
+    slow.probabilities = lambda texts: (release.wait(30), classifier.probabilities(texts))[1]  # a busy model
+    app = create_app(slow, bundle, ServeSettings(model_name="m", max_texts=4, max_queued_texts=4))
+    with TestClient(app) as client, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, "/predict", json={"texts": ["loan"] * 4})
+        deadline = time.monotonic() + 30
+        while app.state.batcher.queued_texts < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        refused = client.post("/predict", json={"texts": ["fee"]})
+        release.set()
+        assert first.result(timeout=60).status_code == 200
+        metrics = client.get("/metrics").text
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "--max-queued-texts" in refused.json()["error"]
+    assert "secure_ft_overloaded_total 1.0" in metrics
