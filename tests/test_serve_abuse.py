@@ -1,8 +1,8 @@
 """A real `secure-ft serve` process under abuse, on loopback: slow, idle, too many and vanishing clients.
 
 Half-open connections and headers or bodies sent at a byte at a time are closed at their
-deadline; an idle kept-alive connection is closed; one connection past the limit gets 503
-with ``Retry-After``; a client that disconnects mid-body is counted in ``/metrics`` and
+deadline; headers over 64 KiB get 431; an idle kept-alive connection is closed; one
+connection past the limit gets 503 with ``Retry-After``; a client that disconnects mid-body is counted in ``/metrics`` and
 logged in one line, without a traceback. The soak (bounded in clients and seconds) shows 16
 normal clients served within the latency target next to slow clients, and the server's open
 files bounded and back to their level afterwards (`bench/serve_soak.py` runs it bigger).
@@ -86,6 +86,17 @@ def test_half_open_and_slow_header_and_body_clients_are_closed_at_their_deadline
     assert _metric(server, "secure_ft_connections_closed_total", '{reason="header_timeout"}') >= 2
     assert _metric(server, "secure_ft_connections_closed_total", '{reason="body_timeout"}') >= 1
     assert httpx.post(f"{server.url}/predict", json={"texts": ["loan"]}, timeout=30).status_code == 200
+
+
+def test_headers_over_64_kib_get_431_and_nothing_runs(server):
+    sock = _connect(server)
+    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * 70_000 + b"\r\n\r\n")
+    answer = b""
+    while chunk := sock.recv(4096):
+        answer += chunk
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 431") and answer.count(b"HTTP/1.1") == 1
+    assert _metric(server, "secure_ft_connections_closed_total", '{reason="headers_too_large"}') >= 1
 
 
 def test_an_idle_kept_alive_connection_is_closed(server):

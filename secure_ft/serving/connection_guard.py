@@ -53,6 +53,7 @@ def guarded_protocol(settings: ServeSettings, metrics: ServerMetrics) -> type[as
             super().__init__(*args, **kwargs)
             self._deadline: asyncio.TimerHandle | None = None
             self._header_bytes = 0
+            self._refused = False  # closed by the guard: the parser's remaining callbacks start nothing
 
         # -- connection ---------------------------------------------------------------------
 
@@ -84,25 +85,34 @@ def guarded_protocol(settings: ServeSettings, metrics: ServerMetrics) -> type[as
 
         def on_url(self, url: bytes) -> None:
             self._count_header_bytes(len(url))
-            super().on_url(url)
+            if not self._refused:
+                super().on_url(url)
 
         def on_header(self, name: bytes, value: bytes) -> None:
             self._count_header_bytes(len(name) + len(value))
-            super().on_header(name, value)
+            if not self._refused:
+                super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
+            if self._refused:
+                return
             self._arm(settings.body_timeout_s, "body_timeout")
             super().on_headers_complete()
 
+        def on_body(self, body: bytes) -> None:
+            if not self._refused:
+                super().on_body(body)
+
         def on_message_complete(self) -> None:
             self._disarm()
-            super().on_message_complete()
+            if not self._refused:
+                super().on_message_complete()
 
         # -- deadlines ----------------------------------------------------------------------
 
         def _count_header_bytes(self, size: int) -> None:
             self._header_bytes += size
-            if self._header_bytes > MAX_HEADER_BYTES:
+            if self._header_bytes > MAX_HEADER_BYTES and not self._refused:
                 self._close("headers_too_large", _HEADERS_TOO_LARGE)
 
         def _arm(self, seconds: float, reason: str) -> None:
@@ -118,6 +128,7 @@ def guarded_protocol(settings: ServeSettings, metrics: ServerMetrics) -> type[as
             self._disarm()
             if self.transport.is_closing():
                 return
+            self._refused = True
             metrics.connections_closed.labels(reason).inc()
             client = "%s:%d" % self.client if self.client else "-"
             log.info("closed connection from %s: %s", client, reason.replace("_", " "))
