@@ -137,6 +137,8 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
         _record_refusal(ledger, error)
         raise
     config = _run_config(run_dir)
+    if config.export.include_evidence:  # the evidence folders are read too
+        _refuse_out_inside_what_export_reads(run_dir, out_dir, _evidence_paths(report))
     key_path, key_source, _ = resolve_signing_key_path(signing_key)
     key = load_private_key(key_path)
 
@@ -171,15 +173,16 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
     return out_dir
 
 
-def _refuse_out_inside_what_export_reads(run_dir: Path, out_dir: Path) -> None:
+def _refuse_out_inside_what_export_reads(run_dir: Path, out_dir: Path, evidence: list[str] = ()) -> None:
     """A bundle written inside the model or evidence folders would be copied into itself (and change the model)."""
     target = out_dir.parent.resolve() / out_dir.name  # resolved through existing links, as the write would go
     run = run_dir.resolve()
-    read = [run / MODEL_DIR, run / AUDITS_DIR]
+    read = [run / MODEL_DIR, run / AUDITS_DIR, *((run / relative).resolve() for relative in evidence)]
     for folder in read:
         if target == folder or folder in target.parents:
-            raise ConfigError(f"{out_dir}: lies inside {folder}, which export reads (and the model digest covers); "
-                              f"choose --out outside {run / MODEL_DIR} and {run / AUDITS_DIR}, e.g. {run.parent / (run.name + '-bundle')}")
+            raise ConfigError(f"{out_dir}: lies inside {folder}, which export reads and copies into the bundle (it "
+                              "would copy the bundle into itself); choose --out outside the run's model, audits and "
+                              f"evidence folders, e.g. {run.parent / (run.name + '-bundle')}")
 
 
 def _record_refusal(ledger: Ledger, error: Exception) -> None:
@@ -211,6 +214,10 @@ def _matching_report(run_dir: Path, attested: AttestedVerdict) -> dict[str, Any]
             f"{run_dir / REPORT_FILES[0]}: describes another verdict than {run_dir / VERDICT_FILE}; rewrite the report"
         )
     return report
+
+
+def _evidence_paths(report: dict[str, Any]) -> list[str]:
+    return [relative for audit in (report.get("audits") or {}).values() for relative in audit.get("evidence") or []]
 
 
 def _copy_evidence(run_dir: Path, target: Path, report: dict[str, Any]) -> None:
