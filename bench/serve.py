@@ -108,12 +108,23 @@ def start_server(bundle: Path, public_key: Path | None, server_args: list[str], 
         raise
     startup = time.monotonic() - server.started
     cpu = process_cpu_seconds(server.process.pid)
+    memory = process_memory_mib(server.process.pid)
     timing = re.search(r"verified in ([0-9.]+) s .*imported in ([0-9.]+) s; model loaded on \S+ in ([0-9.]+) s",
                        server.output)
     values = [float(group) for group in timing.groups()] if timing else [float("nan")] * 3
     device = re.search(r"model loaded on (\S+)", server.output)
     return server, {**dict(zip(("startup_s", "verify_s", "imports_s", "load_s"), [startup, *values])),
-                    "cpu_s": cpu, "device": device.group(1) if device else device}
+                    "cpu_s": cpu, **memory, "device": device.group(1) if device else device}
+
+
+def process_memory_mib(pid: int) -> dict[str, float]:
+    """Resident memory of a process now and at its peak (VmRSS, VmHWM), in MiB (Linux)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {"rss_mib": float("nan"), "peak_rss_mib": float("nan")}
+    kib = {key: float(re.search(rf"^{key}:\s+(\d+) kB", status, re.M).group(1)) for key in ("VmRSS", "VmHWM")}
+    return {"rss_mib": kib["VmRSS"] / 1024, "peak_rss_mib": kib["VmHWM"] / 1024}
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -269,7 +280,8 @@ def print_table(results: dict, started: dict, ceilings: dict, args) -> None:
     for name, run in started.items():
         print(f"start-up {name}: {run['startup_s']:.2f} s from process start to ready, of which verification "
               f"{run['verify_s']:.2f} s, importing torch and transformers {run['imports_s']:.2f} s, model load "
-              f"{run['load_s']:.2f} s; {run['cpu_s']:.2f} s of CPU time (what it costs on an idle core)")
+              f"{run['load_s']:.2f} s; {run['cpu_s']:.2f} s of CPU time (what it costs on an idle core); resident "
+              f"memory when ready {run['rss_mib']:.0f} MiB (peak {run['peak_rss_mib']:.0f} MiB)")
     startup = max(run["startup_s"] for run in started.values())
     checks.append(f"start-up {startup:.2f} s (slower of the two; target ≤ 5): {'met' if startup <= 5 else 'MISSED'}")
     print("\n".join(checks))

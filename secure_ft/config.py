@@ -501,12 +501,18 @@ class RunConfig(_Section):
     def source_path(self) -> Path | None:
         return self._source_path
 
-    def resolve_path(self, value: str) -> str:
-        """Resolve a relative path in the config against the config file's folder."""
+    def resolve_path(self, value: str, *, hub_name_fallback: bool = False) -> str:
+        """Resolve a relative path in the config against the config file's folder (never the current one).
+
+        With `hub_name_fallback` (``model.name_or_path``), a value with no such file beside the
+        config stays as written, since ``org/name`` is then a model hub name, not a path.
+        """
         if self._source_path is None or os.path.isabs(value) or value.startswith("builtin:"):
             return value
         candidate = self._source_path.parent / value
-        return str(candidate) if candidate.exists() else value
+        if hub_name_fallback and not candidate.exists():
+            return value
+        return str(candidate)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -566,9 +572,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> RunConfig:
     config = config_from_dict(raw, str(path))
     config._source_path = path.resolve()
     # paths in a config file are relative to the file, so a config and its data travel together
-    config.data.source = config.resolve_path(config.data.source)
+    config.data.source = config.resolve_path(config.data.source, hub_name_fallback=True)  # or a `datasets` hub name
     if config.model.name_or_path != "default":
-        config.model.name_or_path = config.resolve_path(config.model.name_or_path)
+        config.model.name_or_path = config.resolve_path(config.model.name_or_path, hub_name_fallback=True)
     if config.policy is not None:
         config.policy = config.resolve_path(config.policy)
     return config

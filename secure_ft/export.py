@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from secure_ft.atomic_files import sync_tree
+from secure_ft.bundle_snapshot import BundleSnapshot, read_bundle_snapshot
 from secure_ft.config import RunConfig, load_config
 from secure_ft.errors import BundleError, ConfigError, ExportRefused
 from secure_ft.keys import (SIGNING_KEY_ENV, load_public_key, public_key_fingerprint, public_key_from_pem,
@@ -55,7 +56,7 @@ from secure_ft.run_directory import (AUDITS_DIR, CONFIG_FILE, MODEL_DIR, POLICY_
 from secure_ft.run_ledger import Ledger
 from secure_ft.verdict_attestation import AttestedVerdict, check_run_attestation, file_digest
 
-__all__ = ["export_bundle", "verify_bundle", "BundleVerification", "SIGNATURE_FILE", "SIGNER_KEY_FILE"]
+__all__ = ["export_bundle", "verify_bundle", "verify_snapshot", "BundleVerification", "SIGNATURE_FILE", "SIGNER_KEY_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,12 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: run directory not found")
+    if out_dir.is_symlink():
+        raise ConfigError(f"{out_dir}: is a symbolic link{' to a missing target' if not out_dir.exists() else ''}; "
+                          "choose a new --out folder that is not a link (bundles are never written through links)")
     if out_dir.exists():
         raise ConfigError(f"{out_dir}: already exists; choose a new --out folder (bundles are never overwritten)")
+    _refuse_out_inside_what_export_reads(run_dir, out_dir)
     ledger = Ledger(run_dir)
     gate_keys = list(trusted_keys or []) + trusted_keys_for(public_key)
     try:
@@ -139,6 +144,8 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
         _record_refusal(ledger, error)
         raise
     config = _run_config(run_dir)
+    if config.export.include_evidence:  # the evidence folders are read too
+        _refuse_out_inside_what_export_reads(run_dir, out_dir, _evidence_paths(report))
     key_path, key_source, _ = resolve_signing_key_path(signing_key, signing_key_given_by)
     key = load_private_key(key_path)
 
@@ -159,7 +166,7 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
         facts = bundle_facts(temp / MODEL_DIR, report, SIGNATURE_FILE, SIGNER_KEY_FILE)
         (temp / MODEL_CARD_FILE).write_text(render_model_card(report, facts), encoding="utf-8")
         (temp / SIGNER_KEY_FILE).write_bytes(public_key_pem(key.public_key()))
-        sign_folder(temp, key_path, temp / SIGNATURE_FILE)
+        sign_folder(temp, key_path, temp / SIGNATURE_FILE, ignore_git_paths=False)
         sync_tree(temp)
         # never hand out one that fails; this also re-checks that the copy is what the gate signed
         verify_bundle(temp, trusted_keys=[key.public_key(), *gate_keys])
@@ -172,6 +179,18 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
                   public_key_sha256=public_key_fingerprint(key.public_key()), key_source=key_source)
     log.info("exported %s (signed with %s)", out_dir, key_source)
     return out_dir
+
+
+def _refuse_out_inside_what_export_reads(run_dir: Path, out_dir: Path, evidence: list[str] = ()) -> None:
+    """A bundle written inside the model or evidence folders would be copied into itself (and change the model)."""
+    target = out_dir.parent.resolve() / out_dir.name  # resolved through existing links, as the write would go
+    run = run_dir.resolve()
+    read = [run / MODEL_DIR, run / AUDITS_DIR, *((run / relative).resolve() for relative in evidence)]
+    for folder in read:
+        if target == folder or folder in target.parents:
+            raise ConfigError(f"{out_dir}: lies inside {folder}, which export reads and copies into the bundle (it "
+                              "would copy the bundle into itself); choose --out outside the run's model, audits and "
+                              f"evidence folders, e.g. {run.parent / (run.name + '-bundle')}")
 
 
 def _record_refusal(ledger: Ledger, error: Exception) -> None:
@@ -203,6 +222,10 @@ def _matching_report(run_dir: Path, attested: AttestedVerdict) -> dict[str, Any]
             f"{run_dir / REPORT_FILES[0]}: describes another verdict than {run_dir / VERDICT_FILE}; rewrite the report"
         )
     return report
+
+
+def _evidence_paths(report: dict[str, Any]) -> list[str]:
+    return [relative for audit in (report.get("audits") or {}).values() for relative in audit.get("evidence") or []]
 
 
 def _copy_evidence(run_dir: Path, target: Path, report: dict[str, Any]) -> None:
@@ -238,6 +261,9 @@ def verify_bundle(bundle_dir: str | os.PathLike[str], public_key: str | os.PathL
                   allow_self_signed: bool = False, trusted_keys: list | None = None) -> BundleVerification:
     """Check a bundle: the OpenSSF signature over every file, then the signed verdict inside it.
 
+    The bundle is read once (`secure_ft.bundle_snapshot`) and those bytes are checked; use
+    `verify_snapshot` directly to keep them for loading.
+
     Parameters
     ----------
     bundle_dir
@@ -254,16 +280,25 @@ def verify_bundle(bundle_dir: str | os.PathLike[str], public_key: str | os.PathL
     Raises
     ------
     BundleError
-        No trusted key signed it, or a file was changed, added, removed or linked (named), or
-        the verdict inside does not verify or does not cover the bundled model and evidence.
+        No trusted key signed it, or a file was changed, added (dot-files and ``.git*`` too),
+        removed or linked (named), or the verdict inside does not verify or does not cover the
+        bundled model and evidence.
     """
-    bundle = Path(bundle_dir)
-    if not bundle.is_dir():
-        raise BundleError(f"{bundle}: bundle folder not found")
+    return verify_snapshot(read_bundle_snapshot(bundle_dir), public_key, allow_self_signed=allow_self_signed,
+                           trusted_keys=trusted_keys)
+
+
+def verify_snapshot(snapshot: BundleSnapshot, public_key: str | os.PathLike[str] | None = None, *,
+                    allow_self_signed: bool = False, trusted_keys: list | None = None) -> BundleVerification:
+    """`verify_bundle` on bytes already read: what passes here is exactly what the caller holds.
+
+    The checks run on a private copy of the snapshot (mode 0700, removed afterwards), never on
+    the bundle folder, which may change at any time; messages name the bundle's paths.
+    """
+    bundle = snapshot.root
     for name in (SIGNATURE_FILE, SIGNER_KEY_FILE, VERDICT_ATTESTATION_FILE):
-        if not (bundle / name).is_file() or (bundle / name).is_symlink():
-            raise BundleError(f"{bundle / name}: missing; this is not a complete secure-ft bundle")
-    shipped = public_key_from_pem((bundle / SIGNER_KEY_FILE).read_bytes(), str(bundle / SIGNER_KEY_FILE))
+        snapshot.read(name)  # BundleError naming the missing file
+    shipped = public_key_from_pem(snapshot.read(SIGNER_KEY_FILE), str(bundle / SIGNER_KEY_FILE))
     shipped_id = public_key_fingerprint(shipped)
     trusted = list(trusted_keys) if trusted_keys is not None else trusted_keys_for(public_key)
     signer = next((key for key in trusted if public_key_fingerprint(key) == shipped_id), None)
@@ -275,13 +310,27 @@ def verify_bundle(bundle_dir: str | os.PathLike[str], public_key: str | os.PathL
                 "with --public-key, add it to your trust list (`secure-ft trust add KEY.pub`), or accept the bundle's "
                 "own key with --allow-self-signed (integrity only, not origin)")
         signer = shipped
-    with tempfile.TemporaryDirectory(prefix="secure-ft-key-") as scratch:
+    with snapshot.private_copy() as copy, tempfile.TemporaryDirectory(prefix="secure-ft-key-") as scratch:
         key_file = Path(scratch, "signer.pub")
         key_file.write_bytes(public_key_pem(signer))
-        signed = verify_folder(bundle, key_file, bundle / SIGNATURE_FILE)
-    # the gate's verdict may have been signed by another trusted key than the exporter's
-    gate_keys = [signer] + [key for key in trusted if key is not signer]
-    attested = check_run_attestation(bundle, gate_keys)
+        try:
+            # git paths are signed like any file: the library's default exclusion would let .git/ ride along
+            signed = verify_folder(copy, key_file, copy / SIGNATURE_FILE, ignore_git_paths=False)
+            _refuse_unsigned(snapshot, signed)
+            # the gate's verdict may have been signed by another trusted key than the exporter's
+            gate_keys = [signer] + [key for key in trusted if key is not signer]
+            attested = check_run_attestation(copy, gate_keys)
+        except BundleError as error:
+            raise BundleError(snapshot.describe_path(str(error), copy)) from None
     return BundleVerification(bundle_dir=bundle, files=len(signed), model_sha256=attested.verdict.model_sha256,
                               policy_name=attested.verdict.policy_name, public_key_sha256=shipped_id,
                               trusted_key=not self_signed, outcome=attested.verdict.outcome)
+
+
+def _refuse_unsigned(snapshot: BundleSnapshot, signed: list[str]) -> None:
+    """Every file read (dot-files and ``.git*`` included) must be one the signature covers."""
+    unsigned = sorted(set(snapshot.files) - set(signed) - {SIGNATURE_FILE})
+    if unsigned:
+        raise BundleError(f"{snapshot.root}: {', '.join(unsigned[:5])}{' …' if len(unsigned) > 5 else ''} "
+                          "not covered by the bundle's signature; a file added after signing is refused — remove it "
+                          "or restore the bundle from its signed copy")

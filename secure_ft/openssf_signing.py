@@ -24,6 +24,9 @@ unless told ``--no-ignore-git-paths``, must pass our signatures. They do not cha
 model computes, and the secure-ft attestation (`secure_ft.model_identity`) still covers them.
 With ``ignore_git_paths=False`` they are signed too, and the command then needs
 ``--no-ignore-git-paths`` when they are present (without it, it fails: never wrongly passes).
+Export bundles are signed that way (`secure_ft.export`): a ``.git/`` or ``.gitignore`` added
+to a bundle must be refused, and the library's command only sees such a file when given
+``--no-ignore-git-paths``, which the printed verification command includes.
 
 Ignored paths are checked
 -------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from secure_ft.errors import PolicyError
 
@@ -202,9 +202,14 @@ class PrivacyPolicy(_Section):
     use_ci_bound: Judge = Field(False, description="judge the upper CI bound of the attack metrics")
 
 
+#: the audits a policy can require: one section each below (``audits.registry`` runs the same four);
+#: names become file names (``audits/NAME.json``), so nothing else is accepted
+KNOWN_AUDITS = ("performance", "robustness", "fairness", "privacy")
+
+
 class Policy(_Section):
     name: str = "unnamed policy"
-    required_audits: list[str] = Field(default_factory=lambda: ["performance", "robustness", "fairness", "privacy"])
+    required_audits: list[str] = Field(default_factory=lambda: list(KNOWN_AUDITS))
     performance: PerformancePolicy = Field(default_factory=PerformancePolicy)
     robustness: RobustnessPolicy = Field(default_factory=RobustnessPolicy)
     fairness: FairnessPolicy = Field(default_factory=FairnessPolicy)
@@ -215,6 +220,14 @@ class Policy(_Section):
     @property
     def warnings(self) -> list[str]:
         return list(self._warnings)
+
+    @field_validator("required_audits")
+    @classmethod
+    def _known_audits(cls, names: list[str]) -> list[str]:
+        unknown = [name for name in names if name not in KNOWN_AUDITS]
+        if unknown:
+            raise ValueError(f"unknown audit {unknown[0]!r}; known audits are {', '.join(KNOWN_AUDITS)}")
+        return names
 
 
 # a key whose default, when the file omits it, changes how checks are judged rather than which ones apply:
@@ -252,7 +265,6 @@ def omitted_key_warnings(raw: dict, policy: Policy) -> list[str]:
                         + (f" ({meaning})" if meaning else "") + f"; set {section_name}.{field} explicitly "
                         "(`secure-ft policy diff` compares with the shipped default)")
     return warnings
-
 
 def default_policy_path() -> Path:
     return Path(str(resources.files("secure_ft") / "policies" / DEFAULT_POLICY_NAME))

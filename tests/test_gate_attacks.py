@@ -215,7 +215,7 @@ def test_self_signed_bundle_needs_the_flag(runs, tmp_path, capsys):
     from secure_ft.openssf_signing import sign_folder
 
     (bundle / SIGNER_KEY_FILE).write_bytes(public.read_bytes())
-    sign_folder(bundle, private, bundle / SIGNATURE_FILE)
+    sign_folder(bundle, private, bundle / SIGNATURE_FILE, ignore_git_paths=False)  # how bundles are signed
     assert _verify(bundle) == 4
     assert "not trusted" in capsys.readouterr().err
     # with the flag the file signature is accepted as integrity only, but the verdict inside is

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from secure_ft.config import RESERVED_COLUMNS, RunConfig, config_from_dict, load_config
-from secure_ft.errors import ConfigError
+from secure_ft.errors import ConfigError, PolicyError
 from secure_ft.policy import default_policy_path, load_policy
 from secure_ft.preflight import check_before_training
 
@@ -102,9 +102,11 @@ def test_fairness_thresholds_need_intervals_and_a_test_that_can_reject(toy_csv, 
 
 
 def test_unknown_audit_name_in_the_policy(toy_csv, tmp_path):
-    policy, path = make_policy(tmp_path, required_audits=["performance", "fairnes", "privacy"])
-    message = problems(make_config(toy_csv, tmp_path), policy, path)
-    assert "test-policy.yaml required_audits: unknown audit 'fairnes'" in message and "fairness" in message
+    # refused when the policy is read (audit names become file names), before pre-flight sees it
+    with pytest.raises(PolicyError, match=r"test-policy.yaml: invalid policy: required_audits: .*unknown audit "
+                                          r"'fairnes'; known audits are performance, robustness, fairness") as caught:
+        make_policy(tmp_path, required_audits=["performance", "fairnes", "privacy"])
+    assert caught.value.exit_code == 2
 
 
 # -- differential privacy -------------------------------------------------------------------------
@@ -184,11 +186,11 @@ def test_central_client_level_epsilon_above_the_policy_maximum(toy_csv, tmp_path
 
 
 def test_every_problem_is_listed_at_once(toy_csv, tmp_path):
-    policy, path = make_policy(tmp_path, required_audits=["fairness", "privacy", "bogus"])
+    policy, path = make_policy(tmp_path, required_audits=["fairness", "privacy"])
     config = make_config(toy_csv, tmp_path, data={"group_columns": []}, privacy={"mode": "none"})
     message = problems(config, policy, path)
-    assert "3 problem(s)" in message
-    assert all(name in message for name in ("'bogus'", "data.group_columns", "privacy.mode: none"))
+    assert "2 problem(s)" in message
+    assert all(name in message for name in ("data.group_columns", "privacy.mode: none"))
 
 
 # -- group columns that would overwrite the text, the label or internal columns -----------------

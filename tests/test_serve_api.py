@@ -6,6 +6,7 @@ covers the real server process.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -29,11 +30,11 @@ def loaded(tmp_path_factory):
     return bundle, BundleClassifier.from_bundle(bundle, "cpu")
 
 
-def _client(loaded, **overrides) -> TestClient:
+def _client(loaded, headers=None, **overrides) -> TestClient:
     bundle, classifier = loaded
     settings = ServeSettings(**{"model_name": "m", "max_texts": 4, "max_chars": 50, "max_body_bytes": 2000,
                                 **overrides})
-    return TestClient(create_app(classifier, bundle, settings))
+    return TestClient(create_app(classifier, bundle, settings), headers=headers)
 
 
 def _infer(texts, **tensor):
@@ -73,9 +74,84 @@ def test_infer_follows_the_v2_schema(loaded):
         nested = {"inputs": [{"name": "text", "shape": [2, 1], "datatype": "BYTES", "data": [["loan"], ["fee"]]}],
                   "outputs": [{"name": "label"}]}
         reply = client.post("/v2/models/m/infer", json=nested).json()
-        assert [out["name"] for out in reply["outputs"]] == ["label"] and reply["outputs"][0]["shape"] == [2]
-        binary = client.post("/v2/models/m/infer", content=b"{}", headers={"Inference-Header-Content-Length": "2"})
-        assert binary.status_code == 415 and "binary_data=False" in binary.json()["error"]
+        # the label comes back in the shape it was sent: [2, 1], not [2]
+        assert [out["name"] for out in reply["outputs"]] == ["label"] and reply["outputs"][0]["shape"] == [2, 1]
+        assert reply["model_version"] == loaded[0].model_sha256[:12]
+
+
+def _binary_request(texts, shape=None, **parameters):
+    raw = b"".join(len(t.encode()).to_bytes(4, "little") + t.encode() for t in texts)
+    header = {"inputs": [{"name": "text", "shape": shape or [len(texts)], "datatype": "BYTES",
+                          "parameters": {"binary_data_size": len(raw)}}], **parameters}
+    document = json.dumps(header).encode()
+    return document + raw, {"Inference-Header-Content-Length": str(len(document))}
+
+
+def _binary_outputs(reply):
+    length = int(reply.headers["inference-header-content-length"])
+    document, raw = json.loads(reply.content[:length]), reply.content[length:]
+    values, offset = {}, 0
+    for output in document["outputs"]:
+        size = output["parameters"]["binary_data_size"]
+        chunk, offset = raw[offset:offset + size], offset + size
+        if output["datatype"] == "FP32":
+            values[output["name"]] = np.frombuffer(chunk, dtype="<f4").reshape(output["shape"])
+        else:
+            items, at = [], 0
+            while at < len(chunk):
+                n = int.from_bytes(chunk[at:at + 4], "little")
+                items.append(chunk[at + 4:at + 4 + n].decode())
+                at += 4 + n
+            values[output["name"]] = items
+    return document, values
+
+
+def test_binary_tensor_extension_in_and_out_equals_json(loaded):
+    texts = ["loan payment late", "fee charged twice", "ünïcode mortgage"]
+    with _client(loaded, max_chars=100) as client:
+        as_json = client.post("/v2/models/m/infer", json=_infer(texts)).json()
+        body, headers = _binary_request(texts, parameters={"binary_data_output": True})
+        reply = client.post("/v2/models/m/infer", content=body, headers=headers)  # no Content-Type: allowed here
+        assert reply.status_code == 200, reply.text
+        document, values = _binary_outputs(reply)
+        assert values["label"] == as_json["outputs"][0]["data"]
+        assert np.allclose(values["probabilities"].ravel(), as_json["outputs"][1]["data"], atol=1e-6)
+        # binary in, JSON out (no binary output asked for), shape [n, 1] as sent
+        body, headers = _binary_request(texts, shape=[3, 1])
+        reply = client.post("/v2/models/m/infer", content=body, headers=headers)
+        assert "inference-header-content-length" not in reply.headers
+        assert reply.json()["outputs"][0] == {**as_json["outputs"][0], "shape": [3, 1]}
+        # a binary part that does not hold what the header declares
+        body, headers = _binary_request(texts)
+        assert client.post("/v2/models/m/infer", content=body[:-1], headers=headers).status_code == 422
+        assert client.post("/v2/models/m/infer", content=body, headers={
+            "Inference-Header-Content-Length": "99999"}).status_code == 422
+
+
+def test_version_routes_answer_only_the_served_version(loaded):
+    version = loaded[0].model_sha256[:12]
+    with _client(loaded) as client:
+        assert client.get(f"/v2/models/m/versions/{version}/ready").json() == {"name": "m", "ready": True}
+        assert client.get(f"/v2/models/m/versions/{version}").json()["versions"] == [version]
+        reply = client.post(f"/v2/models/m/versions/{version}/infer", json=_infer(["loan"]))
+        assert reply.status_code == 200 and reply.json()["model_version"] == version
+        assert client.get("/v2/models/m/versions/1/ready").status_code == 404
+        assert client.post("/v2/models/m/versions/1/infer", json=_infer(["loan"])).status_code == 404
+    with _client(loaded, model_version="1") as client:
+        assert client.get("/v2/models/m/versions/1/ready").json()["ready"] is True
+
+
+@pytest.mark.parametrize("headers", [{"Content-Type": "text/plain"}, {"Content-Type": "application/x-www-form-urlencoded"},
+                                     {"Content-Type": "multipart/form-data; boundary=x"}, {},
+                                     {"Content-Type": "application/json", "Content-Encoding": "gzip"}])
+def test_prediction_bodies_must_be_declared_json(loaded, headers):
+    body = json.dumps({"texts": ["loan"]}).encode()
+    with _client(loaded) as client:
+        for path, payload in (("/predict", body), ("/v2/models/m/infer", json.dumps(_infer(["loan"])).encode())):
+            reply = client.post(path, content=payload, headers=headers)
+            assert reply.status_code == 415, (path, headers, reply.text)
+        ok = client.post("/predict", content=body, headers={"Content-Type": "application/json; charset=utf-8"})
+        assert ok.status_code == 200
 
 
 @pytest.mark.parametrize("body, status, message", [
@@ -103,7 +179,8 @@ def test_bad_requests_get_a_json_error(loaded, body, status, message):
 
 
 def test_non_utf8_and_non_json_bodies_get_400(loaded):
-    with _client(loaded) as client:
+    json_type = {"Content-Type": "application/json"}
+    with _client(loaded, headers=json_type) as client:
         assert client.post("/predict", content=b'{"texts": ["\xff\xfe"]}').status_code == 400
         assert client.post("/predict", content=b'{"texts": [').json()["error"].startswith("request body is not valid JSON")
         assert client.post("/predict", content=b'{"texts": ["\\ud800"]}').status_code == 400
@@ -213,3 +290,29 @@ def test_cpu_forward_passes_follow_the_token_budget_and_keep_the_input_order(loa
     assert all(len(chunk) * max(counts[index] for index in chunk) <= 40 for chunk in chunks)
     expected = predict(classifier.model, classifier.tokenizer, texts, max_length=classifier.max_length)
     np.testing.assert_allclose(classifier.probabilities(texts), expected.probabilities.numpy(), atol=1e-5, rtol=0)
+
+
+def test_queued_texts_past_the_limit_get_503_with_retry_after(loaded):
+    import dataclasses
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    bundle, classifier = loaded
+    release = threading.Event()
+    slow = dataclasses.replace(classifier)
+    slow.probabilities = lambda texts: (release.wait(30), classifier.probabilities(texts))[1]  # a busy model
+    app = create_app(slow, bundle, ServeSettings(model_name="m", max_texts=4, max_queued_texts=4))
+    with TestClient(app) as client, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, "/predict", json={"texts": ["loan"] * 4})
+        deadline = time.monotonic() + 30
+        while app.state.batcher.queued_texts < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        refused = client.post("/predict", json={"texts": ["fee"]})
+        release.set()
+        assert first.result(timeout=60).status_code == 200
+        metrics = client.get("/metrics").text
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "--max-queued-texts" in refused.json()["error"]
+    assert "secure_ft_overloaded_total 1.0" in metrics

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from secure_ft.serving.batching import BatcherStopped, DynamicBatcher
+from secure_ft.serving.batching import BatcherOverloaded, BatcherStopped, DynamicBatcher
 
 
 class Recorder:
@@ -60,20 +60,58 @@ def test_concurrent_requests_share_one_forward_pass_and_get_their_own_rows():
     assert all(name.startswith("secure-ft-forward") for name in recorder.threads)  # never on the event loop
 
 
-def test_batches_respect_the_size_limit_and_a_large_request_runs_whole():
+def test_batches_respect_the_size_limit_and_a_large_request_is_split():
     recorder = Recorder()
 
     async def scenario():
         async with running(DynamicBatcher(recorder, max_batch_size=4, max_wait_ms=20)) as batcher:
             sizes = [3, 3, 6, 1]
-            results = await asyncio.gather(*(batcher.submit([f"t{n}"] * n) for n in sizes))
+            results = await asyncio.gather(*(batcher.submit([f"t{n}-{i}" for i in range(n)]) for n in sizes))
         return sizes, results
 
     sizes, results = _run(scenario())
-    assert [len(rows) for rows in results] == sizes
-    assert [len(batch) for batch in recorder.batches if len(batch) > 4] == [6]  # never split, runs alone
-    assert all(len(batch) <= 4 for batch in recorder.batches if len(batch) != 6)
-    assert sum(len(batch) for batch in recorder.batches) == sum(sizes)
+    for size, rows in zip(sizes, results):  # each request gets its own rows, in order, however it was split
+        assert rows.tolist() == [[len(f"t{size}-{i}")] for i in range(size)]
+    assert all(len(batch) <= 4 for batch in recorder.batches)
+    assert sorted(text for batch in recorder.batches for text in batch) == sorted(
+        f"t{n}-{i}" for n in sizes for i in range(n))
+
+
+def test_a_small_request_is_not_stuck_behind_a_large_one():
+    recorder = Recorder(delay=0.05)
+
+    async def scenario():
+        async with running(DynamicBatcher(recorder, max_batch_size=8, max_wait_ms=0)) as batcher:
+            large = asyncio.create_task(batcher.submit([f"L{i}" for i in range(64)]))
+            await asyncio.sleep(0.01)  # the large request's first batch is running
+            await batcher.submit(["small"])
+            await large
+
+    _run(scenario())
+    # 64 texts need 8 passes of 8; the small one ran in the second pass (shared with the large one), not the ninth
+    assert next(i for i, batch in enumerate(recorder.batches) if "small" in batch) == 1, recorder.batches
+    assert len(recorder.batches[1]) == 8
+    assert sum(len(batch) for batch in recorder.batches) == 65 and len(recorder.batches) == 9
+
+
+def test_queued_texts_past_the_limit_are_refused_and_cancelled_requests_free_their_places():
+    recorder = Recorder(delay=0.2)
+
+    async def scenario():
+        async with running(DynamicBatcher(recorder, max_batch_size=4, max_wait_ms=0, max_queued_texts=10)) as batcher:
+            first = asyncio.create_task(batcher.submit(["a"] * 8))
+            await asyncio.sleep(0.01)
+            with pytest.raises(BatcherOverloaded):
+                await batcher.submit(["b"] * 3)  # 8 + 3 > 10
+            queued_then = batcher.queued_texts
+            first.cancel()  # the client went away
+            await asyncio.sleep(0)
+            after_cancel = batcher.queued_texts
+            rows = await batcher.submit(["c"] * 10)
+        return queued_then, after_cancel, rows
+
+    queued_then, after_cancel, rows = _run(scenario())
+    assert (queued_then, after_cancel, len(rows)) == (8, 0, 10)
 
 
 def test_max_batch_size_one_runs_every_request_alone():
@@ -154,3 +192,29 @@ def test_a_batch_waits_for_as_many_requests_as_the_previous_one_held():
     took = _run(scenario())
     assert [len(batch) for batch in recorder.batches] == [3, 3]  # the stragglers joined the first one
     assert took < 1.0  # and the batch ran once it held 3, not after max_wait
+
+
+def test_a_cost_budget_bounds_each_batch_so_a_small_request_waits_for_little_work():
+    recorder = Recorder(delay=0.05)
+
+    async def scenario():
+        batcher = DynamicBatcher(recorder, max_batch_size=32, max_wait_ms=0, cost=len, max_batch_cost=400)
+        async with running(batcher):
+            large = asyncio.create_task(batcher.submit(["L" * 100] * 16))  # 16 texts of cost 100
+            await asyncio.sleep(0.01)
+            await batcher.submit(["s"])
+            await large
+
+    _run(scenario())
+    assert len(recorder.batches[0]) == 4  # 4 texts of cost 100 fill the budget of 400
+    assert "s" in recorder.batches[1]  # the second pass, behind 4 texts' work, not 16
+    assert all(sum(len(text) for text in batch) <= 400 for batch in recorder.batches)
+    oversized = Recorder()
+
+    async def alone():
+        async with running(DynamicBatcher(oversized, max_batch_size=8, max_wait_ms=0, cost=len,
+                                          max_batch_cost=10)) as batcher:
+            return await batcher.submit(["x" * 50, "y"])
+
+    rows = _run(alone())  # a text over the budget still runs, alone in its batch
+    assert rows.tolist() == [[50], [1]] and [len(batch) for batch in oversized.batches] == [1, 1]

@@ -4,7 +4,8 @@ Served predictions equal the bundle loaded in-process; a tampered bundle and a w
 key make the command exit 4 without ever listening; an oversized request is refused with
 413; 200 requests from 16 concurrent clients all succeed (and share forward passes); with
 TLS and a bearer token, a client trusting the CA (and holding the token) is answered while
-plain HTTP and untrusting clients are not; the process never imports training or audit code.
+plain HTTP and untrusting clients are not; the process never imports training or audit code;
+the official Triton client (``tritonclient[http]``) works with its binary defaults and with JSON.
 """
 
 from __future__ import annotations
@@ -172,10 +173,10 @@ _IMPORTED_MODULES = textwrap.dedent("""
     import json, sys
     import uvicorn
 
-    def report_instead_of_listening(app, **options):  # the real command up to the point it would listen
+    def report_instead_of_listening(server, *args, **options):  # the real command up to the point it would listen
         print(json.dumps(sorted(sys.modules)))
 
-    uvicorn.run = report_instead_of_listening
+    uvicorn.Server.run = report_instead_of_listening
     from secure_ft.cli import main
     sys.exit(main(["serve", sys.argv[1], "--public-key", sys.argv[2], "--device", "cpu"]))
 """)
@@ -194,3 +195,33 @@ def test_the_serving_process_imports_no_training_audit_or_attack_code(signed):
     assert {"torch", "transformers", "secure_ft.serving.app", "audits.gate"} <= modules  # it did load and verify
     assert sorted(name for name in modules
                   if any(name == banned or name.startswith(banned + ".") for banned in NOT_FOR_SERVING)) == []
+
+
+def test_the_official_triton_client_works_with_its_binary_defaults_and_with_json(server):
+    import tritonclient.http as triton
+
+    texts = TEXTS[:3]
+    expected = httpx.post(f"{server.url}/predict", json={"texts": texts}, timeout=30).json()
+    client = triton.InferenceServerClient(url=server.url.removeprefix("http://"), network_timeout=60)
+    try:
+        version = client.get_model_metadata("complaints")["versions"][0]
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("complaints") and client.is_model_ready("complaints", version)
+        assert not client.is_model_ready("complaints", "1") and not client.is_model_ready("other")
+        # the client's defaults: binary tensor data in and out (Inference-Header-Content-Length)
+        tensor = triton.InferInput("text", [3], "BYTES")
+        tensor.set_data_from_numpy(np.array(texts, dtype=object))
+        result = client.infer("complaints", [tensor])
+        assert [label.decode() for label in result.as_numpy("label")] == expected["labels"]
+        np.testing.assert_allclose(result.as_numpy("probabilities"), expected["probabilities"], atol=1e-6)
+        # JSON tensors of shape [n, 1] on the version route; the label comes back as [n, 1]
+        tensor = triton.InferInput("text", [3, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array(texts, dtype=object).reshape(3, 1), binary_data=False)
+        outputs = [triton.InferRequestedOutput(name, binary_data=False) for name in ("label", "probabilities")]
+        result = client.infer("complaints", [tensor], model_version=version, outputs=outputs,
+                              headers={"Content-Type": "application/json"})
+        labels = result.as_numpy("label")
+        assert labels.shape == (3, 1) and [str(label) for label in labels.ravel()] == expected["labels"]
+        np.testing.assert_allclose(result.as_numpy("probabilities"), expected["probabilities"], atol=1e-6)
+    finally:
+        client.close()

@@ -33,8 +33,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"bundle: {bundle}")
     print(f"signed (OpenSSF model-signing): {bundle / SIGNATURE_FILE}")
     print(f"check it with: secure-ft verify {bundle} --public-key SIGNER.pub")
+    # the library's command skips .git* paths unless told not to; bundles sign them, so it must check them too
     print(f"           or: model_signing verify key {bundle} --signature {bundle / SIGNATURE_FILE} "
-          "--public_key SIGNER.pub")
+          "--public_key SIGNER.pub --no-ignore-git-paths")
     return 0
 
 

@@ -29,10 +29,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model_name=args.model_name or _default_model_name(args.bundle), max_texts=args.max_texts,
         max_chars=args.max_chars, max_body_bytes=args.max_body_bytes, max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms, token=read_token(args.token_file), log_texts=args.log_texts,
+        max_queued_texts=args.max_queued_texts, max_connections=args.max_connections,
+        header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout, keep_alive_s=args.keep_alive,
+        model_version=args.model_version,
     )
+    from secure_ft.serving.connection_guard import check_open_file_limit
+
+    check_open_file_limit(settings)
     started = time.perf_counter()
-    # first verify, before torch is even imported: a refused bundle exits 4 within a second, never listens,
-    # and nothing of the model is read until the signature and the signed verdict hold
+    # first read the bundle once and verify those bytes, before torch is even imported: a refused bundle exits 4
+    # within a second and never listens; everything served is built from the verified bytes, never the folder
     bundle = load_verified_bundle(args.bundle, args.public_key)
     verified = time.perf_counter()
 
@@ -52,8 +58,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    uvicorn.run(app, host=args.host, port=args.port, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
-                log_config=None, access_log=False, server_header=False, timeout_graceful_shutdown=10)
+    from secure_ft.serving.connection_guard import guarded_protocol
+
+    config = uvicorn.Config(app, host=args.host, port=args.port, ssl_certfile=args.ssl_certfile,
+                            ssl_keyfile=args.ssl_keyfile, log_config=None, access_log=False, server_header=False,
+                            timeout_graceful_shutdown=10, timeout_keep_alive=settings.keep_alive_s,
+                            http=guarded_protocol(settings, app.state.metrics), ws="none", lifespan="on")
+    uvicorn.Server(config).run()
     return 0
 
 
@@ -111,6 +122,20 @@ def register(subparsers) -> None:
                        help=f"most texts per forward pass; 1 turns batching off (default: {defaults.max_batch_size})")
     serve.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
                        help=f"how long a batch waits for more requests (default: {defaults.max_wait_ms})")
+    serve.add_argument("--max-queued-texts", type=int, default=defaults.max_queued_texts,
+                       help=f"most texts waiting or running; past it: 503 with Retry-After "
+                            f"(default: {defaults.max_queued_texts})")
+    serve.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                       help=f"most open client connections; one more is answered 503 and closed "
+                            f"(default: {defaults.max_connections})")
+    serve.add_argument("--header-timeout", type=float, default=defaults.header_timeout_s, metavar="SECONDS",
+                       help=f"close a connection whose request headers take longer (default: {defaults.header_timeout_s})")
+    serve.add_argument("--body-timeout", type=float, default=defaults.body_timeout_s, metavar="SECONDS",
+                       help=f"close a connection whose request body takes longer (default: {defaults.body_timeout_s})")
+    serve.add_argument("--keep-alive", type=float, default=defaults.keep_alive_s, metavar="SECONDS",
+                       help=f"close an idle kept-alive connection after this long (default: {defaults.keep_alive_s})")
+    serve.add_argument("--model-version", help="version in /v2/models/NAME/versions/VERSION (default: the first 12 "
+                                               "hex digits of the model digest)")
     serve.add_argument("--token-file", metavar="FILE",
                        help=f"require `Authorization: Bearer TOKEN` (token on the file's first line; "
                             f"default: ${TOKEN_ENV} when set); health endpoints stay open")

@@ -1,16 +1,18 @@
 """Serving: answer predictions over HTTP from a verified bundle, and nothing else.
 
 A server is started from an export bundle (see :mod:`secure_ft.export`). Before it opens a
-port it verifies the bundle exactly as ``secure-ft verify`` does
-(:func:`~secure_ft.serving.bundle_loader.load_verified_bundle`, the one place that decides
-whether a bundle may be served); only then does it import torch and transformers
-(:mod:`.runtime`) and load the model's safetensors offline with the same preprocessing the
-audits saw: the trained pooling, the trained sequence length and the typo-correcting text
-front end (:mod:`secure_ft.text_front_end`).
+port it reads every file of the bundle once and verifies those bytes exactly as ``secure-ft
+verify`` does (:func:`~secure_ft.serving.bundle_loader.load_verified_bundle`, the one place
+that decides whether a bundle may be served); only then does it import torch and
+transformers (:mod:`.runtime`) and build the model from the verified bytes
+(:mod:`secure_ft.snapshot_model`: weights from memory, never a map of the bundle's file) with
+the same preprocessing the audits saw: the trained pooling, the trained sequence length and
+the typo-correcting text front end. Nothing under the bundle folder is opened again.
 
 It speaks the Open Inference Protocol (KServe v2 / Triton REST, :mod:`.protocol`) plus a
-plain ``POST /predict``, gathers concurrent requests into one forward pass
-(:mod:`.batching`), bounds every request (:mod:`.limits`), checks an optional bearer token,
+plain ``POST /predict``, gathers concurrent requests into fair forward passes
+(:mod:`.batching`), bounds every request (:mod:`.limits`) and connection
+(:mod:`.connection_guard`), checks an optional bearer token,
 exports Prometheus metrics (:mod:`.metrics`) and writes an access log that never holds the
 texts (:mod:`.access`). :func:`~secure_ft.serving.app.create_app` assembles the FastAPI
 application; ``secure-ft serve`` runs it under uvicorn.

@@ -19,6 +19,7 @@ log = logging.getLogger("secure_ft.serving.access")
 
 REQUEST_ID_KEY = "secure_ft.request_id"
 TEXTS_KEY = "secure_ft.texts"  # set by the prediction routes: how many texts the request held
+CLIENT_CLOSED_REQUEST = 499  # logged (never sent) when the client went away first, as nginx does
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -63,7 +64,11 @@ class AccessLog:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             status = seen["status"]
             self.metrics.observe_request(route, scope["method"], status, seconds)
-            outcome = "ok" if status < 400 else "rejected" if status < 500 else "error"
+            if status == CLIENT_CLOSED_REQUEST:
+                self.metrics.client_disconnects.labels(route).inc()
+                outcome = "client_disconnected"
+            else:
+                outcome = "ok" if status < 400 else "rejected" if status < 500 else "error"
             log.info("request_id=%s method=%s route=%s status=%d outcome=%s texts=%s bytes_in=%d bytes_out=%d "
                      "latency_ms=%.1f", rid, scope["method"], route, status, outcome, scope.get(TEXTS_KEY, "-"),
                      seen["bytes_in"], seen["bytes_out"], seconds * 1000)

@@ -1,49 +1,59 @@
 """The one gate between a bundle on disk and a listening server.
 
-Everything the server reads from a bundle, it reads only after :func:`load_verified_bundle`
-returned. It verifies exactly as ``secure-ft verify`` does (`secure_ft.export.verify_bundle`):
-the OpenSSF signature over every file by a trusted key, then the gate's signed verdict over
-the model and its evidence. A self-signed bundle is never served.
+:func:`load_verified_bundle` reads every file of the bundle once into memory
+(`secure_ft.bundle_snapshot`), verifies those bytes exactly as ``secure-ft verify`` does
+(`secure_ft.export.verify_snapshot`: the OpenSSF signature over every file by a trusted key,
+no file left unsigned, then the gate's signed verdict over the model and its evidence) and
+hands back the verified snapshot. The server builds the model, tokenizer, front end and
+model card from that snapshot only; nothing under the bundle folder is opened again, so a
+file swapped or rewritten after the read is never served. A self-signed bundle is never
+served.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from secure_ft.bundle_snapshot import BundleSnapshot
 
 
 @dataclass(frozen=True)
 class VerifiedBundle:
-    """A bundle that passed verification, and what verification established about it.
+    """A bundle that passed verification: its verified bytes and what verification established.
 
     Attributes
     ----------
     bundle_dir
-        The bundle folder.
-    model_dir
-        Its ``model/`` folder (safetensors, tokenizer, config).
+        The bundle folder (for names and messages; never read again).
     model_sha256
-        The model hash the signed manifest names; the server checks the loaded folder against it.
+        The model hash the signed verdict names.
     policy_name
         Name of the policy whose verdict let the model out.
     public_key_sha256
         Fingerprint of the key the signature was checked with.
     trusted_key
         Always True here: the signer was given or configured as trusted.
+    snapshot
+        Every file's bytes, as verified.
     """
 
     bundle_dir: Path
-    model_dir: Path
     model_sha256: str
     policy_name: str
     public_key_sha256: str
     trusted_key: bool
+    snapshot: BundleSnapshot = field(repr=False)
+
+    def read(self, relative: str) -> bytes:
+        """A verified file's bytes (``"audit_report.json"``, ``"model/config.json"``)."""
+        return self.snapshot.read(relative)
 
 
 def load_verified_bundle(bundle: str | os.PathLike[str],
                          public_key: str | os.PathLike[str] | None = None) -> VerifiedBundle:
-    """Verify `bundle` as ``secure-ft verify`` does and describe it; refuse otherwise.
+    """Read `bundle` once, verify the bytes as ``secure-ft verify`` does, and keep them; refuse otherwise.
 
     Parameters
     ----------
@@ -62,11 +72,12 @@ def load_verified_bundle(bundle: str | os.PathLike[str],
     secure_ft.errors.BundleError
         Naming the first file that failed (exit code 4).
     """
-    from secure_ft.export import verify_bundle
+    from secure_ft.bundle_snapshot import read_bundle_snapshot
+    from secure_ft.export import verify_snapshot
 
-    result = verify_bundle(Path(bundle), public_key=public_key)
+    snapshot = read_bundle_snapshot(Path(bundle))
+    result = verify_snapshot(snapshot, public_key=public_key)
     return VerifiedBundle(
-        bundle_dir=Path(result.bundle_dir), model_dir=Path(result.bundle_dir) / "model",
-        model_sha256=result.model_sha256, policy_name=result.policy_name,
-        public_key_sha256=result.public_key_sha256, trusted_key=result.trusted_key,
+        bundle_dir=Path(result.bundle_dir), model_sha256=result.model_sha256, policy_name=result.policy_name,
+        public_key_sha256=result.public_key_sha256, trusted_key=result.trusted_key, snapshot=snapshot,
     )

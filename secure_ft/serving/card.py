@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from secure_ft.serving.bundle_loader import VerifiedBundle
@@ -12,13 +11,13 @@ from secure_ft.serving.bundle_loader import VerifiedBundle
 def read_model_card(bundle: VerifiedBundle, labels: list[str]) -> dict[str, Any]:
     """Card text, verdict summary, privacy guarantee and signer of a verified bundle.
 
-    Read once at start-up from the bundle's signed files (``README.md``, ``verdict.json``,
-    ``audit_report.json``); nothing here is computed from requests.
+    Built once at start-up from the verified snapshot's bytes (``README.md``, ``verdict.json``,
+    ``audit_report.json``), never from the bundle folder; nothing here is computed from requests.
     """
-    verdict = _json(bundle.bundle_dir / "verdict.json")
-    report = _json(bundle.bundle_dir / "audit_report.json")
+    verdict = _json(bundle.snapshot.files.get("verdict.json"))
+    report = _json(bundle.snapshot.files.get("audit_report.json"))
     guarantee = report.get("privacy_guarantee") or {}
-    card_path = bundle.bundle_dir / "README.md"
+    card = bundle.snapshot.files.get("README.md")
     return {
         "model_sha256": bundle.model_sha256,
         "labels": labels,
@@ -36,13 +35,13 @@ def read_model_card(bundle: VerifiedBundle, labels: list[str]) -> dict[str, Any]
             "accountant": guarantee.get("accountant"),
         },
         "signature": {"public_key_sha256": bundle.public_key_sha256, "trusted_key": bundle.trusted_key},
-        "card": card_path.read_text(encoding="utf-8") if card_path.is_file() else None,
+        "card": card.decode("utf-8", errors="replace") if card is not None else None,
     }
 
 
-def _json(path: Path) -> dict[str, Any]:
+def _json(data: bytes | None) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(data.decode("utf-8")) if data is not None else {}
+    except ValueError:
         return {}
     return data if isinstance(data, dict) else {}

@@ -12,10 +12,11 @@ import numpy as np
 import torch
 
 from secure_ft.errors import BundleError
-from secure_ft.model_identity import model_digest
-from secure_ft.models import load_trained_model, predict, resolve_device
+from secure_ft.models import predict, resolve_device
 from secure_ft.serving.bundle_loader import VerifiedBundle
-from secure_ft.text_front_end import TextFrontEnd, load_text_front_end
+from secure_ft.text_front_end import TextFrontEnd, identity_front_end
+
+REPORT_FILE = "audit_report.json"
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,10 @@ DEFAULT_MAX_LENGTH = 128
 # 6.6 ms in a pass of 16, where the products run near the core's peak). Texts are sorted by token count
 # and cut into chunks of at most this many padded tokens: little padding, products already efficient.
 CPU_TOKEN_BUDGET = 512
+# A batch (one hold of the worker) runs at most this many such chunks: a request arriving behind a
+# large one waits for at most this much work before its own pass (fair batching, `batching.py`)
+CPU_CHUNKS_PER_BATCH = 2
+CHARACTERS_PER_TOKEN = 4  # English WordPiece averages a little over 4 characters per token
 
 
 @dataclass
@@ -50,21 +55,35 @@ class BundleClassifier:
 
     @classmethod
     def from_bundle(cls, bundle: VerifiedBundle, device: str = "auto") -> "BundleClassifier":
-        """Load the verified bundle's model (safetensors only, pooling restored) on `device`.
+        """Build the verified bundle's model on `device` from its verified bytes (never from the folder).
+
+        Weights come from memory (safetensors, pooling restored), the tokenizer, config and
+        front end from a private copy of the verified bytes, the sequence length from the
+        verified report (see `secure_ft.snapshot_model`).
 
         Raises
         ------
         BundleError
-            When the model folder no longer has the hash that was verified (changed in between).
+            When the snapshot's model is not the one the signed verdict names.
         """
-        model, tokenizer = load_trained_model(bundle.model_dir, resolve_device(device))
-        # the folder was hashed by verification; a change since then must not be served
-        if model_digest(bundle.model_dir) != bundle.model_sha256:
-            raise BundleError(f"{bundle.model_dir}: changed after verification; restart the server to verify again")
+        from secure_ft.models import WEIGHTS_FILE
+        from secure_ft.snapshot_model import MODEL_FOLDER, load_model_from_snapshot, snapshot_model_digest
+
+        if f"{MODEL_FOLDER}/{WEIGHTS_FILE}" not in bundle.snapshot.files:
+            raise BundleError(f"{bundle.bundle_dir}: this verified bundle's weights were released by a first load; "
+                              "verify the bundle again (load_verified_bundle) to build another classifier")
+        # verification already tied these bytes to the verdict; re-derived here so a caller cannot mix bundles
+        if snapshot_model_digest(bundle.snapshot) != bundle.model_sha256:
+            raise BundleError(f"{bundle.bundle_dir}: the model read is not the one the signed verdict names")
+        # the tensors own a copy of the weights: the snapshot's bytes are dropped, not kept as a second one
+        model, tokenizer, front_end = load_model_from_snapshot(bundle.snapshot, resolve_device(device),
+                                                               release_weights=True)
         config = model.config
         labels = [str(config.id2label.get(index, f"LABEL_{index}")) for index in range(config.num_labels)]
-        return cls(model=model, tokenizer=tokenizer, labels=labels, max_length=trained_max_length(bundle.bundle_dir),
-                   device=str(model.device), front_end=load_text_front_end(bundle.model_dir))
+        report = bundle.read(REPORT_FILE)
+        return cls(model=model, tokenizer=tokenizer, labels=labels,
+                   max_length=trained_max_length(report, bundle.bundle_dir / REPORT_FILE),
+                   device=str(model.device), front_end=identity_front_end if front_end is None else front_end.correct_all)
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities, float32 of shape (len(texts), classes), in input order.
@@ -94,19 +113,29 @@ class BundleClassifier:
             chunks[-1].append(index)
         return chunks
 
+    def estimated_tokens(self, text: str) -> int:
+        """Tokens `text` will take, estimated from its length without tokenising (about 4 characters a token).
+
+        Cheap enough for the event loop; the batcher uses it to bound a batch's cost.
+        """
+        return min(self.max_length, len(text) // CHARACTERS_PER_TOKEN + 2)
+
+    def batch_token_budget(self) -> int | None:
+        """Most estimated tokens per batch: a few CPU chunks, so a new request never waits long; None on a GPU."""
+        return CPU_TOKEN_BUDGET * CPU_CHUNKS_PER_BATCH if self.device == "cpu" else None
+
     def label_names(self, probabilities: np.ndarray) -> list[str]:
         """The most probable class name of each row."""
         return [self.labels[index] for index in probabilities.argmax(axis=-1).tolist()]
 
 
-def trained_max_length(bundle_dir: Path) -> int:
-    """The sequence length the bundle's model was trained and audited with (from its report)."""
-    path = Path(bundle_dir) / "audit_report.json"
+def trained_max_length(report: bytes, where: Path) -> int:
+    """The sequence length the bundle's model was trained and audited with (from its verified report)."""
     try:
-        value = (json.loads(path.read_text(encoding="utf-8")).get("run") or {}).get("model", {}).get("max_length")
-    except (OSError, ValueError, AttributeError):
+        value = (json.loads(report.decode("utf-8")).get("run") or {}).get("model", {}).get("max_length")
+    except (ValueError, AttributeError):
         value = None
-    if not isinstance(value, int) or value < 1:
-        log.warning("%s: no run.model.max_length; reading %d tokens per text", path, DEFAULT_MAX_LENGTH)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        log.warning("%s: no run.model.max_length; reading %d tokens per text", where, DEFAULT_MAX_LENGTH)
         return DEFAULT_MAX_LENGTH
     return value

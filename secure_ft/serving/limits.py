@@ -1,8 +1,10 @@
 """Bounds on what one request may carry, checked before any text reaches the model.
 
 Too many texts or too large a body: 413. Bad shape, a text that is empty, not a string or
-too long: 422. A body that is not UTF-8 or not JSON: 400. Error messages name the limit and
-its server option, never the text.
+too long: 422. A body that is not UTF-8 or not JSON: 400. A body not declared
+``application/json``, or compressed: 415. Error messages name the limit and its server
+option, never the text. A client that disconnects while its body is read raises
+:class:`ClientGone` (no answer is sent).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from secure_ft.serving.settings import ServeSettings
 
@@ -23,8 +25,29 @@ class RequestRejected(Exception):
         self.status_code, self.message, self.headers = status_code, message, headers or {}
 
 
-async def read_json_body(request: Request, max_bytes: int) -> Any:
-    """The request's JSON body, read no further than `max_bytes`."""
+class ClientGone(Exception):
+    """The client disconnected before the answer; nothing is sent back."""
+
+
+def require_json(request: Request) -> None:
+    """415 unless the request declares ``Content-Type: application/json`` (any charset parameter)."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        shown = media_type or "none"
+        raise RequestRejected(415, f"Content-Type {shown!r} is not accepted; send the body as application/json "
+                                   "(tritonclient in JSON mode: headers={'Content-Type': 'application/json'})")
+    require_identity_encoding(request)
+
+
+def require_identity_encoding(request: Request) -> None:
+    """415 for a compressed body: its size after decompression could not be bounded before reading."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise RequestRejected(415, f"Content-Encoding {encoding!r} is not accepted; send the body uncompressed")
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request's body, read no further than `max_bytes` (413 past it; ClientGone on a disconnect)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -33,13 +56,21 @@ async def read_json_body(request: Request, max_bytes: int) -> Any:
             raise RequestRejected(413, f"request body of {declared} bytes exceeds the limit of {max_bytes} bytes "
                                        "(server option --max-body-bytes)")
     body = bytearray()
-    async for chunk in request.stream():  # also bounds chunked uploads that declare no length
-        body += chunk
-        if len(body) > max_bytes:
-            raise RequestRejected(413, f"request body exceeds the limit of {max_bytes} bytes "
-                                       "(server option --max-body-bytes)")
     try:
-        text = bytes(body).decode("utf-8")
+        async for chunk in request.stream():  # also bounds chunked uploads that declare no length
+            body += chunk
+            if len(body) > max_bytes:
+                raise RequestRejected(413, f"request body exceeds the limit of {max_bytes} bytes "
+                                           "(server option --max-body-bytes)")
+    except ClientDisconnect:
+        raise ClientGone() from None
+    return bytes(body)
+
+
+def parse_json(body: bytes) -> Any:
+    """`body` as JSON (400 when it is not UTF-8 or not JSON)."""
+    try:
+        text = body.decode("utf-8")
     except UnicodeDecodeError as error:
         raise RequestRejected(400, f"request body is not valid UTF-8 (byte {error.start})") from None
     try:
@@ -49,6 +80,11 @@ async def read_json_body(request: Request, max_bytes: int) -> Any:
                                    f"column {error.colno})") from None
     except RecursionError:  # e.g. a megabyte of '['
         raise RequestRejected(400, "request body nests JSON too deeply") from None
+
+
+async def read_json_body(request: Request, max_bytes: int) -> Any:
+    """The request's JSON body, read no further than `max_bytes`."""
+    return parse_json(await read_body(request, max_bytes))
 
 
 def checked_texts(texts: list[Any], settings: ServeSettings) -> list[str]:
