@@ -7,7 +7,9 @@ Server → site (``train`` and ``evaluate`` messages)::
                             labels (JSON list: the label set and its numbering),
                             run-dir (simulation only), secure-ft-version,
                             base-model-sha256, front-end-sha256 (the spelling
-                            front end's identity, when there is one), proximal-mu (FedProx)
+                            front end's identity, when there is one), proximal-mu (FedProx),
+                            federation-run (the run's stable key: a site's odometer is
+                            per run, and a resumed run keeps its key)
 
 Site → server (reply)::
 
@@ -16,12 +18,16 @@ Site → server (reply)::
                             seconds; epsilon and delta when the site trains with DP
     "site"    ConfigRecord  name: the site's name, for logs and the run's records;
                             privacy (train, with DP): its accountant inputs as JSON
-                            (`federated.site_privacy`)
+                            (`federated.site_privacy`); statement (train, with DP):
+                            its whole released history from its odometer, signed
+                            with its SuperNode key when it has one
+                            (`secure_ft.privacy.signed_history`)
 
 A site's node config (``flower-supernode --node-config``) says where its data is:
 
     data-path   its labelled file (deployment); site-name its name; state-dir where it
-                keeps its own privacy ledger and logs (default: ~/.secure-ft/sites/<name>)
+                keeps its own privacy ledger, odometer and logs (default: ~/.secure-ft/sites/<name>);
+                auth-key its SuperNode private key (signs its privacy statements)
     partition-id / num-partitions   set by Flower's simulation engine instead
 """
 
@@ -39,6 +45,7 @@ VERSION = "secure-ft-version"
 BASE_MODEL_SHA256 = "base-model-sha256"
 FRONT_END_SHA256 = "front-end-sha256"
 PROXIMAL_MU = "proximal-mu"
+RUN_KEY = "federation-run"
 
 # metric keys (site → server)
 NUM_EXAMPLES = "num-examples"
@@ -56,11 +63,13 @@ AGGREGATION_WEIGHT = "aggregation-weight"
 # site record keys
 SITE_NAME = "name"
 SITE_PRIVACY = "privacy"
+SITE_STATEMENT = "statement"
 
 # node config keys
 DATA_PATH = "data-path"
 SITE_NAME_KEY = "site-name"
 STATE_DIR = "state-dir"
+AUTH_KEY = "auth-key"
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 
@@ -82,6 +91,3 @@ def route_logs_through_flower() -> None:
     ours.setLevel(logging.INFO)
 
 
-# per-site persistent state in Flower's Context.state
-ENGINE_STATE = "secure-ft-engine-state"
-SITE_SIGMA = "secure-ft-site-sigma"

@@ -76,7 +76,7 @@ def train_legacy(msg: Message, context: Context) -> Message:
     instructions = read_instructions(fitins.config, context.node_config)
     names = json.loads(str(fitins.config[TENSOR_NAMES]))
     global_arrays = dict(zip(names, parameters_to_ndarrays(fitins.parameters)))
-    report = train_site_round(instructions, global_arrays, context.node_config, context.state, context.run_id)
+    report = train_site_round(instructions, global_arrays, context.node_config, context.run_id)
     update = [np.asarray(report.arrays[name], dtype=np.float32) - np.asarray(global_arrays[name], dtype=np.float32)
               for name in names]
     bound = float(instructions.config.federated.secagg_clipping_range)
@@ -88,6 +88,8 @@ def train_legacy(msg: Message, context: Context) -> Message:
     metrics[protocol.SITE] = report.site
     if report.privacy is not None:  # legacy metrics may hold strings: the accountant inputs as JSON
         metrics[protocol.SITE_PRIVACY] = encode_site_privacy(report.privacy)
+    if report.statement is not None:
+        metrics[protocol.SITE_STATEMENT] = json.dumps(report.statement, sort_keys=True)
     fitres = FitRes(status=Status(Code.OK, "ok"), parameters=ndarrays_to_parameters(update),
                     num_examples=int(report.metrics[protocol.NUM_EXAMPLES]), metrics=metrics)
     return Message(content=compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
