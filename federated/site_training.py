@@ -205,10 +205,12 @@ def train_site_round(instructions: Instructions, global_arrays: Mapping[str, np.
     except SiteFailure:
         raise
     except Exception as error:  # the detail stays here; the coordinator gets the rule and counts
-        released = None
+        released = None  # without DP there is nothing to account for
         if odometer is not None:
             odometer.record_failure(instructions.server_round)
             released = odometer.released_in(instructions.server_round)
+        elif instructions.config.privacy.mode == "dp":
+            released = False  # failed before its odometer opened: releases happen only through the odometer
         log.exception("site %s failed in round %d while %s", site_name, instructions.server_round, stage)
         _note_failure(node_config, site_name, instructions, stage, error)
         raise public_failure(site_name, stage, error, released) from None
