@@ -66,6 +66,7 @@ class SiteBook:
         self.declared: dict[int, str] = {}
         self.rounds_sent: dict[int, list[int]] = defaultdict(list)  # by node id: names are resolved at the end
         self.failed_without_release: dict[int, list[int]] = defaultdict(list)
+        self.sent_messages: dict[int, list] = {}  # per round: the train messages, to name unreachable nodes
         self.statements: dict[str, dict[str, Any]] = {}
         self.statement_problems: dict[str, str] = {}
 
@@ -103,9 +104,18 @@ class SiteBook:
 
     # -- rounds and statements -------------------------------------------------------------
 
-    def sent_training(self, server_round: int, node_ids: list[int]) -> None:
+    def sent_training(self, server_round: int, node_ids: list[int], messages: list | None = None) -> None:
         for node in node_ids:
             self.rounds_sent[int(node)].append(int(server_round))
+        self.sent_messages[int(server_round)] = list(messages or [])
+
+    def origin(self, server_round: int, reply) -> int:
+        """The node a reply is about: the SuperLink answers for an unreachable node in its own name."""
+        wanted = reply.metadata.reply_to_message_id
+        for message in self.sent_messages.get(int(server_round), []):
+            if wanted and message.metadata.message_id == wanted:  # Flower sets the id when it sends
+                return int(message.metadata.dst_node_id)
+        return int(reply.metadata.src_node_id)
 
     def failed(self, server_round: int, node_id: int, reason: str | None) -> None:
         if reason and NO_RELEASE in reason:

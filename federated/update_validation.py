@@ -197,7 +197,7 @@ class UpdateGuard(Strategy):
         self.current_arrays = arrays
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self.sampled[server_round] = len(messages)
-        self.sites.sent_training(server_round, [message.metadata.dst_node_id for message in messages])
+        self.sites.sent_training(server_round, [message.metadata.dst_node_id for message in messages], messages)
         self.bytes_down[server_round] = arrays.count_bytes() * len(messages)
         return messages
 
@@ -289,9 +289,10 @@ class UpdateGuard(Strategy):
     def _check_train_reply(self, server_round: int, reply: Message, reference: dict[str, np.ndarray]) -> SiteOutcome:
         node = reply.metadata.src_node_id
         if reply.has_error():
+            node = self.sites.origin(server_round, reply)
             self.sites.failed(server_round, node, reply.error.reason)
-            return SiteOutcome(server_round, "train", self._site_from_error(reply), node, FAILED, reply.error.reason,
-                               key_sha256=self.sites.key_of(node))
+            return SiteOutcome(server_round, "train", self._site_from_error(reply, node), node, FAILED,
+                               reply.error.reason, key_sha256=self.sites.key_of(node))
         site = self._site_name(reply)
         content = reply.content
         # a site is who its key says: a reply under another name, or with a refused statement, is not aggregated
@@ -333,8 +334,8 @@ class UpdateGuard(Strategy):
         record = reply.content.config_records.get(protocol.SITE)
         return decode_site_privacy(record.get(protocol.SITE_PRIVACY)) if record is not None else None
 
-    def _site_from_error(self, reply: Message) -> str:
-        node = reply.metadata.src_node_id
+    def _site_from_error(self, reply: Message, node: int | None = None) -> str:
+        node = reply.metadata.src_node_id if node is None else node
         if self.sites.deployed_registry:
             return self.sites.name_of(node)
         match = _SITE_IN_REASON.search(reply.error.reason or "")
