@@ -45,6 +45,7 @@ from flwr.compat.common import recorddict_compat as compat
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 
 from federated import protocol
+from federated.site_identity import SiteBook
 from federated.site_privacy import decode_site_privacy, encode_site_privacy
 from federated.site_training import read_instructions, train_site_round
 from federated.update_validation import ACCEPTED, FAILED, SiteOutcome
@@ -116,11 +117,13 @@ class SecAggUpdateAverage(LegacyFedAvg):
         self.bytes_down: dict[int, int] = {}
         self.bytes_up: dict[int, int] = {}
         self.sampled: dict[int, int] = {}
+        self.sites = SiteBook()  # names from registered keys, rounds sent, signed privacy statements
 
     def configure_fit(self, server_round, parameters: Parameters, client_manager):
         self.current = [np.asarray(value, dtype=np.float32) for value in parameters_to_ndarrays(parameters)]
         instructions = super().configure_fit(server_round, parameters, client_manager)
         self.sampled[server_round] = len(instructions)
+        self.sites.sent_training(server_round, [proxy.node_id for proxy, _ in instructions])
         size = sum(value.nbytes for value in self.current)
         self.bytes_down[server_round] = size * len(instructions)
         # every site sends its masked, quantized update: one 4-byte integer per coordinate
@@ -138,9 +141,17 @@ class SecAggUpdateAverage(LegacyFedAvg):
             metrics = {key: float(value) for key, value in fitres.metrics.items()
                        if isinstance(value, (int, float)) and not isinstance(value, bool)}
             site_metrics.append((fitres.num_examples, metrics))
-            self.outcomes.append(SiteOutcome(server_round, "train", str(fitres.metrics.get(protocol.SITE, proxy.cid)),
-                                             proxy.node_id, ACCEPTED, None, None, metrics,
-                                             decode_site_privacy(fitres.metrics.get(protocol.SITE_PRIVACY))))
+            declared = fitres.metrics.get(protocol.SITE)
+            # a masked update cannot be taken out of the sum: a problem is recorded (and fails the privacy checks)
+            problem = (self.sites.identity_problem(proxy.node_id, str(declared) if declared else None)
+                       or self.sites.receive_statement(server_round, proxy.node_id,
+                                                       fitres.metrics.get(protocol.SITE_STATEMENT)))
+            if problem is not None:
+                log.warning("round %d: node %s: %s", server_round, proxy.node_id, problem)
+            self.outcomes.append(SiteOutcome(server_round, "train", self.sites.name_of(proxy.node_id),
+                                             proxy.node_id, ACCEPTED, problem, None, metrics,
+                                             decode_site_privacy(fitres.metrics.get(protocol.SITE_PRIVACY)),
+                                             self.sites.key_of(proxy.node_id)))
         reason = None
         if failures and not self.accept_failures:
             reason = f"{len(failures)} site(s) failed and accept_failures is false"

@@ -160,6 +160,23 @@ class SiteBook:
                 for name in sorted(names)}
 
 
+    # -- checkpoints (a resumed run keeps what it knew of its sites) ---------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"declared": {str(node): name for node, name in self.declared.items()},
+                "rounds_sent": {str(node): rounds for node, rounds in self.rounds_sent.items()},
+                "failed_without_release": {str(node): rounds for node, rounds in self.failed_without_release.items()},
+                "statements": self.statements, "statement_problems": self.statement_problems}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.declared = {int(node): str(name) for node, name in state.get("declared", {}).items()}
+        self.rounds_sent = defaultdict(list, {int(node): list(rounds) for node, rounds in state.get("rounds_sent", {}).items()})
+        self.failed_without_release = defaultdict(list, {int(node): list(rounds) for node, rounds
+                                                         in state.get("failed_without_release", {}).items()})
+        self.statements = dict(state.get("statements", {}))
+        self.statement_problems = dict(state.get("statement_problems", {}))
+
+
 def declared_name(content) -> str | None:
     record = content.config_records.get(protocol.SITE)
     value = record.get(protocol.SITE_NAME) if record is not None else None

@@ -208,3 +208,16 @@ def test_the_coordinator_names_replies_by_the_registered_key_and_refuses_a_borro
     records = book.records()
     assert records["hospital-b"]["rounds_sent"] == [1]
     assert records["unregistered node 8"]["rounds_failed_without_release"] == [1]
+
+
+def test_what_the_coordinator_knows_of_its_sites_survives_a_checkpoint(tmp_path):
+    make_site_key(tmp_path, "hospital-b", force=False)
+    record_site(tmp_path, "hospital-b", tmp_path / "hospital-b.pub", node_id=7)
+    book = SiteBook(tmp_path / "sites.json")
+    book.sent_training(1, [7])
+    book.sent_training(2, [7])
+    book.failed(2, 7, f"site hospital-b: training failed: RuntimeError; {NO_RELEASE}; the details are in the site's own log")
+    restored = SiteBook(tmp_path / "sites.json")
+    restored.load_state_dict(json.loads(json.dumps(book.state_dict())))
+    assert restored.records() == book.records()
+    assert restored.records()["hospital-b"]["rounds_failed_without_release"] == [2]
