@@ -16,7 +16,8 @@ Site → server (reply)::
     "arrays"  ArrayRecord   train only: the site's new tensors (never its data)
     "metrics" MetricRecord  num-examples, train-loss, local-steps, local-val-accuracy,
                             seconds; epsilon and delta when the site trains with DP
-    "site"    ConfigRecord  name: the site's name, for logs and the run's records;
+    "site"    ConfigRecord  name: the site's name as it declares it (a deployed coordinator
+                            names it by its registered key and rejects a different name);
                             privacy (train, with DP): its accountant inputs as JSON
                             (`federated.site_privacy`); statement (train, with DP):
                             its whole released history from its odometer, signed
@@ -25,7 +26,8 @@ Site → server (reply)::
 
 A site's node config (``flower-supernode --node-config``) says where its data is:
 
-    data-path   its labelled file (deployment); site-name its name; state-dir where it
+    data-path   its labelled file (deployment); site-name its name (``deploy supernode`` checks
+                it is the name its key is registered under); state-dir where it
                 keeps its own privacy ledger, odometer and logs (default: ~/.secure-ft/sites/<name>);
                 auth-key its SuperNode private key (signs its privacy statements)
     partition-id / num-partitions   set by Flower's simulation engine instead

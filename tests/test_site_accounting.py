@@ -221,3 +221,43 @@ def test_what_the_coordinator_knows_of_its_sites_survives_a_checkpoint(tmp_path)
     restored.load_state_dict(json.loads(json.dumps(book.state_dict())))
     assert restored.records() == book.records()
     assert restored.records()["hospital-b"]["rounds_failed_without_release"] == [2]
+
+
+def test_the_server_strategy_rejects_a_borrowed_name_and_a_foreign_signature(tmp_path, monkeypatch):
+    from flwr.app import ConfigRecord
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from federated.site_identity import REGISTRY_ENV
+    from test_federated_update_validation import guard, reply, shifted
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, SUPERLINK_NODE_ID, 1  # the server side
+
+    for name, node in (("hospital-a", 6), ("hospital-b", 7)):
+        make_site_key(tmp_path, name, force=False)
+        record_site(tmp_path, name, tmp_path / f"{name}.pub", node_id=node)
+    monkeypatch.setenv(REGISTRY_ENV, str(tmp_path / "sites.json"))
+    strategy = guard(min_accepted=1)
+
+    def statement_by(signer: str, about: str) -> str:
+        key = load_private_key(tmp_path / signer)
+        payload = {"site": about, "run": RUN, "key_sha256": key_sha256((tmp_path / f"{signer}.pub").read_text()),
+                   "accountant": "rdp", "delta": 1e-4, "not_released": [],
+                   "releases": [{"round": 1, "noise_multiplier": 1.0, "sample_rate": 0.25, "steps": 4}]}
+        return json.dumps(seal_statement(payload, key))
+
+    honest = reply(7, "hospital-b", shifted(0.1))
+    honest.content[protocol.SITE] = ConfigRecord({protocol.SITE_NAME: "hospital-b",
+                                                  protocol.SITE_STATEMENT: statement_by("hospital-b", "hospital-b")})
+    borrowed = reply(7, "hospital-a", shifted(0.1))  # hospital-b's node calling itself hospital-a
+    forged = reply(6, "hospital-a", shifted(0.1))  # hospital-a's node sending a history signed by hospital-b's key
+    forged.content[protocol.SITE] = ConfigRecord({protocol.SITE_NAME: "hospital-a",
+                                                  protocol.SITE_STATEMENT: statement_by("hospital-b", "hospital-a")})
+    strategy.aggregate_train(1, [honest, borrowed, forged])
+    outcomes = [(o.site, o.status, o.reason) for o in strategy.outcomes]
+    assert outcomes[0] == ("hospital-b", "accepted", None)
+    assert outcomes[1][:2] == ("hospital-b", "rejected") and "registered as 'hospital-b'" in outcomes[1][2]
+    assert outcomes[2][:2] == ("hospital-a", "rejected") and "privacy statement refused" in outcomes[2][2]
+    records = strategy.sites.records()
+    assert records["hospital-b"]["statement"] is not None and "hospital-a" not in records
+    assert strategy.outcomes[0].key_sha256 == key_sha256((tmp_path / "hospital-b.pub").read_text())
