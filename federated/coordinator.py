@@ -145,7 +145,7 @@ class FederatedServer:
             protocol.VERSION: secure_ft_version(),
             protocol.BASE_MODEL_SHA256: base_model_sha256(config.model),
             protocol.FRONT_END_SHA256: front_end_sha256(front_end),
-            protocol.RUN_KEY: federation_run_key(run_dir),  # the sites' odometers are per run, resumes included
+            protocol.FEDERATION_ID: federation_run_key(run_dir),  # the sites' odometers are per run, resumes included
         }
         central = None
         if config.federated.secagg:

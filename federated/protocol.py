@@ -8,8 +8,7 @@ Server → site (``train`` and ``evaluate`` messages)::
                             run-dir (simulation only), secure-ft-version,
                             base-model-sha256, front-end-sha256 (the spelling
                             front end's identity, when there is one), proximal-mu (FedProx),
-                            federation-run (the run's stable key: a site's odometer is
-                            per run, and a resumed run keeps its key)
+                            federation-id (the run's id, the same after a resume)
 
 Site → server (reply)::
 
@@ -47,7 +46,9 @@ VERSION = "secure-ft-version"
 BASE_MODEL_SHA256 = "base-model-sha256"
 FRONT_END_SHA256 = "front-end-sha256"
 PROXIMAL_MU = "proximal-mu"
-RUN_KEY = "federation-run"
+# the run's id, fixed when it starts and kept when the coordinator resumes it (a new Flower run
+# id each time): a site keys what it spent on a run by this, never by Flower's run id
+FEDERATION_ID = "federation-id"
 
 # metric keys (site → server)
 NUM_EXAMPLES = "num-examples"

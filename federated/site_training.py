@@ -103,7 +103,7 @@ class Instructions:
             base_model_sha256=str(record.get(protocol.BASE_MODEL_SHA256, "")),
             front_end_sha256=str(record.get(protocol.FRONT_END_SHA256, "")),
             version=str(record.get(protocol.VERSION, "")),
-            run_key=str(record.get(protocol.RUN_KEY, "")),
+            run_key=str(record.get(protocol.FEDERATION_ID, "")),
         )
 
 

@@ -1,18 +1,18 @@
 """Site failures on loopback: a crashed and restarted site, a borrowed name, a site whose data breaks the rules.
 
-One deployment (`secure-ft deploy ...`, as deploy/README.md tells it), three sites with
-site-level DP:
+One deployment (`secure-ft deploy ...`, as deploy/README.md tells it), sites with site-level
+DP, two runs:
 
-- hospital-a trains every round;
-- hospital-b's SuperNode is killed (SIGKILL of its whole process tree) while it trains
-  round 2, then started again with the same command: the run finishes, and the ε
-  ``privacy.json`` records for hospital-b — and ``secure-ft privacy`` recomputes from its
-  signed history — is the accountant's on every round it really trained (its log),
-  not on the rounds after the restart only;
-- hospital-c's file holds a label outside ``data.labels``: its error reaches the
-  coordinator as the rule and counts, and no label, path or row is found in the run
-  directory or the SuperLink's database;
-- a SuperNode started with ``--site hospital-a`` but hospital-b's key never starts.
+1. hospital-a and hospital-b, 3 rounds: hospital-b's SuperNode is killed (SIGKILL of its
+   whole process tree) while it trains round 2, then started again with the same command.
+   The run finishes, and the ε ``privacy.json`` records for hospital-b — which
+   ``secure-ft privacy`` recomputes from its signed history — is the accountant's on every
+   round it really trained (its logs), not on the rounds after the restart only;
+2. the three sites, 1 round: hospital-c's file holds a label outside ``data.labels``; its
+   error reaches the coordinator as the rule and counts, and no label, path or row is found
+   in the run directory or the SuperLink's database.
+
+Before either, a SuperNode started with ``--site hospital-a`` but hospital-b's key never starts.
 """
 
 from __future__ import annotations
@@ -100,22 +100,27 @@ def test_a_crashed_site_is_counted_in_full_a_borrowed_name_is_refused_and_site_e
             part.iloc[[4, 9], part.columns.get_loc("product")] = BAD_LABEL
         part.to_csv(tmp_path / f"{site}.csv", index=False)
     (tmp_path / "coordinator.csv").write_text(frame.iloc[180:].to_csv(index=False))
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump({
-        "mode": "federated",
-        "data": {"source": str(tmp_path / "coordinator.csv"), "label_column": "product", "labels": labels,
-                 "group_columns": ["region"], "min_class_count": 5},
-        "model": {"name_or_path": str(tiny_model_dir), "transfer": "lora", "max_length": 16},
-        "training": {"batch_size": 16, "learning_rate": 0.01},
-        "privacy": {"mode": "dp", "target_epsilon": 8.0, "accountant": "rdp"},
-        "federated": {"num_sites": 3, "rounds": 3, "min_train_sites": 2, "min_available_sites": 3,
-                      "federated_evaluation": False, "round_timeout_s": 150},
-    }))
+    def run_config(name: str, sites: int, rounds: int) -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump({
+            "mode": "federated",
+            "data": {"source": str(tmp_path / "coordinator.csv"), "label_column": "product", "labels": labels,
+                     "group_columns": ["region"], "min_class_count": 5},
+            "model": {"name_or_path": str(tiny_model_dir), "transfer": "lora", "max_length": 16},
+            "training": {"batch_size": 16, "learning_rate": 0.01},
+            "privacy": {"mode": "dp", "target_epsilon": 8.0, "accountant": "rdp"},
+            # every connected site is sampled: Flower counts the connected sites before it waits for
+            # min_available_sites, so with fewer sites than needed it would sample fewer
+            "federated": {"num_sites": sites, "rounds": rounds, "min_train_sites": 2, "min_available_sites": sites,
+                          "federated_evaluation": False, "round_timeout_s": 150},
+        }))
+        return path
 
     port, control_port = free_port(), free_port()
     front, state = f"127.0.0.1:{port}", tmp_path / "superlink-state"
     coordinator = ["--ca", str(pki / "ca.crt"), "--control-port", str(control_port)]
     processes = Processes(env, logs)
-    run_dir = tmp_path / "run"
+    run_dir, error_run = tmp_path / "run", tmp_path / "error-run"
 
     def supernode(site: str, key: str, log_name: str):
         return processes.start(log_name, CLI + ["deploy", "supernode", "--superlink", front, "--ca", str(pki / "ca.crt"),
@@ -136,9 +141,9 @@ def test_a_crashed_site_is_counted_in_full_a_borrowed_name_is_refused_and_site_e
         assert borrowed.wait(timeout=60) == 2
         assert "registered it as site 'hospital-b'" in processes.log("borrowed")
 
-        for site in SITES:
+        for site in ("hospital-a", "hospital-b"):
             supernode(site, site, site)
-        launch = processes.start("launch", CLI + ["deploy", "launch", "--config", str(tmp_path / "run.yaml"),
+        launch = processes.start("launch", CLI + ["deploy", "launch", "--config", str(run_config("run.yaml", 2, 3)),
                                                   "--run-dir", str(run_dir), *coordinator])
         wait_until_training(states / "hospital-b", 2, launch, 400)
         crashed = next(process for name, process, _ in processes.started if name == "hospital-b")
@@ -147,6 +152,11 @@ def test_a_crashed_site_is_counted_in_full_a_borrowed_name_is_refused_and_site_e
         supernode("hospital-b", "hospital-b", "hospital-b-restarted")
         assert launch.wait(timeout=600) == 0, processes.log("launch")[-4000:]
         print(f"run finished {time.monotonic() - killed_at:.0f}s after hospital-b was killed")
+
+        supernode("hospital-c", "hospital-c", "hospital-c")
+        erring = run(CLI + ["deploy", "launch", "--config", str(run_config("error-run.yaml", 3, 1)),
+                            "--run-dir", str(error_run), *coordinator], env, 400)
+        assert erring.returncode == 0, erring.stdout[-3000:] + erring.stderr[-3000:]
     finally:
         processes.stop_all()
     assert our_flower_processes(tmp_path / "flwr") == set(), "a Flower process outlived the test"
@@ -178,14 +188,17 @@ def test_a_crashed_site_is_counted_in_full_a_borrowed_name_is_refused_and_site_e
         assert privacy["sites"][site]["key_sha256"] == recorded_keys[site]
 
     # hospital-c: the rule and counts reach the coordinator, its data does not
-    assert privacy["sites_without_statement"]["hospital-c"]["unaccounted_rounds"] == []
-    ledger = (run_dir / "ledger.jsonl").read_text()
+    errors_privacy = json.loads((error_run / "privacy.json").read_text())
+    assert errors_privacy["sites_without_statement"]["hospital-c"] == {
+        "rounds_sent": [1], "rounds_failed_without_release": [1], "unaccounted_rounds": [],
+        "key_sha256": key_sha256((keys / "hospital-c.pub").read_text())}
+    ledger = (error_run / "ledger.jsonl").read_text()
     rounds = [json.loads(line)["data"] for line in ledger.splitlines() if '"federated_round_done"' in line]
     reasons = {site["reason"] for entry in rounds for site in entry["sites"] if site["site"] == "hospital-c"}
     assert reasons and all("site hospital-c: loading its data failed: the site's data failed the run's checks"
                            in reason and "rows with such labels 2" in reason for reason in reasons), reasons
     leaks = (BAD_LABEL, "hospital-c.csv", str(tmp_path / "hospital-c.csv"))
-    for path in [*run_dir.rglob("*.json"), *run_dir.rglob("*.jsonl"), *state.glob("superlink.db*")]:
+    for path in [*error_run.rglob("*.json"), *error_run.rglob("*.jsonl"), *state.glob("superlink.db*")]:
         content = path.read_bytes()
         for leak in leaks:
             assert leak.encode() not in content, (leak, path)
