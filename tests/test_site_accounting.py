@@ -261,3 +261,26 @@ def test_the_server_strategy_rejects_a_borrowed_name_and_a_foreign_signature(tmp
     records = strategy.sites.records()
     assert records["hospital-b"]["statement"] is not None and "hospital-a" not in records
     assert strategy.outcomes[0].key_sha256 == key_sha256((tmp_path / "hospital-b.pub").read_text())
+
+
+def test_the_gate_fails_a_site_whose_recorded_history_is_not_its_signed_one(tmp_path):
+    from audits._epsilon_recompute import recomputation_checks
+    from audits._guarantee import read_guarantee
+
+    make_site_key(tmp_path, "hospital-b", force=False)
+    key = key_sha256((tmp_path / "hospital-b.pub").read_text())
+    payload = {"site": "hospital-b", "run": RUN, "key_sha256": key, "accountant": "rdp", "delta": 1e-4,
+               "not_released": [], "releases": [{"round": r, "noise_multiplier": 0.95, "sample_rate": 0.25, "steps": 4}
+                                                for r in (1, 2)]}
+    run_dir, _ = _deployed_run(tmp_path, seal_statement(payload, load_private_key(tmp_path / "hospital-b")), [1, 2], key)
+    checks = {check.name: check for check in recomputation_checks(run_dir, read_guarantee(run_dir))}
+    assert checks["site:hospital-b.signed_history"].passed and checks["site:hospital-b.epsilon_recomputed"].passed
+
+    report = json.loads((run_dir / "privacy.json").read_text())
+    short = epsilon_from_history("rdp", ((0.95, 0.25, 4),), 1e-4)
+    report["sites"]["hospital-b"].update(history=[[0.95, 0.25, 4]], steps=4, epsilon=short)  # consistent, but short
+    report["epsilon"] = short
+    atomic_write_json(run_dir / "privacy.json", report)
+    checks = {check.name: check for check in recomputation_checks(run_dir, read_guarantee(run_dir))}
+    assert checks["site:hospital-b.epsilon_recomputed"].passed  # the short history is self-consistent...
+    assert not checks["site:hospital-b.signed_history"].passed  # ...but it is not what the site signed
