@@ -8,6 +8,12 @@ accountant's name — in the hash-chained run ledger as it finishes (event
 fresh accountant (`secure_ft.privacy.accountants`) and fails, showing both numbers, when
 ``privacy.json`` disagrees: beyond the accountant's stated error (PRV's ``eps_error``) or a
 relative 1e-6 otherwise, or when any recorded input differs.
+
+A federated site's inputs must also be the ones the site itself stated
+(`secure_ft.privacy.signed_history`): in a deployment its statement of everything it released
+must carry a signature by the key the run records for it, privacy.json's history must be the
+statement's, and every round the coordinator sent the site training must be accounted for —
+otherwise ``site:NAME.signed_history`` fails, naming the gap.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from pathlib import Path
 from audits._guarantee import PrivacyGuarantee
 from audits.result import Check
 from secure_ft.privacy.accountants import epsilon_from_history, get_accountant, normalise_history
+from secure_ft.privacy.recompute import federation_keys, site_statement_findings
+from secure_ft.privacy.signed_history import unaccounted_rounds
 from secure_ft.run_directory import PRIVACY_FILE, RunDirectory
 from secure_ft.run_ledger import Ledger
 
@@ -60,6 +68,7 @@ def recomputation_checks(run_dir: Path, guarantee: PrivacyGuarantee) -> list[Che
     """One check per scope: the stated ε equals the ε recomputed from the recorded inputs."""
     checks = []
     raw = RunDirectory(run_dir).read_privacy() or {}
+    deployed, keys = federation_keys(run_dir) if raw.get("sites") else (False, {})
     for scope in guarantee.scopes:
         if scope.scope == "run" and not raw.get("sites") and raw.get("central") is None:
             inputs = recorded_inputs(run_dir)
@@ -77,11 +86,22 @@ def recomputation_checks(run_dir: Path, guarantee: PrivacyGuarantee) -> list[Che
             site = scope.scope.split(":", 1)[1]
             inputs, where = _site_inputs(run_dir, site, (raw.get("sites") or {}).get(site) or {})
             checks.append(_scope_check(f"{scope.scope}.epsilon_recomputed", scope.epsilon, inputs, where))
+            _, problems = site_statement_findings(site, (raw.get("sites") or {}).get(site) or {}, deployed=deployed,
+                                                  registered_key=keys.get(site))
+            checks.append(Check.evaluate(f"{scope.scope}.signed_history", len(problems), "==", 0,
+                                         "; ".join(problems) or "the recorded history is the site's own statement of "
+                                         "everything it released, and accounts for every round it was sent"))
         elif scope.scope == "central":
             central = raw.get("central") or {}
             inputs = central if all(key in central for key in INPUTS) else None
             checks.append(_scope_check("central.epsilon_recomputed", scope.epsilon, inputs,
                                        "the central aggregate's recorded (z, releases)"))
+    for site, record in sorted((raw.get("sites_without_statement") or {}).items()):
+        gap = unaccounted_rounds(None, record.get("rounds_sent") or [], record.get("rounds_failed_without_release") or [])
+        checks.append(Check.evaluate(f"site:{site}.rounds_accounted", len(gap), "==", 0,
+                                     f"sent training in rounds {record.get('rounds_sent')}, never stated a release"
+                                     + (f"; rounds {gap} unaccounted: it may have released updates no ε counts"
+                                        if gap else "; failed each before any release")))
     return checks
 
 

@@ -9,6 +9,9 @@ The Flower app has the shape Flower users expect (``[tool.flwr.app]`` in ``pypro
 
 and behind them, one concept per module: ``site_data`` (which rows a site trains on),
 ``site_engine`` (DP-SGD across rounds, FedProx), ``site_training`` (one site's round),
+``site_odometer`` (every DP release of a run, on the site's disk, before it leaves),
+``site_errors`` (what a failing site may tell the coordinator: rule and counts),
+``site_identity`` (the coordinator's side: names from registered keys, signed histories),
 ``strategy`` (FedAvg / FedProx behind validation and central DP), ``update_validation``,
 ``central_dp`` (Flower's DP wrappers and an accountant), ``secagg`` (SecAgg+ mode),
 ``round_book`` (per-round records, best model), ``handoff`` (the run directory a central run

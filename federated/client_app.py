@@ -2,16 +2,18 @@
 
 ``train``: load the global tensors, fine-tune on the site's own rows through the product's
 training loop (with DP-SGD when ``privacy.mode: dp``), reply with the site's new tensors and
-its metrics (ε included). ``evaluate``: score the global tensors on the site's validation
+its metrics (ε included) and, with DP, its signed released history (the odometer's statement). ``evaluate``: score the global tensors on the site's validation
 rows. The SecAgg+ mode (`federated.secagg`) reaches the same ``train`` function through
 Flower's legacy messages; `secagg_when_requested` routes those.
 
-A site that fails replies with an error naming itself; the server logs it and the round
-goes on without it (``federated.accept_failures``).
+A site that fails replies with an error naming itself, the rule it broke and counts — never
+its data (`federated.site_errors`); the server logs it and the round goes on without it
+(``federated.accept_failures``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -42,9 +44,9 @@ def train(msg: Message, context: Context) -> Message:
         return train_legacy(msg, context)
     instructions = read_instructions(msg.content[protocol.CONFIG], context.node_config)
     global_arrays = record_to_arrays(msg.content[protocol.ARRAYS])
-    report = train_site_round(instructions, global_arrays, context.node_config, context.state, context.run_id)
-    return Message(content=_reply(report.site, report.metrics, arrays_to_record(report.arrays), report.privacy),
-                   reply_to=msg)
+    report = train_site_round(instructions, global_arrays, context.node_config, context.run_id)
+    return Message(content=_reply(report.site, report.metrics, arrays_to_record(report.arrays), report.privacy,
+                                  report.statement), reply_to=msg)
 
 
 @app.evaluate()
@@ -57,10 +59,12 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def _reply(site: str, metrics: dict[str, float], arrays: ArrayRecord | None = None,
-           privacy: dict | None = None) -> RecordDict:
+           privacy: dict | None = None, statement: dict | None = None) -> RecordDict:
     site_record = {protocol.SITE_NAME: site}
     if privacy is not None:  # the accountant inputs, so the coordinator can recompute this site's ε
         site_record[protocol.SITE_PRIVACY] = encode_site_privacy(privacy)
+    if statement is not None:  # the whole released history, signed (`secure_ft.privacy.signed_history`)
+        site_record[protocol.SITE_STATEMENT] = json.dumps(statement, sort_keys=True)
     content = RecordDict({protocol.METRICS: MetricRecord(metrics), protocol.SITE: ConfigRecord(site_record)})
     if arrays is not None:
         content[protocol.ARRAYS] = arrays

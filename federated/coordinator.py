@@ -28,6 +28,7 @@ from federated import protocol
 from federated.central_dp import central_guarantee
 from federated.front_end import federation_front_end, front_end_sha256
 from federated.handoff import write_handoff
+from federated.site_identity import federation_run_key
 from federated.partition import partition_sites
 from federated.round_book import RoundBook, ServerEvaluator
 from federated.stoppable_grid import StoppableGrid
@@ -144,6 +145,7 @@ class FederatedServer:
             protocol.VERSION: secure_ft_version(),
             protocol.BASE_MODEL_SHA256: base_model_sha256(config.model),
             protocol.FRONT_END_SHA256: front_end_sha256(front_end),
+            protocol.FEDERATION_ID: federation_run_key(run_dir),  # the sites' odometers are per run, resumes included
         }
         central = None
         if config.federated.secagg:
@@ -203,6 +205,8 @@ def _sites_seen(outcomes) -> list[dict]:
     seen: dict[str, dict] = {}
     for outcome in outcomes:
         entry = seen.setdefault(outcome.site, {"name": outcome.site, "train_rows": None, "validation_rows": None})
+        if getattr(outcome, "key_sha256", None):
+            entry["key_sha256"] = outcome.key_sha256  # deployments: the registered key the site authenticated with
         rows = outcome.metrics.get(protocol.NUM_EXAMPLES)
         if rows is not None:
             entry["train_rows" if outcome.phase == "train" else "validation_rows"] = int(rows)

@@ -8,15 +8,18 @@ same audits, gate, report and export apply unchanged:
     config.yaml     the effective config (mode: federated)
     data.json       the server's split summary, plus the sites (rows, groups, label mix)
     metrics.json    the central keys (steps, best, epochs = rounds, ...) and every round's record
-    privacy.json    with DP: per-site sample-level (ε, δ) under "sites", the central
-                    client-level guarantee under "central", and at the top level the
-                    weakest (largest ε) guarantee that applies
+    privacy.json    with DP: per-site sample-level (ε, δ) under "sites" — computed by the
+                    accountant from the site's own signed statement of everything it
+                    released, kept beside it with the rounds the coordinator sent it
+                    training in — the central client-level guarantee under "central", and
+                    at the top level the weakest (largest ε) guarantee that applies
     federated.json  how the run was federated: sites, strategy, validation, DP, SecAgg+
     ledger.jsonl    config, data fingerprint, every round, the saved model
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -27,6 +30,8 @@ from secure_ft.config import RunConfig
 from secure_ft.data import DatasetSplits
 from secure_ft.central_run import TrainedRun
 from secure_ft.models import save_trained_model
+from secure_ft.privacy.accountants import epsilon_from_history
+from secure_ft.privacy.signed_history import releases_history, unaccounted_rounds
 from secure_ft.robust_training import robustness_summary
 from secure_ft.run_directory import PRIVACY_FILE, FEDERATED_FILE, RunDirectory
 from secure_ft.run_ledger import Ledger
@@ -36,9 +41,12 @@ log = logging.getLogger(__name__)
 
 
 def site_guarantees(book: RoundBook, config: RunConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
-    """Each DP site's guarantee: its last report (ε only grows), with the accountant inputs it sent.
+    """Each DP site's guarantee: from its latest privacy statement, else its last report (ε only grows).
 
-    The inputs (accountant, δ, the (σ, q, steps) history) come with every update
+    A site's statement (`federated.site_identity`, checked and, in deployments, signature-verified
+    on arrival) lists everything it released, including rounds whose update never arrived or
+    was discarded; its ε is the accountant's on that history. Without a statement (an older
+    secure-ft) the last per-reply report is kept, marked ``statement_missing``. The inputs (accountant, δ, the (σ, q, steps) history) come with every update
     (`federated.site_privacy`), so the gate recomputes each site's ε from ``privacy.json``
     alone, for simulated and deployed sites alike. A site that reported ε without them (an
     older secure-ft) is kept, marked, and fails that recomputation.
@@ -62,6 +70,11 @@ def site_guarantees(book: RoundBook, config: RunConfig, run_dir: Path) -> dict[s
                                                  "opacus_version", "data_fingerprint") if key in inputs}
                    if inputs else {"inputs_missing": "the site sent no accountant inputs with its updates"}),
             }
+    for name, record in site_records(book).items():
+        if record["statement"] is not None:
+            sites[name] = stated_guarantee(record)  # the signed history replaces the per-reply report
+        elif name in sites:
+            sites[name]["statement_missing"] = record["statement_problem"] or "the site sent no privacy statement"
     for name, guarantee in sites.items():
         details = RunDirectory(run_dir).site(name).privacy_file
         if details.is_file():
@@ -69,8 +82,45 @@ def site_guarantees(book: RoundBook, config: RunConfig, run_dir: Path) -> dict[s
     return sites
 
 
+def site_records(book: RoundBook) -> dict[str, dict[str, Any]]:
+    """What the coordinator kept per site (`federated.site_identity.SiteBook`): rounds sent, statements, keys."""
+    sites = getattr(book.source, "sites", None)
+    return sites.records() if sites is not None else {}
+
+
+def stated_guarantee(record: dict[str, Any]) -> dict[str, Any]:
+    """A site's guarantee from its statement (checked on arrival): ε by the accountant on everything it released."""
+    payload = json.loads(record["statement"]["payload"])
+    history = releases_history(payload)
+    epsilon = epsilon_from_history(str(payload["accountant"]), tuple(map(tuple, history)), float(payload["delta"]))
+    last = history[-1] if history else [None, None, 0]
+    released = sorted({int(release["round"]) for release in payload["releases"]})
+    return {
+        "epsilon": float(epsilon),
+        "delta": float(payload["delta"]),
+        "unit": "record (sample-level DP-SGD on the site's own rows)",
+        "accountant": payload["accountant"],
+        "last_round": released[-1] if released else None,
+        "history": history,
+        "noise_multiplier": last[0],
+        "sample_rate": last[1],
+        "steps": int(sum(entry[2] for entry in history)),
+        **{key: payload.get(key) for key in ("max_grad_norm", "dataset_size", "target_epsilon", "opacus_version",
+                                             "data_fingerprint")},
+        "site_stated_epsilon": payload.get("epsilon"),
+        "rounds_released": released,
+        "rounds_not_released": payload.get("not_released") or [],
+        "rounds_sent": record["rounds_sent"],
+        "rounds_failed_without_release": record["rounds_failed_without_release"],
+        "unaccounted_rounds": unaccounted_rounds(payload, record["rounds_sent"],
+                                                 record["rounds_failed_without_release"]),
+        "key_sha256": record.get("key_sha256"),
+        "statement": record["statement"],
+    }
+
+
 def privacy_summary(sites: dict[str, dict[str, Any]], central: dict[str, Any] | None,
-                    planned_sites: list[str]) -> dict[str, Any] | None:
+                    planned_sites: list[str], silent: dict[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
     """privacy.json for a federated run, or None when neither sites nor server added DP noise."""
     if not sites and central is None:
         return None
@@ -92,6 +142,8 @@ def privacy_summary(sites: dict[str, dict[str, Any]], central: dict[str, Any] | 
     unreported = [name for name in planned_sites if name not in sites]
     if sites and unreported:
         summary["sites_without_report"] = unreported  # never delivered a DP update: nothing of theirs is in the model
+    if silent:  # sent training but never stated a release: each round must be explained, or it is a gap
+        summary["sites_without_statement"] = silent
     return summary
 
 
@@ -110,7 +162,14 @@ def write_handoff(*, run_dir: Path, config: RunConfig, splits: DatasetSplits, bo
     digest = save_trained_model(model, tokenizer, model_dir, front_end=front_end)  # audits and serving apply it
 
     site_privacy = site_guarantees(book, config, run_dir)
-    privacy = privacy_summary(site_privacy, central, [site["name"] for site in sites])
+    silent = {name: {"rounds_sent": record["rounds_sent"],
+                     "rounds_failed_without_release": record["rounds_failed_without_release"],
+                     "unaccounted_rounds": unaccounted_rounds(None, record["rounds_sent"],
+                                                              record["rounds_failed_without_release"]),
+                     "key_sha256": record.get("key_sha256")}
+              for name, record in site_records(book).items()
+              if name not in site_privacy and config.privacy.mode == "dp"}
+    privacy = privacy_summary(site_privacy, central, [site["name"] for site in sites], silent)
     artifacts = []
     choice = federation.get("transfer_choice")
     if privacy is not None:

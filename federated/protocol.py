@@ -7,21 +7,28 @@ Server → site (``train`` and ``evaluate`` messages)::
                             labels (JSON list: the label set and its numbering),
                             run-dir (simulation only), secure-ft-version,
                             base-model-sha256, front-end-sha256 (the spelling
-                            front end's identity, when there is one), proximal-mu (FedProx)
+                            front end's identity, when there is one), proximal-mu (FedProx),
+                            federation-id (the run's id, the same after a resume)
 
 Site → server (reply)::
 
     "arrays"  ArrayRecord   train only: the site's new tensors (never its data)
     "metrics" MetricRecord  num-examples, train-loss, local-steps, local-val-accuracy,
                             seconds; epsilon and delta when the site trains with DP
-    "site"    ConfigRecord  name: the site's name, for logs and the run's records;
+    "site"    ConfigRecord  name: the site's name as it declares it (a deployed coordinator
+                            names it by its registered key and rejects a different name);
                             privacy (train, with DP): its accountant inputs as JSON
-                            (`federated.site_privacy`)
+                            (`federated.site_privacy`); statement (train, with DP):
+                            its whole released history from its odometer, signed
+                            with its SuperNode key when it has one
+                            (`secure_ft.privacy.signed_history`)
 
 A site's node config (``flower-supernode --node-config``) says where its data is:
 
-    data-path   its labelled file (deployment); site-name its name; state-dir where it
-                keeps its own privacy ledger and logs (default: ~/.secure-ft/sites/<name>)
+    data-path   its labelled file (deployment); site-name its name (``deploy supernode`` checks
+                it is the name its key is registered under); state-dir where it
+                keeps its own privacy ledger, odometer and logs (default: ~/.secure-ft/sites/<name>);
+                auth-key its SuperNode private key (signs its privacy statements)
     partition-id / num-partitions   set by Flower's simulation engine instead
 """
 
@@ -39,6 +46,9 @@ VERSION = "secure-ft-version"
 BASE_MODEL_SHA256 = "base-model-sha256"
 FRONT_END_SHA256 = "front-end-sha256"
 PROXIMAL_MU = "proximal-mu"
+# the run's id, fixed when it starts and kept when the coordinator resumes it (a new Flower run
+# id each time): a site keys what it spent on a run by this, never by Flower's run id
+FEDERATION_ID = "federation-id"
 
 # metric keys (site → server)
 NUM_EXAMPLES = "num-examples"
@@ -56,11 +66,13 @@ AGGREGATION_WEIGHT = "aggregation-weight"
 # site record keys
 SITE_NAME = "name"
 SITE_PRIVACY = "privacy"
+SITE_STATEMENT = "statement"
 
 # node config keys
 DATA_PATH = "data-path"
 SITE_NAME_KEY = "site-name"
 STATE_DIR = "state-dir"
+AUTH_KEY = "auth-key"
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 
@@ -82,6 +94,3 @@ def route_logs_through_flower() -> None:
     ours.setLevel(logging.INFO)
 
 
-# per-site persistent state in Flower's Context.state
-ENGINE_STATE = "secure-ft-engine-state"
-SITE_SIGMA = "secure-ft-site-sigma"

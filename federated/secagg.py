@@ -45,6 +45,7 @@ from flwr.compat.common import recorddict_compat as compat
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 
 from federated import protocol
+from federated.site_identity import SiteBook
 from federated.site_privacy import decode_site_privacy, encode_site_privacy
 from federated.site_training import read_instructions, train_site_round
 from federated.update_validation import ACCEPTED, FAILED, SiteOutcome
@@ -76,7 +77,7 @@ def train_legacy(msg: Message, context: Context) -> Message:
     instructions = read_instructions(fitins.config, context.node_config)
     names = json.loads(str(fitins.config[TENSOR_NAMES]))
     global_arrays = dict(zip(names, parameters_to_ndarrays(fitins.parameters)))
-    report = train_site_round(instructions, global_arrays, context.node_config, context.state, context.run_id)
+    report = train_site_round(instructions, global_arrays, context.node_config, context.run_id)
     update = [np.asarray(report.arrays[name], dtype=np.float32) - np.asarray(global_arrays[name], dtype=np.float32)
               for name in names]
     bound = float(instructions.config.federated.secagg_clipping_range)
@@ -88,6 +89,8 @@ def train_legacy(msg: Message, context: Context) -> Message:
     metrics[protocol.SITE] = report.site
     if report.privacy is not None:  # legacy metrics may hold strings: the accountant inputs as JSON
         metrics[protocol.SITE_PRIVACY] = encode_site_privacy(report.privacy)
+    if report.statement is not None:
+        metrics[protocol.SITE_STATEMENT] = json.dumps(report.statement, sort_keys=True)
     fitres = FitRes(status=Status(Code.OK, "ok"), parameters=ndarrays_to_parameters(update),
                     num_examples=int(report.metrics[protocol.NUM_EXAMPLES]), metrics=metrics)
     return Message(content=compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
@@ -114,11 +117,13 @@ class SecAggUpdateAverage(LegacyFedAvg):
         self.bytes_down: dict[int, int] = {}
         self.bytes_up: dict[int, int] = {}
         self.sampled: dict[int, int] = {}
+        self.sites = SiteBook()  # names from registered keys, rounds sent, signed privacy statements
 
     def configure_fit(self, server_round, parameters: Parameters, client_manager):
         self.current = [np.asarray(value, dtype=np.float32) for value in parameters_to_ndarrays(parameters)]
         instructions = super().configure_fit(server_round, parameters, client_manager)
         self.sampled[server_round] = len(instructions)
+        self.sites.sent_training(server_round, [proxy.node_id for proxy, _ in instructions])
         size = sum(value.nbytes for value in self.current)
         self.bytes_down[server_round] = size * len(instructions)
         # every site sends its masked, quantized update: one 4-byte integer per coordinate
@@ -136,9 +141,17 @@ class SecAggUpdateAverage(LegacyFedAvg):
             metrics = {key: float(value) for key, value in fitres.metrics.items()
                        if isinstance(value, (int, float)) and not isinstance(value, bool)}
             site_metrics.append((fitres.num_examples, metrics))
-            self.outcomes.append(SiteOutcome(server_round, "train", str(fitres.metrics.get(protocol.SITE, proxy.cid)),
-                                             proxy.node_id, ACCEPTED, None, None, metrics,
-                                             decode_site_privacy(fitres.metrics.get(protocol.SITE_PRIVACY))))
+            declared = fitres.metrics.get(protocol.SITE)
+            # a masked update cannot be taken out of the sum: a problem is recorded (and fails the privacy checks)
+            problem = (self.sites.identity_problem(proxy.node_id, str(declared) if declared else None)
+                       or self.sites.receive_statement(server_round, proxy.node_id,
+                                                       fitres.metrics.get(protocol.SITE_STATEMENT)))
+            if problem is not None:
+                log.warning("round %d: node %s: %s", server_round, proxy.node_id, problem)
+            self.outcomes.append(SiteOutcome(server_round, "train", self.sites.name_of(proxy.node_id),
+                                             proxy.node_id, ACCEPTED, problem, None, metrics,
+                                             decode_site_privacy(fitres.metrics.get(protocol.SITE_PRIVACY)),
+                                             self.sites.key_of(proxy.node_id)))
         reason = None
         if failures and not self.accept_failures:
             reason = f"{len(failures)} site(s) failed and accept_failures is false"

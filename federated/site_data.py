@@ -26,6 +26,7 @@ from secure_ft.config import RunConfig
 from secure_ft.data import LABEL, load_splits, read_table, validate
 from secure_ft.run_directory import RunDirectory
 from secure_ft.errors import ConfigError, DataError
+from federated.site_errors import SiteDataRejected
 
 log = logging.getLogger(__name__)
 
@@ -101,17 +102,23 @@ def simulated_partition(config: RunConfig, labels: list[str], index: int) -> Sit
 def load_site_file(path: Path, config: RunConfig, labels: list[str], name: str) -> SitePartition:
     """A site's own labelled file, checked against the run's label set and split train/validation."""
     if not path.is_file():
-        raise DataError(f"{path}: the site's data file (node config data-path) does not exist")
+        raise SiteDataRejected(f"{path}: the site's data file (node config data-path) does not exist",
+                               "the site's data file does not exist", {})
     site_config = config.data.model_copy(update={
         "source": str(path), "group_columns": [], "derived_group_columns": [], "labels": list(labels),
         "min_class_count": 3, "small_classes": "drop", "max_rows": None,
     })
     try:
         raw, where = read_table(site_config.source, site_config.format, site_config.hf_split)
+    except DataError as error:
+        raise SiteDataRejected(f"site {name}: {error}", "the site's data file cannot be read", {}) from None
+    try:
         frame, _, dropped = validate(raw, site_config, where)
     except DataError as error:  # the site's own file: name the site, the file and the run's labels
-        raise DataError(f"site {name}: {error} (the run's label set, data.labels: {list(labels)}; the file must "
-                        f"have columns {config.data.text_column!r} and {config.data.label_column!r})") from None
+        raise SiteDataRejected(
+            f"site {name}: {error} (the run's label set, data.labels: {list(labels)}; the file must "
+            f"have columns {config.data.text_column!r} and {config.data.label_column!r})",
+            "the site's data failed the run's checks", data_counts(raw, config, labels)) from None
     index = {label: position for position, label in enumerate(labels)}
     frame[LABEL] = frame["label_name"].map(index).astype(int)  # the run's numbering, not this file's
     fraction = config.data.split.validation_fraction
@@ -121,12 +128,35 @@ def load_site_file(path: Path, config: RunConfig, labels: list[str], name: str) 
         train, validation = train_test_split(frame, test_size=fraction, stratify=stratify,
                                              random_state=config.seed)
     except ValueError as error:
-        raise DataError(f"{where}: cannot split the site's rows into training and validation: {error}") from None
+        raise SiteDataRejected(f"{where}: cannot split the site's rows into training and validation: {error}",
+                               "the site's rows cannot be split into training and validation",
+                               {"rows": len(frame)}) from None
     if len(train) < config.federated.min_site_examples:
-        raise DataError(f"{where}: the site has {len(train)} training rows after holding out validation, fewer "
-                        f"than federated.min_site_examples = {config.federated.min_site_examples}")
+        raise SiteDataRejected(
+            f"{where}: the site has {len(train)} training rows after holding out validation, fewer "
+            f"than federated.min_site_examples = {config.federated.min_site_examples}",
+            "fewer training rows than federated.min_site_examples",
+            {"training rows": len(train), "min_site_examples": config.federated.min_site_examples})
     log.info("site %s: %s → %d training / %d validation rows; labels %s%s", name, where, len(train),
              len(validation), frame["label_name"].value_counts().to_dict(),
              f"; dropped classes with fewer than 3 rows: {dropped}" if dropped else "")
     return SitePartition(name, train.sort_values("row").reset_index(drop=True),
                          validation.sort_values("row").reset_index(drop=True))
+
+
+def data_counts(raw, config: RunConfig, labels: list[str]) -> dict[str, int]:
+    """Counts that describe why a site's file fails, with no value, label, row number or path in them."""
+    counts = {"rows": int(len(raw))}
+    columns = (config.data.text_column, config.data.label_column)
+    counts["missing required columns"] = sum(column not in raw.columns for column in columns)
+    if config.data.label_column in raw.columns:
+        values = raw[config.data.label_column]
+        present = values.notna()
+        outside = present & ~values.astype(str).str.strip().isin(set(labels))
+        counts["label values outside data.labels"] = int(values[outside].astype(str).nunique())
+        counts["rows with such labels"] = int(outside.sum())
+        counts["rows without a label"] = int((~present).sum())
+    if config.data.text_column in raw.columns:
+        texts = raw[config.data.text_column]
+        counts["rows without text"] = int((texts.isna() | (texts.astype(str).str.strip() == "")).sum())
+    return counts

@@ -14,10 +14,17 @@ It reads every text through that front end and, with ``augmentation_copies`` K >
 each row with K perturbed copies averaged before clipping (`secure_ft.robust_training`): its
 σ, sampling rate and steps are those of the same run without copies.
 
-After training it keeps its own records in its state folder: the site ledger
-(``ledger.jsonl``, one line per round) and, with DP, its ``privacy.json`` and privacy ledger.
-Its DP accountant state is also carried in Flower's per-site ``Context.state`` so that the
-next round (a fresh process in a deployment) continues the same budget.
+With DP, every round goes through the site's odometer (`federated.site_odometer`, in its
+state folder): marked in progress before training, its release recorded — atomically, before
+the reply leaves — after it; the next round (a fresh process, perhaps after a SuperNode
+restart) restores the accountant from there, so the budget and its cap survive restarts.
+The reply carries the odometer's whole history as a statement, signed with the site's
+SuperNode key when the node config names one (``auth-key``). The site also keeps its own
+records there: the site ledger (``ledger.jsonl``, one line per round), ``privacy.json`` and
+the privacy ledger.
+
+A failure reaches the coordinator as the rule broken and counts only (`federated.site_errors`);
+the full text stays in the site's log and its ledger.
 """
 
 from __future__ import annotations
@@ -25,22 +32,24 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
 import yaml
-from flwr.app import ConfigRecord, RecordDict
-
 from federated import protocol
 from federated.front_end import check_same_front_end, federation_front_end
 from federated.site_data import Site, resolve_site
+from federated.site_errors import SiteFailure, public_failure
+from federated.site_odometer import SiteOdometer
 from federated.site_privacy import site_privacy_report
 from federated.site_engine import SiteEngine, private_site_engine, site_noise_multiplier
 from federated.task import (build_model, evaluate_model, load_arrays, round_seed, base_model_sha256,
                             secure_ft_version, trainable_arrays, train_locally)
 from secure_ft.config import RunConfig, config_from_dict
-from secure_ft.errors import ConfigError, ModelError, SecureFTError
+from secure_ft.errors import ConfigError, ModelError
+from secure_ft.privacy.signed_history import key_sha256, load_private_key, public_line_of, seal_statement
 from secure_ft.probe import trainee_and_datasets
 from secure_ft.robust_training import robust_datasets, through_front_end
 from secure_ft.spelling import SpellingFrontEnd
@@ -50,10 +59,6 @@ from secure_ft.models import resolve_device
 from secure_ft.training_loop import TrainingEngine
 
 log = logging.getLogger(__name__)
-
-
-class SiteFailure(RuntimeError):
-    """A site could not complete its part of a round; the message names the site."""
 
 
 @dataclass
@@ -68,6 +73,7 @@ class Instructions:
     base_model_sha256: str = ""
     front_end_sha256: str = ""
     version: str = ""
+    run_key: str = ""
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> "Instructions":
@@ -97,6 +103,7 @@ class Instructions:
             base_model_sha256=str(record.get(protocol.BASE_MODEL_SHA256, "")),
             front_end_sha256=str(record.get(protocol.FRONT_END_SHA256, "")),
             version=str(record.get(protocol.VERSION, "")),
+            run_key=str(record.get(protocol.FEDERATION_ID, "")),
         )
 
 
@@ -108,6 +115,7 @@ class SiteReport:
     metrics: dict[str, float]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     privacy: dict[str, Any] | None = None  # DP: the accountant inputs (`federated.site_privacy`)
+    statement: dict[str, Any] | None = None  # DP: the odometer's history, sealed (`secure_ft.privacy.signed_history`)
 
 
 def read_instructions(record: Mapping[str, Any], node_config: Mapping[str, Any]) -> Instructions:
@@ -116,11 +124,7 @@ def read_instructions(record: Mapping[str, Any], node_config: Mapping[str, Any])
         return Instructions.from_record(record)
     except Exception as error:
         log.exception("site %s cannot read the server's instructions", _node_label(node_config))
-        raise failure(_node_label(node_config), error) from error
-
-
-def failure(site: str, error: BaseException) -> SiteFailure:
-    return SiteFailure(f"site {site}: {type(error).__name__}: {error}")
+        raise public_failure(_node_label(node_config), "reading the server's instructions", error) from None
 
 
 def check_instructions(instructions: Instructions) -> None:
@@ -130,21 +134,30 @@ def check_instructions(instructions: Instructions) -> None:
     if instructions.base_model_sha256:
         local = base_model_sha256(instructions.config.model)
         if local and local != instructions.base_model_sha256:
-            raise ModelError(
+            error = ModelError(
                 f"this site's base model {instructions.config.model.name_or_path!r} has hash {local[:12]}… but the "
                 f"server's has {instructions.base_model_sha256[:12]}…; install the same base model at every site"
             )
+            error.public_rule = "the site's base model differs from the server's"
+            raise error
 
 
 def train_site_round(instructions: Instructions, global_arrays: Mapping[str, np.ndarray],
-                     node_config: Mapping[str, Any], state: RecordDict, run_id: int = 0) -> SiteReport:
+                     node_config: Mapping[str, Any], run_id: int = 0) -> SiteReport:
     """Train the global model on this site's rows for one round; raises `SiteFailure` naming the site."""
-    site_name = _node_label(node_config)
+    site_name, stage, odometer = _node_label(node_config), "loading its data", None
     try:
         config = instructions.config
-        site = resolve_site(node_config, config, instructions.labels, instructions.run_dir, run_id)
+        site = resolve_site(node_config, config, instructions.labels, instructions.run_dir,
+                            instructions.run_key or run_id)
         site_name = site.name
+        stage = "checking the server's model"
         check_instructions(instructions)
+        signing_key = _signing_key(node_config)
+        if config.privacy.mode == "dp":
+            odometer = SiteOdometer.open(site.state_dir, site.name, instructions.run_key or f"flower-{run_id}")
+            odometer.begin(instructions.server_round)  # before training: a crash from here on is "interrupted"
+        stage = "training"
         started = time.perf_counter()
         model, tokenizer = build_model(config, instructions.labels)
         load_arrays(model, global_arrays)
@@ -155,8 +168,8 @@ def train_site_round(instructions: Instructions, global_arrays: Mapping[str, np.
         trainee, train_set, (validation_set,) = robust_datasets(
             model, tokenizer, config, site.data.train, [site.data.validation], front_end=front_end,
             cache_dir=RunDirectory(site.state_dir).cache_dir, device=device)
-        engine = SiteEngine(_inner_engine(config, site, state), proximal_mu=instructions.proximal_mu,
-                            restore=_load_engine_state(state))
+        engine = SiteEngine(_inner_engine(config, site, odometer), proximal_mu=instructions.proximal_mu,
+                            restore=odometer.engine_state if odometer is not None else None)
         try:
             result = train_locally(trainee, train_set, validation_set, instructions.labels, config,
                                    seed=round_seed(config.seed, instructions.server_round, site.name), engine=engine,
@@ -171,13 +184,16 @@ def train_site_round(instructions: Instructions, global_arrays: Mapping[str, np.
             protocol.LOCAL_VAL_ACCURACY: float(last.val_accuracy) if last else float("nan"),
             protocol.SECONDS: time.perf_counter() - started,
         }
-        privacy = None
+        privacy = statement = None
         if engine.private:
             guarantee = engine.guarantee(result)
-            privacy = site_privacy_report(guarantee, engine.accountant_history())
+            # recorded before the update can leave: a lost or discarded reply still counts
+            odometer.record_release(instructions.server_round, engine.accountant_history(), engine.state_dict())
+            privacy = site_privacy_report(guarantee, odometer.history())
+            statement = seal_statement(odometer.statement(
+                key_sha256(public_line_of(signing_key)) if signing_key is not None else None, guarantee), signing_key)
             metrics[protocol.EPSILON] = float(guarantee["epsilon"])
             metrics[protocol.DELTA] = float(guarantee["delta"])
-            _save_engine_state(state, engine.state_dict())
             engine.write_artifacts(site.state_dir, result)
         Ledger(site.state_dir).append("site_round_trained", round=instructions.server_round, site=site.name,
                                       stopped_reason=result.stopped_reason,
@@ -185,12 +201,19 @@ def train_site_round(instructions: Instructions, global_arrays: Mapping[str, np.
         log.info("site %s, round %d: %d steps, loss %.4f%s", site.name, instructions.server_round, result.steps,
                  metrics[protocol.TRAIN_LOSS],
                  f", ε = {metrics[protocol.EPSILON]:.3f}" if protocol.EPSILON in metrics else "")
-        return SiteReport(site.name, metrics, trainable_arrays(result.model), privacy)
+        return SiteReport(site.name, metrics, trainable_arrays(result.model), privacy, statement)
     except SiteFailure:
         raise
-    except (SecureFTError, Exception) as error:  # the server logs the reason with the site's name
-        log.exception("site %s failed in round %d", site_name, instructions.server_round)
-        raise failure(site_name, error) from error
+    except Exception as error:  # the detail stays here; the coordinator gets the rule and counts
+        released = None  # without DP there is nothing to account for
+        if odometer is not None:
+            odometer.record_failure(instructions.server_round)
+            released = odometer.released_in(instructions.server_round)
+        elif instructions.config.privacy.mode == "dp":
+            released = False  # failed before its odometer opened: releases happen only through the odometer
+        log.exception("site %s failed in round %d while %s", site_name, instructions.server_round, stage)
+        _note_failure(node_config, site_name, instructions, stage, error)
+        raise public_failure(site_name, stage, error, released) from None
 
 
 def evaluate_site(instructions: Instructions, global_arrays: Mapping[str, np.ndarray],
@@ -215,7 +238,8 @@ def evaluate_site(instructions: Instructions, global_arrays: Mapping[str, np.nda
                                       protocol.ACCURACY: scores["accuracy"], protocol.MACRO_F1: scores["macro_f1"]})
     except Exception as error:
         log.exception("site %s failed to evaluate in round %d", site_name, instructions.server_round)
-        raise failure(site_name, error) from error
+        _note_failure(node_config, site_name, instructions, "evaluating", error)
+        raise public_failure(site_name, "evaluating", error) from None
 
 
 def site_front_end(instructions: Instructions, tokenizer) -> SpellingFrontEnd | None:
@@ -234,23 +258,31 @@ def _node_label(node_config: Mapping[str, Any]) -> str:
     return "unnamed-site"
 
 
-def _inner_engine(config: RunConfig, site: Site, state: RecordDict) -> TrainingEngine:
+def _signing_key(node_config: Mapping[str, Any]):
+    """The site's SuperNode private key (node config ``auth-key``), or None (simulations)."""
+    path = node_config.get(protocol.AUTH_KEY)
+    return load_private_key(str(path)) if path else None
+
+
+def _note_failure(node_config: Mapping[str, Any], site: str, instructions: Instructions, stage: str,
+                  error: BaseException) -> None:
+    """Keep the full text of a failure in the site's own ledger (it never leaves the site)."""
+    try:
+        root = node_config.get(protocol.STATE_DIR)
+        if root:
+            Ledger(Path(str(root)).expanduser()).append(
+                "site_round_failed", site=site, round=instructions.server_round, stage=stage,
+                error=type(error).__name__, detail=str(error))
+    except Exception:  # noqa: BLE001 - the log above already holds the detail
+        log.warning("site %s: could not write the failure to its ledger", site)
+
+
+def _inner_engine(config: RunConfig, site: Site, odometer: SiteOdometer | None) -> TrainingEngine:
     if config.privacy.mode != "dp":
         return TrainingEngine(config.training.max_grad_norm, config.training.max_physical_batch_size)
     rows = len(site.data.train)
-    saved = state.config_records.get(protocol.SITE_SIGMA)
-    if saved is not None and int(saved["rows"]) == rows:
-        sigma = float(saved["sigma"])  # the σ this site started the run with, whatever was recalibrated since
-    else:
+    sigma = odometer.noise_for(rows)  # the σ this site started the run with, whatever was recalibrated since
+    if sigma is None:
         sigma = site_noise_multiplier(config, rows)
-        state.config_records[protocol.SITE_SIGMA] = ConfigRecord({"sigma": sigma, "rows": rows})
+        odometer.keep_noise(sigma, rows)
     return private_site_engine(config, rows, site.data.fingerprint(), sigma)
-
-
-def _load_engine_state(state: RecordDict) -> dict[str, Any] | None:
-    record = state.config_records.get(protocol.ENGINE_STATE)
-    return json.loads(str(record["json"])) if record is not None else None
-
-
-def _save_engine_state(state: RecordDict, engine_state: dict[str, Any]) -> None:
-    state.config_records[protocol.ENGINE_STATE] = ConfigRecord({"json": json.dumps(engine_state)})

@@ -34,6 +34,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from federated import protocol
+from federated.site_identity import SiteBook, declared_name, statement_text
 from federated.site_privacy import decode_site_privacy
 from federated.task import arrays_to_record, record_to_arrays
 
@@ -123,6 +124,7 @@ class SiteOutcome:
     update_norm: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     privacy: dict[str, Any] | None = None  # a DP site's accountant inputs (`federated.site_privacy`)
+    key_sha256: str | None = None  # deployments: the registered key the reply came with
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -186,6 +188,7 @@ class UpdateGuard(Strategy):
         self.evaluate_metrics: dict[int, dict[str, float]] = {}
         self.bytes_down: dict[int, int] = {}  # global tensors sent to the sampled sites
         self.bytes_up: dict[int, int] = {}  # tensors the sites sent back
+        self.sites = SiteBook()  # names from registered keys, rounds sent, signed privacy statements
 
     # -- configure: remember what was sent -------------------------------------------------
 
@@ -194,6 +197,7 @@ class UpdateGuard(Strategy):
         self.current_arrays = arrays
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self.sampled[server_round] = len(messages)
+        self.sites.sent_training(server_round, [message.metadata.dst_node_id for message in messages], messages)
         self.bytes_down[server_round] = arrays.count_bytes() * len(messages)
         return messages
 
@@ -285,9 +289,17 @@ class UpdateGuard(Strategy):
     def _check_train_reply(self, server_round: int, reply: Message, reference: dict[str, np.ndarray]) -> SiteOutcome:
         node = reply.metadata.src_node_id
         if reply.has_error():
-            return SiteOutcome(server_round, "train", self._site_from_error(reply), node, FAILED, reply.error.reason)
+            node = self.sites.origin(server_round, reply)
+            self.sites.failed(server_round, node, reply.error.reason)
+            return SiteOutcome(server_round, "train", self._site_from_error(reply, node), node, FAILED,
+                               reply.error.reason, key_sha256=self.sites.key_of(node))
         site = self._site_name(reply)
         content = reply.content
+        # a site is who its key says: a reply under another name, or with a refused statement, is not aggregated
+        problem = (self.sites.identity_problem(node, declared_name(content))
+                   or self.sites.receive_statement(server_round, node, statement_text(content)))
+        if problem is not None:
+            return SiteOutcome(server_round, "train", site, node, REJECTED, problem, key_sha256=self.sites.key_of(node))
         metrics = _single_metric_record(reply)
         examples = _examples(metrics)
         if len(content.array_records) != 1 or metrics is None:
@@ -306,25 +318,29 @@ class UpdateGuard(Strategy):
             log.warning("round %d: %s: %s", server_round, site, check.reason)
         metrics[protocol.AGGREGATION_WEIGHT] = 1.0 if self.uniform_weights else examples
         return SiteOutcome(server_round, "train", site, node, check.status, check.reason, check.norm,
-                           _plain_metrics(metrics), self._site_privacy(reply))
+                           _plain_metrics(metrics), self._site_privacy(reply), self.sites.key_of(node))
 
     def _site_name(self, reply: Message) -> str:
+        """The site's name: its registered key's (deployments), else the name it declares."""
         node = reply.metadata.src_node_id
-        record = reply.content.config_records.get(protocol.SITE)
-        if record is not None and isinstance(record.get(protocol.SITE_NAME), str):
-            self.node_sites[node] = str(record[protocol.SITE_NAME])
-        return self.node_sites.get(node, f"node {node}")
+        declared = declared_name(reply.content)
+        if declared:
+            self.sites.declared[node] = declared
+        self.node_sites[node] = self.sites.name_of(node)
+        return self.node_sites[node]
 
     @staticmethod
     def _site_privacy(reply: Message) -> dict[str, Any] | None:
         record = reply.content.config_records.get(protocol.SITE)
         return decode_site_privacy(record.get(protocol.SITE_PRIVACY)) if record is not None else None
 
-    def _site_from_error(self, reply: Message) -> str:
+    def _site_from_error(self, reply: Message, node: int | None = None) -> str:
+        node = reply.metadata.src_node_id if node is None else node
+        if self.sites.deployed_registry:
+            return self.sites.name_of(node)
         match = _SITE_IN_REASON.search(reply.error.reason or "")
         if match:
             return match.group(1)
-        node = reply.metadata.src_node_id
         return self.node_sites.get(node, f"node {node}")
 
 

@@ -54,6 +54,7 @@ def cmd_superlink(args: argparse.Namespace) -> int:
     from secure_ft.deploy.fleet_front import serve_fleet_front
     from secure_ft.deploy.flower_runtime import flower_command, flower_environment
     from secure_ft.deploy.processes import start_group, stop_group, wait_for_port
+    from secure_ft.deploy.site_registry import REGISTRY_ENV, REGISTRY_FILE
 
     pki, state = Path(args.pki), Path(args.state)
     for name in ("ca.crt", "server.pem", "server.key"):
@@ -70,13 +71,15 @@ def cmd_superlink(args: argparse.Namespace) -> int:
                "--log-file", str(state / "superlink.log"),
                # Control and runtime APIs: this machine only (registration, runs, the ServerApp)
                "--host", LOOPBACK, "--port", str(args.control_port)]
-    superlink = start_group(command, flower_environment())
+    # the ServerApp names every site by the registry entry of the key it authenticated with
+    registry = state.resolve() / REGISTRY_FILE
+    superlink = start_group(command, {**flower_environment(), REGISTRY_ENV: str(registry)})
     try:
         wait_for_port(LOOPBACK, args.control_port, superlink, 120, "the SuperLink")
         print(f"SuperLink: control and runtime APIs on {LOOPBACK}:{args.control_port} (this machine only); "
               f"database {state / 'superlink.db'}, log {state / 'superlink.log'}", flush=True)
         print(f"Fleet front: sites connect to {args.host}:{args.port} (TLS; Fleet API only)", flush=True)
-        serve_fleet_front(args.host, args.port, f"https://{LOOPBACK}:{args.control_port}", pki)
+        serve_fleet_front(args.host, args.port, f"https://{LOOPBACK}:{args.control_port}", pki, registry)
     except RuntimeError as error:
         raise ConfigError(f"{error}; see {state / 'superlink.log'}") from None
     finally:
@@ -140,29 +143,53 @@ def cmd_sites_list(args: argparse.Namespace) -> int:
 def cmd_supernode(args: argparse.Namespace) -> int:
     from secure_ft.deploy.certificates import check_site_name
     from secure_ft.deploy.flower_runtime import flower_command, flower_environment
-    from secure_ft.deploy.processes import start_group, stop_group
+    from secure_ft.deploy.site_identity import check_site_identity
 
     site = check_site_name(args.site)
     for path, what in ((args.ca, "CA certificate"), (args.key, "site key"), (args.data, "data file")):
         if not Path(path).is_file():
             raise ConfigError(f"{path}: the {what} does not exist")
+    # the name is the registry's for this key: a --site that differs never starts
+    identity = check_site_identity(site, args.superlink, Path(args.ca), Path(args.key))
     state = Path(args.state or Path.home() / ".secure-ft" / "sites" / site).resolve()
     state.mkdir(parents=True, exist_ok=True)
+    state.chmod(0o700)
     port = args.port or _free_port()  # the SuperNode's local runtime API: one port per SuperNode on a host
-    data = Path(args.data).resolve()
+    data, key = Path(args.data).resolve(), Path(args.key).resolve()
     command = [flower_command("flower-supernode"), "--root-certificates", str(Path(args.ca).resolve()),
-               "--superlink", args.superlink, "--auth-supernode-private-key", str(Path(args.key).resolve()),
-               "--node-config", f'data-path="{data}" site-name="{site}" state-dir="{state}"',
+               "--superlink", args.superlink, "--auth-supernode-private-key", str(key),
+               "--node-config", f'data-path="{data}" site-name="{site}" state-dir="{state}" auth-key="{key}"',
                "--port", str(port)]
-    print(f"site {site}: SuperNode for {args.superlink}, data {data}, records in {state}, "
-          f"local runtime port {port}", flush=True)
-    process = start_group(command, flower_environment())
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        stop_group(process)
+    print(f"site {site} (registered key {identity['public_key_sha256'][:16]}…): SuperNode for {args.superlink}, "
+          f"data {data}, records in {state}, local runtime port {port}", flush=True)
+    return _run_supernode(command, flower_environment(), site)
+
+
+ACTIVATION_RETRY_S = 150.0  # the SuperLink holds a crashed node "online" for up to 2 heartbeats (60 s)
+
+
+def _run_supernode(command: list[str], env: dict[str, str], site: str) -> int:
+    """Run the SuperNode; after a crash the SuperLink refuses it until its old session expires, so retry that."""
+    import time
+
+    from secure_ft.deploy.processes import start_group, stop_group
+
+    first = time.monotonic()
+    while True:
+        started = time.monotonic()
+        process = start_group(command, env)
+        try:
+            code = process.wait()
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            stop_group(process)
+        quick = time.monotonic() - started < 30
+        if code == 0 or not quick or time.monotonic() - first > ACTIVATION_RETRY_S:
+            return code
+        print(f"site {site}: the SuperNode exited at once (status {code}); if this site was restarted after a crash "
+              "the SuperLink still holds its previous session (up to 60 s): retrying in 10 s", flush=True)
+        time.sleep(10)
 
 
 def _free_port() -> int:

@@ -9,6 +9,7 @@ Shipped inside the package (no source checkout needed) and driven by ``secure-ft
                    SuperLink's Control API (registering sites, listing and starting runs)
                    stays on the coordinator's loopback address
 ``site_registry``  site names kept with their registered keys (``secure-ft sites list``)
+``site_identity``  a starting SuperNode asks the front which site its key is registered as
 ``processes``      starting and stopping the Flower processes by process group
 
 See ``deploy/README.md`` for the step-by-step guide.

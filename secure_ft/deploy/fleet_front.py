@@ -9,10 +9,15 @@ a key. The kit therefore binds the SuperLink to the coordinator's loopback addre
 this front on the address sites use: it forwards ``POST /v1/fleet/*`` to the SuperLink and
 answers 403 to every other path. SuperNode authentication (signed requests from registered
 keys) still happens in the SuperLink itself.
+
+One more path is answered by the front itself, when it is given the site registry: a POST to
+``/secure-ft/v1/site-identity`` tells a starting SuperNode which site its key is registered as
+(`secure_ft.deploy.site_identity`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 from contextlib import asynccontextmanager
@@ -21,8 +26,10 @@ from pathlib import Path
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from secure_ft.deploy.site_identity import IDENTITY_PATH, answer_identity
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +45,24 @@ def is_fleet_request(method: str, path: str) -> bool:
     return method == "POST" and path.startswith(FLEET_PREFIX) and ".." not in path
 
 
-def fleet_front_app(upstream: str, ca_file: Path, timeout_s: float = 120.0) -> Starlette:
-    """A Starlette app forwarding Fleet API calls to `upstream` (``https://127.0.0.1:PORT``), verified with `ca_file`."""
+def fleet_front_app(upstream: str, ca_file: Path, timeout_s: float = 120.0,
+                    registry_file: Path | None = None) -> Starlette:
+    """A Starlette app forwarding Fleet API calls to `upstream` (``https://127.0.0.1:PORT``), verified with `ca_file`.
+
+    With `registry_file` (``sites.json``) it also answers site-identity questions itself.
+    """
     context = ssl.create_default_context(cafile=str(ca_file))
     client = httpx.AsyncClient(base_url=upstream, verify=context, timeout=timeout_s)
 
     async def forward(request: Request) -> Response:
         path = request.url.path
+        if registry_file is not None and request.method == "POST" and path == IDENTITY_PATH:
+            try:
+                body = json.loads(await request.body())
+            except ValueError:
+                body = None
+            status, answer = answer_identity(registry_file, body)
+            return JSONResponse(answer, status_code=status)
         if not is_fleet_request(request.method, path):
             log.warning("fleet front: refused %s %s from %s", request.method, path,
                         request.client.host if request.client else "?")
@@ -64,11 +82,11 @@ def fleet_front_app(upstream: str, ca_file: Path, timeout_s: float = 120.0) -> S
     return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
 
 
-def serve_fleet_front(host: str, port: int, upstream: str, pki: Path) -> None:
+def serve_fleet_front(host: str, port: int, upstream: str, pki: Path, registry_file: Path | None = None) -> None:
     """Serve the front with TLS (the SuperLink's certificate) until interrupted."""
     import uvicorn
 
-    app = fleet_front_app(upstream, pki / "ca.crt")
+    app = fleet_front_app(upstream, pki / "ca.crt", registry_file=registry_file)
     config = uvicorn.Config(app, host=host, port=port, ssl_certfile=str(pki / "server.pem"),
                             ssl_keyfile=str(pki / "server.key"), log_level="warning", access_log=False)
     uvicorn.Server(config).run()

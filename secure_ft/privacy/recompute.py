@@ -4,8 +4,12 @@
 the ledger's accountant history and once from the (q, σ, steps) that ``privacy.json``
 declares, and checks that the two files, the data fingerprint and the budget agree. A
 federated run has no run-level ledger: its ``privacy.json`` holds every site's accountant
-inputs (sent with each update) and the central aggregate's, and each scope's ε is recomputed
-from those (`verify_federated_privacy`). Used by ``secure-ft privacy RUN_DIR`` (exit 0 when
+inputs and the central aggregate's, and each scope's ε is recomputed from those
+(`verify_federated_privacy`). A site's inputs come from its own statement of everything it
+released (`secure_ft.privacy.signed_history`): its signature is checked against the key the
+run records for the site (deployments), the recorded history must be the statement's, and
+every round the coordinator sent the site training must be accounted for by the statement
+(`site_statement_findings`) — a gap means ε may be under-stated. Used by ``secure-ft privacy RUN_DIR`` (exit 0 when
 everything matches, 4 otherwise).
 """
 
@@ -19,6 +23,7 @@ from typing import Any
 from secure_ft.errors import PrivacyError, RunDirectoryError
 from secure_ft.privacy.accountant_history import AccountantHistory, load_accountant_history
 from secure_ft.privacy.accountants import epsilon_from_history
+from secure_ft.privacy.signed_history import open_statement, releases_history, unaccounted_rounds
 from secure_ft.run_directory import ACCOUNTANT_HISTORY_FILE, DATA_FILE, PRIVACY_FILE, RunDirectory
 RELATIVE_TOLERANCE = 1e-9  # the same inputs give the same ε; allow only float noise
 
@@ -166,14 +171,29 @@ def verify_federated_privacy(run_dir: Path, report: dict[str, Any]) -> PrivacyVe
     """Recompute every site's and the central aggregate's ε from the inputs in privacy.json."""
     reported = report.get("epsilon")
     result = PrivacyVerification(run_dir, reported if isinstance(reported, (int, float)) else None, None)
+    deployed, keys = federation_keys(run_dir)
     scopes = [(f"site {name}", entry) for name, entry in sorted((report.get("sites") or {}).items())]
     if report.get("central") is not None:
         scopes.append(("central", report["central"]))
     recomputed_all = []
     for scope, entry in scopes:
+        if scope.startswith("site "):
+            name = scope[len("site "):]
+            history, problems = site_statement_findings(name, entry, deployed=deployed, registered_key=keys.get(name))
+            result.add(f"{scope}: signed history", not problems,
+                       "; ".join(problems) if problems else
+                       f"{len(history or [])} release(s) stated by the site"
+                       + (", signature verified against its registered key" if deployed else "")
+                       + f"; every round sent ({_rounds(entry.get('rounds_sent'))}) accounted for")
         recomputed = _recompute_scope(result, scope, entry)
         if recomputed is not None:
             recomputed_all.append(recomputed)
+    for name, record in sorted((report.get("sites_without_statement") or {}).items()):
+        gap = unaccounted_rounds(None, record.get("rounds_sent") or [], record.get("rounds_failed_without_release") or [])
+        result.add(f"site {name}: rounds accounted for", not gap,
+                   f"sent training in rounds {_rounds(record.get('rounds_sent'))}, never stated a release"
+                   + (f"; rounds {gap} are unaccounted: the site may have released updates not counted in any ε"
+                      if gap else "; it failed every one of them before any release"))
     if recomputed_all and len(recomputed_all) == len(scopes):
         weakest = max(recomputed_all)
         result.recomputed_epsilon = weakest
@@ -181,6 +201,60 @@ def verify_federated_privacy(run_dir: Path, report: dict[str, Any]) -> PrivacyVe
         result.add("top-level ε is the weakest scope", _same(stated, weakest),
                    f"privacy.json states {stated!r}, the largest recomputed ε over {len(scopes)} scope(s) is {weakest!r}")
     return result
+
+
+def _rounds(rounds: Any) -> str:
+    return ", ".join(str(r) for r in rounds) if rounds else "none"
+
+
+def federation_keys(run_dir: Path) -> tuple[bool, dict[str, str]]:
+    """(deployed?, site name → the key fingerprint federated.json records for it)."""
+    try:
+        federation = RunDirectory(run_dir).read_federation() or {}
+    except RunDirectoryError:
+        federation = {}
+    keys = {str(site.get("name")): str(site["key_sha256"]) for site in federation.get("sites") or []
+            if isinstance(site, dict) and site.get("key_sha256")}
+    return federation.get("mode") == "deployment", keys
+
+
+def site_statement_findings(name: str, entry: dict[str, Any], *, deployed: bool,
+                            registered_key: str | None) -> tuple[list[list[float]] | None, list[str]]:
+    """The history a site's statement gives, and every way privacy.json departs from it.
+
+    Checks: a statement is there (required in deployments, where it must be signed by the
+    key the run records for the site); privacy.json's history is the statement's; every round
+    the coordinator sent the site training is either released or stated not released in the
+    statement, or failed with the site saying it released nothing.
+    """
+    sealed = entry.get("statement")
+    if sealed is None:
+        return None, (["no signed statement of the site's released history: its ε rests on the coordinator's word"]
+                      if deployed else [])
+    problems = []
+    if deployed and registered_key is None:
+        problems.append("federated.json records no key for this site")
+    if deployed and entry.get("key_sha256") != registered_key:
+        problems.append(f"privacy.json names key {str(entry.get('key_sha256'))[:16]}…, federated.json "
+                        f"{str(registered_key)[:16]}…")
+    try:
+        payload = open_statement(sealed, require_signature=deployed, expected_key_sha256=registered_key,
+                                 expected_site=name)
+    except PrivacyError as error:
+        return None, problems + [str(error)]
+    history = releases_history(payload)
+    recorded = [[float(sigma), float(rate), int(steps)] for sigma, rate, steps in entry.get("history") or []]
+    if recorded != [[float(sigma), float(rate), int(steps)] for sigma, rate, steps in history]:
+        problems.append(f"privacy.json's history ({sum(r[2] for r in recorded)} steps) is not the signed statement's "
+                        f"({sum(int(h[2]) for h in history)} steps)")
+    if str(entry.get("accountant")) != str(payload.get("accountant")) or not _same(
+            float(entry.get("delta", math.nan)), float(payload.get("delta", math.nan))):
+        problems.append("privacy.json's accountant or δ is not the signed statement's")
+    gap = unaccounted_rounds(payload, entry.get("rounds_sent") or [], entry.get("rounds_failed_without_release") or [])
+    if gap:
+        problems.append(f"the coordinator sent this site training in rounds {gap} that its signed history neither "
+                        "reports released nor not released: ε may be under-stated")
+    return history, problems
 
 
 def _recompute_scope(result: PrivacyVerification, scope: str, entry: Any) -> float | None:
