@@ -7,7 +7,8 @@ Server → site (``train`` and ``evaluate`` messages)::
                             labels (JSON list: the label set and its numbering),
                             run-dir (simulation only), secure-ft-version,
                             base-model-sha256, front-end-sha256 (the spelling
-                            front end's identity, when there is one), proximal-mu (FedProx)
+                            front end's identity, when there is one), proximal-mu (FedProx),
+                            federation-id (the run's id, the same after a resume)
 
 Site → server (reply)::
 
@@ -39,6 +40,9 @@ VERSION = "secure-ft-version"
 BASE_MODEL_SHA256 = "base-model-sha256"
 FRONT_END_SHA256 = "front-end-sha256"
 PROXIMAL_MU = "proximal-mu"
+# the run's id, fixed when it starts and kept when the coordinator resumes it (a new Flower run
+# id each time): a site keys what it spent on a run by this, never by Flower's run id
+FEDERATION_ID = "federation-id"
 
 # metric keys (site → server)
 NUM_EXAMPLES = "num-examples"
