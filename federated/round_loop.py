@@ -150,6 +150,6 @@ class RoundLoop:
         names = ", ".join(missing) or "(no site is known by name yet)"
         raise SitesMissing(
             f"round {server_round}/{self.config.rounds}: site(s) {names} {what}; the round has fewer than "
-            f"min_train_sites = {self.config.min_train_sites} usable updates. Bring the site(s) back and continue "
-            "with `secure-ft deploy launch --resume RUN_DIR`, or lower federated.min_train_sites / "
-            "min_available_sites to let a run continue without a site", server_round, missing)
+            f"min_train_sites = {self.config.min_train_sites} usable updates. Bring the site(s) back (or lower "
+            "federated.min_train_sites / min_available_sites to let a run go on without a site)",
+            server_round, missing)
