@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from secure_ft.atomic_files import atomic_write_json
+from secure_ft.atomic_files import atomic_write_text, json_text
 from secure_ft.errors import ConfigError
 
 REGISTRY_FILE = "sites.json"
@@ -41,4 +41,4 @@ def record_site(state_dir: Path, name: str, public_key_file: Path, node_id: int 
     registry[name] = {"public_key_sha256": key_fingerprint(public_key_file), "node_id": node_id,
                       "key_file": str(Path(public_key_file).resolve()),
                       "registered_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    atomic_write_json(Path(state_dir) / REGISTRY_FILE, registry)
+    atomic_write_text(Path(state_dir) / REGISTRY_FILE, json_text(registry), mode=0o600)  # coordinator state: owner only
