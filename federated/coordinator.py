@@ -169,11 +169,12 @@ class FederatedServer:
 
     def _run_timeout_s(self) -> float:
         federated = self.config.federated
-        return federated.run_timeout_s or federated.rounds * 3 * federated.round_timeout_s
+        # per round: three bounded waits (sites connected, updates, evaluations) and the server's own work
+        return federated.run_timeout_s or federated.rounds * 4 * federated.round_timeout_s
 
     def _run(self, grid: Grid, context: Context) -> TrainedRun:
         config, run_dir = self.config, self.run_dir
-        grid = StoppableGrid(grid, self.stop, deadline=time.monotonic() + self._run_timeout_s())
+        grid = StoppableGrid(grid, self.stop)  # its deadline starts with the rounds (below), not the set-up
         if not self.simulated:
             require_declared_labels(config)
         run = RunDirectory(run_dir)
@@ -244,6 +245,7 @@ class FederatedServer:
             log.info("resuming the federated run in %s after round %d of %d", run_dir, resumed.round,
                      config.federated.rounds)
 
+        grid.deadline = time.monotonic() + self._run_timeout_s()
         instructions = {
             protocol.FEDERATION_ID: federation_id,
             protocol.RUN_CONFIG: config.to_yaml().encode("utf-8"),  # bytes: Flower logs configs, masking bytes

@@ -296,8 +296,9 @@ class FederatedConfig(_Section):
         "connected, then for their updates (and again for their evaluations); a round that ends with fewer than "
         "min_train_sites updates fails the run, naming the sites that did not answer")
     run_timeout_s: float | None = Field(
-        None, gt=0, description="the whole run's deadline in seconds (None: rounds × 3 × round_timeout_s, the most "
-        "its bounded waits can add up to); past it the run fails with the round it was in")
+        None, gt=0, description="the rounds' deadline in seconds, counted from the first round (None: rounds × 4 × "
+        "round_timeout_s: each round's three bounded waits and as long again for the server's own work); past it "
+        "the run fails, resumable from its last finished round")
     server_evaluation: bool = Field(
         True, description="evaluate the global model on the held-out validation split after every round"
     )

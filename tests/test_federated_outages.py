@@ -32,7 +32,8 @@ def fed_config(toy_config):
     config.training.learning_rate = 0.01
     config.federated = config.federated.model_copy(update={
         "num_sites": 2, "partition": "iid", "rounds": 3, "local_epochs": 1, "min_train_sites": 2,
-        "min_available_sites": 2, "round_timeout_s": 1.5, "federated_evaluation": False})
+        "min_available_sites": 2, "round_timeout_s": 1.5, "federated_evaluation": False,
+        "run_timeout_s": 900})  # the default, rounds × 4 × 1.5 s, is too short for a loaded test machine
     return config
 
 
@@ -40,14 +41,18 @@ class FlakyGrid(LocalGrid):
     """Sites in this process; from round `gone_from` on, node `gone` never answers and then disconnects."""
 
     def __init__(self, sites: int, gone: int | None = None, gone_from: int = 2, stop_after_round: int | None = None,
-                 stop: threading.Event | None = None):
+                 stop: threading.Event | None = None, back_at: int | None = None):
         super().__init__(site_app, [{protocol.PARTITION_ID: index, protocol.NUM_PARTITIONS: sites}
                                     for index in range(sites)])
         self.gone, self.gone_from = (None if gone is None else 1000 + gone), gone_from
         self.stop_after_round, self.stop = stop_after_round, stop
+        self.back_at = back_at  # the round whose messages find the site restarted and connected again
         self.disconnected = False
+        self.current_round = 0
 
     def get_node_ids(self):
+        if self.back_at is not None and self.current_round >= self.back_at - 1 and self.disconnected:
+            self.disconnected = False  # restarted after the round it missed
         return [node for node in super().get_node_ids() if not (self.disconnected and node == self.gone)]
 
     def push_messages(self, messages):
@@ -55,9 +60,11 @@ class FlakyGrid(LocalGrid):
         ids = []
         for message in messages:
             server_round = int(message.content[protocol.CONFIG][protocol.SERVER_ROUND])
+            self.current_round = server_round
             if self.stop is not None and self.stop_after_round is not None and server_round > self.stop_after_round:
                 self.stop.set()  # the coordinator is stopped while the next round is under way
-            if message.metadata.dst_node_id == self.gone and server_round >= self.gone_from:
+            if message.metadata.dst_node_id == self.gone and server_round >= self.gone_from and (
+                    self.back_at is None or server_round < self.back_at):
                 self.disconnected = True  # killed: this message is never answered, the node drops off
                 message.metadata.__dict__["_message_id"] = f"lost-{server_round}"
                 ids.append(message.metadata.message_id)
@@ -95,6 +102,12 @@ def test_a_site_gone_for_good_ends_its_round_at_the_timeout_and_fails_the_run_na
         server = FederatedServer(fed_config, tmp_path / "never", simulated=True, node_names={1001: "site-2"})
         run(server, grid)
 
+    # and the whole run has a deadline
+    fed_config.federated.run_timeout_s = 0.01
+    with pytest.raises(FederationFailed, match="passed its deadline of 0.01s"):
+        run(FederatedServer(fed_config, tmp_path / "late", simulated=True), FlakyGrid(2))
+    assert Ledger(tmp_path / "late").events()[-1]["data"]["reason"] == "run deadline passed"
+
 
 def test_with_min_train_sites_1_the_run_goes_on_without_the_missing_site(fed_config, tmp_path):
     fed_config.federated.min_train_sites = 1
@@ -104,6 +117,15 @@ def test_with_min_train_sites_1_the_run_goes_on_without_the_missing_site(fed_con
     assert rounds[2]["sites_missing"] == ["site-2"] and rounds[2]["aggregated"]
     assert rounds[3]["sites_missing"] == [] and rounds[3]["sites_sampled"] == 1  # no longer connected
     assert all(rounds[number]["aggregated"] for number in (1, 2, 3))
+
+
+def test_a_site_that_comes_back_rejoins_the_next_round(fed_config, tmp_path):
+    fed_config.federated.min_train_sites = 1
+    fed_config.federated.min_available_sites = 1
+    trained = run(FederatedServer(fed_config, tmp_path / "run", simulated=True), FlakyGrid(2, gone=1, back_at=3))
+    rounds = {entry["round"]: entry for entry in trained.metrics["rounds"]}
+    assert rounds[2]["sites_missing"] == ["site-2"]
+    assert rounds[3]["sites_missing"] == [] and rounds[3]["sites_accepted"] == 2
 
 
 def test_a_stopped_coordinator_resumes_from_its_checkpoint_into_one_ledger(fed_config, tmp_path):
