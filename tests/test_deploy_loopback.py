@@ -71,7 +71,7 @@ class Processes:
         self.env, self.logs, self.started = env, logs, []
 
     def start(self, name: str, command: list[str]) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "wb")
+        log = open(self.logs / f"{name}.log", "ab")  # a restarted process appends to its log
         process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True, cwd=self.logs)
         self.started.append((name, process, log))
