@@ -44,6 +44,7 @@ def site_guarantees(book: RoundBook, config: RunConfig, run_dir: Path) -> dict[s
     older secure-ft) is kept, marked, and fails that recomputation.
     """
     sites: dict[str, dict[str, Any]] = {}
+    histories: dict[str, list[tuple[int, list]]] = {}  # site -> (round, reported history) in round order
     for entry in book.rounds:
         for site in entry["sites"]:
             metrics = site["metrics"]
@@ -51,6 +52,8 @@ def site_guarantees(book: RoundBook, config: RunConfig, run_dir: Path) -> dict[s
                 continue
             previous = sites.get(site["site"], {}).get("epsilon", -math.inf)
             inputs = site.get("privacy") or {}
+            if inputs.get("history"):
+                histories.setdefault(site["site"], []).append((entry["round"], inputs["history"]))
             sites[site["site"]] = {
                 "epsilon": max(previous, float(metrics["epsilon"])),
                 "delta": float(metrics["delta"]),
@@ -62,11 +65,55 @@ def site_guarantees(book: RoundBook, config: RunConfig, run_dir: Path) -> dict[s
                                                  "opacus_version", "data_fingerprint") if key in inputs}
                    if inputs else {"inputs_missing": "the site sent no accountant inputs with its updates"}),
             }
+    for name, reports in histories.items():
+        _account_restarted_accountants(name, sites[name], reports)
     for name, guarantee in sites.items():
         details = RunDirectory(run_dir).site(name).privacy_file
         if details.is_file():
             guarantee["details"] = str(details.relative_to(run_dir))
     return sites
+
+
+def _extends(earlier: list, later: list) -> bool:
+    """True when the history `later` continues `earlier` (same segments, the last one possibly longer)."""
+    if len(later) < len(earlier):
+        return False
+    for index, (before, after) in enumerate(zip(earlier, later)):
+        if not (math.isclose(before[0], after[0]) and math.isclose(before[1], after[1])):
+            return False
+        last = index == len(earlier) - 1
+        if (before[2] > after[2]) if last else (before[2] != after[2]):
+            return False
+    return True
+
+
+def _account_restarted_accountants(name: str, guarantee: dict[str, Any], reports: list[tuple[int, list]]) -> None:
+    """A site whose reported history stops continuing its earlier one restarted its accountant.
+
+    Each report lists every release the site's accountant knew of, so the releases of the report
+    before a restart happened and still count: they are composed with everything after it, and
+    ε is recomputed from that whole history (never less than the site reported). This happens
+    when a site loses its records, or keys them by something a resumed coordinator changes.
+    """
+    from secure_ft.privacy.accountants import epsilon_from_history
+
+    released: list = []
+    restarts = []
+    previous = reports[0][1]
+    for server_round, history in reports[1:]:
+        if not _extends(previous, history):
+            released += [list(segment) for segment in previous]
+            restarts.append(server_round)
+        previous = history
+    if not restarts:
+        return
+    combined = released + [list(segment) for segment in previous]
+    epsilon = epsilon_from_history(guarantee["accountant"], tuple(tuple(segment) for segment in combined),
+                                   guarantee["delta"])
+    log.warning("site %s: its privacy history restarted in round(s) %s; ε recomputed over every release it "
+                "reported: %.3f (it reported %.3f)", name, restarts, epsilon, guarantee["epsilon"])
+    guarantee.update(history=combined, epsilon=epsilon,
+                     steps=int(sum(segment[2] for segment in combined)), accountant_restarts=restarts)
 
 
 def privacy_summary(sites: dict[str, dict[str, Any]], central: dict[str, Any] | None,

@@ -11,6 +11,8 @@ ledger that still verifies. The transport is `LocalGrid` (fast); the loopback de
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -152,5 +154,16 @@ def test_a_stopped_coordinator_resumes_from_its_checkpoint_into_one_ledger(fed_c
     verify_ledger(run_dir)
     privacy = json.loads((run_dir / "privacy.json").read_text())
     assert sorted(privacy["sites"]) == ["site-1", "site-2"]
-    for site in privacy["sites"].values():  # the histories kept in the checkpoint, extended after the restart
-        assert site["last_round"] == 3 and site["history"]
+    trained_steps: dict[str, int] = {}
+    for entry in resumed.metrics["rounds"]:
+        for site in entry["sites"]:
+            if site["phase"] == "train" and site["status"] in ("accepted", "clipped"):
+                trained_steps[site["site"]] = trained_steps.get(site["site"], 0) + int(site["metrics"]["local-steps"])
+    for name, site in privacy["sites"].items():
+        # every release the coordinator received before and after the restart is in the history ε is computed
+        # from: the reports kept in the checkpoint, composed with those after (a site whose accountant restarted
+        # with the new Flower run is caught by its history no longer continuing the earlier one)
+        assert site["last_round"] == 3 and sum(segment[2] for segment in site["history"]) >= trained_steps[name]
+    checked = subprocess.run([sys.executable, "-m", "secure_ft.cli", "privacy", str(run_dir)], capture_output=True,
+                             text=True, timeout=300)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
