@@ -245,6 +245,8 @@ class FederatedServer:
             log.info("resuming the federated run in %s after round %d of %d", run_dir, resumed.round,
                      config.federated.rounds)
 
+        if strategy is not None:  # failed replies and logs name a site by its registered name, never its node id
+            strategy.node_sites.update(self.node_names)
         grid.deadline = time.monotonic() + self._run_timeout_s()
         instructions = {
             protocol.FEDERATION_ID: federation_id,
