@@ -53,7 +53,8 @@ def site_guarantees(book: RoundBook, config: RunConfig, run_dir: Path) -> dict[s
             previous = sites.get(site["site"], {}).get("epsilon", -math.inf)
             inputs = site.get("privacy") or {}
             if inputs.get("history"):
-                histories.setdefault(site["site"], []).append((entry["round"], inputs["history"]))
+                histories.setdefault(site["site"], []).append(
+                    (entry["round"], inputs["history"], int(metrics.get("local-steps", 0))))
             sites[site["site"]] = {
                 "epsilon": max(previous, float(metrics["epsilon"])),
                 "delta": float(metrics["delta"]),
@@ -87,21 +88,27 @@ def _extends(earlier: list, later: list) -> bool:
     return True
 
 
-def _account_restarted_accountants(name: str, guarantee: dict[str, Any], reports: list[tuple[int, list]]) -> None:
+def _steps(history: list) -> int:
+    return int(sum(segment[2] for segment in history))
+
+
+def _account_restarted_accountants(name: str, guarantee: dict[str, Any],
+                                   reports: list[tuple[int, list, int]]) -> None:
     """A site whose reported history stops continuing its earlier one restarted its accountant.
 
-    Each report lists every release the site's accountant knew of, so the releases of the report
-    before a restart happened and still count: they are composed with everything after it, and
-    ε is recomputed from that whole history (never less than the site reported). This happens
-    when a site loses its records, or keys them by something a resumed coordinator changes.
+    Each round's report must hold the previous report's history plus the steps the site took
+    this round. When it does not, the site's accountant started again (it lost its records, or
+    keyed them by something a resumed coordinator changes): the releases of the earlier report
+    happened and still count, so they are composed with everything after, and ε is recomputed
+    from that whole history.
     """
     from secure_ft.privacy.accountants import epsilon_from_history
 
     released: list = []
     restarts = []
     previous = reports[0][1]
-    for server_round, history in reports[1:]:
-        if not _extends(previous, history):
+    for server_round, history, steps in reports[1:]:
+        if not _extends(previous, history) or _steps(history) - _steps(previous) < steps:
             released += [list(segment) for segment in previous]
             restarts.append(server_round)
         previous = history
@@ -113,7 +120,7 @@ def _account_restarted_accountants(name: str, guarantee: dict[str, Any], reports
     log.warning("site %s: its privacy history restarted in round(s) %s; ε recomputed over every release it "
                 "reported: %.3f (it reported %.3f)", name, restarts, epsilon, guarantee["epsilon"])
     guarantee.update(history=combined, epsilon=epsilon,
-                     steps=int(sum(segment[2] for segment in combined)), accountant_restarts=restarts)
+                     steps=_steps(combined), accountant_restarts=restarts)
 
 
 def privacy_summary(sites: dict[str, dict[str, Any]], central: dict[str, Any] | None,

@@ -402,6 +402,14 @@ def test_outages_and_restarts_as_the_guide_says(deployment):
     assert rounds[-1] == 3 and sorted(set(rounds)) == [1, 2, 3], rounds
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert [entry["round"] for entry in metrics["rounds"]] == [1, 2, 3]
+    trained = {}
+    for entry in metrics["rounds"]:
+        for site in entry["sites"]:
+            if site["phase"] == "train" and site["status"] in ("accepted", "clipped"):
+                trained[site["site"]] = trained.get(site["site"], 0) + int(site["metrics"]["local-steps"])
+    privacy = json.loads((run_dir / "privacy.json").read_text())
+    for name, steps in trained.items():  # every round received before and after the restart is accounted
+        assert sum(segment[2] for segment in privacy["sites"][name]["history"]) >= steps, (name, privacy)
 
     # a site gone for good: its round ends at the timeout and the run fails, naming it
     deployment.processes.stop("site-b")

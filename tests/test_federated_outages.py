@@ -167,3 +167,21 @@ def test_a_stopped_coordinator_resumes_from_its_checkpoint_into_one_ledger(fed_c
     checked = subprocess.run([sys.executable, "-m", "secure_ft.cli", "privacy", str(run_dir)], capture_output=True,
                              text=True, timeout=300)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_site_whose_accountant_restarted_has_every_reported_release_composed():
+    from federated.handoff import _account_restarted_accountants
+    from secure_ft.privacy.accountants import epsilon_from_history
+
+    sigma, q = 0.9503173828125, 0.25
+    # what the loopback deployment saw: rounds 1, 2, 3 of 4 steps; the accountant restarted with the resumed run
+    reports = [(1, [[sigma, q, 4]], 4), (2, [[sigma, q, 4]], 4), (3, [[sigma, q, 8]], 4)]
+    guarantee = {"epsilon": epsilon_from_history("rdp", ((sigma, q, 8),), 1e-5), "delta": 1e-5, "accountant": "rdp"}
+    _account_restarted_accountants("site-a", guarantee, reports)
+    assert guarantee["accountant_restarts"] == [2] and guarantee["steps"] == 12
+    assert guarantee["epsilon"] == epsilon_from_history("rdp", ((sigma, q, 4), (sigma, q, 8)), 1e-5)
+    # a continuing accountant, and a round with no steps (budget spent), are left alone
+    steady = {"epsilon": 1.0, "delta": 1e-5, "accountant": "rdp"}
+    _account_restarted_accountants("site-b", steady, [(1, [[sigma, q, 4]], 4), (2, [[sigma, q, 8]], 4),
+                                                      (3, [[sigma, q, 8]], 0)])
+    assert steady == {"epsilon": 1.0, "delta": 1e-5, "accountant": "rdp"}
