@@ -4,8 +4,8 @@ Flower's SuperLink and SuperNode start further processes (SuperExec, ServerApp, 
 each in a session of its own (``start_new_session``), so signalling the SuperLink's process
 group alone leaves them running, re-parented to PID 1. `stop_group` therefore collects the
 whole process tree below the child (read from ``/proc``) before it signals anything, sends
-SIGTERM to the processes below the child first and then to the child, waits at most
-`grace_s` for all of them, then SIGKILLs what is left — also when the command itself fails.
+SIGTERM to every member and its group, waits at most `grace_s` for all of them, then SIGKILLs
+what is left — also when the command itself fails.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _signal_tree(leader: int, members: set[int], sig: int, leader_too: bool = True) -> None:
-    for pid in ((leader, *members) if leader_too else members):
+def _signal_tree(leader: int, members: set[int], sig: int) -> None:
+    for pid in (leader, *members):
         for send in (os.killpg, os.kill):  # each member may lead a group (session) of its own
             try:
                 send(pid, sig)
@@ -69,22 +69,15 @@ def _signal_tree(leader: int, members: set[int], sig: int, leader_too: bool = Tr
 def stop_group(process: subprocess.Popen, grace_s: float = 10.0) -> float:
     """Stop `process` and every process below it; return the seconds it took.
 
-    The processes it started get SIGTERM first (the ServerApp records the interruption in its
-    run ledger), so that their connections to it are closed when it gets its own SIGTERM —
-    Flower's SuperLink otherwise waits for open connections before it exits. Whatever still
-    runs `grace_s` seconds after the first signal is killed (SIGKILL).
+    SIGTERM to all of them (the ServerApp records the interruption in its run ledger on
+    SIGTERM), then SIGKILL to whatever still runs after `grace_s`.
     """
     started = time.monotonic()
-    deadline = started + grace_s
     members = descendants(process.pid)
-    _signal_tree(process.pid, members, signal.SIGTERM, leader_too=False)
-    while members and time.monotonic() < started + grace_s / 2:
-        members |= descendants(process.pid)  # a child started just before the signal
-        if not any(_alive(pid) for pid in members):
-            break
-        time.sleep(0.1)
-    _signal_tree(process.pid, {pid for pid in members if _alive(pid)}, signal.SIGTERM)
+    _signal_tree(process.pid, members, signal.SIGTERM)
+    deadline = started + grace_s
     while time.monotonic() < deadline:
+        members |= descendants(process.pid)  # a child started just before the signal
         if process.poll() is not None and not any(_alive(pid) for pid in members):
             break
         time.sleep(0.1)
