@@ -415,11 +415,13 @@ def test_outages_and_restarts_as_the_guide_says(deployment):
     deployment.processes.stop("site-b")
     gone_dir = deployment.root / "site-gone"
     started = time.monotonic()
-    failed = deployment.launch("--config", str(deployment.config("gone", rounds=2, round_timeout_s=30)),
-                               "--run-dir", str(gone_dir), timeout=300)
+    # 120 s: long enough for the site still there to answer on loaded cores (30 s was not, once)
+    failed = deployment.launch("--config", str(deployment.config("gone", rounds=2, round_timeout_s=120)),
+                               "--run-dir", str(gone_dir), timeout=400)
     seconds = time.monotonic() - started
     print(f"site gone for good: the launch ended after {seconds:.0f}s")
     assert failed.returncode != 0
     assert "site-b" in failed.stdout + failed.stderr, failed.stdout[-3000:] + failed.stderr[-3000:]
+    print("failure:", next((line for line in (failed.stdout + failed.stderr).splitlines() if "site(s)" in line), ""))
     failure = [event for event in _events(gone_dir) if event["event"] == "federated_failed"]
     assert len(failure) == 1 and failure[0]["data"]["missing_sites"] == ["site-b"], failure
