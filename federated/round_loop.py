@@ -100,7 +100,8 @@ class RoundLoop:
             aggregated, _ = self.strategy.aggregate_train(server_round, replies)
             self.book.missing[server_round] = missing
             if aggregated is None and missing:
-                self._fail(server_round, missing, f"did not send an update within round_timeout_s = {timeout:g}s")
+                self._fail(server_round, missing, f"sent no update (unreachable, or no answer within "
+                                                  f"round_timeout_s = {timeout:g}s)")
             if missing:
                 log.warning("round %d: %s did not answer within %gs; aggregated without them", server_round,
                             ", ".join(missing), timeout)
