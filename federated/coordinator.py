@@ -12,13 +12,23 @@
 4. build the model, send its trainable tensors as the initial global model, and run the
    rounds with `federated.strategy` (or the SecAgg+ workflow in `federated.secagg`);
 5. hand off the best round's global model (`federated.handoff`).
+
+Every wait is bounded (`federated.round_loop`, `federated.stoppable_grid`): a round ends at
+``round_timeout_s`` and the run at ``run_timeout_s``. After every round the coordinator
+writes a checkpoint (`federated.run_checkpoint`); ``resume=True`` continues a run from it,
+in the same run directory and ledger (``secure-ft deploy launch --resume RUN_DIR``). A run
+that stops for any reason — a site missing, the deadline, Ctrl-C, ``SIGTERM`` — records the
+reason in its ledger before it ends (``federated_failed`` / ``federated_interrupted``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 import threading
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from flwr.app import ConfigRecord, Context
@@ -28,17 +38,19 @@ from federated import protocol
 from federated.central_dp import central_guarantee
 from federated.front_end import federation_front_end, front_end_sha256
 from federated.handoff import write_handoff
-from federated.site_identity import federation_run_key
 from federated.partition import partition_sites
 from federated.round_book import RoundBook, ServerEvaluator
-from federated.stoppable_grid import StoppableGrid
+from federated.round_loop import RoundLoop, SitesMissing, sites_needed
+from federated.run_checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from federated.stoppable_grid import RunDeadlinePassed, RunStopped, StoppableGrid
 from federated.strategy import build_strategy, sites_per_round
 from federated.task import (arrays_to_record, base_model_sha256, build_model, record_bytes, secure_ft_version,
                             trainable_arrays)
 from secure_ft.config import RunConfig
 from secure_ft.data import load_splits
-from secure_ft.errors import ConfigError, SecureFTError
+from secure_ft.errors import CheckpointError, ConfigError, SecureFTError
 from secure_ft.run_directory import RunDirectory
+from secure_ft.run_ledger import Ledger
 from secure_ft.models import resolve_device, trainable_parameter_count
 from secure_ft.central_run import TrainedRun
 from secure_ft.probe import trainee_and_datasets
@@ -49,7 +61,22 @@ log = logging.getLogger(__name__)
 
 
 class FederationFailed(SecureFTError):
-    """A federated run aggregated no round: no site delivered a usable update."""
+    """A federated run could not finish: no usable updates, sites missing, or its deadline passed."""
+
+
+RESUME_HINT = "continue it from its last checkpoint with `secure-ft deploy launch --resume {run_dir}`"
+
+
+def refuse_used_run_dir(run_dir: Path) -> None:
+    """A new federated run never writes into a folder that holds (part of) another run."""
+    run = RunDirectory(run_dir)
+    used = [path.name for path in (run.config_file, Ledger(run_dir).path, run.model_dir, run.checkpoint_dir)
+            if path.exists()]
+    if used:
+        hint = (RESUME_HINT.format(run_dir=run_dir) if has_checkpoint(run_dir)
+                else "it has no checkpoint to continue from")
+        raise CheckpointError(f"{run_dir}: already holds a run ({', '.join(used)}); choose a new run directory, "
+                              f"or {hint}")
 
 
 def require_declared_labels(config: RunConfig) -> None:
@@ -85,20 +112,80 @@ class FederatedServer:
     simulated
         True when the sites are Flower simulation partitions of `config.data`; False in a
         deployment, where every site reads its own file.
+    resume
+        Continue the run in `run_dir` from its last checkpoint (`config` is its saved config).
+    node_names
+        Node id → site name from the coordinator's site registry (deployments), used to name
+        sites that never answered; without it they are named by what they said in earlier rounds.
     """
 
-    def __init__(self, config: RunConfig, run_dir: Path, *, simulated: bool):
+    def __init__(self, config: RunConfig, run_dir: Path, *, simulated: bool, resume: bool = False,
+                 node_names: Mapping[int, str] | None = None):
         self.config = config.model_copy(update={"mode": "federated"})
         self.run_dir = Path(run_dir)
         self.simulated = simulated
+        self.resume = resume
+        self.node_names = dict(node_names or {})
         self.result: TrainedRun | None = None
         self.stop = threading.Event()  # set from outside (Ctrl-C) to end the run at the next poll
+        self.ledger: Ledger | None = None
+        self.checkpoint_round = 0
 
     def run(self, grid: Grid, context: Context) -> TrainedRun:
+        """Run (or resume) the federated run; any way it ends early is recorded in its ledger first."""
+        try:
+            return self._run(grid, context)
+        except BaseException as error:  # SystemExit: Flower's SIGTERM handler; KeyboardInterrupt: Ctrl-C
+            failure = self._record_end(error)
+            if failure is not None:
+                raise failure from None
+            raise
+
+    def _record_end(self, error: BaseException) -> SecureFTError | None:
+        """Append why the run ended to its ledger; return the error to raise instead, if any."""
+        if self.ledger is None:  # nothing was claimed yet
+            return None
+        resumable = has_checkpoint(self.run_dir)
+        hint = (RESUME_HINT.format(run_dir=self.run_dir) if resumable
+                else "no round finished, so start a new run")
+        common = {"checkpoint_round": self.checkpoint_round if resumable else None, "resumable": resumable}
+        if isinstance(error, (RunStopped, KeyboardInterrupt, SystemExit)):
+            self.ledger.append("federated_interrupted", reason=f"{type(error).__name__}: stopped from outside",
+                               **common)
+            log.error("the federated run into %s was stopped; %s", self.run_dir, hint)
+            return None
+        if isinstance(error, SitesMissing):
+            self.ledger.append("federated_failed", reason="sites missing", round=error.server_round,
+                               missing_sites=error.missing, **common)
+            return FederationFailed(f"{error} (run directory {self.run_dir}; {hint})")
+        if isinstance(error, RunDeadlinePassed):
+            self.ledger.append("federated_failed", reason="run deadline passed", **common)
+            return FederationFailed(f"the federated run into {self.run_dir} passed its deadline of "
+                                    f"{self._run_timeout_s():g}s (federated.run_timeout_s); {hint}")
+        if isinstance(error, FederationFailed):
+            return None  # recorded where it was raised
+        self.ledger.append("federated_failed", reason=f"{type(error).__name__}: {error}"[:500], **common)
+        return None
+
+    def _run_timeout_s(self) -> float:
+        federated = self.config.federated
+        # per round: three bounded waits (sites connected, updates, evaluations) and the server's own work
+        return federated.run_timeout_s or federated.rounds * 4 * federated.round_timeout_s
+
+    def _run(self, grid: Grid, context: Context) -> TrainedRun:
         config, run_dir = self.config, self.run_dir
-        grid = StoppableGrid(grid, self.stop)
+        grid = StoppableGrid(grid, self.stop)  # its deadline starts with the rounds (below), not the set-up
         if not self.simulated:
             require_declared_labels(config)
+        run = RunDirectory(run_dir)
+        if self.resume:
+            if not has_checkpoint(run_dir):
+                raise CheckpointError(f"{run_dir}: no federated checkpoint to resume from (no round finished); "
+                                      "start a new run")
+            if config.federated.secagg:
+                raise ConfigError(f"{run_dir}: a SecAgg+ run cannot be resumed; start a new run")
+        else:
+            refuse_used_run_dir(run_dir)
         # deployed: the label set is data.labels exactly; the coordinator's small hold-out never narrows it
         splits = load_splits(config.data, config.seed, keep_declared_labels=not self.simulated)
         # resolved once, from the whole federation's rows (a simulation partitions exactly these; a
@@ -108,10 +195,14 @@ class FederatedServer:
         choice_record = {**choice.to_dict(), "rows_counted": "the training rows the sites are partitioned from"
                          if self.simulated else "the server's own training rows (sites' sizes are not known yet)"}
         self.config = config
-        run = RunDirectory(run_dir)
-        ledger = run.start(config, splits)
-        run.write_transfer_choice(choice_record)
-        ledger.append("transfer_resolved", **choice_record)
+        if self.resume:
+            ledger = self.ledger = Ledger(run_dir)
+            _check_same_holdout(ledger, splits.fingerprint, run_dir)
+            choice_record = run.read_transfer_choice() or choice_record
+        else:
+            ledger = self.ledger = run.start(config, splits)
+            run.write_transfer_choice(choice_record)
+            ledger.append("transfer_resolved", **choice_record)
         if self.simulated:
             sites = [site.summary(splits.label_names) for site in partition_sites(splits, config.federated, config.seed)]
         else:
@@ -130,34 +221,59 @@ class FederatedServer:
             evaluator = ServerEvaluator(evaluated, validation, splits.label_names, config, device)
         book = RoundBook(evaluator, ledger, config.federated.rounds)
         update_bytes = record_bytes(initial)
-        ledger.append("federated_started", mode="simulation" if self.simulated else "deployment",
-                      engine=engine_label(config), rounds=config.federated.rounds,
-                      sites=[site["name"] for site in sites] or config.federated.num_sites,
-                      exchanged_tensors=len(initial), exchanged_parameters=trainable, update_bytes=update_bytes)
+        federation_id = secrets.token_hex(16)
+        if not self.resume:
+            ledger.append("federated_started", mode="simulation" if self.simulated else "deployment",
+                          engine=engine_label(config), rounds=config.federated.rounds, federation_id=federation_id,
+                          sites=[site["name"] for site in sites] or config.federated.num_sites,
+                          exchanged_tensors=len(initial), exchanged_parameters=trainable, update_bytes=update_bytes)
         log.info("federated %s: %d rounds, %d sites per round, %d tensors (%d parameters, %.1f kB) exchanged per site",
                  engine_label(config), config.federated.rounds, sites_per_round(config.federated), len(initial),
                  trainable, update_bytes / 1024)
 
+        strategy, accountant, first_round = None, None, 1
+        if not config.federated.secagg:
+            strategy, accountant = build_strategy(config.federated)
+            book.source = strategy
+        central_strategy = strategy.strategy if strategy is not None and accountant is not None else None
+        if self.resume:
+            resumed = load_checkpoint(run_dir, book=book, strategy=strategy, central_strategy=central_strategy,
+                                      accountant=accountant)
+            federation_id, first_round, initial = resumed.federation_id, resumed.round + 1, resumed.arrays
+            self.checkpoint_round = resumed.round
+            _record_resumption(ledger, resumed.round, resumed.ledger_lines)
+            log.info("resuming the federated run in %s after round %d of %d", run_dir, resumed.round,
+                     config.federated.rounds)
+
+        if strategy is not None:  # failed replies and logs name a site by its registered name, never its node id
+            strategy.node_sites.update(self.node_names)
+        grid.deadline = time.monotonic() + self._run_timeout_s()
         instructions = {
+            protocol.FEDERATION_ID: federation_id,
             protocol.RUN_CONFIG: config.to_yaml().encode("utf-8"),  # bytes: Flower logs configs, masking bytes
             protocol.LABELS: json.dumps(splits.label_names),
             protocol.RUN_DIR: str(run_dir.resolve()) if self.simulated else "",
             protocol.VERSION: secure_ft_version(),
             protocol.BASE_MODEL_SHA256: base_model_sha256(config.model),
             protocol.FRONT_END_SHA256: front_end_sha256(front_end),
-            protocol.FEDERATION_ID: federation_run_key(run_dir),  # the sites' odometers are per run, resumes included
         }
         central = None
         if config.federated.secagg:
             from federated.secagg import run_secagg
 
+            grid.expect(sites_needed(config.federated), config.federated.round_timeout_s)
             run_secagg(grid, context, config, initial, instructions, book)
         else:
-            strategy, accountant = build_strategy(config.federated)
-            book.source = strategy
-            strategy.start(grid=grid, initial_arrays=arrays_to_record(initial), num_rounds=config.federated.rounds,
-                           timeout=config.federated.round_timeout_s, train_config=ConfigRecord(dict(instructions)),
-                           evaluate_config=ConfigRecord(dict(instructions)), evaluate_fn=book.evaluate)
+            def checkpoint(server_round: int, _arrays) -> None:
+                save_checkpoint(run_dir, server_round=server_round, federation_id=federation_id, book=book,
+                                strategy=strategy, central_strategy=central_strategy, accountant=accountant)
+                self.checkpoint_round = server_round
+
+            loop = RoundLoop(strategy, grid, config.federated, book, site_name=self._site_namer(strategy),
+                             known_nodes=lambda: set(self.node_names) | set(strategy.node_sites),
+                             on_round_end=checkpoint)
+            loop.run(arrays_to_record(initial), ConfigRecord(dict(instructions)), ConfigRecord(dict(instructions)),
+                     first_round=first_round)
             if accountant is not None:
                 central = central_guarantee(config.federated, accountant, strategy.strategy)
         if not sites:
@@ -166,7 +282,8 @@ class FederatedServer:
         problems = [site for entry in book.rounds for site in entry["sites"] if site["status"] in ("rejected", "failed")]
         if not any(entry["aggregated"] for entry in book.rounds):
             first = problems[0] if problems else None
-            ledger.append("federated_failed", problems=problems[:20])
+            ledger.append("federated_failed", reason="no round aggregated", problems=problems[:20],
+                          checkpoint_round=None, resumable=False)
             raise FederationFailed(
                 f"the federated run into {run_dir} aggregated none of its {config.federated.rounds} rounds"
                 + (f"; first problem: {first['site']} {first['status']}: {first['reason']}" if first else "")
@@ -198,6 +315,34 @@ class FederatedServer:
                                     engine=engine_label(config), device=device, trainable=trainable, total=total,
                                     sites=sites, federation=federation, central=central)
         return self.result
+
+    def _site_namer(self, strategy):
+        """A node's name: the registry's (from the key it authenticated with), else what it said earlier."""
+        def name(node: int) -> str:
+            return self.node_names.get(node) or strategy.node_sites.get(node) or f"node {node}"
+        return name
+
+
+def _check_same_holdout(ledger: Ledger, fingerprint: str, run_dir: Path) -> None:
+    recorded = [event["data"].get("fingerprint") for event in ledger.events() if event["event"] == "data_fingerprinted"]
+    if recorded and recorded[0] != fingerprint:
+        raise CheckpointError(f"{run_dir}: the held-out data changed since the run started (fingerprint "
+                              f"{fingerprint[:12]}…, recorded {recorded[0][:12]}…); restore it before resuming")
+
+
+def _record_resumption(ledger: Ledger, checkpoint_round: int, checkpoint_lines: int) -> None:
+    """One ledger for the whole run: say where it resumes and which lines came after the checkpoint."""
+    events = ledger.events()
+    later = events[checkpoint_lines:]
+    if not any(event["event"] in ("federated_interrupted", "federated_failed") for event in later):
+        # killed without a chance to say so (SIGKILL, power loss): recorded now, marked as such
+        ledger.append("federated_interrupted", reason="the coordinator ended without recording why (killed)",
+                      recorded_at_resume=True, checkpoint_round=checkpoint_round, resumable=True)
+        events = ledger.events()
+    redone = sorted({event["data"]["round"] for event in events[checkpoint_lines:]
+                     if event["event"] == "federated_round_done"})
+    ledger.append("federated_resumed", checkpoint_round=checkpoint_round, from_round=checkpoint_round + 1,
+                  ledger_lines_at_checkpoint=checkpoint_lines, rounds_redone=redone)
 
 
 def _sites_seen(outcomes) -> list[dict]:

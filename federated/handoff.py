@@ -52,6 +52,7 @@ def site_guarantees(book: RoundBook, config: RunConfig, run_dir: Path) -> dict[s
     older secure-ft) is kept, marked, and fails that recomputation.
     """
     sites: dict[str, dict[str, Any]] = {}
+    histories: dict[str, list[tuple[int, list]]] = {}  # site -> (round, reported history) in round order
     for entry in book.rounds:
         for site in entry["sites"]:
             metrics = site["metrics"]
@@ -59,6 +60,9 @@ def site_guarantees(book: RoundBook, config: RunConfig, run_dir: Path) -> dict[s
                 continue
             previous = sites.get(site["site"], {}).get("epsilon", -math.inf)
             inputs = site.get("privacy") or {}
+            if inputs.get("history"):
+                histories.setdefault(site["site"], []).append(
+                    (entry["round"], inputs["history"], int(metrics.get("local-steps", 0))))
             sites[site["site"]] = {
                 "epsilon": max(previous, float(metrics["epsilon"])),
                 "delta": float(metrics["delta"]),
@@ -70,6 +74,8 @@ def site_guarantees(book: RoundBook, config: RunConfig, run_dir: Path) -> dict[s
                                                  "opacus_version", "data_fingerprint") if key in inputs}
                    if inputs else {"inputs_missing": "the site sent no accountant inputs with its updates"}),
             }
+    for name, reports in histories.items():
+        _account_restarted_accountants(name, sites[name], reports)
     for name, record in site_records(book).items():
         if record["statement"] is not None:
             sites[name] = stated_guarantee(record)  # the signed history replaces the per-reply report
@@ -117,6 +123,54 @@ def stated_guarantee(record: dict[str, Any]) -> dict[str, Any]:
         "key_sha256": record.get("key_sha256"),
         "statement": record["statement"],
     }
+
+
+def _extends(earlier: list, later: list) -> bool:
+    """True when the history `later` continues `earlier` (same segments, the last one possibly longer)."""
+    if len(later) < len(earlier):
+        return False
+    for index, (before, after) in enumerate(zip(earlier, later)):
+        if not (math.isclose(before[0], after[0]) and math.isclose(before[1], after[1])):
+            return False
+        last = index == len(earlier) - 1
+        if (before[2] > after[2]) if last else (before[2] != after[2]):
+            return False
+    return True
+
+
+def _steps(history: list) -> int:
+    return int(sum(segment[2] for segment in history))
+
+
+def _account_restarted_accountants(name: str, guarantee: dict[str, Any],
+                                   reports: list[tuple[int, list, int]]) -> None:
+    """A site whose reported history stops continuing its earlier one restarted its accountant.
+
+    Each round's report must hold the previous report's history plus the steps the site took
+    this round. When it does not, the site's accountant started again (it lost its records, or
+    keyed them by something a resumed coordinator changes): the releases of the earlier report
+    happened and still count, so they are composed with everything after, and ε is recomputed
+    from that whole history.
+    """
+    from secure_ft.privacy.accountants import epsilon_from_history
+
+    released: list = []
+    restarts = []
+    previous = reports[0][1]
+    for server_round, history, steps in reports[1:]:
+        if not _extends(previous, history) or _steps(history) - _steps(previous) < steps:
+            released += [list(segment) for segment in previous]
+            restarts.append(server_round)
+        previous = history
+    if not restarts:
+        return
+    combined = released + [list(segment) for segment in previous]
+    epsilon = epsilon_from_history(guarantee["accountant"], tuple(tuple(segment) for segment in combined),
+                                   guarantee["delta"])
+    log.warning("site %s: its privacy history restarted in round(s) %s; ε recomputed over every release it "
+                "reported: %.3f (it reported %.3f)", name, restarts, epsilon, guarantee["epsilon"])
+    guarantee.update(history=combined, epsilon=epsilon,
+                     steps=_steps(combined), accountant_restarts=restarts)
 
 
 def privacy_summary(sites: dict[str, dict[str, Any]], central: dict[str, Any] | None,

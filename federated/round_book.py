@@ -5,7 +5,8 @@ After every round Flower calls the strategy's ``evaluate_fn`` with the new globa
 held-out validation split, keeps the tensors of the best round (by validation macro-F1, as a
 central run keeps its best epoch), and writes the round's entry: server metrics, the
 sites' aggregated and individual metrics, which sites were accepted, clipped, rejected or
-failed (and why), whether the round was aggregated at all, and the bytes exchanged. Each
+failed (and why), which sampled sites never answered, whether the round was aggregated at
+all, and the bytes exchanged. Each
 entry is logged and appended to the run ledger as it happens.
 """
 
@@ -68,6 +69,7 @@ class RoundBook:
     best_macro_f1: float = -1.0
     best_arrays: dict[str, np.ndarray] | None = None
     final_arrays: dict[str, np.ndarray] | None = None
+    missing: dict[int, list[str]] = field(default_factory=dict)  # sampled sites that did not answer in time
     _started: float = field(default_factory=time.perf_counter)
 
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -108,6 +110,7 @@ class RoundBook:
             "train": source.train_metrics.get(server_round) if source else None,
             "sites_sampled": source.sampled.get(server_round) if source else None,
             "sites_accepted": accepted,
+            "sites_missing": list(self.missing.get(server_round, [])),
             "sites": sites,
             "bytes_down": source.bytes_down.get(server_round) if source else None,
             "bytes_up": source.bytes_up.get(server_round) if source else None,
@@ -135,6 +138,7 @@ class RoundBook:
             if site["reason"] and site["status"] != "accepted":
                 detail += f" ({site['reason']})"
             parts.append(detail)
+        parts += [f"{site} missing (no answer)" for site in entry["sites_missing"]]
         log.info("%s | %s | %.1fs", head, "; ".join(parts) or "no site results", entry["seconds"])
 
 
@@ -153,6 +157,7 @@ def _ledger_view(entry: dict[str, Any]) -> dict[str, Any]:
         "skipped_reason": entry["skipped_reason"],
         "val_accuracy": scores.get("accuracy"),
         "val_macro_f1": scores.get("macro_f1"),
+        "sites_missing": entry.get("sites_missing", []),
         "sites": [{key: site[key] for key in ("site", "phase", "status", "reason")}
                   | ({"epsilon": site["metrics"]["epsilon"]} if "epsilon" in site["metrics"] else {})
                   for site in entry["sites"]],

@@ -1,10 +1,17 @@
-"""A Grid wrapper the caller can stop: Ctrl-C ends a simulation instead of leaving the server waiting.
+"""A Grid wrapper that bounds every wait: Ctrl-C, a run deadline, and sites that never connect.
 
 In Flower's in-process simulation the ServerApp runs in a (non-daemon) thread. When the user
 interrupts the main thread, Flower shuts the sites down, but the server thread would keep
 waiting for their replies until the round timeout (an hour by default) and keep the process
 alive. `StoppableGrid` polls for replies itself and raises `RunStopped` as soon as its stop
 event is set, also while the strategy waits for sites to connect.
+
+Flower's strategies wait for ``min_available_nodes`` connected sites with no time limit
+(``sample_nodes`` polls ``get_node_ids`` once a second, forever): a site that is gone for
+good would hang the coordinator. The round loop (`federated.round_loop`) therefore tells the
+grid, before each phase, how many sites the phase needs and until when it may wait
+(`expect`); `get_node_ids` raises `SitesNotConnected` once that time has passed with too few
+sites online. Every call also checks the run's overall deadline (`RunDeadlinePassed`).
 """
 
 from __future__ import annotations
@@ -23,14 +30,52 @@ class RunStopped(RuntimeError):
     """The run was stopped from outside (Ctrl-C) before it finished."""
 
 
+class RunDeadlinePassed(RuntimeError):
+    """The run's overall deadline (``federated.run_timeout_s``) passed before it finished."""
+
+
+class SitesNotConnected(RuntimeError):
+    """Fewer sites than a phase needs stayed connected until its wait ended."""
+
+    def __init__(self, connected: list[int], needed: int, waited_s: float):
+        super().__init__(f"{len(connected)} site(s) connected, {needed} needed, after waiting {waited_s:.0f}s")
+        self.connected = connected
+        self.needed = needed
+        self.waited_s = waited_s
+
+
 class StoppableGrid(Grid):
-    def __init__(self, grid: Grid, stop: threading.Event):
+    """Wraps `grid`; every call checks `stop`, the run deadline and the current wait for sites.
+
+    Parameters
+    ----------
+    grid
+        The grid Flower gave the ServerApp (or a `LocalGrid`).
+    stop
+        Set from outside to end the run at the next poll.
+    deadline
+        ``time.monotonic()`` value past which the run fails (None: no overall deadline).
+    """
+
+    def __init__(self, grid: Grid, stop: threading.Event, deadline: float | None = None):
         self.grid = grid
         self.stop = stop
+        self.deadline = deadline
+        self._needed = 0
+        self._wait_started = 0.0
+        self._wait_until: float | None = None
+
+    def expect(self, needed: int, wait_s: float) -> None:
+        """The next phase needs `needed` connected sites and waits for them at most `wait_s` seconds."""
+        self._needed = needed
+        self._wait_started = time.monotonic()
+        self._wait_until = self._wait_started + wait_s
 
     def _check(self) -> None:
         if self.stop.is_set():
             raise RunStopped("the federated run was stopped before it finished")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise RunDeadlinePassed("the federated run passed its overall deadline (federated.run_timeout_s)")
 
     def set_run(self, run) -> None:
         self.grid.set_run(run)
@@ -45,7 +90,11 @@ class StoppableGrid(Grid):
 
     def get_node_ids(self) -> Iterable[int]:
         self._check()
-        return self.grid.get_node_ids()
+        nodes = list(self.grid.get_node_ids())
+        now = time.monotonic()
+        if len(nodes) < self._needed and self._wait_until is not None and now >= self._wait_until:
+            raise SitesNotConnected(nodes, self._needed, now - self._wait_started)
+        return nodes
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         self._check()

@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print("interrupted; a central run continues from its last checkpoint with "
+        # each command may say what an interruption means for it (the deploy commands do)
+        print(getattr(args, "interrupted_hint", None) or
+              "interrupted; a central run continues from its last checkpoint with "
               "`secure-ft run --resume RUN_DIR` (or `secure-ft train --resume RUN_DIR`)", file=sys.stderr)
         return 130
     except Exception as error:  # a bug: say so, keep the traceback behind --debug

@@ -291,7 +291,14 @@ class FederatedConfig(_Section):
     accept_failures: bool = Field(
         True, description="aggregate a round although some sites failed or were rejected (they are logged)"
     )
-    round_timeout_s: float = Field(3600.0, gt=0, description="how long the server waits for the sites of a round")
+    round_timeout_s: float = Field(
+        3600.0, gt=0, description="how long the server waits for the sites of a round: first for enough of them to be "
+        "connected, then for their updates (and again for their evaluations); a round that ends with fewer than "
+        "min_train_sites updates fails the run, naming the sites that did not answer")
+    run_timeout_s: float | None = Field(
+        None, gt=0, description="the rounds' deadline in seconds, counted from the first round (None: rounds × 4 × "
+        "round_timeout_s: each round's three bounded waits and as long again for the server's own work); past it "
+        "the run fails, resumable from its last finished round")
     server_evaluation: bool = Field(
         True, description="evaluate the global model on the held-out validation split after every round"
     )

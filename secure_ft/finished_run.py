@@ -36,7 +36,8 @@ def load_finished_run(run_dir: str | Path) -> tuple[TrainedRun, RunConfig]:
     if not (run.model_dir / "model_hash.json").is_file():
         raise RunDirectoryError(
             f"{run.path}: no finished model ({run.model_dir.name}/model_hash.json is missing); the run is still "
-            "training or was stopped: let it finish (central runs: `secure-ft run --resume RUN_DIR`)")
+            "training or was stopped: let it finish (central runs: `secure-ft run --resume RUN_DIR`; deployed "
+            "federated runs: `secure-ft deploy launch --resume RUN_DIR`)")
     deployed = run.is_deployed_federation()
     splits = load_splits(config.data, config.seed, keep_declared_labels=deployed)
     recorded = run.read_data_summary() or {}

@@ -114,10 +114,27 @@ def _data_section(report: dict[str, Any]) -> list[str]:
     rows = data.get("rows") or {}
     derived = set(data.get("derived_group_columns") or [])
     groups = [f"{c} (derived proxy)" if c in derived else str(c) for c in data.get("group_columns") or []]
+    if data.get("train_rows_used_for_training") is False:  # a deployed federation: the sites' rows trained it
+        sites = data.get("sites") or []
+        head = [
+            "## Training data", "",
+            "The model was trained across sites, each on its own rows, which never left the site and are not "
+            "part of this bundle. The sites as the coordinator recorded them:", "",
+            _table(["site", "training rows", "validation rows"],
+                   [[site.get("name"), site.get("train_rows"), site.get("validation_rows")] for site in sites]), "",
+            "## Evaluation data (the coordinator's hold-out)", "",
+            "The rows below are the coordinator's own held-out set: not used for training; its validation split "
+            "chose the saved round and its test split is what the audits measured. It is identified by its "
+            "fingerprint: the SHA-256 of its canonical rows, labels and configuration.", "",
+        ]
+    else:
+        head = [
+            "## Training data", "",
+            "The training text is not part of this bundle. The data is identified by its fingerprint: the SHA-256 "
+            "of its canonical rows, labels and configuration, which anyone holding the data can recompute.", "",
+        ]
     return [
-        "## Training data", "",
-        "The training text is not part of this bundle. The data is identified by its fingerprint: the SHA-256 of "
-        "its canonical rows, labels and configuration, which anyone holding the data can recompute.", "",
+        *head,
         _table(["field", "value"], [
             ["source", data.get("source")], ["fingerprint (SHA-256)", data.get("fingerprint")],
             ["rows train / validation / test", f"{rows.get('train')} / {rows.get('validation')} / {rows.get('test')}"],

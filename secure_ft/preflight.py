@@ -12,6 +12,11 @@ and without loading a model or writing anything:
   (``privacy.target_delta`` or 1/(10 N) for the N training rows), each simulated site's δ
   (the same rule with the site's own N, from `federated.partition.partition_sites`) and the
   central client-level ``federated.central_delta``; no δ reaches 1/N;
+* a deployed federation's hold-out can be judged: when the policy requires the fairness
+  audit, the coordinator's test split (the share ``data.split.test_fraction`` of its
+  held-out file) must have, in at least one sensitive column, two groups with at least
+  ``audits.fairness.min_group_size`` rows — otherwise the audit could only fail, after every
+  site has spent its privacy budget;
 * every ε the run aims for is within ``privacy.max_epsilon``: the central or per-site
   ``privacy.target_epsilon`` (which must be set: a fixed noise multiplier alone has no
   budget), and the central client-level ε that ``federated.rounds`` releases at
@@ -105,6 +110,8 @@ def check_before_training(config: RunConfig, policy: Policy, policy_path: str | 
     check.audit_names()
     check.fairness_columns()
     check.fairness_judgement()
+    if deployed:
+        check.holdout_fairness_groups()
     check.dp_required()
     check.epsilons()
     check.deltas()
@@ -184,6 +191,31 @@ class _Checker:
                 f"audits.fairness.n_permutations = {settings.n_permutations} cannot give a p-value below "
                 f"{self.where} fairness.significance_level = {level:g}, so no disparity could ever fail. Use at least "
                 f"{int(math.ceil(1 / level))} (default 1000)")
+    def holdout_fairness_groups(self) -> None:
+        """Deployed: can the hold-out's test split compare two groups in some sensitive column?"""
+        if "fairness" not in self.required or self.problems or self._hub_source():
+            return
+        data, settings = self.config.data, self.config.audits.fairness
+        columns = list(settings.sensitive_columns if settings.sensitive_columns is not None else data.group_columns)
+        splits = self.splits()
+        if splits is None or not columns:
+            return
+        smallest = settings.min_group_size
+        found = {}
+        for column in columns:
+            counts = splits.test[column].astype(str).value_counts()
+            if int((counts >= smallest).sum()) >= 2:
+                return
+            found[column] = ", ".join(f"{value!r} {count}" for value, count in counts.head(4).items())
+        total = sum(len(part) for part in (splits.train, splits.validation, splits.test))
+        listed = "; ".join(f"{column}: {groups}" for column, groups in found.items())
+        self.problems.append(
+            f"the coordinator's hold-out {data.source} has {total} rows, and its test split (data.split.test_fraction "
+            f"= {data.split.test_fraction:g}) has {len(splits.test)}: no sensitive column has two groups with at "
+            f"least audits.fairness.min_group_size = {smallest} test rows ({listed}), so the fairness audit required "
+            f"by {self.where} cannot pass. Add held-out rows from the smaller groups, or raise "
+            "data.split.test_fraction (in a deployment the hold-out's training share only sizes the probe recipe), "
+            "before any site trains")
 
     # -- privacy: is there a guarantee at all, and what ε does it aim for ----------------------
 
@@ -316,17 +348,25 @@ class _Checker:
         self._header = [str(column) for column in frame.columns]
         return self._header
 
+    def splits(self):
+        """The run's splits, loaded once (None, with a problem, when they cannot be)."""
+        if not hasattr(self, "_splits"):
+            from secure_ft.data import load_splits
+
+            try:
+                self._splits = load_splits(self.config.data, self.config.seed, keep_declared_labels=self.deployed)
+            except DataError as error:
+                self.problems.append(f"data: {error}")
+                self._splits = None
+        return self._splits
+
     def training_sizes(self) -> dict[str, int] | None:
         """Scope → training rows whose δ the run uses: the split (central) or each simulated site."""
         if self._hub_source():
             self.header()  # records the warning
             return None
-        from secure_ft.data import load_splits
-
-        try:
-            splits = load_splits(self.config.data, self.config.seed, keep_declared_labels=self.deployed)
-        except DataError as error:
-            self.problems.append(f"data: {error}")
+        splits = self.splits()
+        if splits is None:
             return None
         self.report.train_rows = len(splits.train)
         if self.config.mode != "federated":

@@ -276,3 +276,21 @@ def test_secure_ft_run_refuses_a_bad_config_before_training(tmp_path):
     assert time.monotonic() - started < 30
     assert "privacy.mode: none" in finished.stderr and "require_dp" in finished.stderr
     assert not out.exists() or not any(out.iterdir())  # no run directory
+
+
+def test_a_deployed_holdout_too_small_for_the_fairness_audit_is_refused_before_any_site_trains(toy_csv, tmp_path):
+    policy, path = make_policy(tmp_path, required_audits=["performance", "fairness", "privacy"])
+    import pandas as pd
+
+    labels = sorted(pd.read_csv(toy_csv)["product"].unique())
+    config = make_config(toy_csv, tmp_path, mode="federated", data={"labels": labels},
+                         federated={"num_sites": 2, "min_available_sites": 2, "min_train_sites": 2, "partition": "iid"})
+    with pytest.raises(ConfigError) as caught:
+        check_before_training(config, policy, path, deployed=True)
+    message = str(caught.value)
+    assert "test split (data.split.test_fraction = 0.15)" in message and "min_group_size = 20" in message
+    assert "region: " in message and "before any site trains" in message
+    # groups of 5 test rows are enough for a policy run with min_group_size 5; a simulation is not checked here
+    check_before_training(config.model_copy(update={"audits": config.audits.model_copy(update={
+        "fairness": config.audits.fairness.model_copy(update={"min_group_size": 5})})}), policy, path, deployed=True)
+    check_before_training(config, policy, path)

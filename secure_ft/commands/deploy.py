@@ -35,14 +35,37 @@ def _flwr(args: list[str], env: dict[str, str], timeout: float = 120) -> subproc
     return subprocess.run([flower_command("flwr"), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _flwr_json(args: list[str], env: dict[str, str], what: str, control: str) -> dict:
+    """Run ``flwr … --format json``; its JSON answer, or a `ConfigError` saying why there is none.
+
+    ``flwr`` exits 0 with ``"success": false`` when the SuperLink refuses (e.g. HTTP 403 from
+    the Fleet front), so the exit status alone is not enough.
+    """
+    result = _flwr([*args, "--format", "json"], env)
+    try:
+        payload = json.loads(result.stdout)
+    except ValueError:
+        payload = None
+    if result.returncode == 0 and isinstance(payload, dict) and payload.get("success", True) is not False:
+        return payload
+    detail = (payload or {}).get("error-message") if isinstance(payload, dict) else None
+    detail = str(detail or (result.stdout + result.stderr).strip())[-500:]
+    hint = ""
+    if "403" in detail or "refused" in detail.lower() or "connect" in detail.lower():
+        hint = (f" (the SuperLink's Control API listens on {control} only: run this on the coordinator machine, "
+                "next to `secure-ft deploy superlink`)")
+    raise ConfigError(f"{what}: {detail}{hint}")
+
+
 def cmd_certs(args: argparse.Namespace) -> int:
     from secure_ft.deploy.certificates import make_ca, make_server, make_site_key
 
     out = Path(args.out)
+    key_dir = Path(args.ca_key_dir) if args.ca_key_dir else None
     if args.kind == "ca":
-        make_ca(out, args.days, args.force)
+        make_ca(out, args.days, args.force, key_dir)
     elif args.kind == "server":
-        make_server(out, args.dns, args.ip, args.days, args.force)
+        make_server(out, args.dns, args.ip, args.days, args.force, key_dir)
     else:
         if not args.site:
             raise ConfigError("site-key needs --site NAME")
@@ -63,7 +86,7 @@ def cmd_superlink(args: argparse.Namespace) -> int:
     if args.control_port == args.port:
         raise ConfigError("--control-port must differ from --port (the Fleet front)")
     flower_command("flower-superexec")  # the SuperLink starts it by name to run the ServerApp
-    state.mkdir(parents=True, exist_ok=True)
+    _private_state(state)
     command = [flower_command("flower-superlink"),
                "--ssl-ca-certfile", str(pki / "ca.crt"), "--ssl-certfile", str(pki / "server.pem"),
                "--ssl-keyfile", str(pki / "server.key"), "--enable-supernode-auth",
@@ -83,8 +106,21 @@ def cmd_superlink(args: argparse.Namespace) -> int:
     except RuntimeError as error:
         raise ConfigError(f"{error}; see {state / 'superlink.log'}") from None
     finally:
-        stop_group(superlink)
+        seconds = stop_group(superlink)
+        print(f"SuperLink and the processes it started (SuperExec, ServerApp) stopped in {seconds:.1f}s", flush=True)
     return 0
+
+
+def _private_state(state: Path) -> None:
+    """The state folder and everything the SuperLink writes into it: owner only (0700 / 0600)."""
+    import os
+
+    os.umask(0o077)  # the SuperLink, SuperExec and ServerApp inherit it: superlink.db, its log, run files
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state.chmod(0o700)
+    for path in state.iterdir():  # files an earlier start (or an older version) left readable
+        if path.is_file():
+            path.chmod(0o600)
 
 
 def cmd_register(args: argparse.Namespace) -> int:
@@ -98,20 +134,15 @@ def cmd_register(args: argparse.Namespace) -> int:
         if not key.is_file():
             raise ConfigError(f"{key}: the site's public key does not exist")
         name = check_site_name(key.name.removesuffix(".pub"))
-        result = _flwr(["supernode", "register", str(key), CONNECTION, "--name", name, "--format", "json"], env)
-        if result.returncode != 0 or '"success": false' in result.stdout:
-            raise ConfigError(f"{key}: registration refused: {(result.stdout + result.stderr).strip()[-500:]}")
-        node_id = _node_id(result.stdout)
+        payload = _flwr_json(["supernode", "register", str(key), CONNECTION, "--name", name],
+                             env, f"{key}: registration refused", _control_address(args))
+        node_id = _node_id(payload)
         record_site(Path(args.state), name, key, node_id)
         print(f"registered site {name} (node id {node_id}) from {key}")
     return 0
 
 
-def _node_id(output: str) -> int | None:
-    try:
-        payload = json.loads(output)
-    except ValueError:
-        return None
+def _node_id(payload: dict) -> int | None:
     value = payload.get("node-id", payload.get("node_id")) if isinstance(payload, dict) else None
     return int(value) if isinstance(value, (int, str)) and str(value).isdigit() else None
 
@@ -123,13 +154,14 @@ def cmd_sites_list(args: argparse.Namespace) -> int:
     registry = read_registry(Path(args.state))
     env = flower_environment()
     write_connection(env, _control_address(args), Path(args.ca))
-    listed = _flwr(["supernode", "list", CONNECTION, "--format", "json"], env)
     status = {}
     try:
-        for node in json.loads(listed.stdout).get("nodes", []):
+        listed = _flwr_json(["supernode", "list", CONNECTION], env, "the SuperLink did not list its SuperNodes",
+                            _control_address(args))
+        for node in listed.get("nodes", []):
             status[int(node.get("node-id", -1))] = node.get("status") or node.get("online")
-    except (ValueError, AttributeError):
-        print(f"(the SuperLink did not answer: {(listed.stdout + listed.stderr).strip()[-300:]})")
+    except ConfigError as error:
+        print(f"({error})")
     print(f"{'site':<20} {'node id':>22}  {'status':<12} public key (sha256)")
     for name, entry in sorted(registry.items()):
         node_id = entry.get("node_id")
@@ -199,32 +231,59 @@ def _free_port() -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from federated.coordinator import require_declared_labels
+    from federated.coordinator import refuse_used_run_dir, require_declared_labels
+    from federated.run_checkpoint import has_checkpoint
     from secure_ft.config import load_config
     from secure_ft.deploy.flower_runtime import (CONNECTION, flower_app_folder, flower_command, flower_environment,
                                                  write_connection)
+    from secure_ft.deploy.site_registry import REGISTRY_FILE
     from secure_ft.pipeline import resolve_policy
     from secure_ft.preflight import check_before_training
     from secure_ft.run_directory import RunDirectory
 
-    config_file = Path(args.config).resolve()
-    config = load_config(config_file).model_copy(update={"mode": "federated"})
-    run_dir = Path(args.run_dir).resolve()
-    if RunDirectory(run_dir).holds_run():
-        raise ConfigError(f"{run_dir}: already holds a run; choose a new --run-dir")
+    if args.resume:
+        if args.config or args.run_dir:
+            raise ConfigError("--resume RUN_DIR continues a run with the config it started with; "
+                              "give neither --config nor --run-dir")
+        run_dir = Path(args.resume).resolve()
+        if RunDirectory(run_dir).model_dir.is_dir():
+            raise ConfigError(f"{run_dir}: the run finished already (model/ is there); nothing to resume")
+        if not has_checkpoint(run_dir):
+            raise ConfigError(f"{run_dir}: no federated checkpoint (no round finished before it stopped); "
+                              "start a new run with --config and a new --run-dir")
+        config_file = RunDirectory(run_dir).config_file
+        config = load_config(config_file)
+    else:
+        if not (args.config and args.run_dir):
+            raise ConfigError("give --config and --run-dir for a new run (or --resume RUN_DIR to continue one)")
+        config_file = Path(args.config).resolve()
+        config = load_config(config_file).model_copy(update={"mode": "federated"})
+        run_dir = Path(args.run_dir).resolve()
+        refuse_used_run_dir(run_dir)
     require_declared_labels(config)
     policy_path, policy, _ = resolve_policy(config, args.policy)
     # what the gate would block after training, refused now
     check_before_training(config, policy, policy_path, deployed=True)
     print(f"pre-flight passed against policy {policy.name!r} ({policy_path})", flush=True)
+    run_config = f'sites="deployed" config-file="{config_file}" run-dir="{run_dir}"'
+    if args.resume:
+        run_config += ' resume="true"'
+    if args.state:
+        registry = Path(args.state).resolve() / REGISTRY_FILE
+        if not registry.is_file():
+            raise ConfigError(f"{registry}: no site registry; --state is the SuperLink's --state folder")
+        run_config += f' site-registry="{registry}"'
     env = flower_environment()
     write_connection(env, _control_address(args), Path(args.ca))
     with flower_app_folder() as app:
         result = subprocess.run([flower_command("flwr"), "run", str(app), CONNECTION, "--stream", "--run-config",
-                                 f'sites="deployed" config-file="{config_file}" run-dir="{run_dir}"'], env=env)
+                                 run_config], env=env)
     if result.returncode != 0 or not RunDirectory(run_dir).model_dir.is_dir():
+        resumable = has_checkpoint(run_dir)
         print(f"error: the run did not finish (flwr run exited {result.returncode}); see the log above and "
-              f"{run_dir / 'ledger.jsonl'}", file=sys.stderr)
+              f"{run_dir / 'ledger.jsonl'}"
+              + (f"; continue it with `secure-ft deploy launch --resume {run_dir} --ca {args.ca}`" if resumable
+                 else ""), file=sys.stderr)
         return result.returncode or 1
     print(f"run directory: {run_dir}\nnext: secure-ft audit {run_dir}"
           + (f" --policy {args.policy}" if args.policy else "") + f"\n then: secure-ft export {run_dir} --out BUNDLE")
@@ -244,6 +303,8 @@ def register(subparsers) -> None:
     certs.add_argument("--site", help="site-key: the site's name (file names; its .pub is what gets registered)")
     certs.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
     certs.add_argument("--force", action="store_true", help="replace existing files")
+    certs.add_argument("--ca-key-dir", help="ca/server: folder of the CA's private key ca.key (default: ca-private/ "
+                                            "beside --out; keep it offline, never on the SuperLink machine)")
     certs.set_defaults(handler=cmd_certs)
 
     superlink = actions.add_parser("superlink", help="run the SuperLink (loopback) and the Fleet-only TLS front")
@@ -254,12 +315,17 @@ def register(subparsers) -> None:
     _control_port(superlink)
     superlink.add_argument("--state", default="./superlink-state",
                            help="folder for superlink.db (registered sites, runs), superlink.log and sites.json")
-    superlink.set_defaults(handler=cmd_superlink)
+    superlink.set_defaults(handler=cmd_superlink, interrupted_hint=(
+        "stopped: the SuperLink and every process it started (SuperExec, ServerApp) are stopped; a federated run "
+        "that was under way records the interruption in its ledger and continues from its last round with "
+        "`secure-ft deploy launch --resume RUN_DIR` once the SuperLink is back"))
 
     register_sites = actions.add_parser("register", help="register site public keys (coordinator machine only)")
     register_sites.add_argument("keys", nargs="+", metavar="SITE.pub", help="the file name (without .pub) is the site's name")
     register_sites.add_argument("--ca", required=True, help="the federation's ca.crt")
     register_sites.add_argument("--state", required=True, help="the SuperLink's --state folder (keeps site names)")
+    register_sites.epilog = ("runs on the coordinator machine only: the Control API it uses listens on 127.0.0.1; "
+                             "from anywhere else the Fleet front answers 403")
     _control_port(register_sites)
     register_sites.set_defaults(handler=cmd_register)
 
@@ -271,15 +337,23 @@ def register(subparsers) -> None:
     supernode.add_argument("--site", required=True, help="this site's name (as registered)")
     supernode.add_argument("--state", help="where the site keeps its ledgers (default ~/.secure-ft/sites/NAME)")
     supernode.add_argument("--port", type=int, help="local runtime API port (default: a free one)")
-    supernode.set_defaults(handler=cmd_supernode)
+    supernode.set_defaults(handler=cmd_supernode, interrupted_hint=(
+        "stopped: this SuperNode and its ClientApps are stopped; start it again to rejoin the run from its next round"))
 
-    launch = actions.add_parser("launch", help="pre-flight, then run a federated training across the sites")
-    launch.add_argument("--config", required=True, help="the run config (its data is the coordinator's hold-out)")
-    launch.add_argument("--run-dir", required=True, help="the run directory to create")
+    launch = actions.add_parser("launch", help="pre-flight, then run a federated training across the sites "
+                                               "(or --resume an interrupted one)")
+    launch.add_argument("--config", help="the run config (its data is the coordinator's hold-out)")
+    launch.add_argument("--run-dir", help="the run directory to create (must not hold a run)")
+    launch.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint, "
+                                                            "with the config it started with")
     launch.add_argument("--ca", required=True, help="the federation's ca.crt")
+    launch.add_argument("--state", help="the SuperLink's --state folder: sites that do not answer are named from its "
+                                        "site registry")
     launch.add_argument("--policy", help="policy the pre-flight checks against (default: the config's, else built-in)")
     _control_port(launch)
-    launch.set_defaults(handler=cmd_launch)
+    launch.set_defaults(handler=cmd_launch, interrupted_hint=(
+        "interrupted: stopped following the run; on the SuperLink it goes on (or, if it was stopped, continues with "
+        "`secure-ft deploy launch --resume RUN_DIR`)"))
 
     sites = subparsers.add_parser("sites", help="the federation's registered sites (coordinator machine)")
     sites_actions = sites.add_subparsers(dest="sites_command", metavar="ACTION", required=True)

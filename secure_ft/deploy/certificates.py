@@ -6,7 +6,10 @@ Three commands, run by the coordinator (``ca``, ``server``) and by each site (``
     secure-ft deploy certs server --out pki/ --dns superlink.example.org --ip 10.0.0.5
     secure-ft deploy certs site-key --out site-keys/ --site hospital-a
 
-``ca``        ``ca.crt`` (give it to every site) and ``ca.key`` (keep it offline)
+``ca``        ``ca.crt`` (give it to every site) and ``ca.key`` (keep it offline): the key is
+              written *outside* the ``--out`` folder, into ``--ca-key-dir`` (default
+              ``ca-private/`` beside it), so that copying ``pki/`` to the SuperLink machine
+              never copies the CA's key
 ``server``    ``server.pem`` / ``server.key`` for the SuperLink, signed by the CA, with the
               DNS names and IP addresses sites use to reach it (localhost/127.0.0.1 always
               included for local checks)
@@ -53,7 +56,15 @@ def _name(common_name: str) -> x509.Name:
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def make_ca(out: Path, days: int, force: bool) -> None:
+def ca_key_dir(out: Path, key_dir: Path | None) -> Path:
+    """Where the CA's private key lives: `key_dir`, else ``ca-private/`` beside `out` (never inside it)."""
+    folder = Path(key_dir) if key_dir is not None else Path(out).resolve().parent / "ca-private"
+    if folder.resolve() == Path(out).resolve():
+        raise ConfigError(f"--ca-key-dir {folder}: must not be the --out folder; the CA key stays out of pki/")
+    return folder
+
+
+def make_ca(out: Path, days: int, force: bool, key_dir: Path | None = None) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
     cert = (x509.CertificateBuilder()
@@ -66,16 +77,27 @@ def make_ca(out: Path, days: int, force: bool) -> None:
                                          crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256()))
-    _write(out / "ca.key", _pem_key(key), private=True, force=force)
+    keys = ca_key_dir(out, key_dir)
+    keys.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _write(keys / "ca.key", _pem_key(key), private=True, force=force)
     _write(out / "ca.crt", cert.public_bytes(serialization.Encoding.PEM), private=False, force=force)
+    print(f"warning: {keys / 'ca.key'} signs every certificate of the federation: keep it offline (not on the "
+          f"SuperLink machine); `deploy certs server` needs it once, with --ca-key-dir {keys}")
 
 
-def make_server(out: Path, dns: list[str], ips: list[str], days: int, force: bool) -> None:
+def make_server(out: Path, dns: list[str], ips: list[str], days: int, force: bool,
+                key_dir: Path | None = None) -> None:
+    key_file = ca_key_dir(out, key_dir) / "ca.key"
+    if not key_file.is_file() and (out / "ca.key").is_file():  # made by an older version, inside pki/
+        key_file = out / "ca.key"
+        print(f"warning: {key_file} is inside {out}: move it out (e.g. to {ca_key_dir(out, key_dir)}) and keep it "
+              "offline; anyone who can read it can mint certificates for the federation")
     try:
-        ca_key = serialization.load_pem_private_key((out / "ca.key").read_bytes(), password=None)
+        ca_key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
         ca_cert = x509.load_pem_x509_certificate((out / "ca.crt").read_bytes())
     except FileNotFoundError as error:
-        raise ConfigError(f"{error.filename}: not found; run `secure-ft deploy certs ca --out {out}` first") from None
+        raise ConfigError(f"{error.filename}: not found; run `secure-ft deploy certs ca --out {out}` first "
+                          "(give the same --ca-key-dir to both commands)") from None
     names = list(dict.fromkeys(["localhost", *dns]))
     addresses = list(dict.fromkeys(["127.0.0.1", *ips]))
     try:

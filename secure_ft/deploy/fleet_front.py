@@ -13,6 +13,10 @@ keys) still happens in the SuperLink itself.
 One more path is answered by the front itself, when it is given the site registry: a POST to
 ``/secure-ft/v1/site-identity`` tells a starting SuperNode which site its key is registered as
 (`secure_ft.deploy.site_identity`).
+
+Logging: every request at DEBUG (sites poll every few seconds, so INFO would be a line per
+poll), and once a minute at INFO a summary — requests forwarded, refused, upstream errors —
+when there were any. Refused requests are always logged at WARNING.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import time
+from collections import Counter
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -40,6 +46,27 @@ _DROPPED = {"host", "connection", "keep-alive", "transfer-encoding", "te", "trai
 REFUSED = "refused: this address serves only the Fleet API (/v1/fleet/); administration is on the coordinator"
 
 
+SUMMARY_SECONDS = 60.0
+
+
+class RequestTally:
+    """Counts requests by outcome and logs them at INFO at most once every `every_s` seconds."""
+
+    def __init__(self, every_s: float = SUMMARY_SECONDS, clock=time.monotonic):
+        self.every_s, self.clock = every_s, clock
+        self.counts: Counter[str] = Counter()
+        self.since = clock()
+
+    def count(self, outcome: str) -> None:
+        self.counts[outcome] += 1
+        now = self.clock()
+        if now - self.since >= self.every_s:
+            log.info("fleet front, last %.0fs: %s", now - self.since,
+                     ", ".join(f"{number} {name}" for name, number in sorted(self.counts.items())))
+            self.counts.clear()
+            self.since = now
+
+
 def is_fleet_request(method: str, path: str) -> bool:
     """Only a POST to a Fleet API path passes the front."""
     return method == "POST" and path.startswith(FLEET_PREFIX) and ".." not in path
@@ -53,6 +80,8 @@ def fleet_front_app(upstream: str, ca_file: Path, timeout_s: float = 120.0,
     """
     context = ssl.create_default_context(cafile=str(ca_file))
     client = httpx.AsyncClient(base_url=upstream, verify=context, timeout=timeout_s)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # httpx logs every request at INFO
+    tally = RequestTally()
 
     async def forward(request: Request) -> Response:
         path = request.url.path
@@ -63,13 +92,21 @@ def fleet_front_app(upstream: str, ca_file: Path, timeout_s: float = 120.0,
                 body = None
             status, answer = answer_identity(registry_file, body)
             return JSONResponse(answer, status_code=status)
+        peer = request.client.host if request.client else "?"
         if not is_fleet_request(request.method, path):
-            log.warning("fleet front: refused %s %s from %s", request.method, path,
-                        request.client.host if request.client else "?")
+            log.warning("fleet front: refused %s %s from %s", request.method, path, peer)
+            tally.count("refused")
             return PlainTextResponse(REFUSED, status_code=403)
         headers = {key: value for key, value in request.headers.items() if key.lower() not in _DROPPED}
-        upstream_reply = await client.post(path, content=await request.body(), headers=headers,
-                                           params=request.query_params)
+        try:
+            upstream_reply = await client.post(path, content=await request.body(), headers=headers,
+                                               params=request.query_params)
+        except httpx.HTTPError as error:
+            log.warning("fleet front: the SuperLink did not answer %s from %s: %s", path, peer, error)
+            tally.count("upstream errors")
+            return PlainTextResponse("the SuperLink did not answer", status_code=502)
+        log.debug("fleet front: %s %s from %s -> %d", request.method, path, peer, upstream_reply.status_code)
+        tally.count("forwarded")
         reply_headers = {key: value for key, value in upstream_reply.headers.items() if key.lower() not in _DROPPED}
         return Response(upstream_reply.content, status_code=upstream_reply.status_code, headers=reply_headers)
 
@@ -88,5 +125,7 @@ def serve_fleet_front(host: str, port: int, upstream: str, pki: Path, registry_f
 
     app = fleet_front_app(upstream, pki / "ca.crt", registry_file=registry_file)
     config = uvicorn.Config(app, host=host, port=port, ssl_certfile=str(pki / "server.pem"),
-                            ssl_keyfile=str(pki / "server.key"), log_level="warning", access_log=False)
+                            ssl_keyfile=str(pki / "server.key"), log_level="warning", access_log=False,
+                            # sites hold long polls open: do not wait for them when stopping
+                            timeout_graceful_shutdown=2)
     uvicorn.Server(config).run()
