@@ -30,7 +30,9 @@ def brittle_model(tmp_path_factory) -> Path:
 
 
 def audit_config(resources_dir: Path, **robustness) -> RunConfig:
+    # the stock recipes, judged: what these tests check (label-preserving ones: test_label_preserving.py)
     settings = {"num_examples": 16, "query_budget": 300, "workers": 1, "resources_dir": str(resources_dir),
+                "recipes": ["deepwordbug", "pwws", "embedding-swap"], "stress_recipes": [],
                 "embedding_swap": {"max_candidates": 5}, **robustness}
     return RunConfig.model_validate({"seed": 7, "model": {"max_length": 16}, "audits": {"robustness": settings}})
 
