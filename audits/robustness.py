@@ -13,12 +13,30 @@ the model changes its answer or the query budget runs out. Per recipe the audit 
 * the recipe's goal, transformation, search and constraints, so an auditor knows what
   "robust" meant.
 
-The default recipes cover three families: character edits (``deepwordbug``), WordNet synonym
-swaps (``pwws``) and embedding-neighbour word swaps (``embedding-swap``, TextFooler-style,
-built from local resources: :mod:`audits._embedding_swap`). TextAttack's other recipes are
-selectable by name where their resources exist. Nothing is downloaded: the NLTK corpora come
-from :mod:`audits.offline_resources` and every download path is shut
-(:mod:`audits._textattack_offline`). A recipe that cannot run fails the audit with its reason.
+Judged recipes and the stress test. The default recipes are the *label-preserving* variants
+of three families (:mod:`audits._label_preserving`): character edits (``deepwordbug-lp``),
+WordNet synonym swaps (``pwws-lp``) and embedding-neighbour swaps (``embedding-swap-lp``),
+each held to the validity constraints of the policy's ``robustness.validity`` (Morris et al.
+2020; A2T, Yoo & Qi 2021), with meaning judged by an independent sentence encoder
+(all-mpnet-base-v2, whose digest the result records). Only those gate: the policy's
+``gated_recipes`` (else the config's ``recipes``). The stock, unconstrained recipes
+(``stress_recipes``: ``deepwordbug``, ``pwws``, ``embedding-swap``) run beside them on the
+first ``stress_min_correct_examples`` of the same sampled texts, reported under
+``stress_recipes`` and never judged: a stock success may change what the text says. Each
+recipe's summary carries the policy's threat model in words, the constraints as built,
+per-constraint rejection counts (label-preserving recipes) and what the model's spelling front
+end made of the changed words (``front_end_effect``: restored, turned into another real
+word, left as typed). TextAttack's other recipes are selectable by name where their
+resources exist. Nothing is downloaded: the NLTK corpora and the encoder come from
+:mod:`audits.offline_resources` / :mod:`audits.independent_encoder` and every download path
+is shut (:mod:`audits._textattack_offline`). A recipe that cannot run fails the audit with
+its reason.
+
+Relative threshold: ``relative_accuracy_under_attack`` is accuracy under attack over the clean
+accuracy of the same sample (interval ends likewise); the regulated policy requires its lower
+end to reach 0.5 — a realistic attacker may not take away more than half of what the model
+gets right — besides the absolute floor, the success-rate and budget checks and at least
+100 attacked texts.
 
 How many: by default (``num_examples: null``) the audit walks a seeded shuffle of the test
 split until ``min_correct_examples`` (100) texts the model classifies right are in — all of
@@ -39,8 +57,12 @@ texts × the queries each needs × the cost of one forward pass (length²-ish); 
 ``device: cuda`` divide it, and an interrupted run resumes.
 
 The adversarial pairs go to ``audits/robustness/adversarial_examples.csv`` in the run
-directory. They are test data and may hold personal data: metrics and notes never contain
-text. An interrupted audit resumes from ``.progress.jsonl`` beside it.
+directory, and the judged recipes' successful attacks to ``review_sheet.csv`` beside it
+(original and perturbed text with the changed words in ⟦ ⟧, columns for a reviewer's
+verdict). Both are test data and may hold personal data: metrics and notes never contain text,
+and the HTML report names the files without their content. Their SHA-256 digests are in the
+result's ``evidence_sha256``; the result is bound in the signed verdict, so they are too.
+An interrupted audit resumes from ``.progress.jsonl`` beside it.
 """
 
 from __future__ import annotations
