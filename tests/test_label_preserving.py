@@ -190,3 +190,16 @@ def test_review_sheet_marks_changes_and_is_bound_by_digest(regulated_audit):
     digests = result.metrics["evidence_sha256"]
     assert digests[sheet_path] == hashlib.sha256((run_dir / sheet_path).read_bytes()).hexdigest()
     assert KEYWORD not in str(result.metrics["recipes"]["deepwordbug-lp"]["threat_model"])  # no text in metrics
+
+
+@pytest.mark.slow
+def test_report_prints_each_threat_model_and_the_stress_test_without_text(regulated_audit):
+    from secure_ft.report.html import _robustness
+
+    result, _, policy = regulated_audit
+    html = _robustness({"audits": {"robustness": result.to_dict()}})
+    for recipe in policy.robustness.gated_recipes:
+        assert policy.robustness.threat_models[recipe].family.split(" (")[0] in html
+    assert "Stress test (stock recipes, not judged)" in html and "all-mpnet-base-v2" in html
+    assert "candidates rejected" in html  # the per-constraint counts
+    assert KEYWORD not in html  # test text stays in the evidence files
