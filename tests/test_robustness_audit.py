@@ -84,7 +84,8 @@ def test_audit_never_touched_the_network(brittle_audit):
 
 def test_metrics_match_a_recount_from_the_evidence_csv(brittle_audit):
     result, run_dir, _ = brittle_audit
-    assert result.evidence == ["audits/robustness/adversarial_examples.csv"]
+    # the adversarial pairs, and the judged recipes' successes for a human reviewer
+    assert result.evidence == ["audits/robustness/adversarial_examples.csv", "audits/robustness/review_sheet.csv"]
     evidence = pd.read_csv(run_dir / result.evidence[0])
     assert len(evidence) == 3 * result.metrics["num_examples"]
     for name, metrics in result.metrics["recipes"].items():
