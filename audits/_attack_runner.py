@@ -48,6 +48,7 @@ class EngineSpec:
     seed: int
     device: str = "cpu"
     threads: int | None = None  # torch threads; None = leave as is
+    validity: dict | None = None  # the policy's robustness.validity (ValidityConstraints.model_dump()); None = defaults
 
     @property
     def config(self) -> RobustnessAuditConfig:
@@ -88,8 +89,12 @@ class AttackEngine:
             from audits._recipes import build_attack
             from audits._textattack_offline import downloads_blocked
 
+            from secure_ft.policy import ValidityConstraints
+
+            validity = ValidityConstraints.model_validate(self.spec.validity or {})
             with downloads_blocked(not self.config.allow_downloads):
-                self._attacks[recipe] = build_attack(recipe, self.wrapper, self.config, self.resources.cache_dir)
+                self._attacks[recipe] = build_attack(recipe, self.wrapper, self.config, self.resources.cache_dir,
+                                                     validity=validity, resources_root=self.resources.root)
         return self._attacks[recipe]
 
     def attack(self, recipe: str, example: AttackExample) -> dict:
@@ -99,12 +104,20 @@ class AttackEngine:
         from audits._textattack_offline import downloads_blocked
 
         attack = self.attack_for(recipe)
+        counting = hasattr(attack, "take_counts")
+        if counting:
+            attack.take_counts()  # start this example's counts at zero
         set_seed(example_seed(self.spec.seed, recipe, example.text))
         started, cpu_started = time.perf_counter(), time.process_time()
         with downloads_blocked(not self.config.allow_downloads):
             result = attack.attack(example.text, int(example.label))
         record = record_from_result(recipe, example, result, time.perf_counter() - started, self.config.query_budget)
         record["cpu_seconds"] = round(time.process_time() - cpu_started, 4)  # all threads of this process
+        if counting:
+            record["constraint_counts"] = attack.take_counts()
+        front_end = self.classifier.front_end
+        if front_end is not None:  # what serving's spelling correction makes of each changed word
+            record["front_end_reads"] = [front_end.correct(new) for _, new in record["changed_words"]]
         return record
 
 
@@ -119,7 +132,10 @@ def record_from_result(recipe: str, example: AttackExample, result, seconds: flo
     else:
         status = FAILED
     words = original.attacked_text.words
-    changed = 0 if status == SKIPPED else len(original.attacked_text.all_words_diff(perturbed.attacked_text))
+    changed_indices = [] if status == SKIPPED else sorted(original.attacked_text.all_words_diff(perturbed.attacked_text))
+    changed = len(changed_indices)
+    perturbed_words = perturbed.attacked_text.words
+    pairs = [[words[i], perturbed_words[i] if i < len(perturbed_words) else ""] for i in changed_indices]
     queries = int(perturbed.num_queries)
     return {
         "recipe": recipe,
@@ -134,6 +150,7 @@ def record_from_result(recipe: str, example: AttackExample, result, seconds: flo
         "words_changed": changed,
         "word_count": len(words),
         "perturbed_word_pct": 100.0 * changed / len(words) if words else 0.0,
+        "changed_words": pairs,  # [original, perturbed] per changed word position (test text: evidence only)
         "seconds": round(seconds, 4),
         "original_text": original.attacked_text.text,
         "perturbed_text": perturbed.attacked_text.text,

@@ -1,4 +1,6 @@
-"""Attack recipes by name: TextAttack's stock recipes plus the offline `embedding-swap`.
+"""Attack recipes by name: TextAttack's stock recipes, the offline `embedding-swap`, and the
+label-preserving variants of the three families (`deepwordbug-lp`, `pwws-lp`,
+`embedding-swap-lp`: :mod:`audits._label_preserving`).
 
 Stock names are TextAttack's own (``textattack attack --recipe NAME``). Offline, with the
 resources :mod:`audits.offline_resources` provides, these run: deepwordbug, pwws, pruthi,
@@ -27,11 +29,17 @@ def stock_recipes() -> dict[str, str]:
 
 
 def known_recipes() -> list[str]:
-    return sorted({*stock_recipes(), EMBEDDING_SWAP})
+    from audits._label_preserving import LABEL_PRESERVING
+
+    return sorted({*stock_recipes(), EMBEDDING_SWAP, *LABEL_PRESERVING})
 
 
-def build_attack(name: str, model_wrapper, settings: RobustnessAuditConfig, cache_dir: Path):
+def build_attack(name: str, model_wrapper, settings: RobustnessAuditConfig, cache_dir: Path,
+                 validity=None, resources_root: Path | None = None):
     """A TextAttack ``Attack`` for recipe `name` on `model_wrapper`, with the audit's query budget.
+
+    `validity` (the policy's ``robustness.validity``; None = its defaults) and `resources_root`
+    (where the independent sentence encoder is assembled) serve the label-preserving recipes.
 
     Raises
     ------
@@ -39,7 +47,17 @@ def build_attack(name: str, model_wrapper, settings: RobustnessAuditConfig, cach
         Unknown recipe, or the recipe cannot be built here (missing resource, download refused,
         incompatible model); the message carries the reason.
     """
-    if name == EMBEDDING_SWAP:
+    from audits._label_preserving import LABEL_PRESERVING
+
+    if name in LABEL_PRESERVING:
+        from audits._label_preserving import build_label_preserving
+        from secure_ft.policy import ValidityConstraints
+
+        rules = validity if validity is not None else ValidityConstraints()
+        root = Path(resources_root) if resources_root is not None else Path(cache_dir).parent
+        builder = lambda: build_label_preserving(name, model_wrapper, rules, settings.embedding_swap,  # noqa: E731
+                                                 root, cache_dir)
+    elif name == EMBEDDING_SWAP:
         from audits._embedding_swap import build_embedding_swap
 
         builder = lambda: build_embedding_swap(model_wrapper, settings.embedding_swap, cache_dir)  # noqa: E731

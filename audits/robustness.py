@@ -13,12 +13,30 @@ the model changes its answer or the query budget runs out. Per recipe the audit 
 * the recipe's goal, transformation, search and constraints, so an auditor knows what
   "robust" meant.
 
-The default recipes cover three families: character edits (``deepwordbug``), WordNet synonym
-swaps (``pwws``) and embedding-neighbour word swaps (``embedding-swap``, TextFooler-style,
-built from local resources: :mod:`audits._embedding_swap`). TextAttack's other recipes are
-selectable by name where their resources exist. Nothing is downloaded: the NLTK corpora come
-from :mod:`audits.offline_resources` and every download path is shut
-(:mod:`audits._textattack_offline`). A recipe that cannot run fails the audit with its reason.
+Judged recipes and the stress test. The default recipes are the *label-preserving* variants
+of three families (:mod:`audits._label_preserving`): character edits (``deepwordbug-lp``),
+WordNet synonym swaps (``pwws-lp``) and embedding-neighbour swaps (``embedding-swap-lp``),
+each held to the validity constraints of the policy's ``robustness.validity`` (Morris et al.
+2020; A2T, Yoo & Qi 2021), with meaning judged by an independent sentence encoder
+(all-mpnet-base-v2, whose digest the result records). Only those gate: the policy's
+``gated_recipes`` (else the config's ``recipes``). The stock, unconstrained recipes
+(``stress_recipes``: ``deepwordbug``, ``pwws``, ``embedding-swap``) run beside them on the
+first ``stress_min_correct_examples`` of the same sampled texts, reported under
+``stress_recipes`` and never judged: a stock success may change what the text says. Each
+recipe's summary carries the policy's threat model in words, the constraints as built,
+per-constraint rejection counts (label-preserving recipes) and what the model's spelling front
+end made of the changed words (``front_end_effect``: restored, turned into another real
+word, left as typed). TextAttack's other recipes are selectable by name where their
+resources exist. Nothing is downloaded: the NLTK corpora and the encoder come from
+:mod:`audits.offline_resources` / :mod:`audits.independent_encoder` and every download path
+is shut (:mod:`audits._textattack_offline`). A recipe that cannot run fails the audit with
+its reason.
+
+Relative threshold: ``relative_accuracy_under_attack`` is accuracy under attack over the clean
+accuracy of the same sample (interval ends likewise); the regulated policy requires its lower
+end to reach 0.5 — a realistic attacker may not take away more than half of what the model
+gets right — besides the absolute floor, the success-rate and budget checks and at least
+100 attacked texts.
 
 How many: by default (``num_examples: null``) the audit walks a seeded shuffle of the test
 split until ``min_correct_examples`` (100) texts the model classifies right are in — all of
@@ -39,12 +57,17 @@ texts × the queries each needs × the cost of one forward pass (length²-ish); 
 ``device: cuda`` divide it, and an interrupted run resumes.
 
 The adversarial pairs go to ``audits/robustness/adversarial_examples.csv`` in the run
-directory. They are test data and may hold personal data: metrics and notes never contain
-text. An interrupted audit resumes from ``.progress.jsonl`` beside it.
+directory, and the judged recipes' successful attacks to ``review_sheet.csv`` beside it
+(original and perturbed text with the changed words in ⟦ ⟧, columns for a reviewer's
+verdict). Both are test data and may hold personal data: metrics and notes never contain text,
+and the HTML report names the files without their content. Their SHA-256 digests are in the
+result's ``evidence_sha256``; the result is bound in the signed verdict, so they are too.
+An interrupted audit resumes from ``.progress.jsonl`` beside it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -79,10 +102,13 @@ log = logging.getLogger(__name__)
 
 NAME = "robustness"
 EVIDENCE_FILE = "adversarial_examples.csv"
+REVIEW_SHEET_FILE = "review_sheet.csv"
+REVIEW_COLUMNS = ["recipe", "example", "row", "label_name", "perturbed_prediction_name", "changes",
+                  "original_marked", "perturbed_marked", "keeps_meaning", "keeps_label", "reviewer_note"]
 EVIDENCE_COLUMNS = [
     "recipe", "example", "row", "label", "label_name", "original_prediction", "original_prediction_name",
     "perturbed_prediction", "perturbed_prediction_name", "result", "num_queries", "budget_exhausted", "words_changed", "word_count",
-    "perturbed_word_pct", "seconds", "cpu_seconds", "original_text", "perturbed_text",
+    "perturbed_word_pct", "seconds", "cpu_seconds", "changed_words", "original_text", "perturbed_text",
 ]
 CI_LEVEL = 0.95  # Wilson intervals of the rates
 _MIN_TASKS_PER_WORKER = 2  # below this, starting worker processes costs more than it saves
@@ -92,12 +118,17 @@ _MIN_TASKS_PER_WORKER = 2  # below this, starting worker processes costs more th
 def robustness_audit(context: AuditContext) -> AuditResult:
     """Attack a seeded sample of the test split with each configured recipe; judge per the policy."""
     settings = context.config.audits.robustness
+    policy = context.policy.robustness
     max_length = context.config.model.max_length
     started = time.perf_counter()
 
+    gated = list(dict.fromkeys(policy.gated_recipes or settings.recipes))
+    recipes = list(dict.fromkeys([*gated, *settings.recipes]))  # the policy's recipes run whatever the config says
+    stress = [r for r in dict.fromkeys(settings.stress_recipes) if r not in recipes]
+
     spec = EngineSpec(model_dir=str(context.model_dir), max_length=max_length, settings=settings.model_dump(),
                       resources_root=str(_resources_root(settings.resources_dir)), seed=context.config.seed,
-                      device=context.device)
+                      device=context.device, validity=policy.validity.model_dump())
     engine = AttackEngine(spec)
     _check_labels(engine.wrapper.model, context.splits.label_names)
     test = context.splits.test
@@ -106,21 +137,25 @@ def robustness_audit(context: AuditContext) -> AuditResult:
         examples = [replace(e, text=visible_prefix(e.text, engine.wrapper.tokenizer, max_length)) for e in examples]
     if settings.num_examples is None:  # enough attacked texts to decide, not a fixed sample size
         examples = until_enough_correct(examples, engine.wrapper, settings.min_correct_examples)
+    # the stress test attacks the first of the same texts: its numbers sit beside the judged ones
+    stress_examples = until_enough_correct(examples, engine.wrapper, settings.stress_min_correct_examples) if stress else []
 
     # build every recipe before attacking anything: one that cannot run fails fast, with its reason
-    recipes = list(dict.fromkeys(settings.recipes))
     descriptions, errors = {}, {}
-    for recipe in recipes:
+    for recipe in [*recipes, *stress]:
         try:
             descriptions[recipe] = describe_attack(engine.attack_for(recipe))
         except SecureFTError as error:
             errors[recipe] = str(error)
 
     evidence_dir = context.evidence_dir(NAME)
+    key_settings = {**settings.model_dump(), "validity": policy.validity.model_dump(), "gated": gated}
     store = ProgressStore(evidence_dir, run_key(model_digest(Path(context.model_dir)), examples,
-                                                settings.model_dump(), max_length, spec.seed), settings.resume)
-    longest_first = sorted(examples, key=lambda e: -len(e.text))  # so the workers finish together
-    tasks = [(recipe, e) for recipe in descriptions for e in longest_first if not store.done(recipe, e.index)]
+                                                key_settings, max_length, spec.seed), settings.resume)
+    sample = {recipe: (stress_examples if recipe in stress else examples) for recipe in descriptions}
+    tasks = [(recipe, e) for recipe in descriptions
+             for e in sorted(sample[recipe], key=lambda e: -len(e.text))  # longest first: the workers finish together
+             if not store.done(recipe, e.index)]
     workers = min(settings.workers, max(1, len(tasks) // _MIN_TASKS_PER_WORKER))
     bars = _ProgressBars({recipe: sum(1 for r, _ in tasks if r == recipe) for recipe in descriptions})
     try:
@@ -133,15 +168,18 @@ def robustness_audit(context: AuditContext) -> AuditResult:
             errors[recipe] = run.error if run.error.startswith(f"recipe {recipe}") else f"recipe {recipe}: {run.error}"
 
     ran = [recipe for recipe in descriptions if recipe not in errors]
-    records = [store.records[(recipe, e.index)] for recipe in ran for e in examples
+    records = [store.records[(recipe, e.index)] for recipe in ran for e in sample[recipe]
                if (recipe, e.index) in store.records]
     evidence_path = evidence_dir / EVIDENCE_FILE
     write_evidence(evidence_path, records, context.splits.label_names)
-    evidence = str(evidence_path.relative_to(context.run_dir))
+    review_path = evidence_dir / REVIEW_SHEET_FILE
+    write_review_sheet(review_path, [r for r in records if r["recipe"] in gated], context.splits.label_names)
+    evidence = [str(path.relative_to(context.run_dir)) for path in (evidence_path, review_path)]
 
     metrics = {
         "num_examples": len(examples),
         "min_correct_examples": settings.min_correct_examples if settings.num_examples is None else None,
+        "stress_examples": len(stress_examples),
         "ci_level": CI_LEVEL,
         "ci_method": "wilson",
         "query_budget": settings.query_budget,
@@ -153,26 +191,55 @@ def robustness_audit(context: AuditContext) -> AuditResult:
         "offline_resources": {"stopwords": engine.resources.stopwords_source,
                               "wordnet": engine.resources.wordnet_source},
         "front_end": engine.classifier.describe_front_end(),  # attacked as served: raw text → front end → model
+        "gated_recipes": [r for r in gated if r in ran],
+        "validity": policy.validity.model_dump(),
+        "independent_encoder": _independent_encoder_record(descriptions, engine.resources.root),
+        # the evidence files' digests: this result is bound in the signed verdict, so they are too
+        "evidence_sha256": {relative: _sha256(context.run_dir / relative) for relative in evidence},
         "recipes": {},
+        "stress_recipes": {},
     }
     checks, notes = [], []
     for recipe in ran:
         summary = recipe_summary([r for r in records if r["recipe"] == recipe], outcome.recipes.get(recipe))
         summary.update(descriptions[recipe])
-        metrics["recipes"][recipe] = summary
-        checks += recipe_checks(recipe, summary, context.policy.robustness)
+        summary["gated"] = recipe in gated
+        threat = policy.threat_models.get(recipe)
+        summary["threat_model"] = threat.model_dump() if threat is not None else None
+        metrics["stress_recipes" if recipe in stress else "recipes"][recipe] = summary
+        if recipe in gated:
+            checks += recipe_checks(recipe, summary, policy)
         if summary["budget_exhausted"]:
             notes.append(
                 f"{recipe}: {summary['budget_exhausted']} of {summary['succeeded'] + summary['failed']} attacks "
                 f"stopped at the query budget ({settings.query_budget}); accuracy under attack is an upper bound "
                 "(raise audits.robustness.query_budget for a stronger attack)"
             )
+    if stress:
+        notes.append(f"stress test, not judged: {', '.join(r for r in stress if r in ran)} on the first "
+                     f"{len(stress_examples)} sampled texts")
     metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
-    error = "; ".join(errors[recipe] for recipe in recipes if recipe in errors) or None
+    error = "; ".join(errors[recipe] for recipe in [*recipes, *stress] if recipe in errors) or None
     if error is None:
         store.remove()
-    notes.append(f"adversarial examples are test data and may contain personal data: kept in {evidence} only")
-    return AuditResult.from_checks(NAME, metrics, checks, evidence=[evidence], notes=notes, error=error)
+    notes.append(f"adversarial examples are test data and may contain personal data: kept in {', '.join(evidence)} only")
+    return AuditResult.from_checks(NAME, metrics, checks, evidence=evidence, notes=notes, error=error)
+
+
+def _independent_encoder_record(descriptions: dict, resources_root: Path) -> dict | None:
+    """Name, folder and SHA-256 of the independent sentence encoder, when a recipe used it."""
+    if not any(c.startswith("IndependentSentenceEncoder(") for d in descriptions.values() for c in d["constraints"]):
+        return None
+    from audits.independent_encoder import independent_encoder
+
+    encoder = independent_encoder(resources_root)  # already assembled by the recipe: reads its recorded digest
+    return {"name": encoder.name, "sha256": encoder.sha256, "path": str(encoder.path)}
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def sample_examples(test: pd.DataFrame, num_examples: int, seed: int) -> list[AttackExample]:
@@ -239,7 +306,57 @@ def recipe_metrics(records: list[dict]) -> dict:
         "avg_queries": mean(r["num_queries"] for r in records if r["result"] != SKIPPED) if attempted else None,
         "budget_exhausted": exhausted,
         "budget_exhausted_fraction": rate(exhausted, attempted) if attempted else estimate(0.0, 0.0, 0.0),
+        "relative_accuracy_under_attack": relative_to_clean(rate(counts[FAILED], total),
+                                                            (total - counts[SKIPPED]) / total if total else None),
+        "avg_seconds": mean(r["seconds"] for r in records if r["result"] != SKIPPED) if attempted else None,
+        "constraint_rejections": constraint_rejections(records),
+        "front_end_effect": front_end_effect(records),
     }
+
+
+def relative_to_clean(under_attack: dict | None, clean: float | None) -> dict | None:
+    """Accuracy under attack over the clean accuracy of the same sample, interval ends likewise.
+
+    The clean accuracy is a count on the very texts attacked, not an estimate of another
+    quantity, so only accuracy under attack carries sampling error here: judging the lower end
+    is judging "lower Wilson bound of accuracy under attack >= limit x clean accuracy".
+    """
+    if under_attack is None or not clean:
+        return None
+    return estimate(under_attack["value"] / clean, under_attack["ci_lower"] / clean, under_attack["ci_upper"] / clean)
+
+
+def constraint_rejections(records: list[dict]) -> dict | None:
+    """Summed per-constraint counts of a recipe that counts them (label-preserving recipes), else None."""
+    counted = [r["constraint_counts"] for r in records if r.get("constraint_counts")]
+    if not counted:
+        return None
+    total = {"candidates": 0, "rejected_by": {}, "positions_excluded_by": {}}
+    for counts in counted:
+        total["candidates"] += counts["candidates"]
+        for part in ("rejected_by", "positions_excluded_by"):
+            for name, number in counts[part].items():
+                total[part][name] = total[part].get(name, 0) + number
+    total["passed_to_model"] = total["candidates"] - sum(total["rejected_by"].values())
+    return total
+
+
+def front_end_effect(records: list[dict]) -> dict | None:
+    """What the served spelling front end made of the words an attack changed (attacked examples).
+
+    ``restored``: read back as the original word; ``other_word``: corrected to a different
+    word (an edit the front end turned into another real word: "olan" → "plan"); ``as_typed``:
+    left as the attack wrote it. None when the model has no front end or nothing was changed.
+    """
+    pairs = [(old, new, read) for r in records if r["result"] != SKIPPED and r.get("front_end_reads") is not None
+             for (old, new), read in zip(r["changed_words"], r["front_end_reads"])]
+    if not pairs:
+        return None
+    restored = sum(1 for old, _, read in pairs if read.lower() == old.lower())
+    as_typed = sum(1 for old, new, read in pairs if read == new and read.lower() != old.lower())
+    other = len(pairs) - restored - as_typed
+    return {"changed_words": len(pairs), "restored": restored, "other_word": other, "as_typed": as_typed,
+            "other_word_share": round(other / len(pairs), 4)}
 
 
 def rate(successes: int, trials: int) -> dict | None:
@@ -270,11 +387,57 @@ def recipe_checks(recipe: str, summary: dict, policy) -> list[Check]:
 
 def write_evidence(path: Path, records: list[dict], label_names: list[str]) -> None:
     """The adversarial pairs as CSV, one row per (recipe, example), with class names beside ids."""
-    frame = pd.DataFrame(records, columns=[c for c in EVIDENCE_COLUMNS if not c.endswith("_name")])
+    rows = [{**r, "changed_words": json.dumps(r.get("changed_words") or [], ensure_ascii=False)} for r in records]
+    frame = pd.DataFrame(rows, columns=[c for c in EVIDENCE_COLUMNS if not c.endswith("_name")])
     for column in ("label", "original_prediction", "perturbed_prediction"):
         frame.insert(frame.columns.get_loc(column) + 1, f"{column}_name",
                      [label_names[v] if 0 <= v < len(label_names) else str(v) for v in frame[column]])
     atomic_write_text(path, frame[EVIDENCE_COLUMNS].to_csv(index=False))
+
+
+def marked_words(text: str, words: list[str], indices: set[int]) -> str:
+    """`text` with the words at `indices` (TextAttack's word positions) wrapped in ⟦ ⟧."""
+    out, cursor = [], 0
+    for position, word in enumerate(words):
+        found = text.find(word, cursor)
+        if found < 0:  # TextAttack normalised the word: mark nothing further rather than mis-mark
+            break
+        out.append(text[cursor:found])
+        out.append(f"⟦{word}⟧" if position in indices else word)
+        cursor = found + len(word)
+    out.append(text[cursor:])
+    return "".join(out)
+
+
+def write_review_sheet(path: Path, records: list[dict], label_names: list[str]) -> None:
+    """Successful attacks of the judged recipes, changed words marked, for a human reviewer.
+
+    One row per adversarial example: the true class, the class the model gave after the
+    attack, each change ("job → occupation"), both texts with the changed words in ⟦ ⟧, and
+    empty ``keeps_meaning`` / ``keeps_label`` / ``reviewer_note`` columns to fill in. Test
+    text: it stays in the run directory, out of the HTML report.
+    """
+    from textattack.shared import AttackedText
+
+    def name(value: int) -> str:
+        return label_names[value] if 0 <= value < len(label_names) else str(value)
+
+    rows = []
+    for record in records:
+        if record["result"] != SUCCEEDED:
+            continue
+        original, perturbed = AttackedText(record["original_text"]), AttackedText(record["perturbed_text"])
+        changed = set(original.all_words_diff(perturbed))
+        pairs = record.get("changed_words") or []
+        rows.append({
+            "recipe": record["recipe"], "example": record["example"], "row": record["row"],
+            "label_name": name(record["label"]), "perturbed_prediction_name": name(record["perturbed_prediction"]),
+            "changes": "; ".join(f"{old} → {new}" for old, new in pairs),
+            "original_marked": marked_words(record["original_text"], original.words, changed),
+            "perturbed_marked": marked_words(record["perturbed_text"], perturbed.words, changed),
+            "keeps_meaning": "", "keeps_label": "", "reviewer_note": "",
+        })
+    atomic_write_text(path, pd.DataFrame(rows, columns=REVIEW_COLUMNS).to_csv(index=False))
 
 
 def _resources_root(configured: str | None) -> Path:

@@ -57,7 +57,7 @@ def run_config(data: str, defence: str, privacy: str, args, output_dir: Path):
     raw = {"seed": args.seed, "output_dir": str(output_dir), "device": "cpu",
            "model": {"max_length": args.max_length} if args.max_length else {}, "training": training,
            "privacy": {"mode": "dp", "target_epsilon": args.epsilon} if privacy == "dp" else {"mode": "none"},
-           "audits": {"robustness": {"recipes": args.recipes, "min_correct_examples": args.min_correct,
+           "audits": {"robustness": {"recipes": args.recipes, "stress_recipes": [], "min_correct_examples": args.min_correct,
                                      "query_budget": args.query_budget, "workers": args.workers}}}
     if data == "sst2":
         raw["data"] = {"source": str(args.sst2 / "glue_sst2_train.tsv"), "format": "tsv", "text_column": "sentence",

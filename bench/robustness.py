@@ -21,6 +21,14 @@ worker processes), which a busy shared machine distorts much less than wall-cloc
     python bench/robustness.py [--model-dir runs/<run>/model] [--recipes deepwordbug]
                                [--examples 10] [--query-budget 200] [--users-examples 3]
 
+With ``--label-preserving`` it instead prices the label-preserving recipes against their
+stock families on the same texts, both through the audit's engine in one process (logit
+cache cleared before each run, so neither reuses the other's queries): CPU seconds per
+attacked example (skipped texts excluded), model queries per attacked example, the ratio
+(target ≤ 2×) and the success counts of each.
+
+    python bench/robustness.py --label-preserving [--examples 20] [--query-budget 1000]
+
 Without --model-dir the newest ``runs/*/model`` is used, else the packaged MiniLM with a
 fresh seeded head (speed only: its predictions are random).
 """
@@ -150,6 +158,42 @@ def same(reference: dict, other: dict, indices) -> str:
             "(float ties between equally good edits broken differently)")
 
 
+LABEL_PRESERVING_PAIRS = [("deepwordbug", "deepwordbug-lp"), ("pwws", "pwws-lp"), ("embedding-swap", "embedding-swap-lp")]
+
+
+def attacked_cost(engine, spec, recipe: str, examples) -> dict:
+    """One recipe over `examples` in this process: CPU s and queries per attacked example, results."""
+    from audits._attack_runner import run_recipes
+
+    engine.attack_for(recipe)  # built outside the timing (the encoder loads once per audit)
+    engine.wrapper.clear_cache()
+    records = []
+    run_recipes(engine, spec, [(recipe, e) for e in examples], 1, on_record=records.append)
+    attacked = [r for r in records if r["result"] != "skipped"]
+    n = len(attacked) or 1
+    return {"attacked": len(attacked), "succeeded": sum(r["result"] == "succeeded" for r in attacked),
+            "cpu_per_example": sum(r["cpu_seconds"] for r in attacked) / n,
+            "wall_per_example": sum(r["seconds"] for r in attacked) / n,
+            "queries_per_example": sum(r["num_queries"] for r in attacked) / n}
+
+
+def label_preserving_main(args, engine, spec, examples) -> int:
+    print(f"\n{'family':<16} {'recipe':<18} {'attacked':>8} {'won':>4} {'CPU s/ex':>9} {'wall s/ex':>9} "
+          f"{'queries/ex':>10} {'× stock CPU':>11}")
+    worst = 0.0
+    for stock, constrained in LABEL_PRESERVING_PAIRS:
+        base = attacked_cost(engine, spec, stock, examples)
+        lp = attacked_cost(engine, spec, constrained, examples)
+        ratio = lp["cpu_per_example"] / base["cpu_per_example"] if base["cpu_per_example"] else float("nan")
+        worst = max(worst, ratio)
+        for name, row, shown in ((stock, base, "reference"), (constrained, lp, f"{ratio:.2f}×")):
+            print(f"{stock:<16} {name:<18} {row['attacked']:>8} {row['succeeded']:>4} {row['cpu_per_example']:9.2f} "
+                  f"{row['wall_per_example']:9.2f} {row['queries_per_example']:10.1f} {shown:>11}")
+    print(f"\nworst label-preserving / stock CPU ratio per attacked example: {worst:.2f}× (target ≤ 2×: "
+          f"{'met' if worst <= 2.0 else 'NOT met'})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir")
@@ -160,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users-examples", type=int, default=3, help="examples for the slow stock-as-shipped run")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--resources-dir")
+    parser.add_argument("--label-preserving", action="store_true",
+                        help="price the label-preserving recipes against their stock families on the same texts")
     args = parser.parse_args(argv)
 
     import torch
@@ -183,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     shipped_length = AutoTokenizer.from_pretrained(default_model_dir()).model_max_length
     indices = [e.index for e in examples]
     few = examples[:args.users_examples]
+    if args.label_preserving:
+        print(f"model: {model_label}; {len(examples)} examples of builtin:cfpb (visible part, ≤{args.max_length} "
+              f"tokens); query budget {args.query_budget}; torch threads {torch.get_num_threads()}")
+        return label_preserving_main(args, engine, spec, examples)
 
     print(f"model: {model_label}; {len(examples)} examples of builtin:cfpb (visible part, ≤{args.max_length} tokens); "
           f"query budget {args.query_budget}; torch threads {torch.get_num_threads()}")

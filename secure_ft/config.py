@@ -393,10 +393,20 @@ class RobustnessAuditConfig(_Section):
     """Adversarial robustness audit (TextAttack, offline); see `audits/robustness.py`."""
 
     recipes: list[str] = Field(
-        default_factory=lambda: ["deepwordbug", "pwws", "embedding-swap"],
-        description="attack recipes; stock TextAttack names also work where their resources are available",
+        default_factory=lambda: ["deepwordbug-lp", "pwws-lp", "embedding-swap-lp"],
+        description="attack recipes the policy judges (unless it names its own gated_recipes): by default the "
+        "label-preserving variants of the three families; stock TextAttack names also work where their "
+        "resources are available",
         min_length=1,
     )
+    stress_recipes: list[str] = Field(
+        default_factory=lambda: ["deepwordbug", "pwws", "embedding-swap"],
+        description="recipes run as a stress test that never gates (default: the stock, unconstrained recipes), "
+        "reported beside the judged ones; [] = none",
+    )
+    stress_min_correct_examples: int = Field(
+        40, ge=1, description="correctly classified texts each stress recipe attacks: the first of the judged "
+        "recipes' sample, so both attack the same texts")
     num_examples: int | None = Field(
         None, ge=1, description="seeded sample of the test split to attack; null = walk a seeded shuffle of the "
         "test split until min_correct_examples texts the model gets right are in (all of the split when fewer)")

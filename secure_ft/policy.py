@@ -118,10 +118,61 @@ class PerformancePolicy(_Section):
 
 
 PerRecipe = dict[str, Share]
+PerRecipeCount = dict[str, Annotated[int, Field(ge=0)]]
+
+
+class ValidityConstraints(_Section):
+    """What counts as a label-preserving perturbation (the ``-lp`` recipes, `audits._label_preserving`).
+
+    Defaults are the published human-aligned values: Morris et al. 2020 ("Reevaluating
+    Adversarial Examples in Natural Language") and TextAttack's A2T recipe (Yoo & Qi 2021).
+    """
+
+    max_modification_rate: float = Field(
+        0.10, gt=0, le=1, description="share of a text's words a perturbation may change (A2T: 10%)")
+    min_words_allowed: int = Field(
+        2, ge=1, description="words that may change however short the text (the rate's floor, as in A2T)")
+    part_of_speech: bool = Field(
+        True, description="a swapped word keeps its universal part of speech in context, no noun/verb swaps "
+        "(Morris et al. 2020)")
+    min_sentence_similarity: float = Field(
+        0.98, ge=-1, le=1, description="cosine similarity of the window around the swaps under the independent "
+        "sentence encoder, word swaps only (Morris et al. 2020's human-aligned value)")
+    sentence_window: int = Field(15, ge=1, description="words in that window (TextFooler / A2T)")
+    max_text_edit_distance: int = Field(
+        30, ge=1, description="character edits: Levenshtein distance of the whole text (DeepWordBug's epsilon)")
+    protect_redaction_placeholders: bool = Field(
+        True, description="no perturbation touches a redaction mask (XX, XXXX): the data provider writes them, "
+        "not the text's author")
+
+
+class RecipeThreatModel(_Section):
+    """A recipe's threat model in words: what the attacker may do and what stays true of the text."""
+
+    family: str = Field(min_length=1, description="perturbation family (character edits, synonym swaps, ...)")
+    attacker: str = Field(min_length=1, description="who perturbs what, with which knowledge and budget")
+    validity: str = Field(min_length=1, description="what every perturbation keeps (meaning, label, constraints)")
 
 
 class RobustnessPolicy(_Section):
-    """Thresholds per attack recipe name; the key "default" applies to every recipe not named."""
+    """Thresholds per attack recipe name; the key "default" applies to every recipe not named.
+
+    Only the gated recipes are judged: ``gated_recipes`` when set (the audit runs them whatever
+    the run config lists), else the run config's ``audits.robustness.recipes``. Every other
+    recipe the audit ran (the config's ``stress_recipes``) is reported beside them and never
+    judged.
+    """
+
+    gated_recipes: Annotated[list[str] | None, Setting()] = Field(
+        None, description="recipes this policy judges; null = the run config's audits.robustness.recipes")
+    threat_models: Annotated[dict[str, RecipeThreatModel], Setting()] = Field(
+        default_factory=dict, description="per recipe name: its threat model in words (printed in the report)")
+    validity: Annotated[ValidityConstraints, Setting()] = Field(default_factory=ValidityConstraints)
+    min_relative_accuracy_under_attack: Annotated[PerRecipe, _minimum("relative_accuracy_under_attack")] = Field(
+        default_factory=dict, description="accuracy under attack over the clean accuracy of the same sample "
+        "(with use_ci_bound: the lower Wilson bound of accuracy under attack, over clean accuracy)")
+    min_attacked_examples: Annotated[PerRecipeCount, _minimum("attacked")] = Field(
+        default_factory=dict, description="correctly classified texts the recipe must have attacked")
 
     min_accuracy_under_attack: Annotated[PerRecipe, _minimum("accuracy_under_attack")] = Field(
         default_factory=dict, description="share of sampled test texts still classified right after the attack"

@@ -124,6 +124,7 @@ def check_run_attestation(folder: Path, trusted_keys: list, *, require_pass: boo
     if statement_model_digest(statement) != verdict.model_sha256:
         raise BundleError(f"{path}: the signed verdict names another model than the signed subjects")
     _check_bound_files(folder, predicate, path)
+    _check_evidence_digests(folder, predicate)
     _check_recomputed_verdict(folder, predicate, verdict, path)
     lines, head = _check_anchored_ledger(folder, predicate, envelope, path)
     if require_pass and verdict.outcome == "needs_review":
@@ -152,6 +153,28 @@ def _check_bound_files(folder: Path, predicate: dict, source: Path) -> None:
                 "exists but the gate saw none" if entry.get("sha256") is None else "was changed")
             raise BundleError(f"{folder / relative}: {state} since the gate signed its verdict ({what}); "
                               "re-run the audits and the gate")
+
+
+def _check_evidence_digests(folder: Path, predicate: dict) -> None:
+    """Evidence files an audit result names with a digest (``metrics.evidence_sha256``) must still match it.
+
+    The audit result is bound by its own digest, so these digests are signed too. A bundle
+    exported without evidence lacks the files: an absent file is not checked; a present one
+    that differs fails.
+    """
+    for name, entry in (predicate.get("audit_results") or {}).items():
+        try:
+            raw = json.loads((folder / entry["file"]).read_text(encoding="utf-8"))
+        except (OSError, ValueError, TypeError, KeyError):
+            continue  # unreadable results fail in _check_recomputed_verdict, with the reason
+        digests = (raw.get("metrics") or {}).get("evidence_sha256") if isinstance(raw, dict) else None
+        for relative, expected in (digests or {}).items() if isinstance(digests, dict) else ():
+            if ".." in Path(relative).parts or Path(relative).is_absolute():
+                raise BundleError(f"{folder / entry['file']}: evidence path {relative!r} points outside the run directory")
+            now = file_digest(folder / relative)
+            if now is not None and now != expected:
+                raise BundleError(f"{folder / relative}: was changed since the gate signed its verdict (evidence of "
+                                  f"audit {name!r}); re-run the audits and the gate")
 
 
 def _check_recomputed_verdict(folder: Path, predicate: dict, verdict: Verdict, source: Path) -> None:

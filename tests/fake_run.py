@@ -8,6 +8,7 @@ leak it (robustness example metrics and an evidence file).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from secure_ft.policy import default_policy_path, load_policy
 from secure_ft.report import write_report
 
 CANARY = "zqxcanary 7781 patient jane roe ssn 078-05-1120"
+ROBUSTNESS_EVIDENCE = "audits/robustness/adversarial_examples.jsonl"
+ROBUSTNESS_EVIDENCE_BYTES = (json.dumps({"original": CANARY, "perturbed": CANARY}) + "\n").encode()
 WORDS = ["loan", "card", "bank", "mortgage", "fee", "late", "charge", "debt", "credit", "account",
          "payment", "interest", "refund", "fraud", "report", "score"]
 LABELS = ["credit_card", "mortgage", "debt_collection"]
@@ -81,7 +84,9 @@ def audit_results(passing: bool = True) -> list[AuditResult]:
                      "examples_attacked": 30, "avg_queries": 88.5},
          },
          # careless audits might put raw text here: the report must withhold it
-         "worst_examples": [{"original_text": CANARY, "perturbed_text": CANARY + " chrge"}]},
+         "worst_examples": [{"original_text": CANARY, "perturbed_text": CANARY + " chrge"}],
+         # bound through this result's own digest in the signed verdict
+         "evidence_sha256": {ROBUSTNESS_EVIDENCE: hashlib.sha256(ROBUSTNESS_EVIDENCE_BYTES).hexdigest()}},
         [Check.evaluate("deepwordbug.accuracy_under_attack", 0.35, ">=", 0.10),
          Check.evaluate("pwws.accuracy_under_attack", 0.42, ">=", 0.10)],
         evidence=["audits/robustness/adversarial_examples.jsonl"],
@@ -159,7 +164,7 @@ def make_run(root: Path, *, passing: bool = True, config: RunConfig | None = Non
     ledger.append("model_saved", model_sha256=digest)
     evidence = run_dir / "audits" / "robustness"
     evidence.mkdir(parents=True)
-    (evidence / "adversarial_examples.jsonl").write_text(json.dumps({"original": CANARY, "perturbed": CANARY}) + "\n")
+    (run_dir / ROBUSTNESS_EVIDENCE).write_bytes(ROBUSTNESS_EVIDENCE_BYTES)
     (run_dir / "audits" / "fairness").mkdir(parents=True)
     (run_dir / "audits" / "fairness" / "groups.csv").write_text("column,group,count\nolder_american,none,70\n")
     (run_dir / "audits" / "privacy").mkdir(parents=True)

@@ -95,6 +95,14 @@ def test_edited_audit_result(runs, tmp_path):
     assert _export(run, tmp_path) == 4
 
 
+def test_edited_adversarial_evidence(runs, tmp_path):
+    # evidence files (the review sheet, the adversarial pairs) are bound by digest inside the signed result
+    run = _copy(runs["passing"], tmp_path / "run")
+    path = run / "audits" / "robustness" / "adversarial_examples.jsonl"
+    path.write_text(path.read_text().replace("zqxcanary", "harmless", 1))
+    assert _export(run, tmp_path) == 4
+
+
 def test_edited_policy(runs, tmp_path):
     run = _copy(runs["passing"], tmp_path / "run")
     (run / "policy.yaml").write_text((run / "policy.yaml").read_text().replace("max_epsilon: 8.0", "max_epsilon: 80.0"))

@@ -30,7 +30,9 @@ def brittle_model(tmp_path_factory) -> Path:
 
 
 def audit_config(resources_dir: Path, **robustness) -> RunConfig:
+    # the stock recipes, judged: what these tests check (label-preserving ones: test_label_preserving.py)
     settings = {"num_examples": 16, "query_budget": 300, "workers": 1, "resources_dir": str(resources_dir),
+                "recipes": ["deepwordbug", "pwws", "embedding-swap"], "stress_recipes": [],
                 "embedding_swap": {"max_candidates": 5}, **robustness}
     return RunConfig.model_validate({"seed": 7, "model": {"max_length": 16}, "audits": {"robustness": settings}})
 
@@ -82,7 +84,8 @@ def test_audit_never_touched_the_network(brittle_audit):
 
 def test_metrics_match_a_recount_from_the_evidence_csv(brittle_audit):
     result, run_dir, _ = brittle_audit
-    assert result.evidence == ["audits/robustness/adversarial_examples.csv"]
+    # the adversarial pairs, and the judged recipes' successes for a human reviewer
+    assert result.evidence == ["audits/robustness/adversarial_examples.csv", "audits/robustness/review_sheet.csv"]
     evidence = pd.read_csv(run_dir / result.evidence[0])
     assert len(evidence) == 3 * result.metrics["num_examples"]
     for name, metrics in result.metrics["recipes"].items():
@@ -251,5 +254,7 @@ def test_default_recipes_run_offline_on_the_packaged_model(tmp_path, resources_d
                                                       config=config, policy=Policy()))
     assert attempts == []
     assert result.error is None, result.error
-    assert set(result.metrics["recipes"]) == {"deepwordbug", "pwws", "embedding-swap"}
-    assert len(pd.read_csv(tmp_path / result.evidence[0])) == 9
+    # judged: the label-preserving recipes (independent encoder, spaCy tagger: all offline); stock ones as stress
+    assert set(result.metrics["recipes"]) == {"deepwordbug-lp", "pwws-lp", "embedding-swap-lp"}
+    assert set(result.metrics["stress_recipes"]) == {"deepwordbug", "pwws", "embedding-swap"}
+    assert len(pd.read_csv(tmp_path / result.evidence[0])) == 18  # 3 texts, fewer correct than the stress sample wants

@@ -430,6 +430,51 @@ def _estimate_parts(value: Any) -> tuple[float | None, float | None, float | Non
     return (value, None, None) if _is_number(value) else (None, None, None)
 
 
+_ROBUSTNESS_COLUMNS = [
+    ("attacked", "attacked"), ("original_accuracy", "clean accuracy"),
+    ("accuracy_under_attack", "accuracy under attack (95% CI)"),
+    ("relative_accuracy_under_attack", "under attack / clean (95% CI)"),
+    ("attack_success_rate", "attack success rate (95% CI)"), ("avg_queries", "queries per example"),
+    ("avg_seconds", "seconds per example"), ("budget_exhausted", "budget exhausted"),
+]
+
+
+def _recipe_rows(rows: dict[str, dict[str, Any]]) -> str:
+    return _table(["recipe", *[title for _, title in _ROBUSTNESS_COLUMNS]],
+                  [[name, *[r.get(key) for key, _ in _ROBUSTNESS_COLUMNS]] for name, r in rows.items()])
+
+
+def _threat_model(name: str, row: dict[str, Any]) -> str:
+    """One recipe's threat model in words (from the policy), its constraints and what they rejected."""
+    threat = row.get("threat_model") if isinstance(row.get("threat_model"), dict) else None
+    parts = [f"<h4>{_e(name)}{'' if row.get('gated', True) else ' (stress test, not judged)'}</h4>"]
+    if threat:
+        parts.append(f"<p><b>Perturbation family:</b> {_e(threat.get('family'))}. <b>Attacker:</b> "
+                     f"{_e(threat.get('attacker'))} <b>What stays true:</b> {_e(threat.get('validity'))}</p>")
+    else:
+        parts.append("<p class='muted'>The policy states no threat model for this recipe.</p>")
+    constraints = row.get("constraints") or []
+    if constraints:
+        parts.append("<p class='muted'>Constraints as built: " + "; ".join(f"<code>{_e(c)}</code>" for c in constraints)
+                     + "</p>")
+    counts = row.get("constraint_rejections")
+    if isinstance(counts, dict):
+        rejected = counts.get("rejected_by") or {}
+        excluded = counts.get("positions_excluded_by") or {}
+        rows = [[c, excluded.get(c), None] for c in excluded] + [[c, None, rejected.get(c)] for c in rejected]
+        parts.append(f"<p>{_e(fmt(counts.get('candidates')))} candidate perturbations generated, "
+                     f"{_e(fmt(counts.get('passed_to_model')))} passed every constraint and reached the model.</p>")
+        parts.append(_table(["constraint", "word positions kept out of the search", "candidates rejected"], rows))
+    effect = row.get("front_end_effect")
+    if isinstance(effect, dict):
+        parts.append(f"<p>Spelling front end on the {_e(fmt(effect.get('changed_words')))} words this recipe changed: "
+                     f"{_e(fmt(effect.get('restored')))} read back as the original word, "
+                     f"{_e(fmt(effect.get('other_word')))} turned into another real word "
+                     f"({_e(fmt(effect.get('other_word_share')))} of them), {_e(fmt(effect.get('as_typed')))} left as typed. "
+                     "The front end is part of the attacked surface.</p>")
+    return "".join(parts)
+
+
 def _robustness(report: dict[str, Any]) -> str:
     result = (report.get("audits") or {}).get("robustness")
     header, ran = _audit_header(result, "robustness", report)
@@ -439,21 +484,36 @@ def _robustness(report: dict[str, Any]) -> str:
     recipes = metrics.get("recipes") or {}
     if isinstance(recipes, list):
         recipes = {str(r.get("recipe") or r.get("name") or i): r for i, r in enumerate(recipes) if isinstance(r, dict)}
+    stress = metrics.get("stress_recipes") if isinstance(metrics.get("stress_recipes"), dict) else {}
     parts = [header]
     rows = {name: r for name, r in recipes.items() if isinstance(r, dict)}
+    stress_rows = {name: r for name, r in stress.items() if isinstance(r, dict)}
     if rows:
-        fields = [f for f in dict.fromkeys(k for r in rows.values() for k, v in r.items() if not isinstance(v, (dict, list)) or _is_estimate(v))]
-        parts.append(_table(["recipe", *fields], [[name, *[r.get(f) for f in fields]] for name, r in rows.items()]))
+        parts.append("<h3>Judged recipes</h3>")
+        parts.append(_recipe_rows(rows))
         limits = {}
         for check in result.get("checks") or []:
             name = str(check.get("name", ""))
-            if "accuracy_under_attack" in name:
+            if name.endswith(".accuracy_under_attack"):
                 limits[name.split(".")[0]] = check.get("threshold")
         bars = [(name, _point(_first(r, "original_accuracy", "clean_accuracy", "accuracy")),
                  _point(_first(r, "accuracy_under_attack", "attacked_accuracy", "adversarial_accuracy")),
-                 limits.get(name)) for name, r in rows.items()]
+                 limits.get(name)) for name, r in {**rows, **stress_rows}.items()]
         parts.append(_image(plots.robustness_bars(bars), "clean accuracy and accuracy under attack per recipe"))
-    parts.append(_all_metrics({"metrics": {k: v for k, v in metrics.items() if k != "recipes"}, "evidence": result.get("evidence")}))
+    if stress_rows:
+        parts.append(f"<h3>Stress test (stock recipes, not judged)</h3><p>The unconstrained recipes on the first "
+                     f"{_e(fmt(metrics.get('stress_examples')))} sampled texts: a success may change what the text "
+                     "says, so these numbers show how brittle the model is, not whether a realistic attacker wins.</p>")
+        parts.append(_recipe_rows(stress_rows))
+    if rows or stress_rows:
+        parts.append("<h3>Threat model per recipe</h3>")
+        encoder = metrics.get("independent_encoder")
+        if isinstance(encoder, dict):
+            parts.append(f"<p>Meaning is judged by an independent sentence encoder, <code>{_e(encoder.get('name'))}</code> "
+                         f"(SHA-256 <code>{_e(encoder.get('sha256'))}</code>), not by the audited model's encoder.</p>")
+        parts.extend(_threat_model(name, r) for name, r in {**rows, **stress_rows}.items())
+    hidden = ("recipes", "stress_recipes")
+    parts.append(_all_metrics({"metrics": {k: v for k, v in metrics.items() if k not in hidden}, "evidence": result.get("evidence")}))
     return "".join(parts)
 
 

@@ -1,0 +1,124 @@
+"""Label-preserving attack recipes: the three families, constrained to what a human accepts.
+
+Stock TextAttack recipes count any flip as a success, whatever the perturbation did to the
+text: on the default model PWWS "won" with "I" → "iodin" and "job" → "speculate". An
+adversarial example is a perturbation that keeps the text's meaning and its true label
+(Morris et al. 2020, "Reevaluating Adversarial Examples in Natural Language", Findings of
+EMNLP); these recipes keep each stock family's transformation and search and add the
+validity constraints that paper and TextAttack's A2T recipe (Yoo & Qi 2021, "Towards
+Improving Adversarial Training of NLP Models") use, built from TextAttack's own classes:
+
+``deepwordbug-lp`` (character edits, DeepWordBug's four one-letter operations, greedy search)
+    no edit of a stopword or redaction mask; each word edited at most once, by one character
+    operation (``RepeatModification``); at most ``max_modification_rate`` of the words, never
+    fewer than ``min_words_allowed`` (``MaxModificationRate``); total Levenshtein distance at
+    most ``max_text_edit_distance`` (``LevenshteinEditDistance``, DeepWordBug's own ε = 30).
+    No sentence-similarity floor: misspellings move an encoder's embedding without changing
+    the meaning, so the floor would reject valid typos.
+``pwws-lp`` (WordNet synonym swaps, PWWS's weighted-saliency search) and
+``embedding-swap-lp`` (nearest neighbours in word-embedding space, greedy deletion ranking)
+    the same stopword / mask / budget constraints, then the swapped word keeps its universal
+    part of speech in context (``PartOfSpeech``, spaCy-tagged, no noun↔verb swaps), then the
+    window of ``sentence_window`` words around the change keeps a cosine similarity of at
+    least ``min_sentence_similarity`` under an *independent* sentence encoder
+    (all-mpnet-base-v2, not the audited model's base encoder; ``SBERT``). The embedding swap
+    also keeps its word-vector floor and rejects WordNet antonyms (its vectors are not
+    counter-fitted).
+
+Constraints run cheapest first (pre-transformation index filters, then word-level checks,
+then the encoder) and every candidate is filtered before the model is queried; the attack is
+a :class:`~audits._validity_constraints.CountingAttack`, so the audit reports how many
+candidates each constraint rejected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textattack.constraints.overlap import LevenshteinEditDistance
+from textattack.constraints.pre_transformation import MaxModificationRate, RepeatModification, StopwordModification
+from textattack.goal_functions import UntargetedClassification
+from textattack.search_methods import GreedyWordSwapWIR
+from textattack.transformations import (
+    CompositeTransformation,
+    WordSwapEmbedding,
+    WordSwapNeighboringCharacterSwap,
+    WordSwapRandomCharacterDeletion,
+    WordSwapRandomCharacterInsertion,
+    WordSwapRandomCharacterSubstitution,
+    WordSwapWordNet,
+)
+
+from audits._validity_constraints import (
+    CountingAttack,
+    IndependentSentenceEncoder,
+    RedactionPlaceholders,
+    SpacyPartOfSpeech,
+)
+
+DEEPWORDBUG_LP, PWWS_LP, EMBEDDING_SWAP_LP = "deepwordbug-lp", "pwws-lp", "embedding-swap-lp"
+LABEL_PRESERVING = (DEEPWORDBUG_LP, PWWS_LP, EMBEDDING_SWAP_LP)
+
+
+def _index_constraints(validity) -> list:
+    """Where an edit may go and how many: cheap, applied before any candidate is generated."""
+    constraints = [RepeatModification(), StopwordModification()]
+    if validity.protect_redaction_placeholders:
+        constraints.append(RedactionPlaceholders())
+    constraints.append(MaxModificationRate(max_rate=float(validity.max_modification_rate),
+                                           min_threshold=int(validity.min_words_allowed)))
+    return constraints
+
+
+def _meaning_constraints(validity, encoder) -> list:
+    """Word-level grammar first (cheap, cached per window), the sentence encoder last."""
+    constraints = []
+    if validity.part_of_speech:
+        constraints.append(SpacyPartOfSpeech(allow_verb_noun_swap=False))
+    constraints.append(IndependentSentenceEncoder(str(encoder.path), encoder.sha256,
+                                                  threshold=float(validity.min_sentence_similarity),
+                                                  window_size=int(validity.sentence_window)))
+    return constraints
+
+
+def build_deepwordbug_lp(model_wrapper, validity) -> CountingAttack:
+    transformation = CompositeTransformation([
+        WordSwapNeighboringCharacterSwap(), WordSwapRandomCharacterSubstitution(),
+        WordSwapRandomCharacterDeletion(), WordSwapRandomCharacterInsertion(),
+    ])
+    constraints = [*_index_constraints(validity), LevenshteinEditDistance(int(validity.max_text_edit_distance))]
+    return CountingAttack(UntargetedClassification(model_wrapper), constraints, transformation, GreedyWordSwapWIR())
+
+
+def build_pwws_lp(model_wrapper, validity, encoder) -> CountingAttack:
+    constraints = [*_index_constraints(validity), *_meaning_constraints(validity, encoder)]
+    return CountingAttack(UntargetedClassification(model_wrapper), constraints, WordSwapWordNet(),
+                          GreedyWordSwapWIR("weighted-saliency"))
+
+
+def build_embedding_swap_lp(model_wrapper, validity, encoder, swap_settings, cache_dir: Path) -> CountingAttack:
+    from textattack.constraints.semantics import WordEmbeddingDistance
+
+    from audits._embedding_swap import WordNetAntonymFilter, _embedding_source, local_word_embedding
+
+    source_model, source_tokenizer = _embedding_source(swap_settings.embedding, model_wrapper)
+    embedding = local_word_embedding(source_model, source_tokenizer, swap_settings.max_candidates, cache_dir)
+    constraints = [*_index_constraints(validity),
+                   WordEmbeddingDistance(embedding=embedding, min_cos_sim=swap_settings.min_word_similarity),
+                   WordNetAntonymFilter(), *_meaning_constraints(validity, encoder)]
+    transformation = WordSwapEmbedding(max_candidates=swap_settings.max_candidates, embedding=embedding)
+    return CountingAttack(UntargetedClassification(model_wrapper), constraints, transformation,
+                          GreedyWordSwapWIR(wir_method="delete"))
+
+
+def build_label_preserving(name: str, model_wrapper, validity, swap_settings, resources_root: Path,
+                           cache_dir: Path) -> CountingAttack:
+    """The label-preserving recipe `name` (one of :data:`LABEL_PRESERVING`) on `model_wrapper`."""
+    if name == DEEPWORDBUG_LP:
+        return build_deepwordbug_lp(model_wrapper, validity)
+    from audits.independent_encoder import independent_encoder
+
+    encoder = independent_encoder(resources_root)
+    if name == PWWS_LP:
+        return build_pwws_lp(model_wrapper, validity, encoder)
+    return build_embedding_swap_lp(model_wrapper, validity, encoder, swap_settings, cache_dir)

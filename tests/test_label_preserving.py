@@ -1,0 +1,205 @@
+"""Label-preserving recipes: each validity constraint rejects what breaks it; stock recipes stress, never gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from robustness_helpers import KEYWORD, keyword_splits, session_resources, train_brittle_model
+
+from audits.context import AuditContext
+from audits.registry import run_audit
+from secure_ft.config import RunConfig
+from secure_ft.policy import load_policy
+
+TEXT = "I paid the loan on XX/XX/2019 and the bank charged me a late fee again for it"
+
+
+@pytest.fixture(scope="module")
+def resources(tmp_path_factory):
+    from audits._textattack_offline import import_textattack
+
+    found = session_resources(tmp_path_factory)
+    import_textattack(found)
+    return found
+
+
+@pytest.fixture(scope="module")
+def encoder(resources):
+    from audits.independent_encoder import independent_encoder
+
+    return independent_encoder(resources.root)
+
+
+def words_swapped(text, index: int, word: str):
+    from textattack.transformations import WordSwapWordNet
+
+    changed = text.replace_word_at_index(index, word)
+    changed.attack_attrs["newly_modified_indices"] = {index}
+    changed.attack_attrs["last_transformation"] = WordSwapWordNet()  # a word swap, as the recipes make
+    return changed
+
+
+def test_redaction_masks_are_never_modifiable(resources):
+    from textattack.shared import AttackedText
+
+    from audits._validity_constraints import RedactionPlaceholders
+
+    text = AttackedText("sent on XX/XX/2019 to XXXX at 303XX please refund")
+    allowed = RedactionPlaceholders()._get_modifiable_indices(text)
+    assert {text.words[i] for i in allowed} == {"sent", "on", "2019", "to", "at", "please", "refund"}
+
+
+def test_word_budget_stops_the_third_change_of_a_short_text(resources):
+    from textattack.constraints.pre_transformation import MaxModificationRate
+    from textattack.shared import AttackedText
+
+    budget = MaxModificationRate(max_rate=0.1, min_threshold=2)  # as the policy's validity defaults build it
+    text = AttackedText("one two three four five six seven eight")
+    text.attack_attrs["modified_indices"] = {0}
+    assert budget._get_modifiable_indices(text)  # one changed: a second is allowed (the floor of 2)
+    text.attack_attrs["modified_indices"] = {0, 1}
+    assert budget._get_modifiable_indices(text) == set()
+
+
+def test_part_of_speech_rejects_a_swap_that_changes_it(resources):
+    from textattack.shared import AttackedText
+
+    from audits._validity_constraints import SpacyPartOfSpeech
+
+    text = AttackedText(TEXT)
+    pos = SpacyPartOfSpeech()
+    fee = text.words.index("fee")
+    assert pos._check_constraint(words_swapped(text, fee, "charge"), text)  # noun for noun
+    assert not pos._check_constraint(words_swapped(text, fee, "quickly"), text)  # noun for adverb
+    assert not pos._check_constraint(words_swapped(text, text.words.index("late"), "pay"), text)  # adjective for verb
+
+
+def test_independent_sentence_encoder_rejects_a_meaning_change(resources, encoder):
+    from textattack.shared import AttackedText
+
+    from audits._validity_constraints import IndependentSentenceEncoder
+
+    text = AttackedText(TEXT)
+    floor = IndependentSentenceEncoder(str(encoder.path), encoder.sha256, threshold=0.98, window_size=15)
+    late = text.words.index("late")
+    assert bool(floor._check_constraint(words_swapped(text, late, "late"), text))  # same words: similarity 1
+    assert not bool(floor._check_constraint(words_swapped(text, text.words.index("late"), "early"), text))
+    # the default model's own encoder is not the judge
+    assert "all-mpnet-base-v2" in floor.model_path and len(encoder.sha256) == 64
+
+
+def test_character_edits_keep_the_text_edit_distance(resources):
+    from textattack.constraints.overlap import LevenshteinEditDistance
+    from textattack.shared import AttackedText
+
+    text = AttackedText(TEXT)
+    limit = LevenshteinEditDistance(5)
+    assert limit._check_constraint(words_swapped(text, 3, "laon"), text)
+    assert not limit._check_constraint(AttackedText(TEXT.replace("e", "3")), text)
+
+
+def test_counting_attack_counts_what_each_constraint_rejected(resources):
+    from textattack.shared import AttackedText
+
+    from audits._validity_constraints import CountingAttack, SpacyPartOfSpeech
+
+    from textattack.constraints.pre_transformation import RepeatModification
+    from textattack.transformations import WordSwapWordNet
+
+    attack = CountingAttack.__new__(CountingAttack)  # only the filter: no model, no search
+    attack.constraints = [SpacyPartOfSpeech()]
+    attack.pre_transformation_constraints = [RepeatModification()]
+    attack.constraints_cache = {}
+    attack.transformation = WordSwapWordNet()
+    attack._reset_counts()
+    text = AttackedText(TEXT)
+    fee = text.words.index("fee")
+    kept = attack._filter_transformations_uncached(
+        [words_swapped(text, fee, "charge"), words_swapped(text, fee, "quickly")], text, text)
+    assert len(kept) == 1
+    counts = attack.take_counts()
+    assert counts["candidates"] == 2 and counts["rejected_by"] == {"SpacyPartOfSpeech": 1}
+    assert attack.take_counts()["candidates"] == 0  # taken counts reset
+
+
+# --- end to end on a brittle model ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def brittle_model(tmp_path_factory) -> Path:
+    return train_brittle_model(tmp_path_factory.mktemp("brittle-lp"))
+
+
+@pytest.fixture(scope="module")
+def regulated_audit(tmp_path_factory, brittle_model, resources):
+    """The shipped regulated policy with the default recipes (label-preserving judged, stock as stress)."""
+    policy, _ = load_policy()
+    config = RunConfig.model_validate({"seed": 7, "model": {"max_length": 16}, "audits": {"robustness": {
+        "num_examples": 12, "query_budget": 300, "workers": 1, "resources_dir": str(resources.root),
+        "recipes": ["deepwordbug-lp", "pwws-lp"], "stress_recipes": ["deepwordbug", "pwws"],
+        "stress_min_correct_examples": 4}}})
+    run_dir = tmp_path_factory.mktemp("run-lp")
+    context = AuditContext(run_dir=run_dir, model_dir=brittle_model, splits=keyword_splits(), config=config,
+                           policy=policy)
+    return run_audit("robustness", context), run_dir, policy
+
+
+@pytest.mark.slow
+def test_stock_recipes_run_beside_but_never_gate(regulated_audit):
+    result, _, policy = regulated_audit
+    assert result.error is None, result.error
+    assert set(result.metrics["recipes"]) >= {"deepwordbug-lp", "pwws-lp", "embedding-swap-lp"}  # the policy's
+    stress = result.metrics["stress_recipes"]
+    assert set(stress) == {"deepwordbug", "pwws"}
+    assert all(summary["gated"] is False for summary in stress.values())
+    assert stress["deepwordbug"]["attacked"] == 4  # the smaller stress sample
+    assert stress["deepwordbug"]["attack_success_rate"]["value"] >= 0.75  # the stock attack still breaks it
+    checked = {check.name.split(".")[0] for check in result.checks}
+    assert checked == set(policy.robustness.gated_recipes)
+    for recipe in policy.robustness.gated_recipes:  # the report prints each threat model in words
+        assert result.metrics["recipes"][recipe]["threat_model"]["attacker"]
+
+
+@pytest.mark.slow
+def test_relative_threshold_and_typos_still_break_the_brittle_model(regulated_audit):
+    result, _, _ = regulated_audit
+    summary = result.metrics["recipes"]["deepwordbug-lp"]
+    clean = summary["original_accuracy"]
+    relative = summary["relative_accuracy_under_attack"]
+    assert relative["ci_lower"] == pytest.approx(summary["accuracy_under_attack"]["ci_lower"] / clean)
+    check = next(c for c in result.checks if c.name == "deepwordbug-lp.relative_accuracy_under_attack")
+    assert check.threshold == 0.5 and not check.passed  # one misspelt keyword still flips it: a real finding
+    counts = summary["constraint_rejections"]
+    assert counts["candidates"] > 0 and "LevenshteinEditDistance" in counts["rejected_by"]
+    assert {"RepeatModification", "StopwordModification", "RedactionPlaceholders", "MaxModificationRate"} <= set(
+        counts["positions_excluded_by"])
+
+
+@pytest.mark.slow
+def test_review_sheet_marks_changes_and_is_bound_by_digest(regulated_audit):
+    import hashlib
+
+    result, run_dir, _ = regulated_audit
+    sheet_path = next(p for p in result.evidence if p.endswith("review_sheet.csv"))
+    sheet = pd.read_csv(run_dir / sheet_path)
+    assert len(sheet) and set(sheet["recipe"]) <= {"deepwordbug-lp", "pwws-lp", "embedding-swap-lp"}
+    assert sheet["perturbed_marked"].str.contains("⟦").all() and sheet["original_marked"].str.contains("⟦").all()
+    assert sheet["keeps_meaning"].isna().all()  # for the reviewer to fill in
+    digests = result.metrics["evidence_sha256"]
+    assert digests[sheet_path] == hashlib.sha256((run_dir / sheet_path).read_bytes()).hexdigest()
+    assert KEYWORD not in str(result.metrics["recipes"]["deepwordbug-lp"]["threat_model"])  # no text in metrics
+
+
+@pytest.mark.slow
+def test_report_prints_each_threat_model_and_the_stress_test_without_text(regulated_audit):
+    from secure_ft.report.html import _robustness
+
+    result, _, policy = regulated_audit
+    html = _robustness({"audits": {"robustness": result.to_dict()}})
+    for recipe in policy.robustness.gated_recipes:
+        assert policy.robustness.threat_models[recipe].family.split(" (")[0] in html
+    assert "Stress test (stock recipes, not judged)" in html and "all-mpnet-base-v2" in html
+    assert "candidates rejected" in html  # the per-constraint counts
+    assert KEYWORD not in html  # test text stays in the evidence files
