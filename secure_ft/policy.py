@@ -69,6 +69,10 @@ class Setting:
     """A policy field that says *how* to judge (which bound, how to treat small groups), not what."""
 
 
+class Wording:
+    """A policy field of words printed in the report (a recipe's threat model); it judges nothing."""
+
+
 def _minimum(metric: str, *, group: str = "main", check: str | None = None) -> Threshold:
     return Threshold(metric, ">=", "ci_lower", group, check)
 
@@ -165,7 +169,7 @@ class RobustnessPolicy(_Section):
 
     gated_recipes: Annotated[list[str] | None, Setting()] = Field(
         None, description="recipes this policy judges; null = the run config's audits.robustness.recipes")
-    threat_models: Annotated[dict[str, RecipeThreatModel], Setting()] = Field(
+    threat_models: Annotated[dict[str, RecipeThreatModel], Wording()] = Field(
         default_factory=dict, description="per recipe name: its threat model in words (printed in the report)")
     validity: Annotated[ValidityConstraints, Setting()] = Field(default_factory=ValidityConstraints)
     min_relative_accuracy_under_attack: Annotated[PerRecipe, _minimum("relative_accuracy_under_attack")] = Field(
@@ -309,7 +313,9 @@ def omitted_key_warnings(raw: dict, policy: Policy) -> list[str]:
         if section_name not in policy.required_audits or not section.sets_any_check() or field in given:
             continue
         default = getattr(section, field)
-        shown = "{} (no check)" if default == {} else yaml.safe_dump(default, default_flow_style=True).strip()
+        if isinstance(default, BaseModel):
+            default = default.model_dump(mode="json")
+        shown = "{} (no check)" if default == {} else yaml.safe_dump(default, default_flow_style=True, width=10_000).strip()
         shown = shown.removesuffix("...").strip()
         meaning = type(section).model_fields[field].description or ""
         warnings.append(f"policy {policy.name!r} does not set {section_name}.{field}: the default {shown} applies"

@@ -54,6 +54,12 @@ EXPLANATIONS: dict[str, Explanation] = {
                                     "more rows of that class, or merge it with a related one", TRANSFER),
     "accuracy_under_attack": Explanation("the share of sampled test texts still classified right after the attack "
                                          "changed characters or words", _ATTACK_STEP, ROBUST_TRAINING),
+    "relative_accuracy_under_attack": Explanation(
+        "accuracy under a label-preserving attack over the clean accuracy of the same sample: how much of what "
+        "the model gets right an attacker within the policy's threat model takes away", _ATTACK_STEP, ROBUST_TRAINING),
+    "attacked": Explanation("how many correctly classified texts the recipe attacked, the sample its rates rest on",
+                            "raise audits.robustness.num_examples (a larger test split gives more correct texts)",
+                            AUDITS),
     "attack_success_rate": Explanation("how often the attack flipped a text the model had right",
                                        _ATTACK_STEP, ROBUST_TRAINING),
     "budget_exhausted_fraction": Explanation(

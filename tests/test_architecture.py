@@ -104,7 +104,7 @@ def test_the_checks_can_fail():
 def test_every_policy_field_declares_what_it_does(section):
     # a field with no declaration would be ignored by the checks; one with two is ambiguous
     for name, field in section.model_fields.items():
-        kinds = [meta for meta in field.metadata if isinstance(meta, (Threshold, Requirement, Setting))]
+        kinds = [meta for meta in field.metadata if isinstance(meta, (Threshold, Requirement, Setting, policy_module.Wording))]
         assert len(kinds) == 1, f"{section.__name__}.{name} declares {kinds}"
 
 

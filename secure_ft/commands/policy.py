@@ -57,7 +57,8 @@ def policy_keys(path: Path) -> list[dict[str, Any]]:
 
 
 def _plain(value: Any) -> Any:
-    return json.loads(json.dumps(value))
+    """JSON-plain form of a policy value (nested models, such as a recipe's threat model, as dicts)."""
+    return json.loads(json.dumps(value, default=lambda item: item.model_dump(mode="json")))
 
 
 # words for the policy fields declared without a description
@@ -88,6 +89,7 @@ def _meaning(key: str) -> str:
 
 
 def _shown(value: Any) -> str:
+    value = _plain(value)
     if value is None:
         return "null (no check)"
     if value == {}:
