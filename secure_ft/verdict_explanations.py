@@ -58,7 +58,7 @@ EXPLANATIONS: dict[str, Explanation] = {
         "accuracy under a label-preserving attack over the clean accuracy of the same sample: how much of what "
         "the model gets right an attacker within the policy's threat model takes away", _ATTACK_STEP, ROBUST_TRAINING),
     "attacked": Explanation("how many correctly classified texts the recipe attacked, the sample its rates rest on",
-                            "raise audits.robustness.num_examples (a larger test split gives more correct texts)",
+                            "raise audits.robustness.min_correct_examples (a larger test split gives more correct texts)",
                             AUDITS),
     "attack_success_rate": Explanation("how often the attack flipped a text the model had right",
                                        _ATTACK_STEP, ROBUST_TRAINING),
