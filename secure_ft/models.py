@@ -331,16 +331,25 @@ def load_trained_model(model_dir: str | Path, device: str = "cpu") -> tuple[PreT
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     except Exception as error:
         raise ModelError(f"{model_dir}: cannot load the trained model: {error}") from None
+    check_loaded_model(model, loading, model_dir)
+    return model.to(device).eval(), tokenizer
+
+
+def check_loaded_model(model: PreTrainedModel, loading: dict, where: str | Path) -> None:
+    """Refuse a loaded classifier whose pooling cannot be applied or whose weights file lacks weights.
+
+    `loading` is ``from_pretrained(..., output_loading_info=True)``'s report; `where` names the
+    folder (or bundle) in the error. Mean pooling replaces the pooler, so its weights may be absent.
+    """
     pooling = getattr(model.config, "pooling", None)
     mean_pooled = pooling in MEAN_POOLINGS
     if mean_pooled and not use_mean_pooling(model, pooling):
-        raise ModelError(f"{model_dir}: config.json asks for mean pooling but this architecture has no pooler to "
+        raise ModelError(f"{where}: config.json asks for mean pooling but this architecture has no pooler to "
                          "replace; the folder was not written by secure-ft")
     missing = [key for key in loading["missing_keys"] if not (mean_pooled and ".pooler." in f".{key}")]
     if missing:
-        raise ModelError(f"{model_dir}: {WEIGHTS_FILE} lacks {len(missing)} weight(s) of the model ({', '.join(missing[:3])}"
+        raise ModelError(f"{where}: {WEIGHTS_FILE} lacks {len(missing)} weight(s) of the model ({', '.join(missing[:3])}"
                          f"{', ...' if len(missing) > 3 else ''}); the folder is incomplete — save or export the model again")
-    return model.to(device).eval(), tokenizer
 
 
 def load_front_end(model_dir: str | Path) -> "SpellingFrontEnd | None":

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from secure_ft.bundle_snapshot import BundleSnapshot
 from secure_ft.errors import ModelError
-from secure_ft.models import WEIGHTS_FILE, _quiet_transformers, load_front_end
-from secure_ft.pooling import MEAN_POOLINGS, use_mean_pooling
+from secure_ft.models import WEIGHTS_FILE, _quiet_transformers, check_loaded_model, load_front_end
 
 #: the model folder inside a bundle
 MODEL_FOLDER = "model"
@@ -60,15 +59,7 @@ def load_model_from_snapshot(snapshot: BundleSnapshot, device: str = "cpu", *, r
                                                          output_loading_info=True)
     except Exception as error:
         raise ModelError(f"{where}: cannot load the trained model: {error}") from None
-    pooling = getattr(model.config, "pooling", None)
-    mean_pooled = pooling in MEAN_POOLINGS
-    if mean_pooled and not use_mean_pooling(model, pooling):
-        raise ModelError(f"{where}: config.json asks for mean pooling but this architecture has no pooler to "
-                         "replace; the folder was not written by secure-ft")
-    missing = [key for key in loading["missing_keys"] if not (mean_pooled and ".pooler." in f".{key}")]
-    if missing:
-        raise ModelError(f"{where}: {WEIGHTS_FILE} lacks {len(missing)} weight(s) of the model ({', '.join(missing[:3])}"
-                         f"{', ...' if len(missing) > 3 else ''}); the folder is incomplete — save or export the model again")
+    check_loaded_model(model, loading, where)
     return model.to(device).eval(), tokenizer, front_end
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from secure_ft.deploy.processes import descendants
 from toy_data import VOCAB, toy_frame
 
 BIN = Path(sys.executable).parent
@@ -114,23 +115,6 @@ class Processes:
             _signal(pid, signal.SIGKILL)
         for _, process, _ in self.started:
             process.wait(timeout=10)
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid` in the parent tree (read from /proc)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
 
 
 def _alive(pid: int) -> bool:
