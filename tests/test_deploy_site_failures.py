@@ -103,7 +103,7 @@ def test_a_crashed_site_is_counted_in_full_a_borrowed_name_is_refused_and_site_e
     # the site accounting under test needs no fairness audit (whose group sizes this small hold-out cannot meet)
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
-    def run_config(name: str, sites: int, rounds: int) -> Path:
+    def run_config(name: str, sites: int, rounds: int, min_train_sites: int = 2) -> Path:
         path = tmp_path / name
         path.write_text(yaml.safe_dump({
             "mode": "federated",
@@ -114,7 +114,8 @@ def test_a_crashed_site_is_counted_in_full_a_borrowed_name_is_refused_and_site_e
             "privacy": {"mode": "dp", "target_epsilon": 8.0, "accountant": "rdp"},
             # every connected site is sampled: Flower counts the connected sites before it waits for
             # min_available_sites, so with fewer sites than needed it would sample fewer
-            "federated": {"num_sites": sites, "rounds": rounds, "min_train_sites": 2, "min_available_sites": sites,
+            "federated": {"num_sites": sites, "rounds": rounds, "min_train_sites": min_train_sites,
+                          "min_available_sites": sites,
                           "federated_evaluation": False, "round_timeout_s": 150},
         }))
         return path
@@ -146,7 +147,10 @@ def test_a_crashed_site_is_counted_in_full_a_borrowed_name_is_refused_and_site_e
 
         for site in ("hospital-a", "hospital-b"):
             supernode(site, site, site)
-        launch = processes.start("launch", CLI + ["deploy", "launch", "--config", str(run_config("run.yaml", 2, 3)),
+        # round 2 goes on with hospital-a alone (the guide's "outages": min_train_sites 1), and the
+        # restarted hospital-b is waited for (min_available_sites 2) and trains round 3
+        crash_run = run_config("run.yaml", 2, 3, min_train_sites=1)
+        launch = processes.start("launch", CLI + ["deploy", "launch", "--config", str(crash_run),
                                                   "--run-dir", str(run_dir), "--policy", str(policy),
                                                   *coordinator])
         wait_until_training(states / "hospital-b", 2, launch, 400)
