@@ -212,7 +212,7 @@ def verdict_explanation_lines(outcome: PipelineOutcome) -> list[str]:
     lines = []
     failed = failure_explanations(audits, list(audits))
     if failed:
-        lines.append("what the failed checks mean:")
+        lines.append("what the checks that did not pass (failed or inconclusive) mean:")
         lines += [f"  - {item['audit']} {item['check']}: {item['explanation']}" for item in failed]
     for warning in [*outcome.verdict.warnings, *interval_warnings(audits)]:
         lines.append(f"warning: {warning}")

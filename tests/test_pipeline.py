@@ -48,7 +48,7 @@ def test_blocked_run_exits_3_with_a_report_and_no_bundle(tmp_path, toy_config, c
     code, out, printed = run_cli(tmp_path, toy_config, write_policy(tmp_path, 0.99), capsys)
     assert code == 3, printed
     assert "verdict: BLOCKED" in printed and "gain_over_majority" in printed
-    assert "what the failed checks mean:" in printed and "test accuracy minus always guessing" in printed
+    assert "what the checks that did not pass (failed or inconclusive) mean:" in printed and "test accuracy minus always guessing" in printed
     (run_dir,) = list(out.iterdir())
     assert (run_dir / "audit_report.html").is_file()
     verdict = json.loads((run_dir / "verdict.json").read_text())

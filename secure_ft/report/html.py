@@ -156,7 +156,7 @@ def _verdict(report: dict[str, Any]) -> str:
     explanations = report.get("explanations") or {}
     failed = explanations.get("failed_checks") or []
     if failed:
-        parts.append("<h3>What the failed checks mean</h3><ul>" + "".join(
+        parts.append("<h3>What the checks that did not pass mean</h3><ul>" + "".join(
             f"<li><b>{_e(item.get('audit'))}: {_e(item.get('check'))}</b> — {_e(item.get('explanation'))}</li>"
             for item in failed) + "</ul>")
     warnings = [*(verdict.get("warnings") or []), *(explanations.get("interval_warnings") or []),
