@@ -172,21 +172,28 @@ def test_a_crashed_site_is_counted_in_full_a_borrowed_name_is_refused_and_site_e
     # hospital-b's true history: every round its two incarnations logged as trained (logged after the release)
     trained = {int(r): int(steps) for log in ("hospital-b", "hospital-b-restarted")
                for r, steps in TRAINED.findall(processes.log(log))}
-    assert sorted(trained) == [1, 3], trained  # killed mid-round 2, back for round 3
+    # killed mid-round 2; whether the restarted SuperNode is back in time for round 3 depends on when
+    # the SuperLink drops its old session (up to 60 s), so the rounds after the restart vary
+    assert 1 in trained and 2 not in trained, trained
     privacy = json.loads((run_dir / "privacy.json").read_text())
     entry = privacy["sites"]["hospital-b"]
-    true_history = tuple((entry["noise_multiplier"], entry["sample_rate"], steps) for steps in trained.values())
+    true_history = tuple((entry["noise_multiplier"], entry["sample_rate"], trained[r]) for r in sorted(trained))
     true_epsilon = epsilon_from_history("rdp", true_history, entry["delta"])
-    after_restart_only = epsilon_from_history("rdp", true_history[-1:], entry["delta"])
-    print(f"hospital-b: recorded ε {entry['epsilon']:.4f} on {entry['steps']} steps; true ε {true_epsilon:.4f}; "
-          f"rounds after the restart alone would give {after_restart_only:.4f}")
-    assert entry["rounds_released"] == [1, 3] and entry["steps"] == sum(trained.values())
+    print(f"hospital-b: trained rounds {sorted(trained)}; recorded ε {entry['epsilon']:.4f} on {entry['steps']} "
+          f"steps; true ε {true_epsilon:.4f}")
+    assert entry["rounds_released"] == sorted(trained) and entry["steps"] == sum(trained.values())
     assert {"round": 2, "reason": "interrupted"} in entry["rounds_not_released"]
-    assert entry["epsilon"] == pytest.approx(true_epsilon, rel=1e-9) and entry["epsilon"] > after_restart_only
-    assert entry["unaccounted_rounds"] == [] and 2 in entry["rounds_sent"]
+    assert entry["epsilon"] == pytest.approx(true_epsilon, rel=1e-9)  # never under-reported
+    if len(trained) > 1:  # trained again after the restart: both incarnations' releases compose
+        after_restart_only = epsilon_from_history("rdp", true_history[1:], entry["delta"])
+        assert entry["epsilon"] > after_restart_only
+    assert 2 in entry["rounds_sent"]
     checked = run(CLI + ["privacy", str(run_dir)], env, 120)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "site hospital-b: signed history" in checked.stdout
+    if entry["unaccounted_rounds"]:  # a round sent to the dead session: a gap, flagged, never a pass
+        assert checked.returncode != 0 and "hospital-b" in checked.stdout + checked.stderr
+    else:
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "site hospital-b: signed history" in checked.stdout
 
     # names and keys come from the registry
     federation = json.loads((run_dir / "federated.json").read_text())

@@ -104,7 +104,8 @@ def test_an_idle_kept_alive_connection_is_closed(server):
     sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
     assert b"200 OK" in sock.recv(4096)
     took, rest = _closed_after(sock)
-    assert rest == b"" and took <= TIMEOUT + 2.0
+    # the response body may arrive in a second segment; nothing else may follow before the close
+    assert rest in (b"", b'{"live":true}') and took <= TIMEOUT + 2.0
 
 
 def test_one_connection_past_the_limit_gets_503_with_retry_after(server):
