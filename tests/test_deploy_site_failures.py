@@ -182,9 +182,10 @@ def test_a_crashed_site_is_counted_in_full_a_borrowed_name_is_refused_and_site_e
     print(f"hospital-b: trained rounds {sorted(trained)}; recorded ε {entry['epsilon']:.4f} on {entry['steps']} "
           f"steps; true ε {true_epsilon:.4f}")
     assert entry["rounds_released"] == sorted(trained) and entry["steps"] == sum(trained.values())
-    assert {"round": 2, "reason": "interrupted"} in entry["rounds_not_released"]
     assert entry["epsilon"] == pytest.approx(true_epsilon, rel=1e-9)  # never under-reported
-    if len(trained) > 1:  # trained again after the restart: both incarnations' releases compose
+    if len(trained) > 1:  # trained again after the restart: its statement carries the interrupted round,
+        # and both incarnations' releases compose
+        assert {"round": 2, "reason": "interrupted"} in entry["rounds_not_released"]
         after_restart_only = epsilon_from_history("rdp", true_history[1:], entry["delta"])
         assert entry["epsilon"] > after_restart_only
     assert 2 in entry["rounds_sent"]
