@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from secure_ft.errors import BundleError
+from secure_ft.model_identity import open_regular_file
 
 
 @dataclass(frozen=True)
@@ -125,15 +126,7 @@ def read_bundle_snapshot(bundle_dir: str | os.PathLike[str]) -> BundleSnapshot:
 
 def _read_regular(root: Path, relative: str) -> bytes:
     """One file's bytes, opened without following links (it may have been swapped since the walk)."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        handle = os.open(root / relative, flags)
-    except OSError as error:
-        raise BundleError(f"{root}: {relative} cannot be opened ({error.strerror}); it is a link or was removed "
-                          "while the bundle was read") from None
-    with os.fdopen(handle, "rb", buffering=0) as stream:
-        if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
-            raise BundleError(f"{root}: {relative} is not a regular file; remove it")
+    with open_regular_file(root, relative, "the bundle was read") as stream:
         return stream.read()
 
 

@@ -123,17 +123,28 @@ def _check_name(root: Path, relative: str) -> None:
         raise BundleError(f"{root}: {relative} escapes the model folder")
 
 
-def _entry(root: Path, relative: str) -> dict:
-    """Stream-hash one file, opened without following links (it may have changed since the walk)."""
+def open_regular_file(root: Path, relative: str, activity: str):
+    """`root`/`relative` opened for reading without following links, refused unless a regular file.
+
+    Files may be swapped between a folder walk and the open; `activity` ("hashing", "the bundle
+    was read") names what was under way, for the error.
+    """
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         handle = os.open(root / relative, flags)
     except OSError as error:
         raise BundleError(f"{root}: {relative} cannot be opened ({error.strerror}); "
-                          "it is a link or was removed while hashing") from None
-    with os.fdopen(handle, "rb", buffering=0) as stream:
-        if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
-            raise BundleError(f"{root}: {relative} is not a regular file; remove it")
+                          f"it is a link or was removed while {activity}") from None
+    stream = os.fdopen(handle, "rb", buffering=0)
+    if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+        stream.close()
+        raise BundleError(f"{root}: {relative} is not a regular file; remove it")
+    return stream
+
+
+def _entry(root: Path, relative: str) -> dict:
+    """Stream-hash one file, opened without following links (it may have changed since the walk)."""
+    with open_regular_file(root, relative, "hashing") as stream:
         digest, size = hashlib.sha256(), 0
         while block := stream.read(_BLOCK):
             digest.update(block)
