@@ -104,16 +104,17 @@ from secure_ft.errors import AuditError, ConfigError, DataError
 
 NAME = "fairness"
 BOOTSTRAP_METHOD = (
-    "seeded resamples of the whole test split (rows drawn with replacement), shared by all columns. Demographic "
-    "parity, equal opportunity and equalized odds differences, worst-group accuracy and its gap: intervals derived "
-    "from simultaneous studentized bootstrap (max-t) intervals of every group-rate difference entering the measure "
-    "(each difference studentized by its Agresti-Caffo standard error in every resample; Romano & Wolf 2005, JASA 100; "
-    "Hall 1992), |d| bounded from each difference's interval, max-minus-min by the largest lower and upper bounds, "
-    "equalized odds over the TPR and FPR pairs together, macro mode averaging per-class bounds of one family spanning "
-    "all classes; cells supported in the point estimate stay fixed (min_positives). Not the percentile interval of the "
-    "resampled max-minus-min, which is biased upward near a zero gap (Andrews 2000, Econometrica 68; Fang & Santos "
-    "2019, Rev. Econ. Stud. 86). Group rates, demographic parity and equalized odds ratios: equal-tailed percentile "
-    "intervals (no shipped policy judges the ratios)")
+    "bootstrap over seeded resamples of the whole test split (rows drawn with replacement), shared by all "
+    "columns. Demographic parity, equal opportunity and equalized odds differences, worst-group accuracy and its "
+    "gap: intervals derived from simultaneous studentized bootstrap (max-t) intervals of every group-rate "
+    "difference entering the measure (each difference studentized by its Agresti-Caffo standard error in every "
+    "resample; Romano & Wolf 2005, JASA 100; Hall 1992), |d| bounded from each difference's interval, max-minus-"
+    "min by the largest lower and upper bounds, equalized odds over the TPR and FPR pairs together, macro mode "
+    "averaging per-class bounds of one family spanning all classes; cells supported in the point estimate stay "
+    "fixed (min_positives). Not the percentile interval of the resampled max-minus-min, which is biased upward "
+    "near a zero gap (Andrews 2000, Econometrica 68; Fang & Santos 2019, Rev. Econ. Stud. 86). Group rates, "
+    "demographic parity and equalized odds ratios: equal-tailed percentile intervals (no shipped policy judges "
+    "the ratios)")
 
 
 def resolve_positive_class(requested: str | None, label_names: list[str]) -> tuple[int | None, str]:
