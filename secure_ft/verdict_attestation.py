@@ -32,7 +32,7 @@ from secure_ft.attestation import (check_model_matches, model_statement, read_en
                                    statement_model_digest, verify_envelope, write_envelope)
 from secure_ft.errors import BundleError, ExportRefused, PolicyError
 from secure_ft.keys import public_key_fingerprint
-from secure_ft.policy import load_policy
+from secure_ft.policy import describe_policy, load_policy
 from secure_ft.run_directory import (AUDITS_DIR, CONFIG_FILE, MODEL_DIR, POLICY_FILE, PRIVACY_FILE,
                                      REPORT_HTML_FILE, REPORT_JSON_FILE, VERDICT_ATTESTATION_FILE, VERDICT_FILE)
 from secure_ft.run_ledger import Ledger, verify_ledger
@@ -92,9 +92,10 @@ class AttestedVerdict:
 
     verdict: Verdict
     statement: dict
-    signer_sha256: str
+    signer_sha256: str  # the fingerprint of the key whose signature verified
     ledger_lines: int
     ledger_head_sha256: str
+    attestation_sha256: str = ""  # `payload_digest` of the envelope: what approvals name
 
 
 def check_run_attestation(folder: Path, trusted_keys: list, *, require_pass: bool = True) -> AttestedVerdict:
@@ -127,15 +128,29 @@ def check_run_attestation(folder: Path, trusted_keys: list, *, require_pass: boo
     _check_evidence_digests(folder, predicate)
     _check_recomputed_verdict(folder, predicate, verdict, path)
     lines, head = _check_anchored_ledger(folder, predicate, envelope, path)
-    if require_pass and verdict.outcome == "needs_review":
+    if require_pass:
+        refuse_unless_passed(verdict)
+    signer = envelope["signatures"][0]["keyid"]  # verified above: the key that actually signed
+    return AttestedVerdict(verdict, statement, signer, lines, head, payload_digest(envelope))
+
+
+def refuse_unless_passed(verdict: Verdict, approvals_possible: bool = False) -> None:
+    """ExportRefused unless the verdict passed: what export does with no release policy (and with one, for a block).
+
+    `approvals_possible`: a release policy is applied, so a needs_review verdict is refused here only
+    because its approvals are missing (the release check says which).
+    """
+    shown = describe_policy(verdict.policy_name, verdict.policy_sha256)
+    if verdict.outcome == "needs_review" and not approvals_possible:
         items = "\n".join(f"  - {item}" for item in verdict.review)
-        raise ExportRefused(f"the gate's verdict under policy {verdict.policy_name!r} is needs_review: the evidence "
-                            "neither meets nor breaks these limits, and a human reviewer must decide them. Export "
-                            f"treats needs_review as blocked until signed human approvals exist:\n{items}")
-    if require_pass and not verdict.passed:
+        raise ExportRefused(f"the gate's verdict under policy {shown} is needs_review: the evidence "
+                            "neither meets nor breaks these limits, and a human reviewer must decide them. With no "
+                            "release policy applied, export treats needs_review as blocked until signed human "
+                            "approvals exist and a release policy accepts them (`secure-ft release-policy`, "
+                            f"`secure-ft approve`):\n{items}")
+    if verdict.outcome == "blocked":
         reasons = "\n".join(f"  - {reason}" for reason in verdict.reasons) or "  - (no reasons recorded)"
-        raise ExportRefused(f"the gate blocked export under policy {verdict.policy_name!r}:\n{reasons}")
-    return AttestedVerdict(verdict, statement, predicate.get("signer", {}).get("public_key_sha256", ""), lines, head)
+        raise ExportRefused(f"the gate blocked export under policy {shown}:\n{reasons}")
 
 
 def _check_bound_files(folder: Path, predicate: dict, source: Path) -> None:
