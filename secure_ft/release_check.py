@@ -109,9 +109,9 @@ def check_release(folder: str | Path, attested: AttestedVerdict, release: Signed
     accepted = {entry.sha256: entry.name for entry in policy.accepted_audit_policies}
     if verdict.policy_sha256 not in accepted:
         listed = ", ".join(f"{name!r} (sha256 {sha[:16]}…)" for sha, name in accepted.items())
-        problems.append(f"accepted_audit_policies: the verdict was reached under policy "
-                        f"{describe_policy(verdict.policy_name, verdict.policy_sha256)}, which the release policy "
-                        f"does not accept; accepted: {listed}. Re-run the audits under an accepted policy")
+        problems.append(f"accepted_audit_policies: the release policy does not accept the audit policy this verdict "
+                        f"was reached under: {describe_policy(verdict.policy_name, verdict.policy_sha256)}. "
+                        f"Accepted (by content): {listed}. Re-run the audits under an accepted policy")
 
     signer = attested.signer_sha256
     signed_at = datetime.fromisoformat(verdict.timestamp)

@@ -272,6 +272,13 @@ def read_signed_release_policy(path: str | os.PathLike[str], root_public_key) ->
         raise BundleError(f"{path}: is not a signed release policy (a DSSE envelope); an unsigned release policy is "
                           "never applied: sign it with `secure-ft release-policy sign POLICY.yaml --key ORG_ROOT.key`")
     envelope = read_envelope(path)
+    root = public_key_fingerprint(root_public_key)
+    signers = [entry.get("keyid") for entry in envelope.get("signatures") or [] if isinstance(entry, dict)]
+    if signers and any(signer != root for signer in signers):
+        other = next(signer for signer in signers if signer != root)
+        raise BundleError(f"{path}: the release policy is signed by key {str(other)[:16]}…, not by the organisation "
+                          f"root key {root[:16]}… configured here (--org-root-pub, ${ORG_ROOT_ENV} or "
+                          f"{default_release_paths()[1]}); a release policy signed by any other key is refused")
     statement = verify_envelope(envelope, [root_public_key], predicate_type=RELEASE_POLICY_PREDICATE_TYPE,
                                 source=f"{path} (release policy)")
     text = (statement.get("predicate") or {}).get("yaml")
@@ -280,8 +287,7 @@ def read_signed_release_policy(path: str | os.PathLike[str], root_public_key) ->
             or hashlib.sha256(text.encode("utf-8")).hexdigest() != subject["digest"]["sha256"]):
         raise BundleError(f"{path}: the signed release policy's text does not match its signed digest; sign it again")
     policy = parse_release_policy(text, f"{path} (signed release policy)")
-    return SignedReleasePolicy(policy, envelope_digest(envelope), path, public_key_fingerprint(root_public_key),
-                               envelope, text)
+    return SignedReleasePolicy(policy, envelope_digest(envelope), path, root, envelope, text)
 
 
 def envelope_digest(envelope: dict) -> str:
