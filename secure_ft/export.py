@@ -204,7 +204,7 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
             (temp / RELEASE_POLICY_FILE).write_text(json.dumps(release.envelope, indent=2, sort_keys=True) + "\n",
                                                     encoding="utf-8")
         facts = bundle_facts(temp / MODEL_DIR, report, SIGNATURE_FILE, SIGNER_KEY_FILE)
-        (temp / MODEL_CARD_FILE).write_text(render_model_card(report, facts), encoding="utf-8")
+        (temp / MODEL_CARD_FILE).write_text(render_model_card(report, facts, decision.summary()), encoding="utf-8")
         (temp / SIGNER_KEY_FILE).write_bytes(public_key_pem(key.public_key()))
         sign_folder(temp, key_path, temp / SIGNATURE_FILE, ignore_git_paths=False)
         sync_tree(temp)

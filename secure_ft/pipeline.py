@@ -26,7 +26,7 @@ from secure_ft.config import RunConfig
 from secure_ft.errors import SecureFTError
 from secure_ft.model_identity import model_digest
 from secure_ft.models import resolve_device
-from secure_ft.policy import default_policy_path, load_policy
+from secure_ft.policy import default_policy_path, describe_policy, load_policy
 from secure_ft.preflight import check_before_training
 from secure_ft.run_directory import RunDirectory, new_run_dir
 from secure_ft.keys import load_private_key, public_key_fingerprint, resolve_signing_key_path
@@ -226,7 +226,8 @@ def print_outcome(outcome: PipelineOutcome) -> None:
     for result in outcome.results:
         print(f"  audit {result.name:<12} {audit_state(result)}")
     shown = {"passed": "PASSED", "blocked": "BLOCKED", "needs_review": "NEEDS REVIEW"}[verdict.outcome]
-    print(f"verdict: {shown} (policy {verdict.policy_name}, model sha256 {verdict.model_sha256[:16]}…)")
+    print(f"verdict: {shown} (policy {describe_policy(verdict.policy_name, verdict.policy_sha256)}, "
+          f"model sha256 {verdict.model_sha256[:16]}…)")
     for reason in verdict.reasons:
         print(f"  - {reason}")
     if verdict.review:

@@ -32,6 +32,7 @@ from secure_ft.policy import default_policy_path, load_policy
 from secure_ft.release_policy import parse_release_policy, sign_release_policy
 from secure_ft.run_directory import RunDirectory
 from secure_ft.serving.bundle_loader import load_verified_bundle
+from secure_ft.serving.card import read_model_card
 from audits.gate import Verdict
 from serve_helpers import free_port, port_is_open
 from tiny_models import tiny_bert_folder
@@ -190,6 +191,12 @@ def test_needs_review_is_released_by_a_listed_approval(org, approved, capsys):
     served = load_verified_bundle(bundle, release_policy=org["policies"]["acme"],
                                   org_root_pub=org["keys"]["org-root"][1])
     assert served.release["applied"] and served.release["approvals"][0]["approver"] == "alice"
+    card = read_model_card(served, ["a", "b", "c"])
+    assert card["release_policy"]["name"] == "acme" and card["policy_sha256"] == served.policy_sha256
+    assert card["policy"].startswith("'regulated-default' (sha256 ") and "as shipped" in card["policy"]
+    readme = (bundle / "README.md").read_text()
+    assert "## Release and human oversight" in readme and "**alice**" in readme and "was **needs review**" in readme
+    assert "It was exported only because it passed" not in readme
     # the bundle's own copy of the release policy is never what a verifier applies: none configured here
     assert cli_main(["verify", str(bundle)]) == 3
     assert "no release policy applied" in capsys.readouterr().err
@@ -204,6 +211,9 @@ def test_without_a_release_policy_nothing_changes(org, tmp_path, capsys):
     assert "no release policy applied" in capsys.readouterr().out
     assert cli_main(["verify", str(tmp_path / "bundle")]) == 0
     assert "no release policy applied" in capsys.readouterr().out
+    readme = (tmp_path / "bundle" / "README.md").read_text()
+    assert "No organisation release policy was applied at export" in readme
+    assert "It was exported only because it passed policy **'regulated-default' (sha256 " in readme
 
 
 def test_release_policy_show_checks_the_root(org, capsys):

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from secure_ft.policy import describe_policy
 from secure_ft.report import plots
 from secure_ft.verdict_explanations import audit_status, check_outcome, format_estimate, format_number
 
@@ -167,7 +168,8 @@ def _verdict(report: dict[str, Any]) -> str:
     if audits:
         parts.append(_table(("audit", "passed"), sorted(audits.items())))
     parts.append(_pairs([
-        ("policy", verdict.get("policy_name")), ("policy SHA-256", verdict.get("policy_sha256")),
+        ("policy", describe_policy(str(verdict.get("policy_name")), str(verdict.get("policy_sha256") or ""))),
+        ("policy SHA-256", verdict.get("policy_sha256")),
         ("model SHA-256", verdict.get("model_sha256")), ("decided at (UTC)", verdict.get("timestamp")),
     ]))
     signer = report.get("verdict_signer")
