@@ -149,4 +149,4 @@ def register(subparsers) -> None:
     serve.add_argument("--ssl-certfile", metavar="PEM", help="serve HTTPS with this certificate (chain)")
     serve.add_argument("--ssl-keyfile", metavar="PEM", help="private key of --ssl-certfile")
     serve.add_argument("--log-texts", action="store_true", help="log request texts (off: texts are never logged)")
-    serve.set_defaults(handler=cmd_serve)
+    serve.set_defaults(handler=cmd_serve, interrupted_hint="serve: stopped")
