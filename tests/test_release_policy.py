@@ -111,6 +111,8 @@ def org(tmp_path_factory):
         "other_gate": _sign(root, "other-gate", {**document, "trusted_gate_keys": [
             {"fingerprint": public_key_fingerprint(load_public_key(keys["other-gate"][1])), "name": "other"}]},
                             keys["org-root"][0]),
+        "always": _sign(root, "always", {**document, "approvals": {**document["approvals"], "when": "always"}},
+                        keys["org-root"][0]),
         "attacker_root": _sign(root, "attacker", document, keys["attacker-root"][0]),
         "unsigned": root / "acme.yaml",
     }
@@ -380,3 +382,26 @@ def test_release_policy_schema_errors_name_the_field():
         parse_release_policy("name: x\ntrusted_gate_keys: [{fingerprint: " + "a" * 64 + "}]\n"
                              "accepted_audit_policies: [{name: p, sha256: " + "b" * 64 + "}]\n"
                              "approvals: {required: 0, approvers: []}\n", "x.yaml")
+
+
+def test_approvals_required_always_refuse_an_unapproved_passing_verdict(org, plain_bundles, tmp_path, capsys):
+    for message in _three_doors(org, org["runs"]["passing"], plain_bundles["passing"], tmp_path, capsys,
+                                policy="always"):
+        assert "rule approvals: 0 valid approval(s), 1 required" in message and "approval always" in message
+    run = Path(shutil.copytree(org["runs"]["passing"], tmp_path / "run"))
+    assert cli_main(["approve", str(run), "--key", str(org["keys"]["alice"][0]), "--comment", "checked"]) == 0
+    assert cli_main(["export", str(run), "--out", str(tmp_path / "released"), *_with(org, "always")]) == 0
+
+
+def test_a_retired_key_keeps_what_it_signed_before_its_revocation():
+    from datetime import datetime, timezone
+
+    from secure_ft.release_policy import RevokedKey
+
+    retired = RevokedKey(fingerprint="a" * 64, revoked_at="2026-06-01T00:00:00Z", reason="retired")
+    assert not retired.refuses(datetime(2026, 5, 31, tzinfo=timezone.utc))
+    assert retired.refuses(datetime(2026, 6, 1, tzinfo=timezone.utc))
+    compromised = RevokedKey(fingerprint="a" * 64, revoked_at="2026-06-01T00:00:00Z")
+    assert compromised.refuses(datetime(2020, 1, 1, tzinfo=timezone.utc))  # a stolen key can write any time
+    with pytest.raises(Exception, match="time zone"):
+        RevokedKey(fingerprint="a" * 64, revoked_at="2026-06-01T00:00:00")
