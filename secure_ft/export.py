@@ -16,6 +16,7 @@ signed human approvals exist, export treats it as blocked and lists what to revi
       policy.yaml            the policy the verdict was reached under
       privacy.json           the DP guarantee (DP runs)
       config.yaml            the run config
+      provenance.json        what the model was built from (data, base model, packages), when the gate wrote it
       ledger.jsonl           the run ledger up to the export
       audit_report.json/.html, README.md (model card), signer.pub (a copy, never trusted)
       audits/NAME/...        adversarial evidence, only with export.include_evidence
@@ -188,7 +189,8 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
         shutil.copytree(run_dir / MODEL_DIR, temp / MODEL_DIR, symlinks=False)
         predicate = attested.statement["predicate"]
         bound = [VERDICT_ATTESTATION_FILE, VERDICT_FILE, RUN_LEDGER_FILE, *REPORT_FILES]
-        bound += [entry["file"] for entry in (predicate.get("policy"), predicate.get("privacy"), predicate.get("config"))
+        bound += [entry["file"] for entry in (predicate.get("policy"), predicate.get("privacy"), predicate.get("config"),
+                                              predicate.get("provenance"))
                   if entry and entry.get("sha256")]
         bound += [entry["file"] for entry in (predicate.get("audit_results") or {}).values()]
         for relative in bound:

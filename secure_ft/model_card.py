@@ -316,6 +316,8 @@ def render_model_card(report: dict[str, Any], facts: BundleFacts | None = None,
     lines += _privacy_section(report) + [""]
     lines += _audit_sections(report) + [""]
     lines += _limitations(report) + [""]
+    if isinstance(report.get("provenance"), dict):
+        lines += _provenance_section(report["provenance"]) + [""]
     if release is not None:
         lines += _release_section(release, verdict) + [""]
     if facts is not None:
@@ -339,4 +341,22 @@ def _release_section(release: dict[str, Any], verdict: dict[str, Any]) -> list[s
     if verdict.get("outcome") == "needs_review":
         lines += ["", "Items the approvers acknowledged (inconclusive checks of the verdict):", ""]
         lines += [f"- {item}" for item in verdict.get("review") or []]
+    return lines
+
+
+def _provenance_section(provenance: dict[str, Any]) -> list[str]:
+    """What the model was built from (`secure_ft.provenance`; `provenance.json`, bound by the signed verdict)."""
+    def digest(entry: dict) -> str:
+        return ", ".join(f"{k} `{v}`" for k, v in (entry.get("digest") or {}).items()) or "no digest"
+
+    lines = ["## Provenance", "", "Bound by the gate's signed verdict (`provenance.json` in this bundle):", ""]
+    for entry in provenance.get("training_data") or []:
+        fingerprint = (entry.get("annotations") or {}).get("dataset_fingerprint")
+        lines.append(f"- Data `{entry.get('name')}`: {digest(entry)}; dataset fingerprint `{fingerprint}`")
+    base = provenance.get("base_model") or {}
+    lines.append(f"- Base model `{base.get('name')}`: {digest(base)}")
+    packages = provenance.get("packages") or {}
+    lines.append(f"- Python distributions: {(packages.get('annotations') or {}).get('count')} installed, {digest(packages)}")
+    tool = provenance.get("secure_ft") or {}
+    lines.append(f"- secure-ft {(tool.get('annotations') or {}).get('version')}: {digest(tool)}")
     return lines

@@ -21,6 +21,7 @@ for a path or a typed record instead of spelling a file name::
       policy.yaml          the policy the gate applied
       verdict.json         the gate's verdict, for people to read (never trusted)
       verdict.dsse.json    the signed verdict: an in-toto attestation over the model and evidence
+      provenance.json      what the model was built from: data, base model, packages (`secure_ft.provenance`)
       audit_report.json    the compliance report, and audit_report.html its rendering
       approvals/           signed human approvals of the verdict (`secure_ft.approvals`)
 
@@ -65,6 +66,7 @@ VERDICT_ATTESTATION_FILE = "verdict.dsse.json"
 REPORT_JSON_FILE = "audit_report.json"
 REPORT_HTML_FILE = "audit_report.html"
 APPROVALS_DIR = "approvals"
+PROVENANCE_FILE = "provenance.json"
 RELEASE_POLICY_FILE = "release-policy.dsse.json"
 
 

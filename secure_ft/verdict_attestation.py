@@ -9,6 +9,7 @@ whose predicate binds the verdict to
 * the SHA-256 of each audit result the verdict was reached from (``audits/NAME.json``),
 * the SHA-256 of ``privacy.json``, the run config, ``verdict.json`` and the report,
 * the run ledger's head (line count and hash) when the gate ran,
+* what the model was built from (``provenance.json``, `secure_ft.provenance`), inline and by digest,
 
 signed with the gate's key (`secure_ft.keys`) in a DSSE envelope, ``verdict.dsse.json``.
 `check_run_attestation` re-derives everything it can: the signature against trusted keys,
@@ -34,7 +35,8 @@ from secure_ft.errors import BundleError, ExportRefused, PolicyError
 from secure_ft.keys import public_key_fingerprint
 from secure_ft.policy import describe_policy, load_policy
 from secure_ft.run_directory import (AUDITS_DIR, CONFIG_FILE, MODEL_DIR, POLICY_FILE, PRIVACY_FILE,
-                                     REPORT_HTML_FILE, REPORT_JSON_FILE, VERDICT_ATTESTATION_FILE, VERDICT_FILE)
+                                     PROVENANCE_FILE, REPORT_HTML_FILE, REPORT_JSON_FILE, VERDICT_ATTESTATION_FILE,
+                                     VERDICT_FILE)
 from secure_ft.run_ledger import Ledger, verify_ledger
 
 PREDICATE_VERSION = 1
@@ -73,6 +75,10 @@ def attest_verdict(folder: Path, verdict: Verdict, audit_names: list[str], priva
         "ledger": {"lines": lines, "head_sha256": head},
         "signer": {"public_key_sha256": public_key_fingerprint(private_key.public_key()), "key_source": key_source},
     }
+    provenance = folder / PROVENANCE_FILE
+    if provenance.is_file():  # what the model was built from (`secure_ft.provenance`), inline and bound by digest
+        predicate["provenance"] = {"file": PROVENANCE_FILE, "sha256": file_digest(provenance),
+                                   "descriptors": json.loads(provenance.read_text(encoding="utf-8"))}
     statement = model_statement(folder / MODEL_DIR, predicate)
     envelope = sign_statement(statement, private_key)
     write_envelope(folder / VERDICT_ATTESTATION_FILE, envelope)
@@ -158,6 +164,8 @@ def _check_bound_files(folder: Path, predicate: dict, source: Path) -> None:
     bound += [(entry, f"audit result {name!r}") for name, entry in (predicate.get("audit_results") or {}).items()]
     bound += [(predicate.get("privacy") or {}, "privacy guarantee"), (predicate.get("config") or {}, "run config")]
     bound += [(entry, name) for name, entry in (predicate.get("documents") or {}).items()]
+    if predicate.get("provenance"):
+        bound.append((predicate["provenance"], "provenance"))
     for entry, what in bound:
         relative = entry.get("file")
         if not relative or ".." in Path(relative).parts or Path(relative).is_absolute():

@@ -210,6 +210,7 @@ def _identity(report: dict[str, Any]) -> str:
         state = (f"{ledger.get('lines')} events, hash chain verified" if ledger.get("verified")
                  else f"DOES NOT VERIFY: {ledger.get('problem')}")
         parts.append(_pairs([("run ledger (ledger.jsonl)", state)]))
+    parts.append(_provenance(report.get("provenance")))
     versions = run.get("library_versions") or {}
     if versions:
         parts.append("<h3>Library versions</h3>" + _table(("library", "version"), sorted(versions.items())))
@@ -217,6 +218,24 @@ def _identity(report: dict[str, Any]) -> str:
     if machine:
         parts.append("<h3>Machine</h3>" + _pairs(list(machine.items())))
     return "".join(parts)
+
+
+def _provenance(provenance: Any) -> str:
+    """What the model was built from, as the signed verdict binds it (``provenance.json``)."""
+    if not isinstance(provenance, dict):
+        return ""
+    rows = []
+    for kind, entries in (("training data", provenance.get("training_data") or []),
+                          ("base model", [provenance.get("base_model") or {}]),
+                          ("packages", [provenance.get("packages") or {}]), ("secure-ft", [provenance.get("secure_ft") or {}])):
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, dict) or not entry:
+                continue
+            notes = {k: v for k, v in (entry.get("annotations") or {}).items() if k != "distributions"}
+            digest = ", ".join(f"{k}: {v}" for k, v in (entry.get("digest") or {}).items()) or "-"
+            rows.append((kind, entry.get("name"), digest, "; ".join(f"{k}: {v}" for k, v in notes.items()) or "-"))
+    return ("<h3>Provenance (bound by the signed verdict)</h3>" + _table(("what", "name", "digest", "notes"), rows)
+            if rows else "")
 
 
 def _training(report: dict[str, Any]) -> str:
