@@ -93,8 +93,14 @@ class BundleVerification:
     release: ReleaseDecision | None = None  # what the release policy (or its absence) decided
 
 
-#: resolve the release policy from ``$SECURE_FT_RELEASE_POLICY`` / the config folder (or the paths given)
-RESOLVE = "resolve"
+class _Resolve:
+    """Sentinel: resolve the release policy from the paths given, else the environment, else the config folder."""
+
+    def __repr__(self) -> str:
+        return "RESOLVE"
+
+
+RESOLVE = _Resolve()
 
 
 def _resolved(release, release_policy, org_root_pub) -> SignedReleasePolicy | None:
@@ -122,7 +128,7 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
                   signing_key_given_by: str = "the export's signing_key argument",
                   release_policy: str | os.PathLike[str] | None = None,
                   org_root_pub: str | os.PathLike[str] | None = None,
-                  release: SignedReleasePolicy | None | str = RESOLVE) -> Path:
+                  release: SignedReleasePolicy | None | _Resolve = RESOLVE) -> Path:
     """Write a signed export bundle of a run whose signed verdict passed and still holds.
 
     Parameters
@@ -303,7 +309,7 @@ def _version(package: str) -> str | None:
 def verify_bundle(bundle_dir: str | os.PathLike[str], public_key: str | os.PathLike[str] | None = None, *,
                   allow_self_signed: bool = False, trusted_keys: list | None = None,
                   release_policy: str | os.PathLike[str] | None = None, org_root_pub: str | os.PathLike[str] | None = None,
-                  release: SignedReleasePolicy | None | str = RESOLVE) -> BundleVerification:
+                  release: SignedReleasePolicy | None | _Resolve = RESOLVE) -> BundleVerification:
     """Check a bundle: the OpenSSF signature over every file, then the signed verdict inside it.
 
     The bundle is read once (`secure_ft.bundle_snapshot`) and those bytes are checked; use
@@ -341,7 +347,7 @@ def verify_snapshot(snapshot: BundleSnapshot, public_key: str | os.PathLike[str]
                     allow_self_signed: bool = False, trusted_keys: list | None = None,
                     release_policy: str | os.PathLike[str] | None = None,
                     org_root_pub: str | os.PathLike[str] | None = None,
-                    release: SignedReleasePolicy | None | str = RESOLVE) -> BundleVerification:
+                    release: SignedReleasePolicy | None | _Resolve = RESOLVE) -> BundleVerification:
     """`verify_bundle` on bytes already read: what passes here is exactly what the caller holds.
 
     The checks run on a private copy of the snapshot (mode 0700, removed afterwards), never on
