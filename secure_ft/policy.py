@@ -373,5 +373,5 @@ def describe_policy(name: str, sha256: str) -> str:
         return f"{name!r} ({short})"
     if shipped == sha256:
         return f"{name!r} ({short}, as shipped)"
-    return (f"{name!r} ({short}): a MODIFIED COPY of the shipped {name!r} (shipped: sha256 {shipped[:16]}…); "
-            "its name is not its content")
+    return (f"{name!r} ({short}): a MODIFIED COPY of the shipped {name!r} (this secure-ft ships sha256 "
+            f"{shipped[:16]}…), or that policy as another secure-ft version shipped it; its name is not its content")
