@@ -1,0 +1,267 @@
+"""An MLflow model registry that only ever receives gated models, and checks what it hands back.
+
+:func:`register_bundle` reads a signed bundle once, verifies those bytes (the OpenSSF signature
+by a trusted key over every file, and the gate's signed verdict, which must have passed) and
+only then logs exactly those bytes as the artifact of an MLflow pyfunc model
+(`secure_ft.mlflow_pyfunc`) and registers it as a new version, tagged with what the signed
+verdict says: outcome, policy name and digest, ε and δ, signer key fingerprint, model digest
+and bundle digest (the SHA-256 of ``bundle.sig``, whose signature covers every other file).
+A blocked run never has a bundle, and an unverifiable bundle is refused (exit 4).
+
+:func:`verify_registered` downloads a version's artifacts and verifies the bundle inside like a
+folder, so a file replaced in the registry's artifact store fails, and checks that the
+version's bundle-digest tag names the bundle found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from secure_ft.bundle_snapshot import read_bundle_snapshot
+from secure_ft.errors import BundleError, ConfigError, ExportRefused
+from secure_ft.export import SIGNATURE_FILE, BundleVerification, verify_snapshot
+from secure_ft.mlflow_tracking import (RUN_ID_TAG, TRACKING_URI_ENV, TrackingError, mlflow_module, probe_server,
+                                       quick_failure, redact_uri, resolve_tracking_uri)
+from secure_ft.run_directory import PRIVACY_FILE, REPORT_JSON_FILE
+
+REGISTRY_SCHEME = "models:/"
+BUNDLE_DIGEST_TAG = "secure_ft.bundle_sha256"
+MLMODEL_FILE = "MLmodel"
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A registered model version."""
+
+    name: str
+    version: str
+    model_uri: str  # models:/NAME/VERSION
+    tags: dict[str, str]
+
+
+def is_registry_uri(text: str) -> bool:
+    return str(text).startswith(REGISTRY_SCHEME)
+
+
+def _bundle_digest(signature: bytes) -> str:
+    return hashlib.sha256(signature).hexdigest()
+
+
+def registry_tags(snapshot, verification: BundleVerification) -> dict[str, str]:
+    """Tags of a version, all read from the verified bytes (never from the folder again)."""
+    report = json.loads(snapshot.read(REPORT_JSON_FILE).decode("utf-8"))
+    verdict = report.get("verdict") or {}
+    privacy = json.loads(snapshot.files[PRIVACY_FILE].decode("utf-8")) if PRIVACY_FILE in snapshot.files else {}
+    tags = {
+        "secure_ft.verdict": verification.outcome,
+        "secure_ft.policy_name": verification.policy_name,
+        "secure_ft.policy_sha256": verdict.get("policy_sha256"),
+        "secure_ft.model_sha256": verification.model_sha256,
+        "secure_ft.epsilon": privacy.get("epsilon"),
+        "secure_ft.delta": privacy.get("delta"),
+        "secure_ft.dp": "true" if privacy else "false",
+        "secure_ft.signer_sha256": verification.public_key_sha256,
+        BUNDLE_DIGEST_TAG: _bundle_digest(snapshot.read(SIGNATURE_FILE)),
+    }
+    approvals = report.get("approvals")
+    if approvals:
+        tags["secure_ft.approvals"] = json.dumps(approvals, ensure_ascii=False)[:5000]
+    return {key: str(value) for key, value in tags.items() if value is not None}
+
+
+@contextlib.contextmanager
+def _tracking(uri: str):
+    """MLflow's fluent API pointed at `uri` for the block, then back (the process may use MLflow itself)."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with quick_failure(), _use_tracking_uri(uri):
+        yield
+
+
+def _requirements() -> list[str]:
+    # stated, not inferred: inference would import and run the model in a subprocess at logging time
+    pins = []
+    for package in ("secure-ft", "mlflow"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            pins.append(f"{package}=={metadata.version(package)}")
+    return pins
+
+
+def register_bundle(bundle_dir: str | os.PathLike[str], name: str, uri: str | None = None, *,
+                    public_key: str | os.PathLike[str] | None = None, trusted_keys: list | None = None,
+                    run_dir_name: str | None = None) -> Registration:
+    """Verify a signed bundle and register exactly the verified bytes as a new version of `name`.
+
+    Parameters
+    ----------
+    bundle_dir
+        A bundle written by ``secure-ft export`` (or ``secure-ft run``).
+    name
+        Registered model name (created when new).
+    uri
+        Tracking / registry URI; default ``$MLFLOW_TRACKING_URI``.
+    public_key, trusted_keys
+        Who may have signed the bundle (default: the trust list); a self-signed bundle is refused.
+    run_dir_name
+        The run directory's name: the version is logged into the MLflow run tracked for it, if any.
+
+    Raises
+    ------
+    BundleError
+        The bundle does not verify (exit 4).
+    ExportRefused
+        Its signed verdict did not pass (exit 3).
+    TrackingError
+        MLflow does not answer or refuses the registration.
+    """
+    uri = resolve_tracking_uri(uri)
+    if not uri:
+        raise ConfigError(f"registering {name!r} needs an MLflow registry: pass --tracking-uri, set "
+                          f"tracking.mlflow.uri in the run config or ${TRACKING_URI_ENV}")
+    mlflow = mlflow_module()
+    snapshot = read_bundle_snapshot(bundle_dir)
+    verification = verify_snapshot(snapshot, public_key, trusted_keys=trusted_keys)
+    if verification.outcome != "passed":
+        raise ExportRefused(f"{bundle_dir}: its signed verdict is {verification.outcome}; only a passed model "
+                            "is registered")
+    tags = registry_tags(snapshot, verification)
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import ModelSignature
+    from mlflow.tracking import MlflowClient
+    from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import Array
+
+    from secure_ft.mlflow_pyfunc import BUNDLE_ARTIFACT, BundleModel
+
+    labels = json.loads(snapshot.read("model/config.json").decode("utf-8")).get("id2label") or {}
+    signature = ModelSignature(inputs=Schema([ColSpec("string")]),
+                               outputs=Schema([ColSpec("string", "label"), ColSpec(Array("double"), "probabilities")]))
+    probe_server(uri)
+    with _tracking(uri), tempfile.TemporaryDirectory(prefix="secure-ft-register-") as scratch:
+        # the artifact is written from the verified bytes, into a folder named as the artifact key
+        with snapshot.private_copy() as copy:
+            staged = Path(scratch, BUNDLE_ARTIFACT)
+            _copy_tree(copy, staged)
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            try:
+                run_id = _tracked_run(client, run_dir_name)
+                with (mlflow.start_run(run_id=run_id) if run_id else contextlib.nullcontext()), \
+                        warnings.catch_warnings():
+                    # MLflow's hints (type hints, input example) do not apply: the signature is stated here
+                    warnings.filterwarnings("ignore", category=UserWarning)
+                    info = mlflow.pyfunc.log_model(
+                        name="model", python_model=BundleModel(), artifacts={BUNDLE_ARTIFACT: str(staged)},
+                        signature=signature, pip_requirements=_requirements(),
+                        metadata={"secure_ft": {"labels": [labels[key] for key in sorted(labels, key=int)],
+                                                "model_sha256": verification.model_sha256,
+                                                BUNDLE_DIGEST_TAG: tags[BUNDLE_DIGEST_TAG]}})
+                with contextlib.suppress(MlflowException):
+                    client.create_registered_model(name)
+                version = client.create_model_version(name, source=info.model_uri, run_id=run_id, tags=tags,
+                                                      description=_description(tags), model_id=info.model_id)
+            except MlflowException as error:
+                raise TrackingError(f"MLflow at {redact_uri(uri)} refused registering {name!r}: "
+                                    f"{error.message}") from None
+            except OSError as error:
+                raise TrackingError(f"registering {name!r} at {redact_uri(uri)} failed: {error}") from None
+    return Registration(name, str(version.version), f"{REGISTRY_SCHEME}{name}/{version.version}", tags)
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    import shutil
+
+    shutil.copytree(source, target, symlinks=False)
+
+
+def _tracked_run(client, run_dir_name: str | None) -> str | None:
+    """The MLflow run `secure_ft.mlflow_tracking` made for this run directory, if there is one."""
+    if not run_dir_name:
+        return None
+    found = client.search_runs(
+        [experiment.experiment_id for experiment in client.search_experiments()],
+        filter_string=f"tags.`{RUN_ID_TAG}` = '{run_dir_name}' and tags.`secure_ft.sync_complete` = 'true'",
+        max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def _description(tags: dict[str, str]) -> str:
+    privacy = (f"ε = {tags['secure_ft.epsilon']}, δ = {tags['secure_ft.delta']}" if "secure_ft.epsilon" in tags
+               else "no differential privacy")
+    return (f"secure-ft signed bundle; gate verdict {tags['secure_ft.verdict']} under policy "
+            f"{tags['secure_ft.policy_name']!r}; {privacy}. Check it with `secure-ft verify models:/NAME/VERSION`.")
+
+
+@dataclass(frozen=True)
+class RegisteredVerification:
+    model_uri: str
+    bundle: BundleVerification
+    tags: dict[str, str]
+
+
+def verify_registered(model_uri: str, uri: str | None = None, *, public_key: str | os.PathLike[str] | None = None,
+                      allow_self_signed: bool = False) -> RegisteredVerification:
+    """Download a registered version's artifacts and verify its bundle as ``secure-ft verify BUNDLE`` does.
+
+    Raises
+    ------
+    BundleError
+        A file of the bundle was replaced, added or removed in the registry, no trusted key
+        signed it, or the version's bundle-digest tag names another bundle (exit 4).
+    """
+    uri = resolve_tracking_uri(uri)
+    if not uri:
+        raise ConfigError(f"{model_uri}: needs an MLflow registry: pass --tracking-uri or set ${TRACKING_URI_ENV}")
+    mlflow_module()
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    name, _, version = model_uri[len(REGISTRY_SCHEME):].rpartition("/")
+    if not name or not version:
+        raise ConfigError(f"{model_uri}: a registry URI is models:/NAME/VERSION")
+    probe_server(uri)
+    with _tracking(uri), tempfile.TemporaryDirectory(prefix="secure-ft-registry-") as scratch:
+        try:
+            tags = dict(MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version(name, version).tags)
+            local = Path(download_artifacts(artifact_uri=model_uri, dst_path=scratch, tracking_uri=uri))
+        except MlflowException as error:
+            raise ConfigError(f"{model_uri}: not found at {redact_uri(uri)} ({error.message})") from None
+        bundle = _bundle_folder(local, model_uri)
+        snapshot = read_bundle_snapshot(bundle)
+        try:
+            result = verify_snapshot(snapshot, public_key, allow_self_signed=allow_self_signed)
+        except BundleError as error:
+            raise BundleError(str(error).replace(str(bundle), f"{model_uri} (bundle)")) from None
+        found = _bundle_digest(snapshot.read(SIGNATURE_FILE))
+        if tags.get(BUNDLE_DIGEST_TAG) != found:
+            raise BundleError(f"{model_uri}: its tag {BUNDLE_DIGEST_TAG} is {tags.get(BUNDLE_DIGEST_TAG)!r} but the "
+                              f"bundle in its artifacts has digest {found}; the version's files were replaced")
+        result.bundle_dir = Path(model_uri)
+    return RegisteredVerification(model_uri, result, tags)
+
+
+def _bundle_folder(local: Path, model_uri: str) -> Path:
+    """The bundle inside a downloaded pyfunc model, found through its MLmodel file."""
+    from secure_ft.mlflow_pyfunc import BUNDLE_ARTIFACT
+
+    try:
+        spec: Any = yaml.safe_load((local / MLMODEL_FILE).read_text(encoding="utf-8"))
+        relative = spec["flavors"]["python_function"]["artifacts"][BUNDLE_ARTIFACT]["path"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        raise BundleError(f"{model_uri}: not a secure-ft model (its MLmodel names no {BUNDLE_ARTIFACT!r} "
+                          "artifact); register bundles with `secure-ft export … --register NAME`") from None
+    bundle = (local / relative).resolve()
+    if local.resolve() not in bundle.parents:
+        raise BundleError(f"{model_uri}: its MLmodel points the bundle outside the model ({relative!r})")
+    return bundle
