@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -89,6 +90,17 @@ def _tracking(uri: str):
         yield
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _requirements() -> list[str]:
     # stated, not inferred: inference would import and run the model in a subprocess at logging time
     pins = []
@@ -157,9 +169,12 @@ def register_bundle(bundle_dir: str | os.PathLike[str], name: str, uri: str | No
             try:
                 run_id = _tracked_run(client, run_dir_name)
                 with (mlflow.start_run(run_id=run_id) if run_id else contextlib.nullcontext()), \
-                        warnings.catch_warnings():
+                        warnings.catch_warnings(), contextlib.ExitStack() as stack:
                     # MLflow's hints (type hints, input example) do not apply: the signature is stated here
                     warnings.filterwarnings("ignore", category=UserWarning)
+                    # its caution about pickled models: this one pickles a reference to BundleModel, and the
+                    # bundle it loads is verified before use (README, MLflow section, on what that covers)
+                    stack.enter_context(_quiet_logger("mlflow.pyfunc"))
                     info = mlflow.pyfunc.log_model(
                         name="model", python_model=BundleModel(), artifacts={BUNDLE_ARTIFACT: str(staged)},
                         signature=signature, pip_requirements=_requirements(),
@@ -176,6 +191,39 @@ def register_bundle(bundle_dir: str | os.PathLike[str], name: str, uri: str | No
             except OSError as error:
                 raise TrackingError(f"registering {name!r} at {redact_uri(uri)} failed: {error}") from None
     return Registration(name, str(version.version), f"{REGISTRY_SCHEME}{name}/{version.version}", tags)
+
+
+def record_registration(run_dir: str | os.PathLike[str], registration: Registration) -> None:
+    """The run ledger's line for a registration: which version holds which bundle."""
+    from secure_ft.run_ledger import Ledger
+
+    Ledger(run_dir).append("mlflow_registered", model_uri=registration.model_uri,
+                           bundle_sha256=registration.tags[BUNDLE_DIGEST_TAG],
+                           model_sha256=registration.tags["secure_ft.model_sha256"])
+
+
+def register_after_run(run_dir: Path, bundle: Path, name: str, uri: str | None, *,
+                       trusted_keys: list | None = None) -> Registration | None:
+    """``tracking.mlflow.register`` at the end of ``secure-ft run``: a failure is warned about and put in the
+    ledger, never raised (the bundle stands; ``secure-ft mlflow register BUNDLE NAME`` retries)."""
+    from secure_ft.errors import SecureFTError
+    from secure_ft.export import trusted_keys_for
+    from secure_ft.run_ledger import Ledger
+
+    try:
+        registration = register_bundle(bundle, name, uri, trusted_keys=[*(trusted_keys or []), *trusted_keys_for(None)],
+                                       run_dir_name=Path(run_dir).name)
+        record_registration(run_dir, registration)
+    except Exception as error:  # noqa: BLE001 (the registry is a view; the signed bundle is the result)
+        reason = str(error) if isinstance(error, SecureFTError) else f"{type(error).__name__}: {error}"
+        logging.getLogger(__name__).warning(
+            "MLflow registration of %s failed: %s. Register it later with `secure-ft mlflow register %s %s`",
+            bundle, reason, bundle, name)
+        with contextlib.suppress(SecureFTError):
+            Ledger(run_dir).append("mlflow_register_failed", registered_model=name, reason=reason)
+        return None
+    logging.getLogger(__name__).info("MLflow: registered %s", registration.model_uri)
+    return registration
 
 
 def _copy_tree(source: Path, target: Path) -> None:
@@ -238,6 +286,7 @@ def verify_registered(model_uri: str, uri: str | None = None, *, public_key: str
         except MlflowException as error:
             raise ConfigError(f"{model_uri}: not found at {redact_uri(uri)} ({error.message})") from None
         bundle = _bundle_folder(local, model_uri)
+        check_wrapper(local, model_uri)
         snapshot = read_bundle_snapshot(bundle)
         try:
             result = verify_snapshot(snapshot, public_key, allow_self_signed=allow_self_signed)
@@ -265,3 +314,56 @@ def _bundle_folder(local: Path, model_uri: str) -> Path:
     if local.resolve() not in bundle.parents:
         raise BundleError(f"{model_uri}: its MLmodel points the bundle outside the model ({relative!r})")
     return bundle
+
+
+#: what a secure-ft model holds beside its bundle: MLflow's description of it and the pickled wrapper
+WRAPPER_FILES = {MLMODEL_FILE, "python_model.pkl", "conda.yaml", "python_env.yaml", "requirements.txt"}
+#: the only classes the pickled wrapper may name: a reference to BundleModel (and MLflow's empty type hints)
+WRAPPER_GLOBALS = {("secure_ft.mlflow_pyfunc", "BundleModel"), ("mlflow.models.signature", "_TypeHints")}
+# opcodes that call arbitrary callables; the wrapper only ever needs NEWOBJ of the classes above
+CALLING_OPCODES = {"REDUCE", "INST", "OBJ", "NEWOBJ_EX", "EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID"}
+
+
+def check_wrapper(local: Path, model_uri: str) -> None:
+    """The MLflow wrapper around the bundle (not covered by its signature) holds nothing but BundleModel.
+
+    ``MLmodel`` must load through ``mlflow.pyfunc.model`` from ``python_model.pkl`` with no code
+    folder, nothing else may sit beside the bundle, and the pickle is read as opcodes (never
+    unpickled) to check that it names only `WRAPPER_GLOBALS` and calls nothing.
+    """
+    import pickletools
+
+    from secure_ft.mlflow_pyfunc import BUNDLE_ARTIFACT
+
+    spec = yaml.safe_load((local / MLMODEL_FILE).read_text(encoding="utf-8"))
+    flavor = (spec.get("flavors") or {}).get("python_function") or {}
+    extra = sorted({path.name for path in local.iterdir()} - WRAPPER_FILES - {"artifacts"})
+    artifacts = sorted(path.name for path in (local / "artifacts").iterdir()) if (local / "artifacts").is_dir() else []
+    problems = []
+    if flavor.get("loader_module") != "mlflow.pyfunc.model" or flavor.get("python_model") != "python_model.pkl":
+        problems.append("its MLmodel loads other code than secure-ft's BundleModel")
+    if flavor.get("code") or set(spec.get("flavors") or {}) != {"python_function"}:
+        problems.append("its MLmodel adds a code folder or another flavour")
+    if extra or artifacts != [BUNDLE_ARTIFACT]:
+        problems.append(f"files beside the bundle: {', '.join(extra + [a for a in artifacts if a != BUNDLE_ARTIFACT])}")
+    try:
+        strings: list[Any] = []
+        memo: dict[int, Any] = {}
+        for opcode, argument, _ in pickletools.genops((local / "python_model.pkl").read_bytes()):
+            if opcode.name in CALLING_OPCODES:
+                problems.append(f"python_model.pkl calls code ({opcode.name})")
+            elif opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                strings.append(argument)
+            elif opcode.name == "MEMOIZE":
+                memo[len(memo)] = strings[-1] if strings else None
+            elif opcode.name in ("BINGET", "LONG_BINGET", "GET"):
+                strings.append(memo.get(int(argument)))
+            elif opcode.name == "STACK_GLOBAL" and tuple(strings[-2:]) not in WRAPPER_GLOBALS:
+                problems.append(f"python_model.pkl names {'.'.join(map(str, strings[-2:]))}")
+            elif opcode.name == "GLOBAL" and tuple(str(argument).split(" ", 1)) not in WRAPPER_GLOBALS:
+                problems.append(f"python_model.pkl names {argument}")
+    except (OSError, ValueError) as error:
+        problems.append(f"python_model.pkl is unreadable ({error})")
+    if problems:
+        raise BundleError(f"{model_uri}: the MLflow wrapper around the signed bundle was changed: "
+                          f"{'; '.join(dict.fromkeys(problems))}; do not load it, register the bundle again")

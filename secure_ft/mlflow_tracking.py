@@ -351,7 +351,10 @@ def sync_run(run_dir: str | os.PathLike[str], uri: str | None = None, experiment
         run_id = run.info.run_id
         try:
             config = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8")) or {}
-            params = [Param(key, value) for key, value in flatten_params(config).items()]
+            flat = flatten_params(config)
+            if flat.get("tracking.mlflow.uri") not in (None, "null"):  # a password in the URI stays out of MLflow
+                flat["tracking.mlflow.uri"] = redact_uri(flat["tracking.mlflow.uri"])
+            params = [Param(key, value) for key, value in flat.items()]
             for start in range(0, len(params), PARAMS_PER_BATCH):
                 client.log_batch(run_id, params=params[start:start + PARAMS_PER_BATCH])
             stamp = int((run_dir / CONFIG_FILE).stat().st_mtime * 1000)

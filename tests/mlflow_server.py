@@ -49,7 +49,9 @@ class MlflowServer:
                    "--artifacts-destination", str(self.artifacts), "--serve-artifacts",
                    "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
-                                        start_new_session=True, env={**os.environ, "MLFLOW_TRACKING_URI": ""})
+                                        start_new_session=True, env={**os.environ, "MLFLOW_TRACKING_URI": "",
+                                             # no job runner (GenAI evaluation jobs): 7 fewer processes, faster start
+                                             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
         log.close()
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
