@@ -317,7 +317,9 @@ def _bundle_folder(local: Path, model_uri: str) -> Path:
 
 
 #: what a secure-ft model holds beside its bundle: MLflow's description of it and the pickled wrapper
-WRAPPER_FILES = {MLMODEL_FILE, "python_model.pkl", "conda.yaml", "python_env.yaml", "requirements.txt"}
+# (registered_model_meta: written by MLflow when it downloads a registered version)
+WRAPPER_FILES = {MLMODEL_FILE, "python_model.pkl", "conda.yaml", "python_env.yaml", "requirements.txt",
+                 "registered_model_meta"}
 #: the only classes the pickled wrapper may name: a reference to BundleModel (and MLflow's empty type hints)
 WRAPPER_GLOBALS = {("secure_ft.mlflow_pyfunc", "BundleModel"), ("mlflow.models.signature", "_TypeHints")}
 # opcodes that call arbitrary callables; the wrapper only ever needs NEWOBJ of the classes above
