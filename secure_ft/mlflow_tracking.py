@@ -286,11 +286,18 @@ def run_tags(run_dir: Path) -> dict[str, str]:
 def collect_metrics(run_dir: Path) -> list[tuple[str, float, int]]:
     """All metrics of a finished run directory (see the module docstring for the keys)."""
     rows = training_metrics(_read_json(run_dir / METRICS_FILE))
-    rows += privacy_metrics(_read_json(run_dir / PRIVACY_FILE))
-    sites = run_dir / SITES_DIR
-    if sites.is_dir():
-        for site in sorted(path for path in sites.iterdir() if path.is_dir()):
-            rows += privacy_metrics(_read_json(site / PRIVACY_FILE), metric_key("privacy", "site", site.name))
+    privacy = _read_json(run_dir / PRIVACY_FILE) or {}
+    rows += privacy_metrics(privacy)
+    # federated: each site's sample-level guarantee and the central client-level one, as privacy.json states them
+    sites = {name: record for name, record in (privacy.get("sites") or {}).items() if isinstance(record, dict)}
+    folder = run_dir / SITES_DIR
+    if folder.is_dir():
+        for site in sorted(path for path in folder.iterdir() if path.is_dir() and path.name not in sites):
+            sites[site.name] = _read_json(site / PRIVACY_FILE) or {}
+    for name, record in sorted(sites.items()):
+        rows += privacy_metrics(record, metric_key("privacy", "site", name))
+    if isinstance(privacy.get("central"), dict):
+        rows += privacy_metrics(privacy["central"], "privacy.central")
     audits = run_dir / AUDITS_DIR
     if audits.is_dir():
         for path in sorted(audits.glob("*.json")):

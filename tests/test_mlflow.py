@@ -211,3 +211,25 @@ def test_tracking_off_by_default_never_imports_mlflow(tmp_path, monkeypatch):
     show_in_mlflow(PipelineOutcome(fake.run_dir, fake.verdict, fake.results, None, None, None))
     (failed,) = [entry for entry in events(fake.run_dir) if entry["event"].startswith("mlflow_")]
     assert failed["event"] == "mlflow_sync_failed" and "secure-ft[mlflow]" in failed["data"]["reason"]
+
+
+def test_federated_run_metrics_per_round_and_site(tmp_path):
+    from secure_ft.mlflow_tracking import collect_metrics
+
+    site = lambda name, epsilon, loss: {"site": name, "phase": "train", "status": "accepted",  # noqa: E731
+                                        "metrics": {"epsilon": epsilon, "train-loss": loss, "delta": 1e-5}}
+    (tmp_path / "metrics.json").write_text(json.dumps({
+        "epochs": [{"epoch": 1, "val_accuracy": 0.5}, {"epoch": 2, "val_accuracy": 0.6}],
+        "rounds": [{"round": 1, "sites": [site("a", 1.0, 0.9), site("b", 1.2, 0.8)]},
+                   {"round": 2, "sites": [site("a", 1.5, 0.7), {**site("b", 9.9, 0.1), "phase": "evaluate"}]}]}))
+    (tmp_path / "privacy.json").write_text(json.dumps({
+        "epsilon": 1.7, "delta": 1e-5, "sites": {"a": {"epsilon": 1.5, "delta": 1e-5}, "b": {"epsilon": 1.7,
+                                                                                            "delta": 1e-5}},
+        "central": {"epsilon": 0.9, "delta": 1e-5}}))
+    rows = collect_metrics(tmp_path)
+    assert ("round.site.a.epsilon", 1.0, 1) in rows and ("round.site.a.epsilon", 1.5, 2) in rows
+    assert ("round.site.b.train_loss", 0.8, 1) in rows
+    assert not [row for row in rows if row[0].startswith("round.site.b") and row[2] == 2]  # evaluation replies
+    assert ("privacy.site.b.epsilon", 1.7, 0) in rows and ("privacy.central.epsilon", 0.9, 0) in rows
+    assert [row for row in rows if row[0] == "train.val_accuracy"] == [("train.val_accuracy", 0.5, 1),
+                                                                       ("train.val_accuracy", 0.6, 2)]
