@@ -10,8 +10,8 @@ What is uploaded:
 
 - params: every config key, dotted (``training.epochs``), from the run's ``config.yaml``;
 - metrics: ``train.*`` per epoch (or round) from ``metrics.json`` with the ε each epoch reached;
-  ``privacy.epsilon`` at every optimizer step from the accountant's history in ``privacy.json``
-  (the ε curve); federated runs also ``round.site.NAME.*`` per round (each site's ε and loss)
+  ``privacy.epsilon`` against the optimizer step at every point of the accountant's history in
+  ``privacy.json`` (the ε curve); federated runs also ``round.site.NAME.*`` per round (each site's ε and loss)
   and ``privacy.site.NAME.epsilon`` from each site's own privacy record; every audit metric
   as ``audit.NAME.PATH`` with its interval bounds as ``….ci_lower`` / ``….ci_upper``, and every
   check's measured value as ``check.NAME.CHECK``;
@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import re
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -138,6 +139,8 @@ def probe_server(uri: str) -> None:
         return  # something answers (a proxy may not serve /health); the upload itself will tell
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
+        if isinstance(reason, ssl.SSLError):
+            return  # something answers over TLS; MLflow's client has its own CA settings (MLFLOW_TRACKING_SERVER_CERT_PATH)
         raise TrackingError(f"MLflow tracking server {redact_uri(uri)} does not answer ({reason}); "
                             "start it or fix tracking.mlflow.uri, then upload the run with "
                             "`secure-ft mlflow sync RUN_DIR`") from None
