@@ -355,7 +355,8 @@ def sync_run(run_dir: str | os.PathLike[str], uri: str | None = None, experiment
                 f"tags.`{RUN_ID_TAG}` = '{run_dir.name}' and tags.`{COMPLETE_TAG}` = 'true'"), max_results=1)
             if found:
                 return SyncResult(found[0].info.run_id, experiment_id, redact_uri(uri), already_synced=True)
-            run = client.create_run(experiment_id, run_name=run_name, tags=run_tags(run_dir))
+            started, finished = run_period(run_dir)
+            run = client.create_run(experiment_id, start_time=started, run_name=run_name, tags=run_tags(run_dir))
         except MlflowException as error:
             raise TrackingError(f"MLflow at {redact_uri(uri)} refused the run: {error.message}") from None
         run_id = run.info.run_id
@@ -367,7 +368,7 @@ def sync_run(run_dir: str | os.PathLike[str], uri: str | None = None, experiment
             params = [Param(key, value) for key, value in flat.items()]
             for start in range(0, len(params), PARAMS_PER_BATCH):
                 client.log_batch(run_id, params=params[start:start + PARAMS_PER_BATCH])
-            stamp = int((run_dir / CONFIG_FILE).stat().st_mtime * 1000)
+            stamp = finished or started or 0
             metrics = [Metric(key, value, stamp, step) for key, value, step in collect_metrics(run_dir)]
             for start in range(0, len(metrics), METRICS_PER_BATCH):
                 client.log_batch(run_id, metrics=metrics[start:start + METRICS_PER_BATCH])
@@ -375,7 +376,7 @@ def sync_run(run_dir: str | os.PathLike[str], uri: str | None = None, experiment
             for name in artifacts:
                 client.log_artifact(run_id, str(run_dir / name))
             client.log_batch(run_id, tags=[RunTag(COMPLETE_TAG, "true")])
-            client.set_terminated(run_id, "FINISHED")
+            client.set_terminated(run_id, "FINISHED", end_time=finished)
         except BaseException as error:
             with contextlib.suppress(Exception):
                 client.set_terminated(run_id, "FAILED")
@@ -388,6 +389,24 @@ def sync_run(run_dir: str | os.PathLike[str], uri: str | None = None, experiment
             raise
     return SyncResult(run_id, experiment_id, redact_uri(uri), already_synced=False, params=len(params),
                       metrics=len(metrics), artifacts=len(artifacts))
+
+
+def run_period(run_dir: Path) -> tuple[int | None, int | None]:
+    """When the run began and last recorded a step (ms since the epoch), from its ledger's first and last lines.
+
+    MLflow then shows when the run happened, not when it was uploaded (a later sync included).
+    """
+    from datetime import datetime
+
+    stamps = []
+    for entry in Ledger(run_dir).events():
+        if str(entry.get("event", "")).startswith("mlflow_"):
+            continue  # the uploads themselves are not part of the run
+        try:
+            stamps.append(int(datetime.fromisoformat(entry["timestamp"]).timestamp() * 1000))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return (stamps[0], stamps[-1]) if stamps else (None, None)
 
 
 def _experiment_id(client, name: str) -> str:

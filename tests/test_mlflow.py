@@ -158,6 +158,11 @@ def test_dp_run_logs_the_epsilon_curve_and_syncs_once(tmp_path, server, capsys):
     assert run.data.metrics["audit.fairness.columns.older_american.summary.equalized_odds_difference.ci_upper"] == 0.16
     assert run.data.metrics["check.privacy.run.epsilon"] == 3.2
     assert "privacy.json" in {item.path for item in client.list_artifacts(run.info.run_id)}
+    # MLflow shows when the run happened (its ledger), not when it was uploaded
+    from datetime import datetime
+    ledger = [entry for entry in events(fake.run_dir) if not entry["event"].startswith("mlflow_")]
+    stamp = lambda entry: int(datetime.fromisoformat(entry["timestamp"]).timestamp() * 1000)  # noqa: E731
+    assert (run.info.start_time, run.info.end_time) == (stamp(ledger[0]), stamp(ledger[-1]))
     # a second sync finds the complete run and uploads nothing
     capsys.readouterr()
     assert main(["mlflow", "sync", str(fake.run_dir), "--tracking-uri", server.uri, "--experiment", "dp"]) == 0
