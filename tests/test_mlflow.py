@@ -238,3 +238,33 @@ def test_federated_run_metrics_per_round_and_site(tmp_path):
     assert ("privacy.site.b.epsilon", 1.7, 0) in rows and ("privacy.central.epsilon", 0.9, 0) in rows
     assert [row for row in rows if row[0] == "train.val_accuracy"] == [("train.val_accuracy", 0.5, 1),
                                                                        ("train.val_accuracy", 0.6, 2)]
+
+
+def test_upload_cut_off_midway_is_marked_failed_and_the_next_sync_completes(tmp_path, server, monkeypatch):
+    from mlflow.tracking import MlflowClient as Client
+
+    from secure_ft.mlflow_tracking import TrackingError, sync_run
+
+    fake = make_run(tmp_path)
+    real = Client.log_artifact
+    calls = []
+
+    def dropped(self, run_id, local_path, artifact_path=None):
+        calls.append(local_path)
+        if len(calls) == 3:  # the connection drops half-way through the artifacts
+            raise ConnectionResetError("connection reset by peer")
+        return real(self, run_id, local_path, artifact_path)
+
+    monkeypatch.setattr(Client, "log_artifact", dropped)
+    with pytest.raises(TrackingError, match="secure-ft mlflow sync"):
+        sync_run(fake.run_dir, server.uri, experiment="cut")
+    monkeypatch.setattr(Client, "log_artifact", real)
+    client = MlflowClient(server.uri)
+    experiment = client.get_experiment_by_name("cut").experiment_id
+    (cut,) = client.search_runs([experiment])
+    assert cut.info.status == "FAILED" and "secure_ft.sync_complete" not in cut.data.tags
+    result = sync_run(fake.run_dir, server.uri, experiment="cut")
+    assert not result.already_synced and result.run_id != cut.info.run_id
+    complete = client.get_run(result.run_id)
+    assert complete.info.status == "FINISHED" and complete.data.tags["secure_ft.sync_complete"] == "true"
+    assert sync_run(fake.run_dir, server.uri, experiment="cut").already_synced
