@@ -19,7 +19,6 @@ The signer's key comes from the loading machine's trust list (`secure_ft.keys`),
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,27 +48,24 @@ def input_texts(model_input: Any) -> list[str]:
     return values
 
 
-with warnings.catch_warnings():
-    # MLflow suggests type hints on predict; the signature is stated at registration instead (texts in,
-    # label and probabilities out), which also accepts a DataFrame or Series of texts
-    warnings.filterwarnings("ignore", category=UserWarning)
+# MLflow warns (once, in a filter of its own) that predict has no type hints: the signature is stated
+# at registration instead (texts in, label and probabilities out), which also accepts a DataFrame or Series
+class BundleModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of one signed bundle (see the module docstring)."""
 
-    class BundleModel(mlflow.pyfunc.PythonModel):
-        """pyfunc wrapper of one signed bundle (see the module docstring)."""
+    def load_context(self, context) -> None:
+        from secure_ft.serving.bundle_loader import load_verified_bundle
+        from secure_ft.serving.classifier import BundleClassifier
 
-        def load_context(self, context) -> None:
-            from secure_ft.serving.bundle_loader import load_verified_bundle
-            from secure_ft.serving.classifier import BundleClassifier
+        settings = dict(context.model_config or {})
+        verified = load_verified_bundle(Path(context.artifacts[BUNDLE_ARTIFACT]), settings.get("public_key"))
+        self.classifier = BundleClassifier.from_bundle(verified, device=settings.get("device", "cpu"))
+        self.model_sha256 = verified.model_sha256
 
-            settings = dict(context.model_config or {})
-            verified = load_verified_bundle(Path(context.artifacts[BUNDLE_ARTIFACT]), settings.get("public_key"))
-            self.classifier = BundleClassifier.from_bundle(verified, device=settings.get("device", "cpu"))
-            self.model_sha256 = verified.model_sha256
+    def predict(self, context, model_input, params: dict[str, Any] | None = None):
+        import pandas as pd
 
-        def predict(self, context, model_input, params: dict[str, Any] | None = None):
-            import pandas as pd
-
-            texts = input_texts(model_input)
-            probabilities = self.classifier.probabilities(texts)
-            return pd.DataFrame({"label": self.classifier.label_names(probabilities),
-                                 "probabilities": [row.tolist() for row in probabilities]})
+        texts = input_texts(model_input)
+        probabilities = self.classifier.probabilities(texts)
+        return pd.DataFrame({"label": self.classifier.label_names(probabilities),
+                             "probabilities": [row.tolist() for row in probabilities]})
