@@ -168,6 +168,8 @@ def register_bundle(bundle_dir: str | os.PathLike[str], name: str, uri: str | No
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             try:
                 run_id = _tracked_run(client, run_dir_name)
+                # logging into the tracked run reopens it; its end stays the run's own (the ledger's), not now
+                ended = client.get_run(run_id).info.end_time if run_id else None
                 with (mlflow.start_run(run_id=run_id) if run_id else contextlib.nullcontext()), \
                         warnings.catch_warnings(), contextlib.ExitStack() as stack:
                     # MLflow's hints (type hints, input example) do not apply: the signature is stated here
@@ -181,6 +183,8 @@ def register_bundle(bundle_dir: str | os.PathLike[str], name: str, uri: str | No
                         metadata={"secure_ft": {"labels": [labels[key] for key in sorted(labels, key=int)],
                                                 "model_sha256": verification.model_sha256,
                                                 BUNDLE_DIGEST_TAG: tags[BUNDLE_DIGEST_TAG]}})
+                if run_id:
+                    client.set_terminated(run_id, "FINISHED", end_time=ended)
                 with contextlib.suppress(MlflowException):
                     client.create_registered_model(name)
                 version = client.create_model_version(name, source=info.model_uri, run_id=run_id, tags=tags,

@@ -93,6 +93,10 @@ def test_run_is_tracked_registered_and_loads_with_pyfunc_like_serve(tmp_path, to
     # registered with the signed verdict's facts, linked to the tracked run
     (version,) = client.search_model_versions("name = 'toy-complaints'")
     assert version.run_id == run.info.run_id
+    # the MLflow run ends when the run did (its export), also after registering reopened it
+    from datetime import datetime
+    (export,) = [entry for entry in events(run_dir) if entry["event"] == "export"]
+    assert run.info.end_time == int(datetime.fromisoformat(export["timestamp"]).timestamp() * 1000)
     assert version.tags["secure_ft.verdict"] == "passed" and version.tags["secure_ft.policy_name"] == "tiny"
     assert version.tags["secure_ft.model_sha256"] == verdict["model_sha256"]
     import hashlib
