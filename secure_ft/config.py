@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -492,6 +493,29 @@ class ReportConfig(_Section):
     include_examples: bool = Field(False, description="show training / test text in the report (may hold PHI)")
 
 
+with warnings.catch_warnings():
+    # `register` is the key users write; pydantic warns that it shadows ABCMeta.register, which no config uses
+    warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+    class MlflowTrackingConfig(_Section):
+        """Where a finished run is shown in MLflow (`secure_ft.mlflow_tracking`); the run directory stays the record."""
+
+        uri: str | None = Field(
+            None, description="MLflow tracking URI (http://host:5000, sqlite:///mlflow.db, databricks); null = "
+            "$MLFLOW_TRACKING_URI; tracking is off when neither is set. Needs `pip install 'secure-ft[mlflow]'`"
+        )
+        experiment: str = Field("secure-ft", min_length=1, description="MLflow experiment the run is logged under")
+        run_name: str | None = Field(None, description="MLflow run name; null = the run directory's name")
+        register: str | None = Field(
+            None, min_length=1, description="registered model name: a run whose gate passed and whose bundle was "
+            "written is registered as a new version of it (as `secure-ft export --register NAME` does)"
+        )
+
+
+class TrackingConfig(_Section):
+    mlflow: MlflowTrackingConfig = Field(default_factory=MlflowTrackingConfig)
+
+
 class RunConfig(_Section):
     """Everything one run needs. All fields have defaults: the built-in demo."""
 
@@ -510,6 +534,7 @@ class RunConfig(_Section):
     policy: str | None = Field(None, description="policy YAML; null = the shipped regulated-use default")
     export: ExportConfig = Field(default_factory=ExportConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     # the file this config came from, for error messages and relative paths
     _source_path: Path | None = None

@@ -133,7 +133,27 @@ def run_pipeline(config: RunConfig, output_dir: str | Path, *, resume_dir: Path 
         except SecureFTError as error:
             outcome.export_error = str(error)
             log.error("export failed: %s", error)
+    show_in_mlflow(outcome, gate_key)
     return outcome
+
+
+def show_in_mlflow(outcome: PipelineOutcome, gate_key: "GateKey | None" = None) -> None:
+    """With tracking configured, upload the finished run and register its bundle; never fails the run.
+
+    MLflow is a view of the run directory (`secure_ft.mlflow_tracking`): a failure is warned
+    about once and recorded in the ledger, and ``secure-ft mlflow sync`` uploads the run later.
+    """
+    from secure_ft.mlflow_tracking import resolve_tracking_uri, track_finished_run
+
+    settings = RunDirectory(outcome.run_dir).read_config().tracking.mlflow
+    if not resolve_tracking_uri(settings.uri):
+        return  # tracking is off: MLflow is never imported
+    track_finished_run(outcome.run_dir)
+    if outcome.bundle is not None and settings.register:
+        from secure_ft.mlflow_registry import register_after_run
+
+        register_after_run(outcome.run_dir, outcome.bundle, settings.register, settings.uri,
+                           trusted_keys=[gate_key.public_key] if gate_key else None)
 
 
 def audit_finished_run(run_dir: str | Path, policy_file: str | Path | None = None) -> PipelineOutcome:
@@ -143,6 +163,7 @@ def audit_finished_run(run_dir: str | Path, policy_file: str | Path | None = Non
     trained, config = load_finished_run(run_dir)
     policy_path, policy, policy_sha256 = resolve_policy(config, policy_file)
     outcome, _ = audit_and_gate(trained, policy_path, policy, policy_sha256)
+    show_in_mlflow(outcome)
     return outcome
 
 

@@ -15,6 +15,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)
 # keys and trust lists never land in the real home folder; subprocesses inherit this
 os.environ.pop("SECURE_FT_SIGNING_KEY", None)
+# MLflow tracking is opt-in: a developer's own tracking server never receives test runs
+os.environ.pop("MLFLOW_TRACKING_URI", None)
 if "SECURE_FT_CONFIG_DIR" not in os.environ or not os.environ["SECURE_FT_CONFIG_DIR"].startswith("/tmp"):
     import tempfile
 

@@ -1,4 +1,5 @@
-"""CLI: ``export``, ``verify``, ``keygen`` and ``ledger verify``.
+"""CLI: ``export`` (``--register NAME``: into the MLflow registry), ``verify`` (a folder or ``models:/NAME/VERSION``),
+``keygen`` and ``ledger verify``.
 
 Exit codes: 0 ok; 2 bad input; 3 export refused, or a bundle refused by the release policy (the
 reasons are printed, each naming its rule); 4 a bundle, ledger, approval or release policy failed
@@ -40,6 +41,33 @@ def cmd_export(args: argparse.Namespace) -> int:
     # the library's command skips .git* paths unless told not to; bundles sign them, so it must check them too
     print(f"           or: model_signing verify key {bundle} --signature {bundle / SIGNATURE_FILE} "
           "--public_key SIGNER.pub --no-ignore-git-paths")
+    if args.register:
+        return _register_exported(args, bundle)
+    return 0
+
+
+def _register_exported(args: argparse.Namespace, bundle: Path) -> int:
+    """`export --register NAME`: the bundle just written becomes a new version of NAME in the MLflow registry."""
+    from secure_ft.commands.tracking import print_registration
+    from secure_ft.export import trusted_keys_for
+    from secure_ft.keys import load_private_key, resolve_signing_key_path
+    from secure_ft.mlflow_registry import record_registration, register_bundle
+    from secure_ft.run_directory import RunDirectory
+
+    run_dir = Path(args.run_dir)
+    try:
+        uri = args.tracking_uri or RunDirectory(run_dir).read_config().tracking.mlflow.uri
+        key_path, _, _ = resolve_signing_key_path(args.signing_key, "--signing-key")
+        # the key that just signed the bundle is trusted for it, as export's own check trusted it
+        trusted = [load_private_key(key_path).public_key(), *trusted_keys_for(args.public_key)]
+        registration = register_bundle(bundle, args.register, uri, trusted_keys=trusted, run_dir_name=run_dir.name,
+                                       release_policy=args.release_policy, org_root_pub=args.org_root_pub)
+        record_registration(run_dir, registration)
+    except SecureFTError as error:
+        print(f"error: the bundle was written but not registered: {error}", file=sys.stderr)
+        print(f"register it later with: secure-ft mlflow register {bundle} {args.register}", file=sys.stderr)
+        return error.exit_code
+    print_registration(registration)
     return 0
 
 
@@ -59,11 +87,19 @@ def _release_lines(run_dir: Path) -> list[str]:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from secure_ft.export import verify_bundle
+    from secure_ft.mlflow_registry import is_registry_uri, verify_registered
     from secure_ft.policy import describe_policy
 
     try:
-        result = verify_bundle(Path(args.bundle), public_key=args.public_key, allow_self_signed=args.allow_self_signed,
-                               release_policy=args.release_policy, org_root_pub=args.org_root_pub)
+        if is_registry_uri(args.bundle):
+            # a registered version: its artifacts are downloaded and the bundle inside checked like a folder
+            result = verify_registered(args.bundle, args.tracking_uri, public_key=args.public_key,
+                                       allow_self_signed=args.allow_self_signed, release_policy=args.release_policy,
+                                       org_root_pub=args.org_root_pub).bundle
+        else:
+            result = verify_bundle(Path(args.bundle), public_key=args.public_key,
+                                   allow_self_signed=args.allow_self_signed, release_policy=args.release_policy,
+                                   org_root_pub=args.org_root_pub)
     except SecureFTError as error:
         if error.exit_code == 3:
             print(f"verify refused: {error}", file=sys.stderr)
@@ -155,10 +191,18 @@ def register(subparsers) -> None:
                         help="the gate's public key (file or folder of *.pub) the verdict must be signed with "
                              "(default: your trust list)")
     add_release_policy_arguments(export)
+    export.add_argument("--register", metavar="NAME",
+                        help="also register the signed bundle as a new version of NAME in the MLflow model registry "
+                             "(needs the mlflow extra)")
+    export.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow registry for --register (default: the run's tracking.mlflow.uri, else "
+                             "$MLFLOW_TRACKING_URI)")
     export.set_defaults(handler=cmd_export)
 
     verify = subparsers.add_parser("verify", help="check a bundle's OpenSSF signature, every file and its signed verdict")
-    verify.add_argument("bundle", metavar="BUNDLE")
+    verify.add_argument("bundle", metavar="BUNDLE", help="bundle folder, or a registered version models:/NAME/VERSION")
+    verify.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow registry of a models:/ URI (default: $MLFLOW_TRACKING_URI)")
     verify.add_argument("--public-key", metavar="KEY",
                         help="signer's public key PEM or a folder of them (default: your trust list)")
     verify.add_argument("--allow-self-signed", action="store_true",
