@@ -71,18 +71,25 @@ class BudgetStatement:
 
     def to_dict(self) -> dict[str, Any]:
         finite = lambda value: value if value is None or math.isfinite(value) else None  # noqa: E731 (JSON: null = ∞)
+        unbounded = lambda value: value is not None and math.isinf(value)  # noqa: E731
         return {
             "fingerprint": self.fingerprint, "delta": self.delta, "accountant": COMPOSING_ACCOUNTANT,
             "note": COMPOSITION_NOTE, "cumulative_epsilon": finite(self.cumulative_epsilon),
             "cumulative_unbounded": math.isinf(self.cumulative_epsilon),
             "rdp_cumulative_epsilon": finite(self.rdp_epsilon), "runs": len(self.rows),
-            "entries": [{**row, "epsilon": finite(row["epsilon"]),
-                         "cumulative_epsilon": finite(row["cumulative_epsilon"])} for row in self.rows],
+            "entries": [{**row, "epsilon": finite(row["epsilon"]), "epsilon_unbounded": unbounded(row["epsilon"]),
+                         "cumulative_epsilon": finite(row["cumulative_epsilon"]),
+                         "cumulative_unbounded": unbounded(row["cumulative_epsilon"])} for row in self.rows],
         }
 
 
-def compose_ledger(fingerprint: str, entries: list[dict[str, Any]], delta: float | None) -> BudgetStatement:
-    """Each entry's own ε and the running cumulative ε, oldest first, at `delta`."""
+def compose_ledger(fingerprint: str, entries: list[dict[str, Any]], delta: float | None, *,
+                   running: bool = True) -> BudgetStatement:
+    """Each entry's own ε and the cumulative ε after it, oldest first, at `delta`.
+
+    ``running=False`` composes only the whole ledger (one accountant call instead of one per
+    entry); the earlier rows' cumulative ε is then None.
+    """
     statement = BudgetStatement(fingerprint, delta)
     histories: list[list[list[float]] | None] = []
     for entry in entries:
@@ -92,7 +99,8 @@ def compose_ledger(fingerprint: str, entries: list[dict[str, Any]], delta: float
             own = cumulative = math.inf
         else:
             own = composed_epsilon([counted], delta)
-            cumulative = composed_epsilon(histories, delta)
+            last = len(histories) == len(entries)
+            cumulative = composed_epsilon(histories, delta) if running or last else None
         statement.rows.append({
             "entry": entry["entry"], "run": entry["run"], "run_dir": entry.get("run_dir"), "kind": entry.get("kind"),
             "site": entry.get("site"), "date": entry["started_at"], "status": status_of(entry),
