@@ -171,10 +171,11 @@ class RunSpend:
              mechanism: str, accountant: str | None = None, delta: float | None = None,
              dataset_size: int | None = None, site: str | None = None) -> "RunSpend":
         """Open an entry before the run touches the data (status ``running``)."""
-        started = _now()
+        moment = datetime.now(timezone.utc)
+        started = moment.isoformat(timespec="microseconds")  # orders runs started within the same second
         entry = {
             "format": ENTRY_FORMAT,
-            "entry": f"{started.replace(':', '').replace('+0000', 'Z')}-{uuid.uuid4().hex[:12]}",
+            "entry": f"{moment.strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:12]}",
             "run": str(run), "run_dir": None if run_dir is None else str(run_dir), "kind": kind, "site": site,
             "fingerprint": fingerprint, "mechanism": mechanism, "accountant": accountant,
             "delta": None if delta is None else float(delta), "dataset_size": dataset_size,
