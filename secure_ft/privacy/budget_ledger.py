@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 BUDGET_DIR_ENV = "SECURE_FT_BUDGET_DIR"
 ENTRY_FORMAT = 1
 OPEN, FINISHED, STOPPED, CRASHED = "running", "finished", "stopped", "crashed"
-STATUSES = (OPEN, FINISHED, STOPPED, CRASHED)
+RELEASED = "released"  # a federated site between rounds: every update that left it is recorded
+STATUSES = (OPEN, FINISHED, STOPPED, CRASHED, RELEASED)
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -169,13 +170,13 @@ class RunSpend:
     @classmethod
     def open(cls, ledger: BudgetLedger, *, fingerprint: str, run: str, run_dir: str | Path | None, kind: str,
              mechanism: str, accountant: str | None = None, delta: float | None = None,
-             dataset_size: int | None = None, site: str | None = None) -> "RunSpend":
+             dataset_size: int | None = None, site: str | None = None, entry_id: str | None = None) -> "RunSpend":
         """Open an entry before the run touches the data (status ``running``)."""
         moment = datetime.now(timezone.utc)
         started = moment.isoformat(timespec="microseconds")  # orders runs started within the same second
         entry = {
             "format": ENTRY_FORMAT,
-            "entry": f"{moment.strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:12]}",
+            "entry": entry_id or f"{moment.strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:12]}",
             "run": str(run), "run_dir": None if run_dir is None else str(run_dir), "kind": kind, "site": site,
             "fingerprint": fingerprint, "mechanism": mechanism, "accountant": accountant,
             "delta": None if delta is None else float(delta), "dataset_size": dataset_size,
@@ -183,6 +184,22 @@ class RunSpend:
             "host": socket.gethostname(), "pid": os.getpid(), "resumed_from_step": None, "stop_reason": None,
         }
         return cls(ledger, entry)
+
+    @classmethod
+    def reopen_or_open(cls, ledger: BudgetLedger, entry_id: str, **fields: Any) -> "RunSpend":
+        """The entry `entry_id` as recorded (a federated site's run, one process per round), else a new one."""
+        path = ledger.folder(fields["fingerprint"]) / f"{entry_id}.json"
+        if path.is_file():
+            try:
+                entry = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as error:
+                raise PrivacyError(f"{path}: unreadable privacy budget entry ({error}); restore it from a backup "
+                                   "— starting it again would under-state the data's ε") from None
+            problem = entry_problem(entry)
+            if problem:
+                raise PrivacyError(f"{path}: {problem}; restore the entry from a backup")
+            return cls(ledger, entry)
+        return cls.open(ledger, entry_id=entry_id, **fields)
 
     def resumed_from(self, step: int) -> None:
         self.entry["resumed_from_step"] = int(step)
@@ -192,6 +209,7 @@ class RunSpend:
         """Record the steps taken so far and, written before they run, the steps that may follow."""
         self.entry["history"] = [list(map(float, e[:2])) + [int(e[2])] for e in taken]
         self.entry["reserved"] = [list(map(float, e[:2])) + [int(e[2])] for e in ahead]
+        self.entry["status"] = OPEN
         self.ledger.write(self.entry)
 
     def close(self, taken: list[list[float]] | None, status: str, reason: str | None = None) -> None:
