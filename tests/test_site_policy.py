@@ -127,3 +127,22 @@ def test_a_bad_site_policy_names_the_file_and_field(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_site_policy(path)
     assert str(path) in str(caught.value) and "max_rounds" in str(caught.value) and "max_epsilon" in str(caught.value)
+
+
+def test_the_guides_site_policy_is_the_shipped_example_and_accepts_the_default_model():
+    import re
+    from pathlib import Path
+
+    from secure_ft.config import ModelConfig
+
+    root = Path(__file__).resolve().parents[1]
+    guide = (root / "deploy" / "README.md").read_text(encoding="utf-8")
+    section = guide.split("## Site policy", 1)[1].split("\n## ", 1)[0]
+    shown = next(block for block in re.findall(r"```yaml\n(.*?)```", section, re.S))
+    example = root / "examples" / "site-policy.yaml"
+    assert yaml.safe_load(shown) == yaml.safe_load(example.read_text(encoding="utf-8"))
+    policy = load_site_policy(example)
+    assert policy.accepted_base_models == [base_model_sha256(ModelConfig())]
+    deployed = yaml.safe_load((root / "examples" / "deployed-federation.yaml").read_text(encoding="utf-8"))
+    assert sorted(deployed["data"]["labels"]) in [sorted(labels) for labels in policy.accepted_label_sets]
+    assert "--site-policy /etc/secure-ft/site-policy.yaml" in section
