@@ -473,7 +473,7 @@ def planned_dataset_spend(config: RunConfig, splits, policy: Policy) -> dict:
     entries = BudgetLedger(folder).entries(splits.fingerprint)
     history, run_delta, mechanism = planned_history(config, len(splits.train))
     delta = budget_delta(entries, policy.privacy.max_delta, run_delta)
-    spent = compose_ledger(splits.fingerprint, entries, delta).cumulative_epsilon if entries else 0.0
+    spent = compose_ledger(splits.fingerprint, entries, delta, running=False).cumulative_epsilon if entries else 0.0
     if history is None or delta is None:
         planned = after = math.inf
     else:
