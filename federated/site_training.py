@@ -8,7 +8,14 @@ SecAgg+ path in `federated.secagg`). What a site checks before it trains:
   different checkpoint would silently train a different model);
 - with ``training.robustness.front_end: spelling``, the front end it builds from public
   resources (`federated.front_end`) is the one the server announced;
-- the secure-ft version matches (a mismatch is logged: the exchanged tensors may differ).
+- the secure-ft version matches (a mismatch is logged: the exchanged tensors may differ);
+- a deployed site started with ``--site-policy`` checks the run against its own limits
+  (`federated.site_policy`) and refuses, naming the rule, before anything trains.
+
+A deployed site also keeps a lifetime odometer of its data file across runs
+(``<state-dir>/privacy-budget``, `secure_ft.privacy.budget_ledger`): each round's steps are
+written ahead before training, and the entry holds exactly the releases once the round's
+release is recorded, before the reply leaves.
 
 It reads every text through that front end and, with ``augmentation_copies`` K > 0, trains
 each row with K perturbed copies averaged before clipping (`secure_ft.robust_training`): its
