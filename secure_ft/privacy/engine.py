@@ -35,6 +35,7 @@ from secure_ft.training_loop import FitResult, Prepared, TrainingEngine
 log = logging.getLogger(__name__)
 
 REPORT_SECONDS = 5.0  # least time between two ε updates of the progress bar
+RESERVE_STEPS = 10  # least steps the budget entry reserves ahead (a hard kill over-states by at most this)
 
 
 DEFAULT_DELTA_CAP = 1e-5  # the usual ceiling in DP practice; small sites would otherwise get δ ≈ 3e-4
@@ -122,6 +123,7 @@ class PrivateEngine(TrainingEngine):
         self.spend: RunSpend | None = None
         self._spend_baseline: list[list[float]] = []  # history restored from a checkpoint: an earlier attempt's
         self._reserved_to = 0  # steps the budget entry already covers (taken + reserved ahead)
+        self._planned_steps = 0
 
     @classmethod
     def from_config(cls, config: RunConfig, *, dataset_size: int, fingerprint: str = "") -> "PrivateEngine":
@@ -190,7 +192,8 @@ class PrivateEngine(TrainingEngine):
             delta=self.delta, dataset_size=self.dataset_size, fingerprint=self.fingerprint,
             target_epsilon=settings.target_epsilon, opacus_version=opacus_version,
         )
-        self._plan_budget(self._steps_per_epoch * epochs)
+        self._planned_steps = self._steps_per_epoch * epochs
+        self._plan_budget(self._planned_steps)
         self._reserve_ahead(0)
         log.info("DP-SGD: σ = %.4f (%s), q = %.5f (expected logical batch %.1f), C = %g, δ = %.3g, accountant %s, "
                  "per-sample gradients: %s (%s)%s", self.ledger.noise_multiplier, self.noise_source, sample_rate,
@@ -357,10 +360,16 @@ class PrivateEngine(TrainingEngine):
         return steps_beyond(self.accountant_history(), self._spend_baseline)
 
     def _reserve_ahead(self, steps: int) -> None:
-        """Record the steps taken and, before they run, the next quarter epoch's, in the budget entry."""
+        """Record the steps taken and, before they run, the next ones, in the budget entry.
+
+        A quarter epoch at a time, at least RESERVE_STEPS (a probe's epoch may be a few steps:
+        one durable write per step would cost more than the step), never beyond the plan.
+        """
         if self.spend is None or self.rank != 0 or self.ledger is None:
             return
-        chunk = max(1, self._steps_per_epoch // 4)
+        chunk = max(self._steps_per_epoch // 4, RESERVE_STEPS)
+        if self._planned_steps > steps:
+            chunk = min(chunk, self._planned_steps - steps)
         self.spend.reserve(self._spent_here(), [[self.ledger.noise_multiplier, self.ledger.sample_rate, chunk]])
         self._reserved_to = steps + chunk
 
