@@ -260,3 +260,39 @@ def test_preflight_refuses_a_run_that_would_break_the_lifetime_budget_showing_th
     report = check_before_training(config, policy, path)
     assert report.dataset_budget["after_epsilon"] == pytest.approx(after_two, rel=1e-9)
     assert report.dataset_budget["spent_epsilon"] == pytest.approx(after_one, rel=1e-9)
+
+
+def test_a_resumed_run_adds_the_steps_after_its_checkpoint_and_the_crashed_attempt_keeps_its_own(
+        toy_csv, tiny_model_dir, tmp_path, monkeypatch):
+    from secure_ft.central_run import train_run
+    from secure_ft.privacy.engine import PrivateEngine
+
+    budget_dir = tmp_path / "budget"
+    config = _dp_config(toy_csv, tiny_model_dir, tmp_path, budget_dir)  # 2 epochs of 6 steps
+    config = config.model_copy(update={"training": config.training.model_copy(update={"checkpoint_every_steps": 3})})
+    real_after_step = PrivateEngine.after_step
+
+    def crash_at_step_5(self, steps):
+        extra = real_after_step(self, steps)
+        if steps == 5:
+            raise RuntimeError("power cut")
+        return extra
+
+    monkeypatch.setattr(PrivateEngine, "after_step", crash_at_step_5)
+    with pytest.raises(RuntimeError, match="power cut"):
+        train_run(config, progress=False)
+    monkeypatch.setattr(PrivateEngine, "after_step", real_after_step)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    trained = train_run(None, run_dir, resume=True, progress=False)
+
+    crashed, resumed = BudgetLedger(budget_dir).entries(trained.splits.fingerprint)
+    (sigma, rate, steps_crashed), = crashed["history"]
+    assert crashed["status"] == "crashed" and steps_crashed == 5  # steps 4 and 5 ran after the checkpoint at 3
+    assert resumed["status"] == "finished" and resumed["resumed_from_step"] == 3
+    assert resumed["history"] == [[sigma, rate, 9]]  # steps 4..12 of the resumed attempt
+    privacy = json.loads((run_dir / "privacy.json").read_text())
+    assert privacy["steps"] == 12  # the released model's own ε counts 12 steps; the data set's counts all 14
+    statement = compose_ledger(trained.splits.fingerprint, [crashed, resumed], crashed["delta"])
+    assert statement.cumulative_epsilon == pytest.approx(
+        opacus_prv_epsilon([(sigma, rate, 14)], crashed["delta"]), rel=1e-9)
+    assert statement.cumulative_epsilon > privacy["epsilon"]
