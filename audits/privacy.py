@@ -228,6 +228,37 @@ def _membership(context: AuditContext, guarantee, policy, settings, notes: list[
     return membership, attacks, evidence, checks, front_end
 
 
+def dataset_budget(context: AuditContext, policy, notes: list[str]) -> tuple[dict | None, list[Check]]:
+    """The data set's cumulative ε, re-read from the privacy budget ledger, and the lifetime limit's check."""
+    from secure_ft.errors import PrivacyError
+    from secure_ft.privacy.budget_composition import budget_delta, compose_ledger
+    from secure_ft.privacy.budget_ledger import BudgetLedger, budget_dir_for
+
+    if context.config.mode == "federated":
+        notes.append("the data set's lifetime budget is kept by each site's own odometer (deploy supernode "
+                     "--site-policy), not by the coordinator")
+        return None, []
+    fingerprint = context.splits.fingerprint
+    folder = budget_dir_for(context.config)
+    try:
+        entries = BudgetLedger(folder).entries(fingerprint)
+        statement = compose_ledger(fingerprint, entries, budget_delta(entries, policy.max_delta), running=False)
+    except PrivacyError as error:
+        return ({"fingerprint": fingerprint, "budget_dir": str(folder), "error": str(error)},
+                threshold_checks(policy, {"dataset_epsilon": None}, group="budget", missing_note=str(error)))
+    budget = {**statement.to_dict(), "budget_dir": str(folder), "limit": policy.max_dataset_epsilon}
+    if not entries:
+        notes.append(f"the privacy budget ledger {folder} holds no run on this data set ({fingerprint[:16]}…): "
+                     "this run was trained elsewhere or its entry was removed")
+    cumulative = statement.cumulative_epsilon if entries else None
+    return budget, threshold_checks(
+        policy, {"dataset_epsilon": None if cumulative is None or math.isinf(cumulative) else cumulative},
+        group="budget", notes={"dataset_epsilon": f"{len(entries)} run(s) on data {fingerprint[:16]}…, composed "
+                               f"by the {budget['accountant']} accountant at δ = {statement.delta}"},
+        missing_note="unbounded: a run on this data set had no DP guarantee" if entries else
+        "no recorded run on this data set")
+
+
 @register(NAME)
 def privacy_audit(context: AuditContext) -> AuditResult:
     """Check the DP guarantee and measure membership inference (and canaries); see the module docstring."""
@@ -257,8 +288,12 @@ def privacy_audit(context: AuditContext) -> AuditResult:
     checks += threshold_checks(policy, {"max_exposure": canary["max_exposure"] if canary else None}, group="canary",
                                missing_note="" if canary else "canary test is off; set audits.privacy.canaries > 0")
 
+    budget, budget_checks = dataset_budget(context, policy, notes)
+    checks += budget_checks
+
     accountant = guarantee_metrics(guarantee)
     metrics = {
+        "dataset_budget": budget,  # None: not kept for this run (federated: the sites keep their own)
         "guarantee": accountant,
         "front_end": front_end,  # None without one; uses_private_vocabulary: outside the DP guarantee
         "membership": membership,  # None: not measurable here (a deployment's rows stayed at the sites)

@@ -8,7 +8,14 @@ SecAgg+ path in `federated.secagg`). What a site checks before it trains:
   different checkpoint would silently train a different model);
 - with ``training.robustness.front_end: spelling``, the front end it builds from public
   resources (`federated.front_end`) is the one the server announced;
-- the secure-ft version matches (a mismatch is logged: the exchanged tensors may differ).
+- the secure-ft version matches (a mismatch is logged: the exchanged tensors may differ);
+- a deployed site started with ``--site-policy`` checks the run against its own limits
+  (`federated.site_policy`) and refuses, naming the rule, before anything trains.
+
+A deployed site also keeps a lifetime odometer of its data file across runs
+(``<state-dir>/privacy-budget``, `secure_ft.privacy.budget_ledger`): each round's steps are
+written ahead before training, and the entry holds exactly the releases once the round's
+release is recorded, before the reply leaves.
 
 It reads every text through that front end and, with ``augmentation_copies`` K > 0, trains
 each row with K perturbed copies averaged before clipping (`secure_ft.robust_training`): its
@@ -29,6 +36,7 @@ the full text stays in the site's log and its ledger.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -43,12 +51,16 @@ from federated.front_end import check_same_front_end, federation_front_end
 from federated.site_data import Site, resolve_site
 from federated.site_errors import SiteFailure, public_failure
 from federated.site_odometer import SiteOdometer
+from federated.site_policy import (BUDGET_FOLDER, POLICY_KEY, check_site_policy, data_file_sha256, load_site_policy,
+                                   site_round_steps)
 from federated.site_privacy import site_privacy_report
 from federated.site_engine import SiteEngine, private_site_engine, site_noise_multiplier
 from federated.task import (build_model, evaluate_model, load_arrays, round_seed, base_model_sha256,
                             secure_ft_version, trainable_arrays, train_locally)
 from secure_ft.config import RunConfig, config_from_dict
 from secure_ft.errors import ConfigError, ModelError
+from secure_ft.privacy.budget_ledger import RELEASED, BudgetLedger, RunSpend
+from secure_ft.privacy.engine import resolve_delta
 from secure_ft.privacy.signed_history import key_sha256, load_private_key, public_line_of, seal_statement
 from secure_ft.probe import trainee_and_datasets
 from secure_ft.robust_training import robust_datasets, through_front_end
@@ -145,7 +157,7 @@ def check_instructions(instructions: Instructions) -> None:
 def train_site_round(instructions: Instructions, global_arrays: Mapping[str, np.ndarray],
                      node_config: Mapping[str, Any], run_id: int = 0) -> SiteReport:
     """Train the global model on this site's rows for one round; raises `SiteFailure` naming the site."""
-    site_name, stage, odometer = _node_label(node_config), "loading its data", None
+    site_name, stage, odometer, spend = _node_label(node_config), "loading its data", None, None
     try:
         config = instructions.config
         site = resolve_site(node_config, config, instructions.labels, instructions.run_dir,
@@ -154,8 +166,13 @@ def train_site_round(instructions: Instructions, global_arrays: Mapping[str, np.
         stage = "checking the server's model"
         check_instructions(instructions)
         signing_key = _signing_key(node_config)
+        run_key = instructions.run_key or f"flower-{run_id}"
         if config.privacy.mode == "dp":
-            odometer = SiteOdometer.open(site.state_dir, site.name, instructions.run_key or f"flower-{run_id}")
+            odometer = SiteOdometer.open(site.state_dir, site.name, run_key)
+        if site.deployed:
+            stage = "checking the site policy"
+            spend = _site_lifetime_spend(node_config, site, instructions, run_key, odometer)
+        if odometer is not None:
             odometer.begin(instructions.server_round)  # before training: a crash from here on is "interrupted"
         stage = "training"
         started = time.perf_counter()
@@ -170,6 +187,9 @@ def train_site_round(instructions: Instructions, global_arrays: Mapping[str, np.
             cache_dir=RunDirectory(site.state_dir).cache_dir, device=device)
         engine = SiteEngine(_inner_engine(config, site, odometer), proximal_mu=instructions.proximal_mu,
                             restore=odometer.engine_state if odometer is not None else None)
+        if spend is not None and odometer is not None:  # written ahead: this round's steps may run from here
+            rate, per_round = site_round_steps(config, len(site.data.train))
+            spend.reserve(odometer.history(), [[odometer.noise_for(len(site.data.train)), rate, per_round]])
         try:
             result = train_locally(trainee, train_set, validation_set, instructions.labels, config,
                                    seed=round_seed(config.seed, instructions.server_round, site.name), engine=engine,
@@ -189,6 +209,8 @@ def train_site_round(instructions: Instructions, global_arrays: Mapping[str, np.
             guarantee = engine.guarantee(result)
             # recorded before the update can leave: a lost or discarded reply still counts
             odometer.record_release(instructions.server_round, engine.accountant_history(), engine.state_dict())
+            if spend is not None:  # the site's lifetime odometer: exactly what has left this site
+                spend.close(odometer.history(), RELEASED)
             privacy = site_privacy_report(guarantee, odometer.history())
             statement = seal_statement(odometer.statement(
                 key_sha256(public_line_of(signing_key)) if signing_key is not None else None, guarantee), signing_key)
@@ -201,6 +223,8 @@ def train_site_round(instructions: Instructions, global_arrays: Mapping[str, np.
         log.info("site %s, round %d: %d steps, loss %.4f%s", site.name, instructions.server_round, result.steps,
                  metrics[protocol.TRAIN_LOSS],
                  f", ε = {metrics[protocol.EPSILON]:.3f}" if protocol.EPSILON in metrics else "")
+        if spend is not None and not engine.private:
+            spend.close(None, RELEASED)
         return SiteReport(site.name, metrics, trainable_arrays(result.model), privacy, statement)
     except SiteFailure:
         raise
@@ -209,6 +233,8 @@ def train_site_round(instructions: Instructions, global_arrays: Mapping[str, np.
         if odometer is not None:
             odometer.record_failure(instructions.server_round)
             released = odometer.released_in(instructions.server_round)
+            if spend is not None:  # drop this round's reservation: the odometer says what left the site
+                spend.close(odometer.history(), RELEASED)
         elif instructions.config.privacy.mode == "dp":
             released = False  # failed before its odometer opened: releases happen only through the odometer
         log.exception("site %s failed in round %d while %s", site_name, instructions.server_round, stage)
@@ -275,6 +301,31 @@ def _note_failure(node_config: Mapping[str, Any], site: str, instructions: Instr
                 error=type(error).__name__, detail=str(error))
     except Exception:  # noqa: BLE001 - the log above already holds the detail
         log.warning("site %s: could not write the failure to its ledger", site)
+
+
+def _site_lifetime_spend(node_config: Mapping[str, Any], site: Site, instructions: Instructions, run_key: str,
+                         odometer: SiteOdometer | None) -> RunSpend:
+    """Check the site's own policy (if it has one), then open this run's entry on the site's lifetime odometer.
+
+    The odometer lives in ``<state-dir>/privacy-budget``, keyed by the SHA-256 of the site's
+    data file; one entry per federated run, reopened every round.
+    """
+    config, rows = instructions.config, len(site.data.train)
+    ledger = BudgetLedger(site.state_dir.parent / BUDGET_FOLDER)
+    fingerprint = data_file_sha256(str(node_config[protocol.DATA_PATH]))
+    entry_id = "site-" + hashlib.sha256(f"{site.name}\n{run_key}".encode()).hexdigest()[:24]
+    policy_file = node_config.get(POLICY_KEY)
+    if policy_file:
+        check_site_policy(load_site_policy(str(policy_file)), site=site.name, config=config,
+                          labels=instructions.labels, base_model_sha256=base_model_sha256(config.model), rows=rows,
+                          sigma=odometer.noise_for(rows) if odometer is not None else None,
+                          lifetime_entries=ledger.entries(fingerprint), current_entry=entry_id)
+    private = config.privacy.mode == "dp"
+    delta = resolve_delta(config.privacy, rows)[0] if private else None
+    return RunSpend.reopen_or_open(ledger, entry_id, fingerprint=fingerprint, run=run_key, run_dir=None, kind="site",
+                                   mechanism="dp-sgd" if private else "none",
+                                   accountant=config.privacy.accountant if private else None, delta=delta,
+                                   dataset_size=rows, site=site.name)
 
 
 def _inner_engine(config: RunConfig, site: Site, odometer: SiteOdometer | None) -> TrainingEngine:

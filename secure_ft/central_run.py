@@ -7,6 +7,7 @@ records, and is resumable from the last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,45 @@ def record_privacy_inputs(run: RunDirectory, ledger: Ledger) -> None:
     ledger.append("privacy_accounted", accountant=history.accountant, delta=history.delta,
                   history=[list(entry) for entry in history.history_tuple()],
                   max_grad_norm=history.max_grad_norm, dataset_size=history.dataset_size)
+
+
+def open_budget_entry(config: RunConfig, splits: DatasetSplits, run: RunDirectory, engine: TrainingEngine,
+                      kind: str = "train"):
+    """Open the run's entry in the data set's privacy budget ledger before training touches the data.
+
+    A DP run's engine keeps it current step by step (`PrivateEngine.spend`); a non-private run
+    is recorded as mechanism ``none`` (ε = ∞).
+    """
+    from secure_ft.privacy.budget_ledger import BudgetLedger, RunSpend, budget_dir_for
+
+    ledger = BudgetLedger(budget_dir_for(config))
+    private = getattr(engine, "name", "") == "dp"
+    spend = RunSpend.open(ledger, fingerprint=splits.fingerprint, run=run.path.name, run_dir=run.path, kind=kind,
+                          mechanism="dp-sgd" if private else "none",
+                          accountant=config.privacy.accountant if private else None,
+                          delta=engine.delta if private else None, dataset_size=len(splits.train))
+    if private:
+        engine.spend = spend
+    else:
+        log.warning("privacy budget: run %s trains without differential privacy; the data set %s… is recorded as "
+                    "spent without bound (ε = ∞) in %s", run.path.name, splits.fingerprint[:12], spend.path)
+    return spend
+
+
+@contextlib.contextmanager
+def recording_spend(engine: TrainingEngine, spend):
+    """Close the budget entry however training ends: finished, stopped (Ctrl-C) or crashed."""
+    private = getattr(engine, "name", "") == "dp"
+    close = engine.close_spend if private else (lambda status, reason=None: spend.close(None, status, reason))
+    try:
+        yield
+    except KeyboardInterrupt:
+        close("stopped", "interrupted (Ctrl-C)")
+        raise
+    except BaseException as error:
+        close("crashed", f"{type(error).__name__}: {error}"[:500])
+        raise
+    close("finished")
 
 
 def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_dir: str | Path | None = None,
@@ -116,9 +156,13 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
         ledger.append("epoch_done", epoch=record.epoch, step=record.step, val_accuracy=record.val_accuracy,
                       val_macro_f1=record.val_macro_f1, **{k: v for k, v in record.extra.items() if k == "epsilon"})
 
-    result = fit(trainee, train_set, validation_set, splits.label_names, config.training, seed=config.seed,
-                 device=device, engine=engine, checkpoints=CheckpointStore(run.checkpoint_dir), resume=resume,
-                 fingerprint=splits.fingerprint, progress=progress, on_epoch=on_epoch)
+    spend = open_budget_entry(config, splits, run, engine)
+    with recording_spend(engine, spend):
+        result = fit(trainee, train_set, validation_set, splits.label_names, config.training, seed=config.seed,
+                     device=device, engine=engine, checkpoints=CheckpointStore(run.checkpoint_dir), resume=resume,
+                     fingerprint=splits.fingerprint, progress=progress, on_epoch=on_epoch)
+    ledger.append("privacy_budget_recorded", budget_entry=str(spend.path), status=spend.entry["status"],
+                  mechanism=spend.entry["mechanism"])
 
     model_dir = run.model_dir
     # the probe trained the model's own classifier through `trainee`: save the whole model

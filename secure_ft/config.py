@@ -211,6 +211,11 @@ class PrivacyConfig(_Section):
     secure_mode: bool = Field(
         False, description="cryptographically secure sampling and noise (needs the torchcsprng package)"
     )
+    budget_dir: str | None = Field(
+        None, description="the organisation's privacy budget ledger (secure_ft.privacy.budget_ledger): every run "
+        "on a data set is recorded there by data fingerprint; null = $SECURE_FT_BUDGET_DIR, else privacy-budget in "
+        "the per-user data folder ($XDG_DATA_HOME/secure-ft or ~/.local/share/secure-ft)"
+    )
 
     @field_validator("target_epsilon")
     @classmethod

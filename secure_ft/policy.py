@@ -243,6 +243,9 @@ class PrivacyPolicy(_Section):
     max_epsilon: Annotated[float | None, _maximum("epsilon", group="guarantee")] = Field(
         None, gt=0, description="applies to the central ε and to every site's ε")
     max_delta: Annotated[float | None, _maximum("delta", group="guarantee")] = Field(None, gt=0)
+    max_dataset_epsilon: Annotated[float | None, _maximum("dataset_epsilon", group="budget")] = Field(
+        None, gt=0, description="lifetime ε of the training data set: every run recorded in the privacy budget "
+        "ledger for its data fingerprint, composed by the accountant (pre-flight refuses a run that would exceed it)")
     max_membership_auc: Annotated[UnitShare, _maximum("auc", group="membership", check="membership_auc")] = Field(
         None, description="strongest attack variant's AUC")
     max_tpr_at_1pct_fpr: Annotated[UnitShare, _maximum("tpr_at_1pct_fpr", group="membership")] = None

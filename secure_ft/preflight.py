@@ -17,6 +17,10 @@ and without loading a model or writing anything:
   held-out file) must have, in at least one sensitive column, two groups with at least
   ``audits.fairness.min_group_size`` rows — otherwise the audit could only fail, after every
   site has spent its privacy budget;
+* the data set's lifetime budget ``privacy.max_dataset_epsilon``: the run's planned mechanism
+  (σ, q, steps, as training will compute them) composed with every run the privacy budget
+  ledger records for the data's fingerprint (`secure_ft.privacy.budget_composition`) must
+  stay within it;
 * every ε the run aims for is within ``privacy.max_epsilon``: the central or per-site
   ``privacy.target_epsilon`` (which must be set: a fixed noise multiplier alone has no
   budget), and the central client-level ε that ``federated.rounds`` releases at
@@ -59,6 +63,9 @@ class PreflightReport:
         Scope (``run``, ``site:<name>``, ``central``) → the δ / target ε the run will use.
     warnings
         What could not be checked before training, and why.
+    dataset_budget
+        With ``privacy.max_dataset_epsilon``: the data set's ε spent so far, the run's planned ε,
+        the cumulative ε after it and the limit (`planned_dataset_spend`).
     seconds
         How long the checks took.
     """
@@ -70,6 +77,7 @@ class PreflightReport:
     deltas: dict[str, float] = field(default_factory=dict)
     epsilons: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    dataset_budget: dict | None = None
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -115,6 +123,7 @@ def check_before_training(config: RunConfig, policy: Policy, policy_path: str | 
     check.dp_required()
     check.epsilons()
     check.deltas()
+    check.dataset_budget()
     report.seconds = round(time.monotonic() - started, 3)
     if check.problems:
         source = config.source_path or "the built-in default config"
@@ -267,6 +276,42 @@ class _Checker:
                     f"client-level ε of {epsilon:.2f}, above {self.where} privacy.max_epsilon = {limit:g}. Raise "
                     "federated.central_noise_multiplier or lower federated.rounds")
 
+    # -- privacy: the data set's lifetime budget -------------------------------------------------
+
+    def dataset_budget(self) -> None:
+        limit = self.policy.privacy.max_dataset_epsilon
+        if limit is None or not self._privacy_judged():
+            return
+        if self.config.mode == "federated":
+            self.report.warnings.append("privacy.max_dataset_epsilon: a federated run's spend is kept by each site's "
+                                        "own odometer (deploy supernode --site-policy), not checked here")
+            return
+        if self._hub_source():
+            self.header()
+            return
+        splits = self.splits()
+        if splits is None:
+            return
+        from secure_ft.errors import PrivacyError
+
+        try:
+            spend = planned_dataset_spend(self.config, splits, self.policy)
+        except PrivacyError as error:
+            self.problems.append(f"privacy budget ledger: {error}")
+            return
+        self.report.dataset_budget = spend
+        if spend["after_epsilon"] is None or spend["after_epsilon"] > limit:
+            show = lambda value: "∞ (no finite bound)" if value is None else f"{value:.4f}"  # noqa: E731
+            self.problems.append(
+                f"the data set {spend['fingerprint'][:16]}… has spent ε = {show(spend['spent_epsilon'])} in "
+                f"{spend['runs']} recorded run(s) ({spend['budget_dir']}); this run plans ε = "
+                f"{show(spend['planned_epsilon'])} ({spend['planned_mechanism']}), which brings it to "
+                f"{show(spend['after_epsilon'])} (composed by the {spend['accountant']} accountant"
+                + (f" at δ = {spend['delta']:.3g}" if spend['delta'] is not None else "") + f"), above {self.where} privacy.max_dataset_epsilon = {limit:g}. Nothing was "
+                "trained. Use fresh data, spend less (a lower privacy.target_epsilon or fewer epochs), or raise the "
+                "lifetime limit if the data's owner agrees (`secure-ft privacy budget --fingerprint "
+                f"{spend['fingerprint']}` lists the runs)")
+
     # -- privacy: every δ -----------------------------------------------------------------------
 
     def deltas(self) -> None:
@@ -385,6 +430,61 @@ class _Checker:
             return None
         self.report.site_train_rows = {site.name: len(site.train) for site in sites}
         return {f"site:{site.name}": len(site.train) for site in sites}
+
+
+def planned_history(config: RunConfig, train_rows: int) -> tuple[list[list[float]] | None, float | None, str]:
+    """The (σ, q, steps) a central run will take, its δ, and the mechanism in words (None: not private).
+
+    The same arithmetic as training: q = 1 / (batches per epoch), σ as configured or
+    calibrated by `accountants.calibrate_noise` to reach target_epsilon after training.epochs,
+    and with a fixed σ and a target the steps that stay within it.
+    """
+    from secure_ft.privacy.accountants import calibrate_noise, steps_within_budget
+    from secure_ft.privacy.engine import resolve_delta
+    from secure_ft.transfer_choice import resolve_run_config
+
+    if config.privacy.mode != "dp":
+        return None, None, "none (not private: ε = ∞)"
+    config, _ = resolve_run_config(config, train_rows)  # the batch size and epochs training will use
+    settings, training = config.privacy, config.training
+    delta, _ = resolve_delta(settings, train_rows)
+    batches = math.ceil(train_rows / min(training.batch_size, train_rows))
+    rate = 1 / batches
+    steps = batches * training.epochs
+    if training.max_steps:
+        steps = min(steps, training.max_steps)
+    if settings.noise_multiplier is not None:
+        sigma = float(settings.noise_multiplier)
+        if settings.target_epsilon is not None:
+            steps = steps_within_budget(settings.accountant, (), sigma, rate, delta, settings.target_epsilon, steps)
+    else:
+        sigma = calibrate_noise(settings.accountant, target_epsilon=settings.target_epsilon, delta=delta,
+                                sample_rate=rate, epochs=training.epochs)
+    return [[sigma, rate, steps]], delta, f"DP-SGD σ={sigma:.4g} q={rate:.4g} ×{steps}"
+
+
+def planned_dataset_spend(config: RunConfig, splits, policy: Policy) -> dict:
+    """The data set's ε spent so far, this run's planned ε and the cumulative ε after it, by the accountant."""
+    from secure_ft.privacy.budget_composition import (COMPOSING_ACCOUNTANT, budget_delta, compose_ledger,
+                                                       composed_epsilon)
+    from secure_ft.privacy.budget_ledger import BudgetLedger, budget_dir_for, counted_history
+
+    folder = budget_dir_for(config)
+    entries = BudgetLedger(folder).entries(splits.fingerprint)
+    history, run_delta, mechanism = planned_history(config, len(splits.train))
+    delta = budget_delta(entries, policy.privacy.max_delta, run_delta)
+    spent = compose_ledger(splits.fingerprint, entries, delta, running=False).cumulative_epsilon if entries else 0.0
+    if history is None or delta is None:
+        planned = after = math.inf
+    else:
+        planned = composed_epsilon([history], delta)
+        recorded = [None if entry["mechanism"] == "none" else counted_history(entry) for entry in entries]
+        after = composed_epsilon([*recorded, history], delta)
+    finite = lambda value: value if math.isfinite(value) else None  # noqa: E731 (JSON: null = ∞)
+    return {"fingerprint": splits.fingerprint, "budget_dir": str(folder), "runs": len(entries),
+            "accountant": COMPOSING_ACCOUNTANT, "delta": delta, "spent_epsilon": finite(spent),
+            "planned_epsilon": finite(planned), "planned_mechanism": mechanism, "after_epsilon": finite(after),
+            "limit": policy.privacy.max_dataset_epsilon}
 
 
 def central_client_epsilon(config: RunConfig) -> float:

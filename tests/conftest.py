@@ -21,6 +21,11 @@ if "SECURE_FT_CONFIG_DIR" not in os.environ or not os.environ["SECURE_FT_CONFIG_
     import tempfile
 
     os.environ["SECURE_FT_CONFIG_DIR"] = tempfile.mkdtemp(prefix="secure-ft-test-config-")
+# nor does the privacy budget ledger (every training run records its spend there)
+if "SECURE_FT_BUDGET_DIR" not in os.environ or not os.environ["SECURE_FT_BUDGET_DIR"].startswith("/tmp"):
+    import tempfile
+
+    os.environ["SECURE_FT_BUDGET_DIR"] = tempfile.mkdtemp(prefix="secure-ft-test-budget-")
 
 from toy_data import VOCAB, toy_frame  # noqa: E402  (tests/ is on sys.path under pytest)
 

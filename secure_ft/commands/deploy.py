@@ -188,10 +188,15 @@ def cmd_supernode(args: argparse.Namespace) -> int:
     state.chmod(0o700)
     port = args.port or _free_port()  # the SuperNode's local runtime API: one port per SuperNode on a host
     data, key = Path(args.data).resolve(), Path(args.key).resolve()
+    node_config = f'data-path="{data}" site-name="{site}" state-dir="{state}" auth-key="{key}"'
+    if args.site_policy:
+        from federated.site_policy import POLICY_KEY, load_site_policy
+
+        load_site_policy(args.site_policy)  # a bad file fails now, not at the first round
+        node_config += f' {POLICY_KEY}="{Path(args.site_policy).resolve()}"'
     command = [flower_command("flower-supernode"), "--root-certificates", str(Path(args.ca).resolve()),
                "--superlink", args.superlink, "--auth-supernode-private-key", str(key),
-               "--node-config", f'data-path="{data}" site-name="{site}" state-dir="{state}" auth-key="{key}"',
-               "--port", str(port)]
+               "--node-config", node_config, "--port", str(port)]
     print(f"site {site} (registered key {identity['public_key_sha256'][:16]}…): SuperNode for {args.superlink}, "
           f"data {data}, records in {state}, local runtime port {port}", flush=True)
     return _run_supernode(command, flower_environment(), site)
@@ -337,6 +342,9 @@ def register(subparsers) -> None:
     supernode.add_argument("--site", required=True, help="this site's name (as registered)")
     supernode.add_argument("--state", help="where the site keeps its ledgers (default ~/.secure-ft/sites/NAME)")
     supernode.add_argument("--port", type=int, help="local runtime API port (default: a free one)")
+    supernode.add_argument("--site-policy", metavar="FILE", help="this site's own limits, checked before it trains "
+                           "any round: max ε per run, lifetime ε of its data file, min noise multiplier, max rounds, "
+                           "accepted base-model digests and label sets (see deploy/README.md, 'Site policy')")
     supernode.set_defaults(handler=cmd_supernode, interrupted_hint=(
         "stopped: this SuperNode and its ClientApps are stopped; start it again to rejoin the run from its next round"))
 

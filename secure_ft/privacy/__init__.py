@@ -36,6 +36,15 @@ larger learning rate for the freshly initialised head (``training.head_learning_
 applied by the loop itself). Measured recipes and their figures live with the benchmarks
 (``bench/``) and the README, not here.
 
+Across runs
+-----------
+Privacy loss composes over every model trained on the same records. `budget_ledger` keeps
+one entry per run attempt per data fingerprint (written ahead while DP training runs, closed
+with the exact history however it ends); `budget_composition` composes all of them with the
+PRV accountant into the data set's cumulative ε, which pre-flight and the gate hold against
+the policy's ``privacy.max_dataset_epsilon``.
+
 Modules: `engine` (`PrivateEngine`), `accountants`, `accountant_history`, `recompute`,
-`bookkeeping_clipping`, `per_sample_gradients`, `sharded_poisson`.
+`budget_ledger`, `budget_composition`, `bookkeeping_clipping`, `per_sample_gradients`,
+`sharded_poisson`.
 """

@@ -26,6 +26,7 @@ from secure_ft.config import PrivacyConfig, RunConfig
 from secure_ft.errors import CheckpointError, PrivacyError
 from secure_ft.multiplicity import copies_per_example, group_copies_before_clipping
 from secure_ft.privacy.accountant_history import AccountantHistory, finite_or_none
+from secure_ft.privacy.budget_ledger import RunSpend, steps_beyond
 from secure_ft.privacy.accountants import BudgetUnreachable, calibrate_noise, get_accountant, steps_within_budget
 from secure_ft.privacy.per_sample_gradients import choose_grad_sample_mode, make_compatible
 from secure_ft.run_directory import ACCOUNTANT_HISTORY_FILE, PRIVACY_FILE, RunDirectory
@@ -34,6 +35,7 @@ from secure_ft.training_loop import FitResult, Prepared, TrainingEngine
 log = logging.getLogger(__name__)
 
 REPORT_SECONDS = 5.0  # least time between two ε updates of the progress bar
+RESERVE_STEPS = 10  # least steps the budget entry reserves ahead (a hard kill over-states by at most this)
 
 
 DEFAULT_DELTA_CAP = 1e-5  # the usual ceiling in DP practice; small sites would otherwise get δ ≈ 3e-4
@@ -117,6 +119,11 @@ class PrivateEngine(TrainingEngine):
         self.sampling_probability = 0.0
         # what the run adds to privacy.json about how it was set up (transfer choice, hyperparameter source)
         self.notes: dict[str, Any] = {}
+        # the run's entry in the data set's privacy budget ledger (secure_ft.privacy.budget_ledger), if any
+        self.spend: RunSpend | None = None
+        self._spend_baseline: list[list[float]] = []  # history restored from a checkpoint: an earlier attempt's
+        self._reserved_to = 0  # steps the budget entry already covers (taken + reserved ahead)
+        self._planned_steps = 0
 
     @classmethod
     def from_config(cls, config: RunConfig, *, dataset_size: int, fingerprint: str = "") -> "PrivateEngine":
@@ -185,7 +192,9 @@ class PrivateEngine(TrainingEngine):
             delta=self.delta, dataset_size=self.dataset_size, fingerprint=self.fingerprint,
             target_epsilon=settings.target_epsilon, opacus_version=opacus_version,
         )
-        self._plan_budget(self._steps_per_epoch * epochs)
+        self._planned_steps = self._steps_per_epoch * epochs
+        self._plan_budget(self._planned_steps)
+        self._reserve_ahead(0)
         log.info("DP-SGD: σ = %.4f (%s), q = %.5f (expected logical batch %.1f), C = %g, δ = %.3g, accountant %s, "
                  "per-sample gradients: %s (%s)%s", self.ledger.noise_multiplier, self.noise_source, sample_rate,
                  sample_rate * self.dataset_size, settings.max_grad_norm, self.delta, settings.accountant,
@@ -336,11 +345,40 @@ class PrivateEngine(TrainingEngine):
         if ledger.steps != steps:
             raise PrivacyError(f"privacy accounting is out of step: the loop took {steps} steps but the accountant "
                                f"recorded {ledger.steps}; the run's ε cannot be trusted, stop and report this")
+        if steps >= self._reserved_to:  # before the next step runs, its spend is on the data set's ledger
+            self._reserve_ahead(steps)
         # the bar's ε only: computing it costs ~0.5 s (PRV), more than a whole step of a probe head
         if steps % self._report_every == 0 and time.monotonic() - self._last_report >= REPORT_SECONDS:
             self._last_epsilon = ledger.epsilon()
             self._last_report = time.monotonic()
         return {"epsilon": self._last_epsilon}
+
+    # -- the data set's privacy budget ledger ---------------------------------------------------
+
+    def _spent_here(self) -> list[list[float]]:
+        """The steps this process took (a resumed attempt: those after its checkpoint)."""
+        return steps_beyond(self.accountant_history(), self._spend_baseline)
+
+    def _reserve_ahead(self, steps: int) -> None:
+        """Record the steps taken and, before they run, the next ones, in the budget entry.
+
+        A quarter epoch at a time, at least RESERVE_STEPS (a probe's epoch may be a few steps:
+        one durable write per step would cost more than the step), never beyond the plan.
+        """
+        if self.spend is None or self.rank != 0 or self.ledger is None:
+            return
+        chunk = max(self._steps_per_epoch // 4, RESERVE_STEPS)
+        if self._planned_steps > steps:
+            chunk = min(chunk, self._planned_steps - steps)
+        self.spend.reserve(self._spent_here(), [[self.ledger.noise_multiplier, self.ledger.sample_rate, chunk]])
+        self._reserved_to = steps + chunk
+
+    def close_spend(self, status: str, reason: str | None = None) -> None:
+        """Close the budget entry with the exact steps taken (finished, stopped or crashed)."""
+        if self.spend is None or self.rank != 0:
+            return
+        taken = self._spent_here() if self._privacy_engine is not None else []
+        self.spend.close(taken, status, reason)
 
     def stop_reason(self) -> str | None:
         ledger = self.ledger
@@ -403,6 +441,11 @@ class PrivateEngine(TrainingEngine):
         saved.target_epsilon = current.target_epsilon
         saved.events.append({"event": "resumed", "step": saved.steps})
         self.ledger = saved
+        # the steps up to the checkpoint were recorded by the attempt that took them
+        self._spend_baseline = [list(entry) for entry in saved.history_tuple()]
+        if self.spend is not None and self.rank == 0:
+            self.spend.resumed_from(saved.steps)
+            self._reserve_ahead(saved.steps)
         self._last_epsilon = saved.epsilon()
         self._plan_budget(self._steps_per_epoch * (self.planned_epochs or 0))
         log.info("DP: resumed the privacy ledger at step %d (ε = %.4f)", saved.steps, self._last_epsilon)

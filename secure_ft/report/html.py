@@ -576,6 +576,7 @@ def _membership(report: dict[str, Any]) -> str:
                      f"{' (from ' + _e(guarantee.get('source')) + ')' if guarantee.get('source') else ''}.</p>")
         if scopes:
             parts.append(_table(("scope", "ε (— = unbounded)", "δ"), [(s.get("scope"), s.get("epsilon"), s.get("delta")) for s in scopes]))
+    parts.append(_dataset_budget(metrics.get("dataset_budget")))
     membership = metrics.get("membership") or {}
     attacks = {name: a for name, a in (membership.get("attacks") or {}).items() if isinstance(a, dict)}
     if membership:
@@ -607,6 +608,30 @@ def _membership(report: dict[str, Any]) -> str:
     if isinstance(canary, dict):
         parts.append("<h3>Canary exposure</h3>" + _pairs([(k, v) for k, v in canary.items() if k != "canaries"]))
     parts.append(_all_metrics({"metrics": _drop_curves(metrics), "evidence": result.get("evidence")}))
+    return "".join(parts)
+
+
+def _dataset_budget(budget: Any) -> str:
+    """The data set's lifetime ε from the privacy budget ledger, and the runs that spent it."""
+    if not isinstance(budget, dict):
+        return ""
+    title = "<h3>The data set's privacy budget (every recorded run)</h3>"
+    if budget.get("error"):
+        return title + f"<p>The privacy budget ledger could not be read: {_e(budget['error'])}</p>"
+    unbounded = budget.get("cumulative_unbounded")
+    cumulative = "∞ (no finite bound: a run without DP used this data)" if unbounded else fmt(budget.get("cumulative_epsilon"))
+    parts = [title, _pairs([
+        ("data fingerprint", budget.get("fingerprint")), ("ledger", budget.get("budget_dir")),
+        ("cumulative ε (all runs)", cumulative), ("δ", budget.get("delta")),
+        ("lifetime limit (policy privacy.max_dataset_epsilon)", budget.get("limit")),
+        ("RDP bound for the same history (looser)", budget.get("rdp_cumulative_epsilon")),
+        ("composition", budget.get("note")),
+    ])]
+    rows = [[row.get("run"), row.get("date"), row.get("status"), row.get("mechanism"),
+             "∞" if row.get("epsilon_unbounded") else row.get("epsilon")] for row in budget.get("entries") or []
+            if isinstance(row, dict)]
+    if rows:
+        parts.append(_table(["run", "date", "status", "mechanism", "ε of the run"], rows))
     return "".join(parts)
 
 
