@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from secure_ft.deploy.processes import descendants
+from secure_ft.deploy.processes import descendants, stop_group
 from toy_data import VOCAB, toy_frame
 
 BIN = Path(sys.executable).parent
@@ -231,11 +231,11 @@ class Deployment:
         wait_for_port(self.port, superlink, 120)
         return superlink
 
-    def start_site(self, site: str, data: str | None = None) -> subprocess.Popen:
+    def start_site(self, site: str, data: str | None = None, *extra: str) -> subprocess.Popen:
         return self.processes.start(site, CLI + [
             "deploy", "supernode", "--superlink", self.front, "--ca", str(self.pki / "ca.crt"),
             "--key", str(self.keys / site), "--data", str(self.root / (data or f"{site}.csv")), "--site", site,
-            "--state", str(self.root / "state" / site)])
+            "--state", str(self.root / "state" / site), *extra])
 
     def launch(self, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
         return self.cli("deploy", "launch", *args, "--policy", str(self.root / "policy.yaml"),
@@ -333,6 +333,60 @@ def _events(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines() if line.strip()]
 
 
+def _site_odometer(deployment: Deployment, site: str) -> tuple[list[dict], float]:
+    """The guide's `secure-ft privacy budget --fingerprint … --budget-dir <state>/privacy-budget`, as JSON."""
+    import hashlib
+
+    fingerprint = hashlib.sha256((deployment.root / f"{site}.csv").read_bytes()).hexdigest()
+    shown = deployment.cli("privacy", "budget", "--fingerprint", fingerprint, "--budget-dir",
+                           str(deployment.root / "state" / site / "privacy-budget"), "--json")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    table = json.loads(shown.stdout)
+    return table["entries"], table["cumulative_epsilon"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_site_policy_refuses_a_run_its_lifetime_budget_cannot_afford(deployment):
+    """The guide's "Site policy", followed as written: the site's own odometer and limit, not the coordinator's."""
+    entries, spent = _site_odometer(deployment, "site-a")
+    assert entries and 0 < spent < float("inf"), entries  # the runs above, as the site itself recorded them
+    policy = deployment.root / "site-policy.yaml"
+    # another run like those composes to well above 1.05 × what was spent (PRV: about 1.4× for one more run)
+    policy.write_text(yaml.safe_dump({"max_lifetime_epsilon": round(spent * 1.05, 4), "min_noise_multiplier": 0.5}))
+    _restart_gracefully(deployment, "site-a", "--site-policy", str(policy))
+    refused_dir = deployment.root / "refused"
+    try:
+        refused = deployment.launch("--config", str(deployment.config("refused", round_timeout_s=180)),
+                                    "--run-dir", str(refused_dir), timeout=500)
+    finally:
+        _restart_gracefully(deployment, "site-a")  # without the policy, as the tests after this one expect
+    said = refused.stdout + refused.stderr
+    assert refused.returncode != 0, said[-3000:]
+    assert "site-a" in said and "max_lifetime_epsilon" in said, said[-3000:]
+    assert f"{spent:.4f}" not in said  # the figures stay at the site: the coordinator hears the rule and the limit
+    assert "max_lifetime_epsilon" in deployment.processes.log("site-a")
+    assert [e["event"] for e in _events(refused_dir) if e["event"] == "federated_failed"], _events(refused_dir)
+    after, spent_after = _site_odometer(deployment, "site-a")
+    assert spent_after == pytest.approx(spent) and len(after) >= len(entries), after  # nothing released, nothing lost
+
+
+def _restart_gracefully(deployment: Deployment, site: str, *extra: str) -> None:
+    """Stop the SuperNode (SIGTERM), start it again, and wait until the SuperLink has activated it.
+
+    The SuperLink refuses to activate the node again (HTTP 412) until the old session's heartbeat
+    has expired (up to 2 × 30 s); a run launched before that finds the site missing.
+    """
+    activated = deployment.processes.log("superlink").count("[Fleet.ActivateNode] Activated node_id")
+    stop_group(deployment.processes.process(site), grace_s=30)
+    process = deployment.start_site(site, None, *extra)
+    deadline = time.monotonic() + 240
+    while deployment.processes.log("superlink").count("[Fleet.ActivateNode] Activated node_id") <= activated:
+        assert process.poll() is None, deployment.processes.log(site)[-3000:]
+        assert time.monotonic() < deadline, deployment.processes.log("superlink")[-3000:]
+        time.sleep(1)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_outages_and_restarts_as_the_guide_says(deployment):
@@ -409,3 +463,4 @@ def test_outages_and_restarts_as_the_guide_says(deployment):
     print("failure:", next((line for line in (failed.stdout + failed.stderr).splitlines() if "site(s)" in line), ""))
     failure = [event for event in _events(gone_dir) if event["event"] == "federated_failed"]
     assert len(failure) == 1 and failure[0]["data"]["missing_sites"] == ["site-b"], failure
+
