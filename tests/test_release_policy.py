@@ -196,6 +196,7 @@ def test_needs_review_is_released_by_a_listed_approval(org, approved, capsys):
     card = read_model_card(served, ["a", "b", "c"])
     assert card["release_policy"]["name"] == "acme" and card["policy_sha256"] == served.policy_sha256
     assert card["policy"].startswith("'regulated-default' (sha256 ") and "as shipped" in card["policy"]
+    assert "CFPB" in card["technical_documentation"]["data_provenance"]  # the run's card: statements
     readme = (bundle / "README.md").read_text()
     assert "## Release and human oversight" in readme and "**alice**" in readme and "was **needs review**" in readme
     assert "It was exported only because it passed" not in readme
