@@ -488,9 +488,11 @@ class ExportConfig(_Section):
     )
     include_evidence: bool = Field(False, description="copy adversarial-example evidence into the bundle")
     intended_use: str | None = Field(
-        None, description="model card: what the model is for and who uses it; null = a generic statement"
+        None, description="model card: what the model is for and who uses it; card.intended_purpose wins when set "
+        "(the technical documentation); null = a generic statement"
     )
-    out_of_scope_use: str | None = Field(None, description="model card: uses the model must not be put to")
+    out_of_scope_use: str | None = Field(None, description="model card: uses the model must not be put to; "
+                                            "card.out_of_scope_uses wins when set")
     license: str | None = Field(None, description="model card: license identifier (e.g. apache-2.0, other)")
 
 
