@@ -488,10 +488,56 @@ class ExportConfig(_Section):
     )
     include_evidence: bool = Field(False, description="copy adversarial-example evidence into the bundle")
     intended_use: str | None = Field(
-        None, description="model card: what the model is for and who uses it; null = a generic statement"
+        None, description="model card: what the model is for and who uses it; card.intended_purpose wins when set "
+        "(the technical documentation); null = a generic statement"
     )
-    out_of_scope_use: str | None = Field(None, description="model card: uses the model must not be put to")
+    out_of_scope_use: str | None = Field(None, description="model card: uses the model must not be put to; "
+                                            "card.out_of_scope_uses wins when set")
     license: str | None = Field(None, description="model card: license identifier (e.g. apache-2.0, other)")
+
+
+class CardConfig(_Section):
+    """Statements for the technical documentation (EU AI Act Annex IV; SR 11-7 model documentation).
+
+    Written by the people responsible for the model, shown in the report's "Technical
+    documentation" section and in the bundle's model card, and saved in the run's config.yaml
+    (which the signed verdict binds). Policies may require them (``documentation.required_card_fields``);
+    pre-flight then refuses a run without them. Human oversight is not written here: it is
+    the signed approvals (`secure-ft approve`). With ``data.source: builtin:*`` every statement
+    left null is the shipped one for that demo data set (`secure_ft.technical_documentation`).
+    """
+
+    intended_purpose: str | None = Field(
+        None, min_length=1, description="what the model is for, who uses it and how its outputs are used")
+    out_of_scope_uses: list[str] | None = Field(
+        None, min_length=1, description="uses the model must not be put to, one per item")
+    known_limitations: list[str] | None = Field(
+        None, min_length=1, description="what the model is known not to do well, one per item (measured figures "
+        "where known)")
+    deidentification: str | None = Field(
+        None, min_length=1, description="how personal data in the training data was removed or masked, and by whom")
+    data_provenance: str | None = Field(
+        None, min_length=1, description="where the training data comes from, under which licence or agreement, "
+        "and how it was selected")
+
+    @field_validator("intended_purpose", "deidentification", "data_provenance")
+    @classmethod
+    def _written_statement(cls, value: str | None) -> str | None:
+        return _no_placeholder(value)
+
+    @field_validator("out_of_scope_uses", "known_limitations")
+    @classmethod
+    def _written_items(cls, values: list[str] | None) -> list[str] | None:
+        return None if values is None else [_no_placeholder(value) for value in values]
+
+
+def _no_placeholder(value: str | None) -> str | None:
+    """A statement must say something: blank text or a `<...>` placeholder (pre-flight's snippet) is refused."""
+    if value is None:
+        return None
+    if not value.strip() or (value.strip().startswith("<") and value.strip().endswith(">")):
+        raise ValueError(f"{value!r} is a blank or a placeholder: write the statement (or remove the key)")
+    return value
 
 
 class ReportConfig(_Section):
@@ -538,6 +584,8 @@ class RunConfig(_Section):
     audits: AuditsConfig = Field(default_factory=AuditsConfig)
     policy: str | None = Field(None, description="policy YAML; null = the shipped regulated-use default")
     export: ExportConfig = Field(default_factory=ExportConfig)
+    card: CardConfig = Field(default_factory=CardConfig, description="technical documentation statements "
+                             "(intended purpose, out-of-scope uses, limitations, de-identification, data provenance)")
     report: ReportConfig = Field(default_factory=ReportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 

@@ -72,6 +72,8 @@ def effective_config(config: RunConfig, train_rows: int | None = None,
             sources[key] = FILE
         elif key == "model.transfer" and choice.requested == "auto":
             sources[key] = choice.reason
+        elif key.startswith("card.") and value != before.get(key):
+            sources[key] = f"shipped with {config.data.source} (demo_data CARD.yaml)"
         elif value != before.get(key) or _recipe_key(key, choice):
             sources[key] = f"recipe {RECIPE_NAME}"
         else:

@@ -97,12 +97,15 @@ def _intended_use(report: dict[str, Any]) -> list[str]:
     run = report.get("run") or {}
     export = (run.get("config") or {}).get("export") or {}
     labels = (run.get("data") or {}).get("labels") or []
+    card = (report.get("technical_documentation") or {}).get("statements") or {}
     lines = ["## Intended use", ""]
-    lines.append(export.get("intended_use") or (
+    lines.append(card.get("intended_purpose") or export.get("intended_use") or (
         f"Classifying text into {len(labels)} classes ({', '.join(map(str, labels))}) for texts of the same kind "
         "and population as the training data, as decision support whose outputs a qualified person reviews."
     ))
     lines += ["", "### Out-of-scope use", ""]
+    if card.get("out_of_scope_uses"):
+        return lines + [f"- {use}" for use in card["out_of_scope_uses"]]
     lines.append(export.get("out_of_scope_use") or (
         "Fully automated decisions about individuals; texts from other domains, languages or populations than the "
         "training data; any use that the fairness and robustness results below do not support."
@@ -318,11 +321,55 @@ def render_model_card(report: dict[str, Any], facts: BundleFacts | None = None,
     lines += _limitations(report) + [""]
     if isinstance(report.get("provenance"), dict):
         lines += _provenance_section(report["provenance"]) + [""]
+    lines += _documentation_section(report, release) + [""]
     if release is not None:
         lines += _release_section(release, verdict) + [""]
     if facts is not None:
         lines += usage_section(facts) + [""] + verification_section(facts) + [""]
     return "\n".join(lines)
+
+
+def _documentation_section(report: dict[str, Any], release: dict[str, Any] | None) -> list[str]:
+    """The technical documentation (EU AI Act Annex IV): the run config's card: statements and human oversight.
+
+    Human oversight lists the approvals the release policy checked and counted at export
+    (`release`); without a release policy, the approvals the run directory held, as their files
+    state them, or "none yet".
+    """
+    documentation = report.get("technical_documentation")
+    lines = ["## Technical documentation", ""]
+    if not isinstance(documentation, dict):
+        return lines + ["Not recorded: the report predates the run config's `card:` section."]
+    statements = documentation.get("statements") or {}
+    lines.append("Statements from the run config's `card:` section (`config.yaml` in the run directory, bound by the "
+                 "signed verdict).")
+    for key, label in (("intended_purpose", "Intended purpose"), ("out_of_scope_uses", "Out-of-scope uses"),
+                       ("known_limitations", "Known limitations"), ("deidentification", "De-identification"),
+                       ("data_provenance", "Data provenance")):
+        value = statements.get(key)
+        lines += ["", f"### {label}", ""]
+        if not value:
+            lines.append("Not stated.")
+        elif isinstance(value, list):
+            lines += [f"- {item}" for item in value]
+        else:
+            lines.append(str(value))
+    lines += ["", "### Human oversight", ""]
+    if release is not None and release.get("applied"):
+        approvals = release.get("approvals") or []
+        lines.append(f"Approvals checked and counted by the release policy **{release.get('name')}** at export"
+                     + (":" if approvals else ": none were required for this verdict."))
+        lines += [f"- {a.get('approver')} (key `{a.get('fingerprint')}`), {a.get('time')}: {a.get('comment')}"
+                  for a in approvals]
+        return lines
+    oversight = documentation.get("human_oversight") or {}
+    approvals = oversight.get("approvals") or []
+    if not approvals:
+        return lines + [str(oversight.get("statement") or "None yet.")]
+    lines.append("Approvals in the run directory, as their files state them (no release policy checked them at export):")
+    lines += [f"- {a.get('decision')} by key `{a.get('fingerprint')}`, {a.get('time')}: {a.get('comment')}"
+              for a in approvals]
+    return lines
 
 
 def _release_section(release: dict[str, Any], verdict: dict[str, Any]) -> list[str]:

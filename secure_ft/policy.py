@@ -260,6 +260,26 @@ class PrivacyPolicy(_Section):
     use_ci_bound: Judge = Field(False, description="judge the upper CI bound of the attack metrics")
 
 
+#: the statements of the run config's ``card:`` section a policy may require (`secure_ft.config.CardConfig`)
+CARD_FIELDS = ("intended_purpose", "out_of_scope_uses", "known_limitations", "deidentification", "data_provenance")
+
+
+class DocumentationPolicy(_Section):
+    """What the technical documentation of a run must state (EU AI Act Annex IV; SR 11-7)."""
+
+    required_card_fields: list[str] = Field(
+        default_factory=list, description="statements of the run config's card: section a run must give; "
+        "pre-flight refuses a run without them (exit 2)")
+
+    @field_validator("required_card_fields")
+    @classmethod
+    def _known_fields(cls, names: list[str]) -> list[str]:
+        unknown = [name for name in names if name not in CARD_FIELDS]
+        if unknown:
+            raise ValueError(f"unknown card field {unknown[0]!r}; known fields are {', '.join(CARD_FIELDS)}")
+        return names
+
+
 #: the audits a policy can require: one section each below (``audits.registry`` runs the same four);
 #: names become file names (``audits/NAME.json``), so nothing else is accepted
 KNOWN_AUDITS = ("performance", "robustness", "fairness", "privacy")
@@ -272,6 +292,7 @@ class Policy(_Section):
     robustness: RobustnessPolicy = Field(default_factory=RobustnessPolicy)
     fairness: FairnessPolicy = Field(default_factory=FairnessPolicy)
     privacy: PrivacyPolicy = Field(default_factory=PrivacyPolicy)
+    documentation: DocumentationPolicy = Field(default_factory=DocumentationPolicy)
     # judgement keys the file omitted, as warnings (`omitted_key_warnings`); set by `load_policy`
     _warnings: list[str] = PrivateAttr(default_factory=list)
 

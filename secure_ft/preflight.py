@@ -24,7 +24,11 @@ and without loading a model or writing anything:
 * every ε the run aims for is within ``privacy.max_epsilon``: the central or per-site
   ``privacy.target_epsilon`` (which must be set: a fixed noise multiplier alone has no
   budget), and the central client-level ε that ``federated.rounds`` releases at
-  ``federated.central_noise_multiplier`` add up to.
+  ``federated.central_noise_multiplier`` add up to;
+* the technical documentation: every statement the policy's
+  ``documentation.required_card_fields`` lists is given in the config's ``card:`` section (or
+  shipped with a built-in data set, `secure_ft.technical_documentation`); the problem names the
+  missing keys and shows the YAML to add.
 
 Group columns that collide with the text, label or internal columns are refused earlier, when
 the config is validated (`secure_ft.config.DataConfig`), so that ``secure-ft train`` is
@@ -115,6 +119,7 @@ def check_before_training(config: RunConfig, policy: Policy, policy_path: str | 
     policy_file = str(policy_path) if policy_path is not None else str(default_policy_path())
     report = PreflightReport(policy_name=policy.name, policy_path=policy_file)
     check = _Checker(config, policy, policy_file, report, deployed)
+    check.documentation()
     check.audit_names()
     check.fairness_columns()
     check.fairness_judgement()
@@ -144,6 +149,21 @@ class _Checker:
         self.required = list(dict.fromkeys(policy.required_audits))
         self._header: list[str] | None = None
         self._header_read = False
+
+    # -- technical documentation -------------------------------------------------------------
+
+    def documentation(self) -> None:
+        from secure_ft.technical_documentation import card_snippet, missing_card_fields
+
+        missing = missing_card_fields(self.config, self.policy.documentation.required_card_fields)
+        if not missing:
+            return
+        snippet = "\n".join(f"      {line}" for line in card_snippet(missing).splitlines())
+        self.problems.append(
+            f"card: {', '.join(f'card.{name}' for name in missing)} missing, but {self.where} "
+            "documentation.required_card_fields requires them (the technical documentation of the report and the "
+            "model card). Add them to the run config, written by the people responsible for the model, e.g.\n"
+            f"{snippet}")
 
     # -- audits ------------------------------------------------------------------------------
 

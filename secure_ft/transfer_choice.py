@@ -71,8 +71,14 @@ def resolve_run_config(config: RunConfig, train_rows: int) -> tuple[RunConfig, T
     """The config a run actually trains with: transfer resolved, the probe recipe applied where unset.
 
     The result is what a run saves as its config.yaml, so a resumed run (and every federated
-    site, which receives it) trains exactly the same way without resolving anything again.
+    site, which receives it) trains exactly the same way without resolving anything again. A
+    built-in data set's shipped ``card:`` statements fill the ones the config leaves null
+    (`secure_ft.technical_documentation`), so the saved config.yaml, bound by the signed verdict,
+    carries the statements the report and the model card show.
     """
+    from secure_ft.technical_documentation import with_builtin_card
+
+    config = with_builtin_card(config)
     requested = config.model.transfer
     if requested == "auto":
         transfer, reason = choose_transfer(train_rows, config.privacy)

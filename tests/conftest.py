@@ -27,7 +27,7 @@ if "SECURE_FT_BUDGET_DIR" not in os.environ or not os.environ["SECURE_FT_BUDGET_
 
     os.environ["SECURE_FT_BUDGET_DIR"] = tempfile.mkdtemp(prefix="secure-ft-test-budget-")
 
-from toy_data import VOCAB, toy_frame  # noqa: E402  (tests/ is on sys.path under pytest)
+from toy_data import TOY_CARD, VOCAB, toy_frame  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 @pytest.fixture(scope="session")
@@ -58,4 +58,5 @@ def toy_config(tmp_path, toy_csv, tiny_model_dir):
         "training": {"epochs": 2, "batch_size": 16, "learning_rate": 5e-3, "head_learning_rate": None,
                      "early_stopping_patience": None},
         "privacy": {"mode": "none"},
+        "card": TOY_CARD,
     })

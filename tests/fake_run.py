@@ -142,7 +142,10 @@ def make_run(root: Path, *, passing: bool = True, config: RunConfig | None = Non
     run_dir.mkdir(parents=True)
     digest = save_trained_model(model, tokenizer, run_dir / "model", front_end=front_end)
     ledger = Ledger(run_dir)
-    (run_dir / "config.yaml").write_text(config.to_yaml())
+    # as a run saves it (`resolve_run_config`): a built-in data set's card: statements filled in
+    from secure_ft.technical_documentation import with_builtin_card
+
+    (run_dir / "config.yaml").write_text(with_builtin_card(config).to_yaml())
     ledger.append("config_loaded", source="test")
     data = {"source": "tests/complaints.csv", "fingerprint": "d" * 64,
             "rows": {"train": 560, "validation": 120, "test": 120}, "labels": LABELS,

@@ -21,6 +21,8 @@ from secure_ft.errors import ConfigError, PolicyError
 from secure_ft.policy import default_policy_path, load_policy
 from secure_ft.preflight import check_before_training
 
+from toy_data import TOY_CARD
+
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ROOT / "secure_ft" / "policies"
 
@@ -46,6 +48,7 @@ def make_config(toy_csv: Path, tmp_path: Path, **sections) -> RunConfig:
         "data": {"source": str(toy_csv), "label_column": "product", "group_columns": ["region", "senior"],
                  "min_class_count": 5},
         "privacy": {"mode": "dp", "target_epsilon": 8.0, "target_delta": 1e-5},
+        "card": dict(TOY_CARD),
     }
     for section, values in sections.items():
         if isinstance(values, dict):
@@ -53,6 +56,12 @@ def make_config(toy_csv: Path, tmp_path: Path, **sections) -> RunConfig:
         else:
             raw[section] = values
     return RunConfig.model_validate(raw)
+
+
+def without_card(config: RunConfig) -> RunConfig:
+    from secure_ft.config import CardConfig
+
+    return config.model_copy(update={"card": CardConfig()})
 
 
 def problems(config: RunConfig, policy, path) -> str:
@@ -191,6 +200,67 @@ def test_every_problem_is_listed_at_once(toy_csv, tmp_path):
     message = problems(config, policy, path)
     assert "2 problem(s)" in message
     assert all(name in message for name in ("data.group_columns", "privacy.mode: none"))
+
+
+# -- the technical documentation the regulated policies require ----------------------------------
+
+@pytest.mark.parametrize("policy_file", ["regulated-default.yaml", "strict.yaml"])
+def test_regulated_policies_refuse_a_run_without_its_card_statements(toy_csv, tmp_path, policy_file):
+    config = make_config(toy_csv, tmp_path, card={"intended_purpose": None, "deidentification": None})
+    policy_path = POLICIES / policy_file
+    policy, _ = load_policy(policy_path)
+    message = problems(config, policy, policy_path)
+    assert "card.intended_purpose, card.deidentification missing" in message
+    assert "documentation.required_card_fields" in message
+    assert "card.data_provenance" not in message  # given: only the missing keys are named
+    # the snippet is YAML to paste, and its placeholders are refused until someone writes the statements
+    lines = message[message.index("\n      card:\n") + 1:].splitlines()
+    snippet = [line[6:] for line in lines[:next((i for i, line in enumerate(lines) if not line.startswith(" " * 6)),
+                                                len(lines))]]
+    raw = yaml.safe_load("\n".join(snippet))
+    assert set(raw["card"]) == {"intended_purpose", "deidentification"}
+    with pytest.raises(ConfigError, match="placeholder"):
+        config_from_dict(raw)
+
+
+def test_research_policy_does_not_require_card_statements(toy_csv, tmp_path):
+    config = without_card(make_config(toy_csv, tmp_path))
+    assert config.card.intended_purpose is None
+    policy, _ = load_policy(POLICIES / "research.yaml")
+    check_before_training(config, policy, POLICIES / "research.yaml")
+
+
+def test_built_in_statements_apply_only_to_their_own_data(toy_csv, tmp_path):
+    from secure_ft.technical_documentation import missing_card_fields, with_builtin_card
+
+    required = load_policy(default_policy_path())[0].documentation.required_card_fields
+    default = RunConfig()
+    assert missing_card_fields(default, required) == []  # the README's first command documents itself
+    assert "CFPB" in with_builtin_card(default).card.data_provenance
+    assert "mtsamples" in with_builtin_card(load_config(ROOT / "examples" / "mtsamples-dp.yaml")).card.data_provenance
+    # the demo's statements would be false of other data: a user's file gets none of them
+    own = without_card(make_config(toy_csv, tmp_path))
+    assert missing_card_fields(own, required) == list(required)
+    # a statement the config gives wins over the shipped one
+    mine = RunConfig.model_validate({"card": {"intended_purpose": "Our own purpose."}})
+    assert with_builtin_card(mine).card.intended_purpose == "Our own purpose."
+    assert with_builtin_card(mine).card.deidentification == with_builtin_card(default).card.deidentification
+
+
+def test_secure_ft_run_refuses_a_config_without_card_statements(tmp_path, toy_csv):
+    config = tmp_path / "own-data.yaml"
+    config.write_text(yaml.safe_dump({"data": {"source": str(toy_csv), "label_column": "product",
+                                               "group_columns": ["region", "senior"], "min_class_count": 5}}),
+                      encoding="utf-8")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    finished = subprocess.run([sys.executable, "-m", "secure_ft.cli", "run", "--config", str(config),
+                               "--out", str(out)], capture_output=True, text=True, env=env, timeout=150)
+    assert finished.returncode == 2, finished.stderr[-2000:]
+    assert "card.intended_purpose, card.out_of_scope_uses, card.known_limitations, card.deidentification, " \
+           "card.data_provenance missing" in finished.stderr
+    assert "  card:" in finished.stderr and "intended_purpose:" in finished.stderr
+    assert not out.exists() or not any(out.iterdir())
 
 
 # -- group columns that would overwrite the text, the label or internal columns -----------------

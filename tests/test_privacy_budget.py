@@ -216,6 +216,8 @@ def test_a_finished_run_records_its_accountant_history_and_the_audit_reads_it_ba
 # -- pre-flight ----------------------------------------------------------------------------------
 
 def test_preflight_refuses_a_run_that_would_break_the_lifetime_budget_showing_the_figures(toy_csv, tmp_path):
+    from toy_data import TOY_CARD
+
     from secure_ft.data import load_splits
     from secure_ft.preflight import check_before_training, planned_history
 
@@ -224,7 +226,8 @@ def test_preflight_refuses_a_run_that_would_break_the_lifetime_budget_showing_th
            "data": {"source": str(toy_csv), "label_column": "product", "group_columns": ["region", "senior"],
                     "min_class_count": 5},
            "model": {"transfer": "full"}, "training": {"epochs": 2, "batch_size": 16},
-           "privacy": {"mode": "dp", "target_epsilon": 4.0, "target_delta": 1e-5, "budget_dir": str(budget_dir)}}
+           "privacy": {"mode": "dp", "target_epsilon": 4.0, "target_delta": 1e-5, "budget_dir": str(budget_dir)},
+           "card": TOY_CARD}  # the statements the shipped policy requires (documentation.required_card_fields)
     from secure_ft.config import RunConfig
 
     config = RunConfig.model_validate(raw)

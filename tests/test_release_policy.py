@@ -196,6 +196,7 @@ def test_needs_review_is_released_by_a_listed_approval(org, approved, capsys):
     card = read_model_card(served, ["a", "b", "c"])
     assert card["release_policy"]["name"] == "acme" and card["policy_sha256"] == served.policy_sha256
     assert card["policy"].startswith("'regulated-default' (sha256 ") and "as shipped" in card["policy"]
+    assert "CFPB" in card["technical_documentation"]["data_provenance"]  # the run's card: statements
     readme = (bundle / "README.md").read_text()
     assert "## Release and human oversight" in readme and "**alice**" in readme and "was **needs review**" in readme
     assert "It was exported only because it passed" not in readme
@@ -405,3 +406,18 @@ def test_a_retired_key_keeps_what_it_signed_before_its_revocation():
     assert compromised.refuses(datetime(2020, 1, 1, tzinfo=timezone.utc))  # a stolen key can write any time
     with pytest.raises(Exception, match="time zone"):
         RevokedKey(fingerprint="a" * 64, revoked_at="2026-06-01T00:00:00")
+
+
+def test_approvals_show_under_human_oversight(org, approved):
+    # issue #25 item 5: the technical documentation's human oversight is the signed approvals
+    from secure_ft.technical_documentation import human_oversight
+
+    alice = public_key_fingerprint(load_public_key(org["keys"]["alice"][1]))
+    listed = human_oversight(approved["run"])
+    assert [(a["fingerprint"], a["decision"]) for a in listed["approvals"]] == [(alice, "approve")]
+    assert listed["approvals"][0]["comment"] == "read the per-group rates: the gap comes from 8 positives"
+    readme = (approved["bundle"] / "README.md").read_text()
+    oversight = readme[readme.index("### Human oversight"):readme.index("## Release and human oversight")]
+    assert "checked and counted by the release policy **acme**" in oversight
+    assert f"alice (key `{alice}`)" in oversight and "the gap comes from 8 positives" in oversight
+    assert readme.index("## Technical documentation") < readme.index("### Human oversight")

@@ -16,6 +16,12 @@ files and the HTML is only a view of it. Top-level keys (schema version 1.0)::
                         or null for a non-private run
     provenance          provenance.json (SLSA-style resource descriptors: data, base model, packages,
                         secure-ft version and revision) or null
+    technical_documentation
+                        the run config's card: statements (intended purpose, out-of-scope uses, known
+                        limitations, de-identification, data provenance) and where each came from, the
+                        ones the policy requires, and human oversight: the signed approvals in the run
+                        directory (fingerprint, decision, time, comment) or "none yet"
+                        (`secure_ft.technical_documentation`)
     audits              {name: AuditResult.to_dict()} for every audit that ran
     explanations        failed_checks (audit, check, what it measures and the next step),
                         interval_warnings (passes whose interval contains the threshold) and
@@ -47,6 +53,7 @@ from audits.result import AuditResult
 from secure_ft.config import RunConfig
 from secure_ft.errors import BundleError
 from secure_ft.policy import Policy, omitted_key_warnings
+from secure_ft.technical_documentation import documentation_section
 from secure_ft.verdict_explanations import failure_explanations, interval_warnings
 from secure_ft.run_ledger import verify_ledger
 from secure_ft.model_identity import HASH_FILE, model_digest
@@ -84,6 +91,8 @@ def build_report(run_dir: str | os.PathLike[str], results: list[AuditResult], ve
         "training": read_json(run_dir / METRICS_FILE),
         "privacy_guarantee": read_json(run_dir / PRIVACY_FILE),
         "provenance": read_json(run_dir / PROVENANCE_FILE),
+        "technical_documentation": documentation_section(config, run_dir,
+                                                         policy_summary.get("required_card_fields")),
         "audits": audits,
         "explanations": verdict_explanations(audits, policy_summary),
         "examples_included": include,
@@ -201,6 +210,7 @@ def _policy_summary(run_dir: Path, verdict: Verdict) -> dict[str, Any]:
         except ValidationError:
             return summary
         summary["required_audits"] = list(policy.required_audits)
+        summary["required_card_fields"] = list(policy.documentation.required_card_fields)
         # keys the file leaves out whose default decides how checks are judged (CI bound, budget check)
         summary["warnings"] = omitted_key_warnings(content, policy)
     return summary

@@ -29,6 +29,7 @@ SECTIONS = (
     ("fairness", "Fairness"),
     ("robustness", "Robustness"),
     ("membership", "Privacy audit (ε and membership inference)"),
+    ("documentation", "Technical documentation"),
     ("configuration", "Configuration"),
 )
 _DEDICATED = {"performance", "fairness", "robustness", "privacy"}
@@ -652,6 +653,50 @@ def _other_audits(report: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+_CARD_LABELS = (("intended_purpose", "Intended purpose"), ("out_of_scope_uses", "Out-of-scope uses"),
+                ("known_limitations", "Known limitations"), ("deidentification", "De-identification"),
+                ("data_provenance", "Data provenance"))
+
+
+def _documentation(report: dict[str, Any]) -> str:
+    """The card: statements of the run config (EU AI Act Annex IV) and human oversight (the signed approvals)."""
+    documentation = report.get("technical_documentation")
+    if not isinstance(documentation, dict):
+        return '<p class="muted">Not recorded (a report written before the card: section existed).</p>'
+    statements = documentation.get("statements") or {}
+    sources = documentation.get("source") or {}
+    required = set(documentation.get("required_by_policy") or [])
+    parts = ['<p class="muted">Statements from the run config\'s <code>card:</code> section, saved in the run\'s '
+             "config.yaml, which the signed verdict binds.</p>"]
+    for key, label in _CARD_LABELS:
+        value = statements.get(key)
+        note = []
+        if key in required:
+            note.append("required by the policy")
+        if sources.get(key) and sources.get(key) != "config":
+            note.append(str(sources[key]))
+        heading = f"<h3>{_e(label)}" + (f' <span class="muted">({_e("; ".join(note))})</span>' if note else "") + "</h3>"
+        if value is None:
+            body = '<p class="muted">not stated</p>'
+        elif isinstance(value, list):
+            body = "<ul>" + "".join(f"<li>{_e(item)}</li>" for item in value) + "</ul>"
+        else:
+            body = f"<p>{_e(value)}</p>"
+        parts.append(heading + body)
+    oversight = documentation.get("human_oversight") or {}
+    parts.append("<h3>Human oversight</h3>")
+    approvals = [a for a in oversight.get("approvals") or [] if isinstance(a, dict)]
+    if approvals:
+        parts.append('<p class="muted">Signed approvals in the run directory, as their files state them; the release '
+                     "policy checks each signature at export.</p>")
+        parts.append(_table(("approver key (SHA-256)", "decision", "time", "comment"),
+                            [(a.get("fingerprint"), a.get("decision"), a.get("time"), a.get("comment"))
+                             for a in approvals]))
+    else:
+        parts.append(f"<p>{_e(oversight.get('statement') or 'none yet')}</p>")
+    return "".join(parts)
+
+
 def _configuration(report: dict[str, Any]) -> str:
     run = report.get("run") or {}
     parts = []
@@ -667,7 +712,7 @@ def _configuration(report: dict[str, Any]) -> str:
 _RENDERERS = {
     "verdict": _verdict, "identity": _identity, "training": _training, "privacy": _privacy,
     "performance": _performance, "fairness": _fairness, "robustness": _robustness,
-    "membership": _membership, "configuration": _configuration,
+    "membership": _membership, "documentation": _documentation, "configuration": _configuration,
 }
 
 

@@ -40,6 +40,8 @@ def read_model_card(bundle: VerifiedBundle, labels: list[str]) -> dict[str, Any]
             "accountant": guarantee.get("accountant"),
         },
         "signature": {"public_key_sha256": bundle.public_key_sha256, "trusted_key": bundle.trusted_key},
+        # the run config's card: statements (intended purpose, limitations, ...); human oversight is release_policy
+        "technical_documentation": (report.get("technical_documentation") or {}).get("statements"),
         "card": card.decode("utf-8", errors="replace") if card is not None else None,
     }
 
