@@ -159,6 +159,12 @@ class SentenceSyntax:
                                   if not span.start <= child.i < span.end))
         return WordSyntax(root.tag_, root.dep_, head, dependents)
 
+    def original_tag(self, original, index: int) -> str:
+        """The Penn Treebank tag of word `index` of `original`, its sentence parsed alone (cached)."""
+        sentence = self.sentences_of(original)[index]
+        string, local = self.sentence_text(original, word_offsets(original), sentence)
+        return self.word_syntax(string, local, original.words, sentence.first, index).tag
+
     def swapped_words(self, transformed_texts, reference_text) -> list[list[tuple[WordSyntax, WordSyntax]]]:
         """Per candidate, per newly swapped word: (its syntax in the original, in the candidate)."""
         sentences = self.sentences_of(reference_text)
@@ -242,3 +248,51 @@ class ParseStability(_SyntaxConstraint):
         return ["parser"] + super().extra_repr_keys()
 
     parser = SPACY_MODEL
+
+
+_WORDNET_POS = {"N": "n", "V": "v", "J": "a", "R": "r"}  # first letter of a Penn Treebank tag → WordNet
+
+
+@functools.lru_cache(maxsize=200_000)
+def _shares_a_synset(original: str, new: str, pos: str) -> bool:
+    from nltk.corpus import wordnet
+
+    def synsets(word):
+        found = set(wordnet.synsets(word, pos=pos))
+        if pos == "a":  # adjective satellites are adjectives too
+            found |= set(wordnet.synsets(word, pos="s"))
+        return found
+
+    return bool(synsets(original) & synsets(new))
+
+
+class SynonymInTaggedSense(_SyntaxConstraint):
+    """A WordNet swap is a synonym of the word *as the part of speech it has in its sentence*.
+
+    WordNet lists synonyms per sense, and a word's senses span parts of speech: "number" (a
+    noun in "the required number of days") has the verb sense "numerate", which the tag check
+    can miss when the new word fits the noun slot. The new word must share a synset with the
+    original word in the WordNet part of speech of the original's Penn Treebank tag; a word
+    whose tag has no WordNet part of speech (a pronoun, a preposition) has no synonym.
+    """
+
+    def _keeps(self, before, after):
+        raise NotImplementedError  # judged on the words and the original's tag, below
+
+    def _check_constraint_many(self, transformed_texts, reference_text):
+        if not transformed_texts:
+            return []
+        tag = self._syntax.original_tag  # the original's parse only: no candidate is parsed here
+        return [text for text in transformed_texts
+                if all(self._synonym(reference_text.words[i], text.words[i], tag(reference_text, i))
+                       for i in text.attack_attrs["newly_modified_indices"])]
+
+    @staticmethod
+    def _synonym(original: str, new: str, tag: str) -> bool:
+        pos = _WORDNET_POS.get(tag[:1])
+        return pos is not None and _shares_a_synset(original.lower(), new.lower(), pos)
+
+    def extra_repr_keys(self):
+        return ["lexicon"] + super().extra_repr_keys()
+
+    lexicon = "WordNet 3.0"

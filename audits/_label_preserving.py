@@ -22,7 +22,9 @@ Improving Adversarial Training of NLP Models") use, built from TextAttack's own 
     :mod:`audits._grammaticality` applies the principle with a dependency parser): the swapped
     word keeps its fine-grained Penn Treebank tag in its sentence (``PennTreebankTag``: no
     fix→fixing, day→days, make→made) and, re-parsed, its dependency relation, head and
-    dependents (``ParseStability``); then the window of ``sentence_window`` words around the
+    dependents (``ParseStability``); for WordNet swaps, first, the new word is a synonym in the
+    part of speech the word is tagged with (``SynonymInTaggedSense``: no "number" → "numerate");
+    then the window of ``sentence_window`` words around the
     change keeps a cosine similarity of at least ``min_sentence_similarity`` under an
     *independent* sentence encoder (all-mpnet-base-v2, not the audited model's base encoder;
     ``SBERT``). The embedding swap also keeps its word-vector floor and rejects WordNet
@@ -52,7 +54,7 @@ from textattack.transformations import (
     WordSwapWordNet,
 )
 
-from audits._grammaticality import ParseStability, PennTreebankTag
+from audits._grammaticality import ParseStability, PennTreebankTag, SynonymInTaggedSense
 from audits._validity_constraints import CountingAttack, IndependentSentenceEncoder, RedactionPlaceholders
 
 DEEPWORDBUG_LP, PWWS_LP, EMBEDDING_SWAP_LP = "deepwordbug-lp", "pwws-lp", "embedding-swap-lp"
@@ -92,7 +94,9 @@ def build_deepwordbug_lp(model_wrapper, validity) -> CountingAttack:
 
 
 def build_pwws_lp(model_wrapper, validity, encoder) -> CountingAttack:
-    constraints = [*_index_constraints(validity), *_meaning_constraints(validity, encoder)]
+    # a WordNet swap must be a synonym in the sense the word has here: the part of speech it is tagged with
+    synonyms = [SynonymInTaggedSense()] if validity.part_of_speech else []
+    constraints = [*_index_constraints(validity), *synonyms, *_meaning_constraints(validity, encoder)]
     return CountingAttack(UntargetedClassification(model_wrapper), constraints, WordSwapWordNet(),
                           GreedyWordSwapWIR("weighted-saliency"))
 

@@ -118,6 +118,22 @@ def test_parse_stability_rejects_a_swap_the_sentence_cannot_take(resources):
     assert [t.words[1] for t in kept] == ["get", "let"]
 
 
+def test_wordnet_swap_must_be_a_synonym_in_the_tagged_part_of_speech(resources):
+    from textattack.shared import AttackedText
+
+    from audits._grammaticality import PennTreebankTag, SynonymInTaggedSense
+
+    sense = SynonymInTaggedSense()
+    text = AttackedText("They did not receive my request by the required number of days.")
+    number = text.words.index("number")  # a noun here; WordNet also lists "numerate" under its verb sense
+    assert sense._check_constraint(words_swapped(text, number, "figure"), text)  # a noun sense of "number"
+    numerate = words_swapped(text, number, "numerate")
+    assert not sense._check_constraint(numerate, text)
+    assert PennTreebankTag()._check_constraint(numerate, text)  # the tag check alone lets it through
+    pronoun = AttackedText("I paid the fee")
+    assert not sense._check_constraint(words_swapped(pronoun, 0, "iodin"), pronoun)  # no synonym of a pronoun
+
+
 def test_independent_sentence_encoder_rejects_a_meaning_change(resources, encoder):
     from textattack.shared import AttackedText
 
