@@ -296,3 +296,16 @@ class SynonymInTaggedSense(_SyntaxConstraint):
         return ["lexicon"] + super().extra_repr_keys()
 
     lexicon = "WordNet 3.0"
+
+
+class ProperNounsKept(_SyntaxConstraint):
+    """No swap of a proper noun (Penn Treebank NNP, NNPS): a name has no synonym ("Rapid Cash" is a lender)."""
+
+    def _check_constraint_many(self, transformed_texts, reference_text):
+        tag = self._syntax.original_tag  # the original's parse only
+        return [text for text in transformed_texts
+                if not any(tag(reference_text, i) in ("NNP", "NNPS")
+                           for i in text.attack_attrs["newly_modified_indices"])]
+
+    def _keeps(self, before, after):
+        raise NotImplementedError  # judged on the original's tag alone, above

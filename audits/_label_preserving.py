@@ -24,6 +24,7 @@ Improving Adversarial Training of NLP Models") use, built from TextAttack's own 
     fix→fixing, day→days, make→made) and, re-parsed, its dependency relation, head and
     dependents (``ParseStability``); for WordNet swaps, first, the new word is a synonym in the
     part of speech the word is tagged with (``SynonymInTaggedSense``: no "number" → "numerate");
+    no proper noun is swapped (``ProperNounsKept``: a name has no synonym);
     then the window of ``sentence_window`` words around the
     change keeps a cosine similarity of at least ``min_sentence_similarity`` under an
     *independent* sentence encoder (all-mpnet-base-v2, not the audited model's base encoder;
@@ -54,7 +55,7 @@ from textattack.transformations import (
     WordSwapWordNet,
 )
 
-from audits._grammaticality import ParseStability, PennTreebankTag, SynonymInTaggedSense
+from audits._grammaticality import ParseStability, PennTreebankTag, ProperNounsKept, SynonymInTaggedSense
 from audits._validity_constraints import CountingAttack, IndependentSentenceEncoder, RedactionPlaceholders
 
 DEEPWORDBUG_LP, PWWS_LP, EMBEDDING_SWAP_LP = "deepwordbug-lp", "pwws-lp", "embedding-swap-lp"
@@ -75,7 +76,7 @@ def _meaning_constraints(validity, encoder) -> list:
     """Grammar first (one batched parse per sentence, shared by both checks), the sentence encoder last."""
     constraints = []
     if validity.part_of_speech:
-        constraints.append(PennTreebankTag())
+        constraints += [ProperNounsKept(), PennTreebankTag()]
     if validity.parse_stability:
         constraints.append(ParseStability())
     constraints.append(IndependentSentenceEncoder(str(encoder.path), encoder.sha256,

@@ -134,6 +134,17 @@ def test_wordnet_swap_must_be_a_synonym_in_the_tagged_part_of_speech(resources):
     assert not sense._check_constraint(words_swapped(pronoun, 0, "iodin"), pronoun)  # no synonym of a pronoun
 
 
+def test_proper_nouns_are_never_swapped(resources):
+    from textattack.shared import AttackedText
+
+    from audits._grammaticality import ProperNounsKept
+
+    names = ProperNounsKept()
+    text = AttackedText("I requested a loan from SpeedyCash Rapid Cash in the amount of 680 dollars.")
+    assert not names._check_constraint(words_swapped(text, text.words.index("Cash"), "Money"), text)  # a lender's name
+    assert names._check_constraint(words_swapped(text, text.words.index("amount"), "sum"), text)  # a common noun
+
+
 def test_independent_sentence_encoder_rejects_a_meaning_change(resources, encoder):
     from textattack.shared import AttackedText
 
