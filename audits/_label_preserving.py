@@ -17,13 +17,19 @@ Improving Adversarial Training of NLP Models") use, built from TextAttack's own 
     the meaning, so the floor would reject valid typos.
 ``pwws-lp`` (WordNet synonym swaps, PWWS's weighted-saliency search) and
 ``embedding-swap-lp`` (nearest neighbours in word-embedding space, greedy deletion ranking)
-    the same stopword / mask / budget constraints, then the swapped word keeps its universal
-    part of speech in context (``PartOfSpeech``, spaCy-tagged, no noun↔verb swaps), then the
-    window of ``sentence_window`` words around the change keeps a cosine similarity of at
-    least ``min_sentence_similarity`` under an *independent* sentence encoder
-    (all-mpnet-base-v2, not the audited model's base encoder; ``SBERT``). The embedding swap
-    also keeps its word-vector floor and rejects WordNet antonyms (its vectors are not
-    counter-fitted).
+    the same stopword / mask / budget constraints, then no new grammatical error (Morris et
+    al. 2020 counted them with LanguageTool, a Java server downloaded on first use; offline,
+    :mod:`audits._grammaticality` applies the principle with a dependency parser): the swapped
+    word keeps its fine-grained Penn Treebank tag in its sentence (``PennTreebankTag``: no
+    fix→fixing, day→days, make→made) and, re-parsed, its dependency relation, head and
+    dependents (``ParseStability``); for WordNet swaps, first, the new word is a synonym in the
+    part of speech the word is tagged with (``SynonymInTaggedSense``: no "number" → "numerate");
+    no proper noun is swapped (``ProperNounsKept``: a name has no synonym);
+    then the window of ``sentence_window`` words around the
+    change keeps a cosine similarity of at least ``min_sentence_similarity`` under an
+    *independent* sentence encoder (all-mpnet-base-v2, not the audited model's base encoder;
+    ``SBERT``). The embedding swap also keeps its word-vector floor and rejects WordNet
+    antonyms (its vectors are not counter-fitted).
 
 Constraints run cheapest first (pre-transformation index filters, then word-level checks,
 then the encoder) and every candidate is filtered before the model is queried; the attack is
@@ -49,12 +55,8 @@ from textattack.transformations import (
     WordSwapWordNet,
 )
 
-from audits._validity_constraints import (
-    CountingAttack,
-    IndependentSentenceEncoder,
-    RedactionPlaceholders,
-    SpacyPartOfSpeech,
-)
+from audits._grammaticality import ParseStability, PennTreebankTag, ProperNounsKept, SynonymInTaggedSense
+from audits._validity_constraints import CountingAttack, IndependentSentenceEncoder, RedactionPlaceholders
 
 DEEPWORDBUG_LP, PWWS_LP, EMBEDDING_SWAP_LP = "deepwordbug-lp", "pwws-lp", "embedding-swap-lp"
 LABEL_PRESERVING = (DEEPWORDBUG_LP, PWWS_LP, EMBEDDING_SWAP_LP)
@@ -71,10 +73,12 @@ def _index_constraints(validity) -> list:
 
 
 def _meaning_constraints(validity, encoder) -> list:
-    """Word-level grammar first (cheap, cached per window), the sentence encoder last."""
+    """Grammar first (one batched parse per sentence, shared by both checks), the sentence encoder last."""
     constraints = []
     if validity.part_of_speech:
-        constraints.append(SpacyPartOfSpeech(allow_verb_noun_swap=False))
+        constraints += [ProperNounsKept(), PennTreebankTag()]
+    if validity.parse_stability:
+        constraints.append(ParseStability())
     constraints.append(IndependentSentenceEncoder(str(encoder.path), encoder.sha256,
                                                   threshold=float(validity.min_sentence_similarity),
                                                   window_size=int(validity.sentence_window)))
@@ -91,7 +95,9 @@ def build_deepwordbug_lp(model_wrapper, validity) -> CountingAttack:
 
 
 def build_pwws_lp(model_wrapper, validity, encoder) -> CountingAttack:
-    constraints = [*_index_constraints(validity), *_meaning_constraints(validity, encoder)]
+    # a WordNet swap must be a synonym in the sense the word has here: the part of speech it is tagged with
+    synonyms = [SynonymInTaggedSense()] if validity.part_of_speech else []
+    constraints = [*_index_constraints(validity), *synonyms, *_meaning_constraints(validity, encoder)]
     return CountingAttack(UntargetedClassification(model_wrapper), constraints, WordSwapWordNet(),
                           GreedyWordSwapWIR("weighted-saliency"))
 

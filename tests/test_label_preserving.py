@@ -75,17 +75,74 @@ def test_word_budget_stops_the_third_change_of_a_short_text(resources):
     assert budget._get_modifiable_indices(text) == set()
 
 
-def test_part_of_speech_rejects_a_swap_that_changes_it(resources):
+def test_penn_treebank_tag_rejects_an_inflection_change(resources):
     from textattack.shared import AttackedText
 
-    from audits._validity_constraints import SpacyPartOfSpeech
+    from audits._grammaticality import PennTreebankTag
 
+    tag = PennTreebankTag()
+    fix = AttackedText("I asked the bank twice. I need them to fix my credit report.")
+    assert tag._check_constraint(words_swapped(fix, fix.words.index("fix"), "repair"), fix)  # VB for VB
+    assert not tag._check_constraint(words_swapped(fix, fix.words.index("fix"), "fixing"), fix)  # VB → VBG
+    days = AttackedText("It took three days to respond to my letter.")
+    assert tag._check_constraint(words_swapped(days, 3, "weeks"), days)  # NNS for NNS
+    assert not tag._check_constraint(words_swapped(days, 3, "day"), days)  # NNS → NN: "three day"
+    make = AttackedText("They make me pay every month.")
+    assert not tag._check_constraint(words_swapped(make, 1, "made"), make)  # VBP → VBD
     text = AttackedText(TEXT)
-    pos = SpacyPartOfSpeech()
     fee = text.words.index("fee")
-    assert pos._check_constraint(words_swapped(text, fee, "charge"), text)  # noun for noun
-    assert not pos._check_constraint(words_swapped(text, fee, "quickly"), text)  # noun for adverb
-    assert not pos._check_constraint(words_swapped(text, text.words.index("late"), "pay"), text)  # adjective for verb
+    assert tag._check_constraint(words_swapped(text, fee, "charge"), text)  # noun for noun
+    assert not tag._check_constraint(words_swapped(text, fee, "quickly"), text)  # noun for adverb
+    assert not tag._check_constraint(words_swapped(text, text.words.index("late"), "pay"), text)  # adjective for verb
+
+
+def test_parse_stability_rejects_a_swap_the_sentence_cannot_take(resources):
+    from textattack.shared import AttackedText
+
+    from audits._grammaticality import ParseStability, PennTreebankTag
+
+    stable, tag = ParseStability(), PennTreebankTag()
+    make = AttackedText("They make me pay every month.")
+    forced = words_swapped(make, 1, "force")  # "They force me pay": same tag (VBP), no longer grammatical
+    assert tag._check_constraint(forced, make) and not stable._check_constraint(forced, make)
+    assert stable._check_constraint(words_swapped(make, 1, "get"), make)  # "They get me pay": same parse
+    way = AttackedText("There is no way to know what they did.")
+    telling = words_swapped(way, 3, "telling")  # the relative clause "to know" loses its noun
+    assert tag._check_constraint(telling, way) and not stable._check_constraint(telling, way)
+    fix = AttackedText("I asked the bank twice. I need them to fix my credit report.")
+    i = fix.words.index("fix")  # second sentence: parsed alone, with the first one left out
+    assert stable._check_constraint(words_swapped(fix, i, "repair"), fix)
+    assert not stable._check_constraint(words_swapped(fix, i, "fixing"), fix)  # "to fixing": a preposition now
+    # batched: one call judges many candidates, each on its own parse
+    kept = stable.call_many([words_swapped(make, 1, w) for w in ("get", "force", "let")], make)
+    assert [t.words[1] for t in kept] == ["get", "let"]
+
+
+def test_wordnet_swap_must_be_a_synonym_in_the_tagged_part_of_speech(resources):
+    from textattack.shared import AttackedText
+
+    from audits._grammaticality import PennTreebankTag, SynonymInTaggedSense
+
+    sense = SynonymInTaggedSense()
+    text = AttackedText("They did not receive my request by the required number of days.")
+    number = text.words.index("number")  # a noun here; WordNet also lists "numerate" under its verb sense
+    assert sense._check_constraint(words_swapped(text, number, "figure"), text)  # a noun sense of "number"
+    numerate = words_swapped(text, number, "numerate")
+    assert not sense._check_constraint(numerate, text)
+    assert PennTreebankTag()._check_constraint(numerate, text)  # the tag check alone lets it through
+    pronoun = AttackedText("I paid the fee")
+    assert not sense._check_constraint(words_swapped(pronoun, 0, "iodin"), pronoun)  # no synonym of a pronoun
+
+
+def test_proper_nouns_are_never_swapped(resources):
+    from textattack.shared import AttackedText
+
+    from audits._grammaticality import ProperNounsKept
+
+    names = ProperNounsKept()
+    text = AttackedText("I requested a loan from SpeedyCash Rapid Cash in the amount of 680 dollars.")
+    assert not names._check_constraint(words_swapped(text, text.words.index("Cash"), "Money"), text)  # a lender's name
+    assert names._check_constraint(words_swapped(text, text.words.index("amount"), "sum"), text)  # a common noun
 
 
 def test_independent_sentence_encoder_rejects_a_meaning_change(resources, encoder):
@@ -115,13 +172,14 @@ def test_character_edits_keep_the_text_edit_distance(resources):
 def test_counting_attack_counts_what_each_constraint_rejected(resources):
     from textattack.shared import AttackedText
 
-    from audits._validity_constraints import CountingAttack, SpacyPartOfSpeech
+    from audits._grammaticality import PennTreebankTag
+    from audits._validity_constraints import CountingAttack
 
     from textattack.constraints.pre_transformation import RepeatModification
     from textattack.transformations import WordSwapWordNet
 
     attack = CountingAttack.__new__(CountingAttack)  # only the filter: no model, no search
-    attack.constraints = [SpacyPartOfSpeech()]
+    attack.constraints = [PennTreebankTag()]
     attack.pre_transformation_constraints = [RepeatModification()]
     attack.constraints_cache = {}
     attack.transformation = WordSwapWordNet()
@@ -132,7 +190,7 @@ def test_counting_attack_counts_what_each_constraint_rejected(resources):
         [words_swapped(text, fee, "charge"), words_swapped(text, fee, "quickly")], text, text)
     assert len(kept) == 1
     counts = attack.take_counts()
-    assert counts["candidates"] == 2 and counts["rejected_by"] == {"SpacyPartOfSpeech": 1}
+    assert counts["candidates"] == 2 and counts["rejected_by"] == {"PennTreebankTag": 1}
     assert attack.take_counts()["candidates"] == 0  # taken counts reset
 
 
