@@ -19,6 +19,11 @@ if "SECURE_FT_CONFIG_DIR" not in os.environ or not os.environ["SECURE_FT_CONFIG_
     import tempfile
 
     os.environ["SECURE_FT_CONFIG_DIR"] = tempfile.mkdtemp(prefix="secure-ft-test-config-")
+# exported ONNX encoders of the tests' tiny models: cached for the session, never in the user's cache
+if not os.environ.get("SECURE_FT_CACHE", "").startswith("/tmp"):
+    import tempfile
+
+    os.environ["SECURE_FT_CACHE"] = tempfile.mkdtemp(prefix="secure-ft-test-cache-")
 
 from toy_data import VOCAB, toy_frame  # noqa: E402  (tests/ is on sys.path under pytest)
 
