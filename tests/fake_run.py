@@ -122,13 +122,15 @@ class FakeRun:
 
 
 def make_run(root: Path, *, passing: bool = True, config: RunConfig | None = None, report: bool = True,
-             model_dir: Path | None = None, front_end=None, results: list[AuditResult] | None = None) -> FakeRun:
+             model_dir: Path | None = None, front_end=None, results: list[AuditResult] | None = None,
+             onnx_encoder: bool = False) -> FakeRun:
     """A run directory with model, config, data/metrics/privacy JSON, ledger, verdict and report.
 
     `model_dir`: a saved classifier with ``len(LABELS)`` classes to put in the run instead of the
     tiny random BERT (benchmarks use a real model). `front_end`: a `secure_ft.spelling.SpellingFrontEnd`
     saved inside the run's model folder (part of the model, as training saves it). `results`: the
-    audit results to gate and sign instead of `audit_results(passing)`.
+    audit results to gate and sign instead of `audit_results(passing)`. `onnx_encoder`: the model is a
+    probe-style classifier (mean-normalised pooling) saved with its exported encoder graph.
     """
     config = config or RunConfig()
     base = model_dir or tiny_bert_folder(root / "base", WORDS, num_labels=len(LABELS), seed=3)
@@ -137,7 +139,15 @@ def make_run(root: Path, *, passing: bool = True, config: RunConfig | None = Non
     model.config.label2id = {name: index for index, name in enumerate(LABELS)}
     run_dir = root / "run"
     run_dir.mkdir(parents=True)
-    digest = save_trained_model(model, tokenizer, run_dir / "model", front_end=front_end)
+    graph = None
+    if onnx_encoder:
+        from secure_ft.model_identity import model_digest
+        from secure_ft.onnx_encoder import encoder_graph
+        from secure_ft.pooling import MEAN_NORMALIZED, use_mean_pooling
+
+        use_mean_pooling(model, MEAN_NORMALIZED)
+        graph = encoder_graph(model, tokenizer, model_digest(base), MEAN_NORMALIZED)
+    digest = save_trained_model(model, tokenizer, run_dir / "model", front_end=front_end, encoder_graph=graph)
     ledger = Ledger(run_dir)
     (run_dir / "config.yaml").write_text(config.to_yaml())
     ledger.append("config_loaded", source="test")
