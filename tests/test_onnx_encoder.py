@@ -154,3 +154,13 @@ def test_serve_runs_the_graph_from_the_verified_bytes(graph_bundle, tmp_path, mo
     # the served model is the audited one: same probabilities as the run's folder on its graph
     audited = TextClassifier.load(graph_bundle.run_dir / "model", max_length=classifier.max_length)
     assert np.allclose(classifier.probabilities(TEXTS[:6]), audited.predict_proba(TEXTS[:6]), atol=1e-6)
+
+
+def test_the_bundle_readme_code_runs_the_graph(graph_bundle, tmp_path, monkeypatch):
+    from test_bundle_readme import readme_code, run_readme, served
+
+    namespace = run_readme(graph_bundle.bundle, monkeypatch, readme_code(graph_bundle.bundle))
+    assert isinstance(namespace["model"], GraphSequenceClassifier)
+    assert "encoder_onnx" in (graph_bundle.bundle / "README.md").read_text()
+    _, expected = served(graph_bundle.bundle, [namespace["texts"][0]])
+    np.testing.assert_allclose(namespace["probabilities"].numpy(), expected, atol=1e-6, rtol=0)
