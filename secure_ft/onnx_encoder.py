@@ -252,14 +252,22 @@ class GraphSequenceClassifier(nn.Module):
 
     Called like a transformers sequence classifier (``model(**tokenizer_batch).logits``), so
     `secure_ft.models.predict`, the attack wrapper and serving use it unchanged. Only the output
-    layer is a torch module; the torch encoder is not kept.
+    layer and the (frozen, unchanged) input word embeddings are torch modules — the embedding-swap
+    attack reads the latter; the rest of the torch encoder is not kept.
     """
 
-    def __init__(self, encoder: OnnxEncoder, classifier: nn.Linear, config):
+    def __init__(self, encoder: OnnxEncoder, classifier: nn.Linear, config, input_embeddings: nn.Module | None = None):
         super().__init__()
         self.encoder = encoder
         self.classifier = classifier
         self.config = config
+        self.input_embeddings = input_embeddings
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The base encoder's word embeddings (the graph holds the same frozen weights)."""
+        if self.input_embeddings is None:
+            raise ModelError("this graph classifier was built without the encoder's input embeddings")
+        return self.input_embeddings
 
     @property
     def device(self) -> torch.device:
@@ -276,7 +284,7 @@ def graph_classifier(model: nn.Module, encoder: OnnxEncoder) -> GraphSequenceCla
     if not isinstance(classifier, nn.Linear):
         raise ModelError(f"the model folder holds an {GRAPH_FOLDER}/ graph but its classifier is "
                          f"{type(classifier).__name__}, not one linear layer; only transfer: probe models carry one")
-    return GraphSequenceClassifier(encoder, classifier, model.config).eval()
+    return GraphSequenceClassifier(encoder, classifier, model.config, model.get_input_embeddings()).eval()
 
 
 def with_folder_graph(model: nn.Module, model_dir: str | Path, device: str = "cpu") -> nn.Module:

@@ -16,7 +16,7 @@ from secure_ft.config import ModelConfig, RunConfig
 from secure_ft.errors import BundleError, ModelError
 from secure_ft.export import MODEL_CARD_FILE, verify_bundle
 from secure_ft.model_identity import model_digest
-from secure_ft.models import load_base_model
+from secure_ft.models import load_base_model, load_trained_model
 from secure_ft.onnx_encoder import GRAPH_FILE, GRAPH_FOLDER, SETTINGS_FILE, GraphSequenceClassifier, OnnxEncoder
 from secure_ft.probe import encoder_graph_folder, torch_encoder
 from secure_ft.serving import BundleClassifier, load_verified_bundle
@@ -114,6 +114,9 @@ def test_the_graph_is_part_of_the_model_digest_and_the_card(graph_bundle):
 def test_audits_load_the_folder_on_its_graph(graph_bundle):
     classifier = TextClassifier.load(graph_bundle.run_dir / "model", max_length=16)
     assert isinstance(classifier.model, GraphSequenceClassifier)
+    # the embedding-swap attack's word vectors: the frozen encoder's own
+    torch_model = load_trained_model(graph_bundle.run_dir / "model")[0]
+    assert torch.equal(classifier.model.get_input_embeddings().weight, torch_model.get_input_embeddings().weight)
     probabilities = classifier.predict_proba(TEXTS[:5])
     assert probabilities.shape[0] == 5 and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
 
