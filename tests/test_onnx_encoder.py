@@ -13,6 +13,7 @@ from pydantic import ValidationError
 import secure_ft.onnx_encoder as onnx_encoder
 from fake_run import TEXTS
 from secure_ft.config import ModelConfig, RunConfig
+from secure_ft.effective_config import effective_config
 from secure_ft.errors import BundleError, ModelError
 from secure_ft.export import MODEL_CARD_FILE, verify_bundle
 from secure_ft.model_identity import model_digest
@@ -81,6 +82,9 @@ def test_int8_graph_is_quantized_and_recorded(tiny_model_dir, tmp_path, monkeypa
 def test_backend_is_resolved_into_the_effective_config():
     probe, _ = resolve_run_config(RunConfig.model_validate({"model": {"transfer": "probe"}}), 500)
     assert probe.model.encoder_backend == "onnx"
+    shown = effective_config(RunConfig.model_validate({"model": {"transfer": "probe"}}), 500, ["a", "b"])
+    assert shown.values["model.encoder_backend"] == "onnx"
+    assert shown.sources["model.encoder_backend"].startswith("auto: transfer probe")
     lora, _ = resolve_run_config(RunConfig.model_validate({"model": {"transfer": "lora"}}), 500)
     assert lora.model.encoder_backend == "torch"
     with pytest.raises(ValidationError, match="encoder_backend: onnx"):
