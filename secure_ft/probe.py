@@ -16,7 +16,12 @@ export and serving read like any other. Its predictions on raw text equal the he
 cached embeddings, because the embeddings were computed by the same pooler.
 
 Embeddings are cached inside the run directory (`secure_ft.embedding_cache`), keyed by the
-encoder's hash, the maximum length and the pooling, and looked up by each text's hash.
+encoder's hash (and, on ONNX Runtime, the quantization and exporter), the maximum length and the
+pooling, and looked up by each text's hash.
+
+The encoder runs on the backend ``model.encoder_backend`` resolves to (`frozen_encoder`): by
+default the exported ONNX graph (`secure_ft.onnx_encoder`), which `save_trained_model` then
+stores in the model folder so that audits and serving run the very graph the head was trained on.
 """
 
 from __future__ import annotations
