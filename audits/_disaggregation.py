@@ -10,6 +10,12 @@ worst-group gap subtracts a group from the overall accuracy) and need joint resa
 because Fairlearn scores an undefined rate (no positives in a group) as 0, which would enter
 the differences as a real value; here such a rate stays undefined (null).
 
+The differences and gaps (demographic parity, equal opportunity and equalized odds
+differences, worst-group accuracy and its gap) get intervals derived from simultaneous
+bootstrap intervals of the group-rate differences they are made of
+(:mod:`audits._disparity_intervals`), not percentile intervals of the resampled max-minus-min,
+which are biased upward near a zero gap; the ratios keep percentile intervals.
+
 Each column's report also lists the (class, group) cells left out of the TPR / FPR
 comparisons for want of support (``excluded_cells``) and, per summary measure, a
 permutation test (``tests``, :mod:`audits._permutation`): the same measure recomputed with
@@ -34,6 +40,7 @@ from sklearn.metrics import accuracy_score
 
 from audits._group_rates import (GROUP_RATES, SUMMARY_MEASURES, WORSE_WHEN_LARGER, class_rates, confusion_tensor,
                                  group_rates, summary_measures, supported_cells)
+from audits._disparity_intervals import DERIVED_MEASURES, disparity_intervals
 from audits._permutation import null_summary, permuted_confusions
 from audits._intervals import estimate, finite_or_none, percentile_intervals
 from secure_ft.errors import AuditError
@@ -184,9 +191,15 @@ def disaggregate(y_true: np.ndarray, y_pred: np.ndarray, group_values: pd.Series
         return report
 
     measures = summary_measures(confusion, eligible, positive_class, overall_accuracy, min_positives=min_positives)
+    derived = disparity_intervals(confusion, eligible, positive_class, overall_accuracy, min_positives=min_positives,
+                                  level=ci_level) if len(weights) > 1 else {}
     for name, values in measures.items():
-        interval = percentile_intervals(values[1:, None], ci_level) if len(weights) > 1 else (np.array([np.nan]),) * 2
-        report["summary"][name] = estimate(values[0], interval[0][0], interval[1][0])
+        if name in DERIVED_MEASURES:
+            low, high = derived.get(name, (np.nan, np.nan))
+        else:  # ratios: percentile interval of the resampled measure
+            interval = percentile_intervals(values[1:, None], ci_level) if len(weights) > 1 else ([np.nan],) * 2
+            low, high = interval[0][0], interval[1][0]
+        report["summary"][name] = estimate(values[0], low, high)
     if orders is not None and len(orders):
         observed = {name: report["summary"][name]["value"] for name in SUMMARY_MEASURES}
         report["tests"] = permutation_tests(y_true, y_pred, codes, len(names), n_classes, eligible, positive_class,

@@ -8,6 +8,9 @@ with the run's seed, so the same model on the same data gives the same intervals
   (confusion counts) are then one matrix product or `bincount` per resample.
 * :func:`percentile_interval` turns resampled values into an equal-tailed percentile interval,
   ignoring resamples where the value was undefined (NaN), and says how many were ignored.
+* :func:`simultaneous_intervals` gives intervals for many smooth estimates at once (group-rate
+  differences) that all cover their targets together with the stated probability: the
+  bootstrap max-t (studentized maximum) band.
 * :func:`clopper_pearson` is the exact binomial interval, used where a rate must be bounded
   with guaranteed coverage (the empirical ε lower bound of the privacy audit).
 """
@@ -15,6 +18,7 @@ with the run's seed, so the same model on the same data gives the same intervals
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 from scipy import stats
@@ -53,6 +57,77 @@ def percentile_intervals(samples: np.ndarray, level: float) -> tuple[np.ndarray,
         if bounds[0] is not None:
             low[column], high[column] = bounds
     return low.reshape(values.shape[1:]), high.reshape(values.shape[1:])
+
+
+def simultaneous_intervals(blocks: Iterable[tuple[np.ndarray, ...]],
+                           level: float) -> tuple[list[tuple[np.ndarray, np.ndarray]], float | None]:
+    """Bootstrap max-t intervals that cover every estimate of every block at once with probability `level`.
+
+    Estimate k has a point value ``v_k`` with a standard error ``s_k`` and, in resample b, a
+    value ``v*_bk`` with a standard error ``s*_bk`` computed the same way from that resample.
+    The critical value ``c`` is the `level` quantile, over resamples, of the studentized maximum
+    ``max_k |v*_bk - v_k| / s*_bk``, and estimate k's interval is ``v_k +/- c * s_k``. Taking the
+    maximum over all estimates in each resample makes the coverage simultaneous while keeping
+    the estimates' correlation (less conservative than Bonferroni), and studentizing each
+    resample by its own standard error makes the statistic nearly pivotal, which is what gives
+    the bootstrap-t its better small-sample coverage than intervals scaled by the resamples'
+    spread (Hall 1992, *The Bootstrap and Edgeworth Expansion*, ch. 3): the studentized max-t
+    construction of Romano & Wolf (2005, "Exact and approximate stepdown methods for multiple
+    hypothesis testing", JASA 100), as a simultaneous band (Montiel Olea & Plagborg-Moller 2019,
+    J. Applied Econometrics 34). Every interval contains its point estimate. It suits smooth
+    estimates (differences of rates); a max or min over them is bounded by the caller from these
+    intervals, not resampled itself.
+
+    Parameters
+    ----------
+    blocks
+        Tuples ``(point (P,), resamples (B, P))`` or ``(point, resamples, point_se (P,),
+        resample_se (B, P))``, consumed once (a generator keeps memory at one block); all blocks
+        form one family. Without standard errors, the resamples' standard deviation serves as
+        ``s_k`` and ``s*_bk`` (not studentized per resample).
+    level
+        Simultaneous coverage, e.g. 0.95.
+
+    Returns
+    -------
+    One ``(low, high)`` pair of (P,) arrays per block, and the critical value (None when no
+    estimate varied). An estimate defined (not NaN) in fewer than half the resamples, or whose
+    point is NaN, gets ``(-inf, inf)`` (the caller clips to the parameter's range); one whose
+    resamples never vary gets ``(point, point)`` and does not enter the maximum.
+    """
+    kept, running = [], None
+    for block in blocks:
+        point = np.asarray(block[0], dtype=float)
+        resamples = np.asarray(block[1], dtype=float).reshape(-1, len(point))
+        defined = (~np.isnan(resamples)).sum(axis=0)
+        usable = (defined >= max(2, len(resamples) / 2)) & ~np.isnan(point)
+        spread = np.zeros(len(point))
+        if usable.any():
+            spread[usable] = np.nanstd(resamples[:, usable], axis=0, ddof=1)
+        varies = usable & (spread > 1e-12)
+        if len(block) > 2:
+            se, resample_se = np.asarray(block[2], dtype=float), np.asarray(block[3], dtype=float)
+            varies &= se > 0
+        else:
+            se, resample_se = spread, np.broadcast_to(spread, resamples.shape)
+        if varies.any():
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t = np.abs(resamples[:, varies] - point[varies]) / resample_se[:, varies]
+            block_max = np.where(np.isnan(t), -np.inf, t).max(axis=1)
+            running = block_max if running is None else np.maximum(running, block_max)
+        kept.append((point, se, usable, varies))
+    critical = None
+    if running is not None and (running > -np.inf).any():
+        critical = float(np.quantile(running[running > -np.inf], level))
+    intervals = []
+    for point, se, usable, varies in kept:
+        low, high = np.full(len(point), -np.inf), np.full(len(point), np.inf)
+        low[usable], high[usable] = point[usable], point[usable]
+        if critical is not None:
+            low[varies] = point[varies] - critical * se[varies]
+            high[varies] = point[varies] + critical * se[varies]
+        intervals.append((low, high))
+    return intervals, critical
 
 
 def clopper_pearson(successes: int, trials: int, level: float) -> tuple[float, float]:

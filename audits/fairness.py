@@ -24,12 +24,18 @@ groups; ``warn`` adds a note. A column without two sufficient groups cannot be c
 (``status: "insufficient_data"``). If no column can be compared at all, the audit fails:
 fairness that could not be measured is never reported as passed.
 
-**Intervals.** Percentile intervals over seeded resamples of the whole test split (rows drawn
-with replacement, as Fairlearn's own bootstrap does), one resample shared by all columns so
-that measures combining metrics stay consistent. Max/min measures over many small groups are
-inflated under resampling: their intervals can sit above the point estimate, which makes the
-upper bound conservative for the gate; the audit adds a note whenever an estimate falls
-outside its own interval.
+**Intervals.** Seeded resamples of the whole test split (rows drawn with replacement, as
+Fairlearn's own bootstrap does), one set shared by all columns so that measures combining
+metrics stay consistent. Group rates get percentile intervals. The differences and gaps do
+not: a percentile interval of a max-minus-min is biased upward near a zero gap (on the default
+model one sat wholly above its own estimate; Andrews 2000, Econometrica 68; Fang & Santos 2019,
+Rev. Econ. Stud. 86), so each difference of two group rates, a smooth quantity, gets a
+simultaneous studentized bootstrap (max-t) interval over all differences entering the measure
+(Romano & Wolf 2005), and the measure's interval is derived from them
+(:mod:`audits._disparity_intervals`); it always contains the estimate and covers the true
+measure with at least the stated level when the differences are covered. The ratios keep
+percentile intervals (no shipped policy judges them); the audit adds a note whenever an
+estimate falls outside its own interval.
 
 **Support.** A (class, group) cell with fewer than the policy's ``fairness.min_positives``
 positives (default 10) is left out of equal opportunity and equalized odds, and listed by
@@ -97,7 +103,18 @@ from secure_ft.atomic_files import atomic_write_text
 from secure_ft.errors import AuditError, ConfigError, DataError
 
 NAME = "fairness"
-
+BOOTSTRAP_METHOD = (
+    "bootstrap over seeded resamples of the whole test split (rows drawn with replacement), shared by all "
+    "columns. Demographic parity, equal opportunity and equalized odds differences, worst-group accuracy and its "
+    "gap: intervals derived from simultaneous studentized bootstrap (max-t) intervals of every group-rate "
+    "difference entering the measure (each difference studentized by its Agresti-Caffo standard error in every "
+    "resample; Romano & Wolf 2005, JASA 100; Hall 1992), |d| bounded from each difference's interval, max-minus-"
+    "min by the largest lower and upper bounds, equalized odds over the TPR and FPR pairs together, macro mode "
+    "averaging per-class bounds of one family spanning all classes; cells supported in the point estimate stay "
+    "fixed (min_positives). Not the percentile interval of the resampled max-minus-min, which is biased upward "
+    "near a zero gap (Andrews 2000, Econometrica 68; Fang & Santos 2019, Rev. Econ. Stud. 86). Group rates, "
+    "demographic parity and equalized odds ratios: equal-tailed percentile intervals (no shipped policy judges "
+    "the ratios)")
 
 
 def resolve_positive_class(requested: str | None, label_names: list[str]) -> tuple[int | None, str]:
@@ -205,7 +222,11 @@ def _short(value: float | None) -> str:
 
 
 def _interval_notes(reports: dict[str, dict], level: float) -> list[str]:
-    """Say so when a point estimate lies outside its own bootstrap interval (max/min measures over small groups)."""
+    """Say so when a point estimate lies outside its own bootstrap interval.
+
+    Only a ratio's percentile interval can: the differences' derived intervals contain their
+    estimate by construction.
+    """
     notes = []
     for column, report in reports.items():
         for measure, value in report["summary"].items():
@@ -213,8 +234,8 @@ def _interval_notes(reports: dict[str, dict], level: float) -> list[str]:
             if None not in (low, high, point) and not low - 1e-12 <= point <= high + 1e-12:
                 notes.append(
                     f"{column}.{measure}: the point estimate {point:.3g} lies outside its {level:.0%} bootstrap interval "
-                    f"[{low:.3g}, {high:.3g}]; max/min over many small groups shifts under resampling, so read the "
-                    "interval as a pessimistic bound rather than as centred on the estimate"
+                    f"[{low:.3g}, {high:.3g}]: a percentile interval of a min/max ratio over small groups shifts under "
+                    "resampling, so read it as a rough range, not as centred on the estimate"
                 )
     return notes
 
@@ -329,7 +350,7 @@ def fairness_audit(context: AuditContext) -> AuditResult:
         "ci_level": settings.ci_level,
         "n_boot": settings.n_boot,
         "seed": context.config.seed,
-        "bootstrap": "percentile intervals over seeded resamples of the whole test split (rows drawn with replacement)",
+        "bootstrap": BOOTSTRAP_METHOD,
         "n_permutations": settings.n_permutations,
         "min_positives": policy.min_positives,
         "significance_level": policy.significance_level,

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid
+from flwr.supercore.exit import add_exit_handler
 
 from federated import protocol
 from federated.central_dp import central_guarantee
@@ -130,16 +131,40 @@ class FederatedServer:
         self.stop = threading.Event()  # set from outside (Ctrl-C) to end the run at the next poll
         self.ledger: Ledger | None = None
         self.checkpoint_round = 0
+        self._end_recorded = threading.Event()  # the ledger already says why the run ended
+        self._running = False
 
     def run(self, grid: Grid, context: Context) -> TrainedRun:
         """Run (or resume) the federated run; any way it ends early is recorded in its ledger first."""
+        # Flower's signal handler runs its exit handlers, then force-exits (os._exit) after 5 s: on
+        # loaded cores the SystemExit it raises may never reach the except below, so record first.
+        add_exit_handler(self._record_signalled_end, run_before_force_exit=True)
+        self._running = True
         try:
             return self._run(grid, context)
         except BaseException as error:  # SystemExit: Flower's SIGTERM handler; KeyboardInterrupt: Ctrl-C
+            if self._end_recorded.is_set():
+                raise
             failure = self._record_end(error)
             if failure is not None:
                 raise failure from None
             raise
+        finally:
+            self._running = False
+
+    def _record_signalled_end(self) -> None:
+        """Flower exit handler (SIGTERM/SIGINT): record the interruption before Flower's forced exit.
+
+        It runs inside a signal handler on the main thread, which may hold the ledger's lock
+        mid-append; so the append runs on a thread of its own and is given up after ten
+        seconds (the resume then records the run as killed).
+        """
+        if not self._running or self._end_recorded.is_set():
+            return  # a handler left from a run that already ended in this process
+        self._end_recorded.set()
+        writer = threading.Thread(target=self._record_end, args=(SystemExit("signal"),), daemon=True)
+        writer.start()
+        writer.join(timeout=10.0)  # Flower starts its force-exit timer only after this returns
 
     def _record_end(self, error: BaseException) -> SecureFTError | None:
         """Append why the run ended to its ledger; return the error to raise instead, if any."""

@@ -16,10 +16,20 @@ signed human approvals exist, export treats it as blocked and lists what to revi
       policy.yaml            the policy the verdict was reached under
       privacy.json           the DP guarantee (DP runs)
       config.yaml            the run config
+      provenance.json        what the model was built from (data, base model, packages), when the gate wrote it
       ledger.jsonl           the run ledger up to the export
       audit_report.json/.html, README.md (model card), signer.pub (a copy, never trusted)
       audits/NAME/...        adversarial evidence, only with export.include_evidence
+      approvals/*.dsse.json  signed human approvals of the verdict (`secure_ft.approvals`), when any
+      release-policy.dsse.json  the organisation's signed release policy export applied, when one was
       bundle.sig             OpenSSF model-signing signature over every other file
+
+With a release policy configured (`secure_ft.release_policy`: ``--release-policy``,
+``$SECURE_FT_RELEASE_POLICY`` or the config folder), export and verify also apply its rules
+(`secure_ft.release_check`): accepted audit policies by digest, trusted and revoked gate keys,
+the verdict's age and k-of-n signed approvals; a needs_review verdict is released when its
+approvals rule is met. Refusals name the rule (exit 3). Verify and serve apply the verifier's
+own configured release policy, never the copy inside the bundle.
 
 ``bundle.sig`` is an OpenSSF model-signing (sigstore bundle format) signature made with the
 exporter's P-256 key, so ``model_signing verify key BUNDLE --signature BUNDLE/bundle.sig
@@ -51,9 +61,11 @@ from secure_ft.keys import (SIGNING_KEY_ENV, load_public_key, public_key_fingerp
 from secure_ft.bundle_usage import bundle_facts
 from secure_ft.model_card import render_model_card
 from secure_ft.openssf_signing import sign_folder, verify_folder
-from secure_ft.run_directory import (AUDITS_DIR, CONFIG_FILE, MODEL_DIR, POLICY_FILE, PRIVACY_FILE, REPORT_HTML_FILE,
+from secure_ft.run_directory import (APPROVALS_DIR, AUDITS_DIR, RELEASE_POLICY_FILE, CONFIG_FILE, MODEL_DIR, POLICY_FILE, PRIVACY_FILE, REPORT_HTML_FILE,
                                      REPORT_JSON_FILE, RUN_LEDGER_FILE, VERDICT_ATTESTATION_FILE, VERDICT_FILE)
 from secure_ft.run_ledger import Ledger
+from secure_ft.release_check import ReleaseDecision, check_release
+from secure_ft.release_policy import SignedReleasePolicy, resolve_release_policy
 from secure_ft.verdict_attestation import AttestedVerdict, check_run_attestation, file_digest
 
 __all__ = ["export_bundle", "verify_bundle", "verify_snapshot", "BundleVerification", "SIGNATURE_FILE", "SIGNER_KEY_FILE"]
@@ -76,7 +88,23 @@ class BundleVerification:
     policy_name: str
     public_key_sha256: str
     trusted_key: bool  # False only when the bundle's own key was accepted (allow_self_signed)
-    outcome: str = "passed"  # the signed verdict's outcome (a bundle is only written for a passed one)
+    outcome: str = "passed"  # the signed verdict's outcome (passed, or needs_review released by approvals)
+    policy_sha256: str = ""
+    release: ReleaseDecision | None = None  # what the release policy (or its absence) decided
+
+
+class _Resolve:
+    """Sentinel: resolve the release policy from the paths given, else the environment, else the config folder."""
+
+    def __repr__(self) -> str:
+        return "RESOLVE"
+
+
+RESOLVE = _Resolve()
+
+
+def _resolved(release, release_policy, org_root_pub) -> SignedReleasePolicy | None:
+    return resolve_release_policy(release_policy, org_root_pub) if release is RESOLVE else release
 
 
 def trusted_keys_for(public_key: str | os.PathLike[str] | None) -> list:
@@ -97,7 +125,10 @@ def trusted_keys_for(public_key: str | os.PathLike[str] | None) -> list:
 def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                   signing_key: str | os.PathLike[str] | None = None,
                   public_key: str | os.PathLike[str] | None = None, trusted_keys: list | None = None,
-                  signing_key_given_by: str = "the export's signing_key argument") -> Path:
+                  signing_key_given_by: str = "the export's signing_key argument",
+                  release_policy: str | os.PathLike[str] | None = None,
+                  org_root_pub: str | os.PathLike[str] | None = None,
+                  release: SignedReleasePolicy | None | _Resolve = RESOLVE) -> Path:
     """Write a signed export bundle of a run whose signed verdict passed and still holds.
 
     Parameters
@@ -118,13 +149,20 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
     signing_key_given_by
         Who named `signing_key`, for the ledger's and log's key provenance (a path that is the
         per-user default key or ``$SECURE_FT_SIGNING_KEY``'s is described as that instead).
+    release_policy, org_root_pub
+        The signed release policy and the organisation root public key it must be signed with
+        (default: ``$SECURE_FT_RELEASE_POLICY`` / ``$SECURE_FT_ORG_ROOT_PUB``, then the config
+        folder; none configured: no release policy applies).
+    release
+        An already checked release policy (or None for none), instead of resolving one.
 
     Raises
     ------
     BundleError
         The signed verdict does not verify or no longer matches the run directory (exit 4).
     ExportRefused
-        The signed verdict checks out but the policy was not met (exit 3).
+        The signed verdict checks out but the policy was not met, or the release policy's rules
+        were not (exit 3).
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not run_dir.is_dir():
@@ -138,7 +176,9 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
     ledger = Ledger(run_dir)
     gate_keys = list(trusted_keys or []) + trusted_keys_for(public_key)
     try:
-        attested = check_run_attestation(run_dir, gate_keys)
+        release = _resolved(release, release_policy, org_root_pub)
+        attested = check_run_attestation(run_dir, gate_keys, require_pass=False)
+        decision = check_release(run_dir, attested, release)
         report = _matching_report(run_dir, attested)
     except (BundleError, ExportRefused) as error:
         _record_refusal(ledger, error)
@@ -155,7 +195,8 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
         shutil.copytree(run_dir / MODEL_DIR, temp / MODEL_DIR, symlinks=False)
         predicate = attested.statement["predicate"]
         bound = [VERDICT_ATTESTATION_FILE, VERDICT_FILE, RUN_LEDGER_FILE, *REPORT_FILES]
-        bound += [entry["file"] for entry in (predicate.get("policy"), predicate.get("privacy"), predicate.get("config"))
+        bound += [entry["file"] for entry in (predicate.get("policy"), predicate.get("privacy"), predicate.get("config"),
+                                              predicate.get("provenance"))
                   if entry and entry.get("sha256")]
         bound += [entry["file"] for entry in (predicate.get("audit_results") or {}).values()]
         for relative in bound:
@@ -163,20 +204,28 @@ def export_bundle(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
             shutil.copy2(run_dir / relative, temp / relative)
         if config.export.include_evidence:
             _copy_evidence(run_dir, temp, report)
+        for approval in decision.approvals:  # the ones that count; a release with a stray approval is refused above
+            (temp / APPROVALS_DIR).mkdir(exist_ok=True)
+            shutil.copy2(run_dir / approval.file, temp / approval.file)
+        if release is not None:
+            # the envelope as checked, not the file again (it may have changed since)
+            (temp / RELEASE_POLICY_FILE).write_text(json.dumps(release.envelope, indent=2, sort_keys=True) + "\n",
+                                                    encoding="utf-8")
         facts = bundle_facts(temp / MODEL_DIR, report, SIGNATURE_FILE, SIGNER_KEY_FILE)
-        (temp / MODEL_CARD_FILE).write_text(render_model_card(report, facts), encoding="utf-8")
+        (temp / MODEL_CARD_FILE).write_text(render_model_card(report, facts, decision.summary()), encoding="utf-8")
         (temp / SIGNER_KEY_FILE).write_bytes(public_key_pem(key.public_key()))
         sign_folder(temp, key_path, temp / SIGNATURE_FILE, ignore_git_paths=False)
         sync_tree(temp)
         # never hand out one that fails; this also re-checks that the copy is what the gate signed
-        verify_bundle(temp, trusted_keys=[key.public_key(), *gate_keys])
+        verify_bundle(temp, trusted_keys=[key.public_key(), *gate_keys], release=release)
         os.replace(temp, out_dir)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
     ledger.append("export", bundle=str(out_dir), model_sha256=attested.verdict.model_sha256,
                   signature_sha256=file_digest(out_dir / SIGNATURE_FILE),
-                  public_key_sha256=public_key_fingerprint(key.public_key()), key_source=key_source)
+                  public_key_sha256=public_key_fingerprint(key.public_key()), key_source=key_source,
+                  release_policy=decision.summary())
     log.info("exported %s (signed with %s)", out_dir, key_source)
     return out_dir
 
@@ -258,7 +307,9 @@ def _version(package: str) -> str | None:
 
 
 def verify_bundle(bundle_dir: str | os.PathLike[str], public_key: str | os.PathLike[str] | None = None, *,
-                  allow_self_signed: bool = False, trusted_keys: list | None = None) -> BundleVerification:
+                  allow_self_signed: bool = False, trusted_keys: list | None = None,
+                  release_policy: str | os.PathLike[str] | None = None, org_root_pub: str | os.PathLike[str] | None = None,
+                  release: SignedReleasePolicy | None | _Resolve = RESOLVE) -> BundleVerification:
     """Check a bundle: the OpenSSF signature over every file, then the signed verdict inside it.
 
     The bundle is read once (`secure_ft.bundle_snapshot`) and those bytes are checked; use
@@ -276,6 +327,9 @@ def verify_bundle(bundle_dir: str | os.PathLike[str], public_key: str | os.PathL
         proves the bundle is unchanged since signing, not who signed it.
     trusted_keys
         Public key objects to trust instead of `public_key` / the trust list (programmatic use).
+    release_policy, org_root_pub, release
+        The release policy to apply, as for `export_bundle`: the verifier's own, never the copy
+        the bundle carries.
 
     Raises
     ------
@@ -285,17 +339,22 @@ def verify_bundle(bundle_dir: str | os.PathLike[str], public_key: str | os.PathL
         bundled model and evidence.
     """
     return verify_snapshot(read_bundle_snapshot(bundle_dir), public_key, allow_self_signed=allow_self_signed,
-                           trusted_keys=trusted_keys)
+                           trusted_keys=trusted_keys, release_policy=release_policy, org_root_pub=org_root_pub,
+                           release=release)
 
 
 def verify_snapshot(snapshot: BundleSnapshot, public_key: str | os.PathLike[str] | None = None, *,
-                    allow_self_signed: bool = False, trusted_keys: list | None = None) -> BundleVerification:
+                    allow_self_signed: bool = False, trusted_keys: list | None = None,
+                    release_policy: str | os.PathLike[str] | None = None,
+                    org_root_pub: str | os.PathLike[str] | None = None,
+                    release: SignedReleasePolicy | None | _Resolve = RESOLVE) -> BundleVerification:
     """`verify_bundle` on bytes already read: what passes here is exactly what the caller holds.
 
     The checks run on a private copy of the snapshot (mode 0700, removed afterwards), never on
     the bundle folder, which may change at any time; messages name the bundle's paths.
     """
     bundle = snapshot.root
+    release = _resolved(release, release_policy, org_root_pub)
     for name in (SIGNATURE_FILE, SIGNER_KEY_FILE, VERDICT_ATTESTATION_FILE):
         snapshot.read(name)  # BundleError naming the missing file
     shipped = public_key_from_pem(snapshot.read(SIGNER_KEY_FILE), str(bundle / SIGNER_KEY_FILE))
@@ -319,12 +378,14 @@ def verify_snapshot(snapshot: BundleSnapshot, public_key: str | os.PathLike[str]
             _refuse_unsigned(snapshot, signed)
             # the gate's verdict may have been signed by another trusted key than the exporter's
             gate_keys = [signer] + [key for key in trusted if key is not signer]
-            attested = check_run_attestation(copy, gate_keys)
-        except BundleError as error:
-            raise BundleError(snapshot.describe_path(str(error), copy)) from None
+            attested = check_run_attestation(copy, gate_keys, require_pass=False)
+            decision = check_release(copy, attested, release)
+        except (BundleError, ExportRefused) as error:
+            raise type(error)(snapshot.describe_path(str(error), copy)) from None
     return BundleVerification(bundle_dir=bundle, files=len(signed), model_sha256=attested.verdict.model_sha256,
                               policy_name=attested.verdict.policy_name, public_key_sha256=shipped_id,
-                              trusted_key=not self_signed, outcome=attested.verdict.outcome)
+                              trusted_key=not self_signed, outcome=attested.verdict.outcome,
+                              policy_sha256=attested.verdict.policy_sha256, release=decision)
 
 
 def _refuse_unsigned(snapshot: BundleSnapshot, signed: list[str]) -> None:

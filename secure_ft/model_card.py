@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from secure_ft.bundle_usage import BundleFacts, usage_section, verification_section
+from secure_ft.policy import describe_policy
 from secure_ft.verdict_explanations import audit_status, check_outcome, format_estimate, format_number
 
 # the packaged default encoder is this hub model
@@ -289,21 +290,32 @@ def _limitations(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_model_card(report: dict[str, Any], facts: BundleFacts | None = None) -> str:
+def render_model_card(report: dict[str, Any], facts: BundleFacts | None = None,
+                      release: dict[str, Any] | None = None) -> str:
     """README.md text for an export bundle, from the report document.
 
     `facts` (`secure_ft.bundle_usage.bundle_facts`, read from the bundled model folder) adds
     the "How to use" and "Verification" sections; without them the card describes the run only.
+    `release` (`secure_ft.release_check.ReleaseDecision.summary`) adds "Release and human
+    oversight": the release policy export applied and the signed approvals that counted.
     """
     run = report.get("run") or {}
     verdict = report.get("verdict") or {}
     front = yaml.safe_dump(_front_matter(report), sort_keys=False, allow_unicode=True)
+    outcome = verdict.get("outcome") or ("passed" if verdict.get("passed") is True else "blocked")
+    shown = describe_policy(str(verdict.get("policy_name")), str(verdict.get("policy_sha256") or ""))
+    if outcome == "needs_review" and release and release.get("applied"):
+        why = (f"Its verdict under policy **{shown}** (SHA-256 `{verdict.get('policy_sha256')}`) on "
+               f"{verdict.get('timestamp')} was **needs review**, and it was exported because the organisation's "
+               f"release policy **{release.get('name')}** accepted the signed human approvals listed below")
+    else:
+        why = (f"It was exported only because it passed policy **{shown}** (SHA-256 "
+               f"`{verdict.get('policy_sha256')}`) on {verdict.get('timestamp')}")
     lines = [
         "---", front.rstrip(), "---", "",
         f"# {run.get('name') or 'secure-ft model'}", "",
-        "A text classifier fine-tuned and audited with secure-ft. It was exported only because it passed "
-        f"policy **{verdict.get('policy_name')}** (SHA-256 `{verdict.get('policy_sha256')}`) on "
-        f"{verdict.get('timestamp')}; the full evidence is in `audit_report.html` / `audit_report.json`.", "",
+        f"A text classifier fine-tuned and audited with secure-ft. {why}; the full evidence is in "
+        "`audit_report.html` / `audit_report.json`.", "",
         f"- Gate verdict: **{verdict.get('outcome') or ('passed' if verdict.get('passed') is True else 'blocked')}**",
         f"- Model SHA-256 (config + weights): `{verdict.get('model_sha256')}`",
         f"- Data fingerprint: `{(run.get('data') or {}).get('fingerprint')}`", "",
@@ -314,6 +326,47 @@ def render_model_card(report: dict[str, Any], facts: BundleFacts | None = None) 
     lines += _privacy_section(report) + [""]
     lines += _audit_sections(report) + [""]
     lines += _limitations(report) + [""]
+    if isinstance(report.get("provenance"), dict):
+        lines += _provenance_section(report["provenance"]) + [""]
+    if release is not None:
+        lines += _release_section(release, verdict) + [""]
     if facts is not None:
         lines += usage_section(facts) + [""] + verification_section(facts) + [""]
     return "\n".join(lines)
+
+
+def _release_section(release: dict[str, Any], verdict: dict[str, Any]) -> list[str]:
+    """Which release policy let the model out, and who approved it (EU AI Act Art. 14: human oversight)."""
+    lines = ["## Release and human oversight", ""]
+    if not release.get("applied"):
+        return lines + ["No organisation release policy was applied at export; no human approval was required."]
+    lines.append(f"Released under the organisation's release policy **{release.get('name')}** (SHA-256 "
+                 f"`{release.get('sha256')}`, signed by root key `{release.get('root_public_key_sha256')}`; the "
+                 "signed policy is `release-policy.dsse.json` in this bundle).")
+    approvals = release.get("approvals") or []
+    if approvals:
+        lines += ["", "Signed approvals (`approvals/` in this bundle):", ""]
+        lines += [f"- **{a.get('approver')}** (key `{a.get('fingerprint')}`), {a.get('time')}: {a.get('comment')}"
+                  for a in approvals]
+    if verdict.get("outcome") == "needs_review":
+        lines += ["", "Items the approvers acknowledged (inconclusive checks of the verdict):", ""]
+        lines += [f"- {item}" for item in verdict.get("review") or []]
+    return lines
+
+
+def _provenance_section(provenance: dict[str, Any]) -> list[str]:
+    """What the model was built from (`secure_ft.provenance`; `provenance.json`, bound by the signed verdict)."""
+    def digest(entry: dict) -> str:
+        return ", ".join(f"{k} `{v}`" for k, v in (entry.get("digest") or {}).items()) or "no digest"
+
+    lines = ["## Provenance", "", "Bound by the gate's signed verdict (`provenance.json` in this bundle):", ""]
+    for entry in provenance.get("training_data") or []:
+        fingerprint = (entry.get("annotations") or {}).get("dataset_fingerprint")
+        lines.append(f"- Data `{entry.get('name')}`: {digest(entry)}; dataset fingerprint `{fingerprint}`")
+    base = provenance.get("base_model") or {}
+    lines.append(f"- Base model `{base.get('name')}`: {digest(base)}")
+    packages = provenance.get("packages") or {}
+    lines.append(f"- Python distributions: {(packages.get('annotations') or {}).get('count')} installed, {digest(packages)}")
+    tool = provenance.get("secure_ft") or {}
+    lines.append(f"- secure-ft {(tool.get('annotations') or {}).get('version')}: {digest(tool)}")
+    return lines

@@ -26,7 +26,8 @@ from secure_ft.config import RunConfig
 from secure_ft.errors import SecureFTError
 from secure_ft.model_identity import model_digest
 from secure_ft.models import resolve_device
-from secure_ft.policy import default_policy_path, load_policy
+from secure_ft.policy import default_policy_path, describe_policy, load_policy
+from secure_ft.provenance import write_provenance
 from secure_ft.preflight import check_before_training
 from secure_ft.run_directory import RunDirectory, new_run_dir
 from secure_ft.keys import load_private_key, public_key_fingerprint, resolve_signing_key_path
@@ -159,6 +160,7 @@ def audit_and_gate(trained: TrainedRun, policy_path: Path, policy, policy_sha256
     results = run_audits(trained, config, policy, ledger)
     verdict = decide(results, policy, model_digest(trained.model_dir), policy_sha256)
     run.write_verdict(verdict.to_dict())
+    write_provenance(run_dir, config)  # data, base model, packages: shown in the report, bound by the signature
     gate_key = GateKey.for_config(config)
     # the report comes before the signature, so the signature covers it too
     report_json, report_html = write_report(run_dir, results, verdict, config, signer=gate_key.describe())
@@ -226,7 +228,8 @@ def print_outcome(outcome: PipelineOutcome) -> None:
     for result in outcome.results:
         print(f"  audit {result.name:<12} {audit_state(result)}")
     shown = {"passed": "PASSED", "blocked": "BLOCKED", "needs_review": "NEEDS REVIEW"}[verdict.outcome]
-    print(f"verdict: {shown} (policy {verdict.policy_name}, model sha256 {verdict.model_sha256[:16]}…)")
+    print(f"verdict: {shown} (policy {describe_policy(verdict.policy_name, verdict.policy_sha256)}, "
+          f"model sha256 {verdict.model_sha256[:16]}…)")
     for reason in verdict.reasons:
         print(f"  - {reason}")
     if verdict.review:

@@ -346,3 +346,32 @@ def load_policy(path: str | Path | None = None) -> tuple[Policy, str]:
         raise PolicyError(f"{path}: invalid policy: {details}") from None
     policy._warnings = omitted_key_warnings(raw if isinstance(raw, dict) else {}, policy)
     return policy, hashlib.sha256(data).hexdigest()
+
+
+# --- names that cannot lie ---------------------------------------------------------------------
+
+def shipped_policy_digests() -> dict[str, str]:
+    """Name → SHA-256 of each policy file shipped with this secure-ft (``secure_ft/policies/*.yaml``)."""
+    folder = default_policy_path().parent
+    digests = {}
+    for path in sorted(folder.glob("*.yaml")):
+        data = path.read_bytes()
+        name = (yaml.safe_load(data.decode("utf-8")) or {}).get("name") or path.stem
+        digests[name] = hashlib.sha256(data).hexdigest()
+    return digests
+
+
+def describe_policy(name: str, sha256: str) -> str:
+    """How a verdict's policy is shown everywhere: its name *and* its digest, and whether it is what the name claims.
+
+    A policy that calls itself by a shipped policy's name with other content is shown as a
+    modified copy of that policy: a name alone proves nothing, the digest does.
+    """
+    shipped = shipped_policy_digests().get(name)
+    short = f"sha256 {sha256[:16]}…" if sha256 else "no digest"
+    if shipped is None:
+        return f"{name!r} ({short})"
+    if shipped == sha256:
+        return f"{name!r} ({short}, as shipped)"
+    return (f"{name!r} ({short}): a MODIFIED COPY of the shipped {name!r} (this secure-ft ships sha256 "
+            f"{shipped[:16]}…), or that policy as another secure-ft version shipped it; its name is not its content")

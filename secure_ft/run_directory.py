@@ -21,7 +21,9 @@ for a path or a typed record instead of spelling a file name::
       policy.yaml          the policy the gate applied
       verdict.json         the gate's verdict, for people to read (never trusted)
       verdict.dsse.json    the signed verdict: an in-toto attestation over the model and evidence
+      provenance.json      what the model was built from: data, base model, packages (`secure_ft.provenance`)
       audit_report.json    the compliance report, and audit_report.html its rendering
+      approvals/           signed human approvals of the verdict (`secure_ft.approvals`)
 
 Central, distributed and federated runs all create and start their run directory here
 (`new_run_dir`, `RunDirectory.start`), and every JSON record is written atomically
@@ -63,6 +65,9 @@ VERDICT_FILE = "verdict.json"
 VERDICT_ATTESTATION_FILE = "verdict.dsse.json"
 REPORT_JSON_FILE = "audit_report.json"
 REPORT_HTML_FILE = "audit_report.html"
+APPROVALS_DIR = "approvals"
+PROVENANCE_FILE = "provenance.json"
+RELEASE_POLICY_FILE = "release-policy.dsse.json"
 
 
 def new_run_dir(output_dir: str | Path) -> Path:

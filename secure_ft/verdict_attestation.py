@@ -9,6 +9,7 @@ whose predicate binds the verdict to
 * the SHA-256 of each audit result the verdict was reached from (``audits/NAME.json``),
 * the SHA-256 of ``privacy.json``, the run config, ``verdict.json`` and the report,
 * the run ledger's head (line count and hash) when the gate ran,
+* what the model was built from (``provenance.json``, `secure_ft.provenance`), inline and by digest,
 
 signed with the gate's key (`secure_ft.keys`) in a DSSE envelope, ``verdict.dsse.json``.
 `check_run_attestation` re-derives everything it can: the signature against trusted keys,
@@ -32,9 +33,10 @@ from secure_ft.attestation import (check_model_matches, model_statement, read_en
                                    statement_model_digest, verify_envelope, write_envelope)
 from secure_ft.errors import BundleError, ExportRefused, PolicyError
 from secure_ft.keys import public_key_fingerprint
-from secure_ft.policy import load_policy
+from secure_ft.policy import describe_policy, load_policy
 from secure_ft.run_directory import (AUDITS_DIR, CONFIG_FILE, MODEL_DIR, POLICY_FILE, PRIVACY_FILE,
-                                     REPORT_HTML_FILE, REPORT_JSON_FILE, VERDICT_ATTESTATION_FILE, VERDICT_FILE)
+                                     PROVENANCE_FILE, REPORT_HTML_FILE, REPORT_JSON_FILE, VERDICT_ATTESTATION_FILE,
+                                     VERDICT_FILE)
 from secure_ft.run_ledger import Ledger, verify_ledger
 
 PREDICATE_VERSION = 1
@@ -73,6 +75,10 @@ def attest_verdict(folder: Path, verdict: Verdict, audit_names: list[str], priva
         "ledger": {"lines": lines, "head_sha256": head},
         "signer": {"public_key_sha256": public_key_fingerprint(private_key.public_key()), "key_source": key_source},
     }
+    provenance = folder / PROVENANCE_FILE
+    if provenance.is_file():  # what the model was built from (`secure_ft.provenance`), inline and bound by digest
+        predicate["provenance"] = {"file": PROVENANCE_FILE, "sha256": file_digest(provenance),
+                                   "descriptors": json.loads(provenance.read_text(encoding="utf-8"))}
     statement = model_statement(folder / MODEL_DIR, predicate)
     envelope = sign_statement(statement, private_key)
     write_envelope(folder / VERDICT_ATTESTATION_FILE, envelope)
@@ -92,9 +98,10 @@ class AttestedVerdict:
 
     verdict: Verdict
     statement: dict
-    signer_sha256: str
+    signer_sha256: str  # the fingerprint of the key whose signature verified
     ledger_lines: int
     ledger_head_sha256: str
+    attestation_sha256: str = ""  # `payload_digest` of the envelope: what approvals name
 
 
 def check_run_attestation(folder: Path, trusted_keys: list, *, require_pass: bool = True) -> AttestedVerdict:
@@ -127,15 +134,29 @@ def check_run_attestation(folder: Path, trusted_keys: list, *, require_pass: boo
     _check_evidence_digests(folder, predicate)
     _check_recomputed_verdict(folder, predicate, verdict, path)
     lines, head = _check_anchored_ledger(folder, predicate, envelope, path)
-    if require_pass and verdict.outcome == "needs_review":
+    if require_pass:
+        refuse_unless_passed(verdict)
+    signer = envelope["signatures"][0]["keyid"]  # verified above: the key that actually signed
+    return AttestedVerdict(verdict, statement, signer, lines, head, payload_digest(envelope))
+
+
+def refuse_unless_passed(verdict: Verdict, approvals_possible: bool = False) -> None:
+    """ExportRefused unless the verdict passed: what export does with no release policy (and with one, for a block).
+
+    `approvals_possible`: a release policy is applied, so a needs_review verdict is refused here only
+    because its approvals are missing (the release check says which).
+    """
+    shown = describe_policy(verdict.policy_name, verdict.policy_sha256)
+    if verdict.outcome == "needs_review" and not approvals_possible:
         items = "\n".join(f"  - {item}" for item in verdict.review)
-        raise ExportRefused(f"the gate's verdict under policy {verdict.policy_name!r} is needs_review: the evidence "
-                            "neither meets nor breaks these limits, and a human reviewer must decide them. Export "
-                            f"treats needs_review as blocked until signed human approvals exist:\n{items}")
-    if require_pass and not verdict.passed:
+        raise ExportRefused(f"the gate's verdict under policy {shown} is needs_review: the evidence "
+                            "neither meets nor breaks these limits, and a human reviewer must decide them. With no "
+                            "release policy applied, export treats needs_review as blocked until signed human "
+                            "approvals exist and a release policy accepts them (`secure-ft release-policy`, "
+                            f"`secure-ft approve`):\n{items}")
+    if verdict.outcome == "blocked":
         reasons = "\n".join(f"  - {reason}" for reason in verdict.reasons) or "  - (no reasons recorded)"
-        raise ExportRefused(f"the gate blocked export under policy {verdict.policy_name!r}:\n{reasons}")
-    return AttestedVerdict(verdict, statement, predicate.get("signer", {}).get("public_key_sha256", ""), lines, head)
+        raise ExportRefused(f"the gate blocked export under policy {shown}:\n{reasons}")
 
 
 def _check_bound_files(folder: Path, predicate: dict, source: Path) -> None:
@@ -143,6 +164,8 @@ def _check_bound_files(folder: Path, predicate: dict, source: Path) -> None:
     bound += [(entry, f"audit result {name!r}") for name, entry in (predicate.get("audit_results") or {}).items()]
     bound += [(predicate.get("privacy") or {}, "privacy guarantee"), (predicate.get("config") or {}, "run config")]
     bound += [(entry, name) for name, entry in (predicate.get("documents") or {}).items()]
+    if predicate.get("provenance"):
+        bound.append((predicate["provenance"], "provenance"))
     for entry, what in bound:
         relative = entry.get("file")
         if not relative or ".." in Path(relative).parts or Path(relative).is_absolute():

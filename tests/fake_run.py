@@ -123,14 +123,16 @@ class FakeRun:
 
 def make_run(root: Path, *, passing: bool = True, config: RunConfig | None = None, report: bool = True,
              model_dir: Path | None = None, front_end=None, results: list[AuditResult] | None = None,
-             onnx_encoder: bool = False) -> FakeRun:
+             policy_path: Path | None = None, provenance: bool = False, onnx_encoder: bool = False) -> FakeRun:
     """A run directory with model, config, data/metrics/privacy JSON, ledger, verdict and report.
 
     `model_dir`: a saved classifier with ``len(LABELS)`` classes to put in the run instead of the
     tiny random BERT (benchmarks use a real model). `front_end`: a `secure_ft.spelling.SpellingFrontEnd`
     saved inside the run's model folder (part of the model, as training saves it). `results`: the
-    audit results to gate and sign instead of `audit_results(passing)`. `onnx_encoder`: the model is a
-    probe-style classifier (mean-normalised pooling) saved with its exported encoder graph.
+    audit results to gate and sign instead of `audit_results(passing)`. `policy_path`: the policy
+    the gate applies instead of the shipped default. `provenance`: write ``provenance.json`` before
+    the report, as the pipeline does. `onnx_encoder`: the model is a probe-style classifier
+    (mean-normalised pooling) saved with its exported encoder graph.
     """
     config = config or RunConfig()
     base = model_dir or tiny_bert_folder(root / "base", WORDS, num_labels=len(LABELS), seed=3)
@@ -180,7 +182,7 @@ def make_run(root: Path, *, passing: bool = True, config: RunConfig | None = Non
     (run_dir / "audits" / "privacy").mkdir(parents=True)
     (run_dir / "audits" / "privacy" / "roc_loss.csv").write_text("fpr,tpr\n0,0\n1,1\n")
 
-    shutil.copy(default_policy_path(), run_dir / "policy.yaml")
+    shutil.copy(policy_path or default_policy_path(), run_dir / "policy.yaml")
     policy, policy_sha = load_policy(run_dir / "policy.yaml")
     results = results if results is not None else audit_results(passing)
     for result in results:
@@ -190,6 +192,10 @@ def make_run(root: Path, *, passing: bool = True, config: RunConfig | None = Non
         run.write_audit_result(result.name, audit_record(result, config))
     verdict = decide(results, policy, digest, policy_sha)
     run.write_verdict(verdict.to_dict())
+    if provenance:
+        from secure_ft.provenance import write_provenance
+
+        write_provenance(run_dir, config)
     gate_key = GateKey.for_config(config)  # the pipeline's own signing steps, in its order
     if report:
         write_report(run_dir, results, verdict, config, signer=gate_key.describe())

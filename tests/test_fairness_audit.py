@@ -170,20 +170,42 @@ def test_bootstrap_intervals_match_a_naive_reference(tmp_path, fixed_predictions
     # reference: the same seeded resamples, each metric counted row by row
     counts = bootstrap_counts(12, 300, np.random.default_rng(context.config.seed))
     y, p, g = BINARY["label"].to_numpy(), BINARY["pred"].to_numpy(), BINARY["group"].to_numpy()
-    dp, tpr_a = [], []
+
+    def selection(weights, name):
+        size = sum(w for w, gi in zip(weights, g) if gi == name)
+        return sum(w * (pi == 1) for w, pi, gi in zip(weights, p, g) if gi == name) / size if size else np.nan
+
+    def adjusted_variance(weights, name):  # one selection and one non-selection added (Agresti & Caffo)
+        size = sum(w for w, gi in zip(weights, g) if gi == name)
+        share = (sum(w * (pi == 1) for w, pi, gi in zip(weights, p, g) if gi == name) + 1) / (size + 2)
+        return share * (1 - share) / (size + 2)
+
+    studentized, ratio, tpr_a = [], [], []
+    point = selection(np.ones(12), "A") - selection(np.ones(12), "B")  # 4/6 - 1/4
+    point_se = np.sqrt(adjusted_variance(np.ones(12), "A") + adjusted_variance(np.ones(12), "B"))
     for weights in counts:
-        selected = {name: sum(w * (pi == 1) for w, pi, gi in zip(weights, p, g) if gi == name) /
-                    max(sum(w for w, gi in zip(weights, g) if gi == name), 1e-300) for name in "AB"}
-        present = [name for name in "AB" if sum(w for w, gi in zip(weights, g) if gi == name) > 0]
-        dp.append(max(selected[n] for n in present) - min(selected[n] for n in present) if len(present) == 2 else np.nan)
+        rates = [selection(weights, name) for name in "AB"]  # C is below min_group_size
+        se = np.sqrt(adjusted_variance(weights, "A") + adjusted_variance(weights, "B"))
+        studentized.append(abs(rates[0] - rates[1] - point) / se)
+        # a resample without any row of a group leaves both measures undefined there
+        ratio.append(np.nan if np.isnan(rates).any() or max(rates) == 0 else min(rates) / max(rates))
         positives = sum(w for w, yi, gi in zip(weights, y, g) if gi == "A" and yi == 1)
         hits = sum(w for w, yi, pi, gi in zip(weights, y, p, g) if gi == "A" and yi == 1 and pi == 1)
         tpr_a.append(hits / positives if positives else np.nan)
-    for measured, reference in ((report["summary"]["demographic_parity_difference"], dp),
+    # ratio and group rates: equal-tailed percentile intervals
+    for measured, reference in ((report["summary"]["demographic_parity_ratio"], ratio),
                                 (rows(report)["A"]["tpr"], tpr_a)):
         reference = np.array(reference)
         expected = np.quantile(reference[~np.isnan(reference)], [0.05, 0.95])
         assert [measured["ci_lower"], measured["ci_upper"]] == pytest.approx(expected.tolist())
+    # demographic-parity difference = |SR_A - SR_B|: studentized bootstrap interval of the one difference, then |.|
+    studentized = np.array(studentized)
+    critical = np.quantile(studentized[~np.isnan(studentized)], 0.9)
+    low, high = point - critical * point_se, point + critical * point_se
+    expected = [0.0 if low <= 0 <= high else min(abs(low), abs(high)), max(abs(low), abs(high))]
+    measured = report["summary"]["demographic_parity_difference"]
+    assert measured["value"] == pytest.approx(abs(point))
+    assert [measured["ci_lower"], measured["ci_upper"]] == pytest.approx(expected)
 
 
 def test_checks_are_judged_on_the_interval_and_the_permutation_test(tmp_path, fixed_predictions):

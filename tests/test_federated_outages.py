@@ -185,3 +185,39 @@ def test_a_site_whose_accountant_restarted_has_every_reported_release_composed()
     _account_restarted_accountants("site-b", steady, [(1, [[sigma, q, 4]], 4), (2, [[sigma, q, 8]], 4),
                                                       (3, [[sigma, q, 8]], 0)])
     assert steady == {"epsilon": 1.0, "delta": 1e-5, "accountant": "rdp"}
+
+
+class ForceExited(BaseException):
+    """Stands for Flower's forced `os._exit`: nothing after it runs, so the except clauses must not record."""
+
+
+class SignalledGrid(FlakyGrid):
+    """In round `at_round`, Flower's signal handler fires: its exit handlers run, then the process is gone."""
+
+    def __init__(self, sites: int, at_round: int, run_dir):
+        super().__init__(sites)
+        self.at_round, self.run_dir, self.seen_in_ledger = at_round, run_dir, None
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        if int(messages[0].content[protocol.CONFIG][protocol.SERVER_ROUND]) == self.at_round:
+            from flwr.supercore.exit.exit_handler import trigger_exit_handlers
+            trigger_exit_handlers(run_before_force_exit=True)  # what flwr_exit does before its 5 s force-exit timer
+            self.seen_in_ledger = events(self.run_dir)[-1]
+            raise ForceExited
+        return super().push_messages(messages)
+
+
+def test_a_signal_is_recorded_before_flower_force_exits(fed_config, tmp_path):
+    """SIGTERM on loaded cores: Flower's exit handlers run, then os._exit may come before SystemExit is seen."""
+    run_dir = tmp_path / "run"
+    grid = SignalledGrid(2, at_round=2, run_dir=run_dir)
+    with pytest.raises(ForceExited):
+        run(FederatedServer(fed_config, run_dir, simulated=True), grid)
+    assert grid.seen_in_ledger == "federated_interrupted"
+    interrupted = [event for event in Ledger(run_dir).events() if event["event"] == "federated_interrupted"]
+    assert len(interrupted) == 1 and interrupted[0]["data"]["resumable"]  # recorded once, round 1 checkpointed
+    # the handler stays registered in this process but does nothing once its run has ended
+    from flwr.supercore.exit.exit_handler import trigger_exit_handlers
+    trigger_exit_handlers(run_before_force_exit=True)
+    assert events(run_dir).count("federated_interrupted") == 1

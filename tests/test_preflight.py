@@ -266,14 +266,14 @@ def test_secure_ft_run_refuses_a_bad_config_before_training(tmp_path):
     config.write_text("privacy:\n  mode: none\n", encoding="utf-8")  # the default policy requires DP
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    started = time.monotonic()
+    # the bound only separates "refused before training" from "trained" (minutes); importing torch on
+    # loaded 2-core CI machines has taken most of 30 s, so timing is left to the benchmarks
     try:
         finished = subprocess.run([sys.executable, "-m", "secure_ft.cli", "run", "--config", str(config),
-                                   "--out", str(out)], capture_output=True, text=True, env=env, timeout=30)
+                                   "--out", str(out)], capture_output=True, text=True, env=env, timeout=150)
     except subprocess.TimeoutExpired:
-        pytest.fail("secure-ft run was still going after 30 s: pre-flight is not called by run_pipeline")
+        pytest.fail("secure-ft run was still going after 150 s: pre-flight is not called by run_pipeline")
     assert finished.returncode == 2, finished.stderr[-2000:]
-    assert time.monotonic() - started < 30
     assert "privacy.mode: none" in finished.stderr and "require_dp" in finished.stderr
     assert not out.exists() or not any(out.iterdir())  # no run directory
 

@@ -1,7 +1,8 @@
 """CLI: ``export``, ``verify``, ``keygen`` and ``ledger verify``.
 
-Exit codes: 0 ok; 2 bad input; 3 export refused (the reasons are printed); 4 a bundle or
-ledger failed verification (the first file or line that differs is printed).
+Exit codes: 0 ok; 2 bad input; 3 export refused, or a bundle refused by the release policy (the
+reasons are printed, each naming its rule); 4 a bundle, ledger, approval or release policy failed
+verification (the first file or line that differs is printed).
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     try:
         bundle = export_bundle(Path(args.run_dir), Path(args.out), signing_key=args.signing_key,
-                               public_key=args.public_key, signing_key_given_by="--signing-key")
+                               public_key=args.public_key, signing_key_given_by="--signing-key",
+                               release_policy=args.release_policy, org_root_pub=args.org_root_pub)
     except SecureFTError as error:
         if error.exit_code == 3:
             print(f"export refused: {error}", file=sys.stderr)
             return 3
         return _fail(error)
     print(f"bundle: {bundle}")
+    for line in _release_lines(Path(args.run_dir)):
+        print(f"  {line}")
     print(f"signed (OpenSSF model-signing): {bundle / SIGNATURE_FILE}")
     print(f"check it with: secure-ft verify {bundle} --public-key SIGNER.pub")
     # the library's command skips .git* paths unless told not to; bundles sign them, so it must check them too
@@ -39,16 +43,38 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _release_lines(run_dir: Path) -> list[str]:
+    """What the run ledger's last ``export`` event recorded about the release policy export applied."""
+    from secure_ft.run_ledger import Ledger
+
+    events = [e for e in Ledger(run_dir).events() if e.get("event") == "export"]
+    summary = (events[-1].get("data") or {}).get("release_policy") or {} if events else {}
+    if not summary.get("applied"):
+        return [summary.get("note") or "no release policy applied"]
+    lines = [f"release policy {summary['name']!r} (sha256 {summary['sha256'][:16]}…) applied: every rule met"]
+    lines += [f"approved by {a['approver']} (key {a['fingerprint'][:16]}…) at {a['time']}: {a['comment']}"
+              for a in summary.get("approvals") or []]
+    return lines
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from secure_ft.export import verify_bundle
+    from secure_ft.policy import describe_policy
 
     try:
-        result = verify_bundle(Path(args.bundle), public_key=args.public_key, allow_self_signed=args.allow_self_signed)
+        result = verify_bundle(Path(args.bundle), public_key=args.public_key, allow_self_signed=args.allow_self_signed,
+                               release_policy=args.release_policy, org_root_pub=args.org_root_pub)
     except SecureFTError as error:
+        if error.exit_code == 3:
+            print(f"verify refused: {error}", file=sys.stderr)
+            return 3
         return _fail(error)
     print(f"bundle OK: {result.bundle_dir}")
     print(f"  {result.files} files match the OpenSSF signature")
-    print(f"  model digest {result.model_sha256}, signed verdict: {result.outcome} under policy {result.policy_name!r}")
+    print(f"  model digest {result.model_sha256}, signed verdict: {result.outcome} under policy "
+          f"{describe_policy(result.policy_name, result.policy_sha256)}")
+    for line in result.release.lines() if result.release else ():
+        print(f"  {line}")
     if result.trusted_key:
         print(f"  signed by a trusted key (SHA-256 {result.public_key_sha256})")
     else:
@@ -85,6 +111,7 @@ def cmd_trust_add(args: argparse.Namespace) -> int:
 
 def cmd_ledger_verify(args: argparse.Namespace) -> int:
     from secure_ft.export import trusted_keys_for
+    from secure_ft.policy import describe_policy
     from secure_ft.run_directory import RUN_LEDGER_FILE, VERDICT_ATTESTATION_FILE
     from secure_ft.run_ledger import Ledger, verify_ledger
     from secure_ft.verdict_attestation import check_run_attestation
@@ -103,7 +130,8 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
     if anchored is not None:
         print(f"  anchored: line {anchored.ledger_lines} matches the head signed with the verdict "
               f"(key {anchored.signer_sha256[:16]}…)")
-        print(f"  signed verdict: {anchored.verdict.outcome} under policy {anchored.verdict.policy_name!r}, "
+        shown = describe_policy(anchored.verdict.policy_name, anchored.verdict.policy_sha256)
+        print(f"  signed verdict: {anchored.verdict.outcome} under policy {shown}, "
               "re-derived from the signed audit results")
     else:
         print("  not anchored: the run has no signed verdict yet, so a cut tail cannot be detected")
@@ -115,6 +143,8 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``export``, ``verify``, ``keygen``, ``trust`` and ``ledger`` to the ``secure-ft`` command."""
+    from secure_ft.commands.release import add_release_policy_arguments
+
     export = subparsers.add_parser("export", help="write a signed bundle of a run whose signed verdict passed")
     export.add_argument("run_dir", metavar="RUN_DIR", help="run directory holding a signed, passing verdict")
     export.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to create (must not exist)")
@@ -124,6 +154,7 @@ def register(subparsers) -> None:
     export.add_argument("--public-key", metavar="KEY",
                         help="the gate's public key (file or folder of *.pub) the verdict must be signed with "
                              "(default: your trust list)")
+    add_release_policy_arguments(export)
     export.set_defaults(handler=cmd_export)
 
     verify = subparsers.add_parser("verify", help="check a bundle's OpenSSF signature, every file and its signed verdict")
@@ -132,6 +163,7 @@ def register(subparsers) -> None:
                         help="signer's public key PEM or a folder of them (default: your trust list)")
     verify.add_argument("--allow-self-signed", action="store_true",
                         help="accept the key shipped inside the bundle (integrity only, not origin)")
+    add_release_policy_arguments(verify)
     verify.set_defaults(handler=cmd_verify)
 
     keygen = subparsers.add_parser("keygen", help="create an ECDSA P-256 key pair for signing verdicts and bundles")

@@ -1,6 +1,7 @@
 """CLI: ``serve`` — answer predictions from a verified bundle over HTTP (Open Inference Protocol).
 
-Exit codes: 4 the bundle failed verification (nothing listens); 2 bad options; 0 stopped.
+Exit codes: 4 the bundle failed verification or the release policy refuses it (nothing listens);
+2 bad options; 0 stopped.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ log = logging.getLogger("secure_ft.serving")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from secure_ft.policy import describe_policy
     from secure_ft.serving.auth import read_token
     from secure_ft.serving.bundle_loader import load_verified_bundle
     from secure_ft.serving.settings import ServeSettings
@@ -39,8 +41,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     # first read the bundle once and verify those bytes, before torch is even imported: a refused bundle exits 4
     # within a second and never listens; everything served is built from the verified bytes, never the folder
-    bundle = load_verified_bundle(args.bundle, args.public_key)
+    bundle = load_verified_bundle(args.bundle, args.public_key, args.release_policy, args.org_root_pub)
     verified = time.perf_counter()
+    for line in bundle.release_lines:  # the release policy applied, or that none was
+        log.info("%s", line)
 
     from secure_ft.serving.runtime import import_model_runtime
 
@@ -51,8 +55,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     imported = time.perf_counter()
     classifier = BundleClassifier.from_bundle(bundle, args.device)
     app = create_app(classifier, bundle, settings)
-    log.info("bundle %s verified in %.2f s (policy %r, key SHA-256 %s…); torch and transformers imported in %.2f s; "
-             "model loaded on %s in %.2f s", bundle.bundle_dir, verified - started, bundle.policy_name,
+    log.info("bundle %s verified in %.2f s (policy %s, key SHA-256 %s…); torch and transformers imported in %.2f s; "
+             "model loaded on %s in %.2f s", bundle.bundle_dir, verified - started,
+             describe_policy(bundle.policy_name, bundle.policy_sha256),
              bundle.public_key_sha256[:16], imported - verified, classifier.device, time.perf_counter() - imported)
     _warn_about_exposure(args, settings.token is not None)
 
@@ -94,6 +99,7 @@ def _warn_about_exposure(args: argparse.Namespace, has_token: bool) -> None:
 
 def register(subparsers) -> None:
     """Add ``serve`` to the ``secure-ft`` command."""
+    from secure_ft.commands.release import add_release_policy_arguments
     from secure_ft.serving.settings import TOKEN_ENV, ServeSettings
 
     defaults = ServeSettings(model_name="model")
@@ -105,6 +111,7 @@ def register(subparsers) -> None:
     serve.add_argument("--public-key", metavar="KEY",
                        help="signer's public key PEM, or a folder of them (default: your trust list, "
                             "`secure-ft trust add`); never the copy inside the bundle")
+    add_release_policy_arguments(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     serve.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or mps")
@@ -142,4 +149,4 @@ def register(subparsers) -> None:
     serve.add_argument("--ssl-certfile", metavar="PEM", help="serve HTTPS with this certificate (chain)")
     serve.add_argument("--ssl-keyfile", metavar="PEM", help="private key of --ssl-certfile")
     serve.add_argument("--log-texts", action="store_true", help="log request texts (off: texts are never logged)")
-    serve.set_defaults(handler=cmd_serve)
+    serve.set_defaults(handler=cmd_serve, interrupted_hint="serve: stopped")

@@ -14,6 +14,8 @@ files and the HTML is only a view of it. Top-level keys (schema version 1.0)::
     training            metrics.json (per-epoch validation metrics, majority baseline) or null
     privacy_guarantee   privacy.json (ε, δ, accountant, noise, clipping, sampling, steps, ε history)
                         or null for a non-private run
+    provenance          provenance.json (SLSA-style resource descriptors: data, base model, packages,
+                        secure-ft version and revision) or null
     audits              {name: AuditResult.to_dict()} for every audit that ran
     explanations        failed_checks (audit, check, what it measures and the next step),
                         interval_warnings (passes whose interval contains the threshold) and
@@ -48,7 +50,8 @@ from secure_ft.policy import Policy, omitted_key_warnings
 from secure_ft.verdict_explanations import failure_explanations, interval_warnings
 from secure_ft.run_ledger import verify_ledger
 from secure_ft.model_identity import HASH_FILE, model_digest
-from secure_ft.run_directory import DATA_FILE, METRICS_FILE, MODEL_DIR, POLICY_FILE, PRIVACY_FILE, TRANSFER_FILE
+from secure_ft.run_directory import (DATA_FILE, METRICS_FILE, MODEL_DIR, POLICY_FILE, PRIVACY_FILE, PROVENANCE_FILE,
+                                     TRANSFER_FILE)
 
 REPORT_SCHEMA_VERSION = "1.0"
 REPORT_KIND = "secure-ft audit report"
@@ -80,6 +83,7 @@ def build_report(run_dir: str | os.PathLike[str], results: list[AuditResult], ve
         "run": run_identity(run_dir, verdict, config, policy_summary),
         "training": read_json(run_dir / METRICS_FILE),
         "privacy_guarantee": read_json(run_dir / PRIVACY_FILE),
+        "provenance": read_json(run_dir / PROVENANCE_FILE),
         "audits": audits,
         "explanations": verdict_explanations(audits, policy_summary),
         "examples_included": include,

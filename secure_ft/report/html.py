@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from secure_ft.policy import describe_policy
 from secure_ft.report import plots
 from secure_ft.verdict_explanations import audit_status, check_outcome, format_estimate, format_number
 
@@ -167,7 +168,8 @@ def _verdict(report: dict[str, Any]) -> str:
     if audits:
         parts.append(_table(("audit", "passed"), sorted(audits.items())))
     parts.append(_pairs([
-        ("policy", verdict.get("policy_name")), ("policy SHA-256", verdict.get("policy_sha256")),
+        ("policy", describe_policy(str(verdict.get("policy_name")), str(verdict.get("policy_sha256") or ""))),
+        ("policy SHA-256", verdict.get("policy_sha256")),
         ("model SHA-256", verdict.get("model_sha256")), ("decided at (UTC)", verdict.get("timestamp")),
     ]))
     signer = report.get("verdict_signer")
@@ -208,6 +210,7 @@ def _identity(report: dict[str, Any]) -> str:
         state = (f"{ledger.get('lines')} events, hash chain verified" if ledger.get("verified")
                  else f"DOES NOT VERIFY: {ledger.get('problem')}")
         parts.append(_pairs([("run ledger (ledger.jsonl)", state)]))
+    parts.append(_provenance(report.get("provenance")))
     versions = run.get("library_versions") or {}
     if versions:
         parts.append("<h3>Library versions</h3>" + _table(("library", "version"), sorted(versions.items())))
@@ -215,6 +218,24 @@ def _identity(report: dict[str, Any]) -> str:
     if machine:
         parts.append("<h3>Machine</h3>" + _pairs(list(machine.items())))
     return "".join(parts)
+
+
+def _provenance(provenance: Any) -> str:
+    """What the model was built from, as the signed verdict binds it (``provenance.json``)."""
+    if not isinstance(provenance, dict):
+        return ""
+    rows = []
+    for kind, entries in (("training data", provenance.get("training_data") or []),
+                          ("base model", [provenance.get("base_model") or {}]),
+                          ("packages", [provenance.get("packages") or {}]), ("secure-ft", [provenance.get("secure_ft") or {}])):
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, dict) or not entry:
+                continue
+            notes = {k: v for k, v in (entry.get("annotations") or {}).items() if k != "distributions"}
+            digest = ", ".join(f"{k}: {v}" for k, v in (entry.get("digest") or {}).items()) or "-"
+            rows.append((kind, entry.get("name"), digest, "; ".join(f"{k}: {v}" for k, v in notes.items()) or "-"))
+    return ("<h3>Provenance (bound by the signed verdict)</h3>" + _table(("what", "name", "digest", "notes"), rows)
+            if rows else "")
 
 
 def _training(report: dict[str, Any]) -> str:

@@ -4,7 +4,8 @@
 (`secure_ft.bundle_snapshot`), verifies those bytes exactly as ``secure-ft verify`` does
 (`secure_ft.export.verify_snapshot`: the OpenSSF signature over every file by a trusted key,
 no file left unsigned, then the gate's signed verdict over the model and its evidence) and
-hands back the verified snapshot. The server builds the model, tokenizer, front end and
+hands back the verified snapshot. The verifier's release policy (`secure_ft.release_check`), when
+one is configured, is applied too: a bundle it refuses is never served (exit 4). The server builds the model, tokenizer, front end and
 model card from that snapshot only; nothing under the bundle folder is opened again, so a
 file swapped or rewritten after the read is never served. A self-signed bundle is never
 served.
@@ -45,6 +46,9 @@ class VerifiedBundle:
     public_key_sha256: str
     trusted_key: bool
     snapshot: BundleSnapshot = field(repr=False)
+    policy_sha256: str = ""
+    release: dict = field(default_factory=dict)  # `ReleaseDecision.summary()`: the release policy applied, or none
+    release_lines: tuple[str, ...] = ()
 
     def read(self, relative: str) -> bytes:
         """A verified file's bytes (``"audit_report.json"``, ``"model/config.json"``)."""
@@ -52,7 +56,9 @@ class VerifiedBundle:
 
 
 def load_verified_bundle(bundle: str | os.PathLike[str],
-                         public_key: str | os.PathLike[str] | None = None) -> VerifiedBundle:
+                         public_key: str | os.PathLike[str] | None = None,
+                         release_policy: str | os.PathLike[str] | None = None,
+                         org_root_pub: str | os.PathLike[str] | None = None) -> VerifiedBundle:
     """Read `bundle` once, verify the bytes as ``secure-ft verify`` does, and keep them; refuse otherwise.
 
     Parameters
@@ -62,6 +68,9 @@ def load_verified_bundle(bundle: str | os.PathLike[str],
     public_key
         The signer's public key (PEM path, or a folder of them). Default: the user's trust
         list (`secure_ft.keys`).
+    release_policy, org_root_pub
+        The release policy to apply and its root public key (default: the environment, then the
+        config folder; `secure_ft.release_policy`).
 
     Returns
     -------
@@ -70,14 +79,21 @@ def load_verified_bundle(bundle: str | os.PathLike[str],
     Raises
     ------
     secure_ft.errors.BundleError
-        Naming the first file that failed (exit code 4).
+        Naming the first file that failed, or the release policy's rule that refused it (exit code 4).
     """
     from secure_ft.bundle_snapshot import read_bundle_snapshot
+    from secure_ft.errors import BundleError, ExportRefused
     from secure_ft.export import verify_snapshot
 
     snapshot = read_bundle_snapshot(Path(bundle))
-    result = verify_snapshot(snapshot, public_key=public_key)
+    try:
+        result = verify_snapshot(snapshot, public_key=public_key, release_policy=release_policy,
+                                 org_root_pub=org_root_pub)
+    except ExportRefused as error:  # a bundle that may not be released is never served either
+        raise BundleError(f"{bundle}: refusing to serve: {error}") from None
     return VerifiedBundle(
         bundle_dir=Path(result.bundle_dir), model_sha256=result.model_sha256, policy_name=result.policy_name,
         public_key_sha256=result.public_key_sha256, trusted_key=result.trusted_key, snapshot=snapshot,
+        policy_sha256=result.policy_sha256, release=result.release.summary() if result.release else {},
+        release_lines=tuple(result.release.lines()) if result.release else (),
     )

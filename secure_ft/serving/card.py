@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from secure_ft.policy import describe_policy
 from secure_ft.serving.bundle_loader import VerifiedBundle
 
 
@@ -22,6 +23,10 @@ def read_model_card(bundle: VerifiedBundle, labels: list[str]) -> dict[str, Any]
         "model_sha256": bundle.model_sha256,
         "labels": labels,
         "policy_name": bundle.policy_name,
+        # the name alone proves nothing: the digest, and whether it is the shipped policy of that name
+        "policy_sha256": bundle.policy_sha256,
+        "policy": describe_policy(bundle.policy_name, bundle.policy_sha256),
+        "release_policy": bundle.release,
         "verdict": {
             "passed": verdict.get("passed"),
             "outcome": verdict.get("outcome") or ("passed" if verdict.get("passed") is True else "blocked"),
