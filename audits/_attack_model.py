@@ -29,6 +29,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 from textattack.models.wrappers import HuggingFaceModelWrapper
+from transformers import PreTrainedModel
 
 
 class FastClassifierWrapper(HuggingFaceModelWrapper):
@@ -51,7 +52,13 @@ class FastClassifierWrapper(HuggingFaceModelWrapper):
     def __init__(self, model, tokenizer, max_length: int, batch_size: int = 64, cache_size: int = 200_000,
                  front_end=None):
         tokenizer.model_max_length = max_length  # also bounds get_grad and tokenize()
-        super().__init__(model, tokenizer)
+        if isinstance(model, PreTrainedModel):
+            super().__init__(model, tokenizer)
+        else:
+            # a probe on its exported encoder graph (secure_ft.onnx_encoder.GraphSequenceClassifier) is called
+            # like a transformers classifier; the stock __init__ only asserts the type and stores both
+            self.model = model
+            self.tokenizer = tokenizer
         self.front_end = front_end
         self.max_length = max_length
         self.batch_size = batch_size

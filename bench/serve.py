@@ -13,6 +13,7 @@ ready, verification included) is timed too.
     python bench/serve.py                        # the packaged default encoder, bundled here
     python bench/serve.py --bundle B --public-key K
     python bench/serve.py --model-dir RUN/model  # any classifier / encoder folder
+    python bench/serve.py --compare-backends     # batched, encoder on torch vs on ONNX Runtime
 
 Without ``--bundle`` the bench builds a bundle around the model with the test suite's
 synthetic passing evidence (``tests/fake_run.py``): fine for timing, meaningless as an audit.
@@ -34,6 +35,25 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]  # the repo's package and the test suite's run builder
+
+
+def build_backend_bundles(model_dir: str, root: Path) -> tuple[Path, Path, Path]:
+    """Two signed bundles of one probe-style classifier (mean-normalised pooling, same head): its encoder on
+    torch, and on the exported ONNX graph (`secure_ft.onnx_encoder`), with the same synthetic evidence."""
+    from fake_run import LABELS, make_run
+    from secure_ft.config import ModelConfig
+    from secure_ft.export import export_bundle
+    from secure_ft.keys import default_key_paths
+    from secure_ft.models import load_base_model, save_trained_model
+
+    os.environ["SECURE_FT_CONFIG_DIR"] = str(root / "keys")  # a throw-away gate key, never the user's own
+    model, tokenizer = load_base_model(ModelConfig(name_or_path=model_dir, transfer="probe"), LABELS)
+    save_trained_model(model, tokenizer, root / "classifier")
+    bundles = []
+    for name, graph in (("torch", False), ("onnx", True)):
+        run = make_run(root / name, model_dir=root / "classifier", onnx_encoder=graph)
+        bundles.append(export_bundle(run.run_dir, root / name / "bundle"))
+    return bundles[0], bundles[1], default_key_paths()[1]
 
 
 def build_bundle(model_dir: str, root: Path) -> tuple[Path, Path]:
@@ -206,6 +226,9 @@ def main() -> int:
                         help="short: first 16 words of each complaint; narratives: whole (128 tokens read)")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--compare-backends", action="store_true",
+                        help="instead of batched vs unbatched: the batched server with the encoder on torch "
+                             "(baseline) against the same probe's ONNX Runtime graph (target ≥ 1.5× at 16 clients)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=1,
                         help="server torch threads (default 1: the load generator needs the other core of a 2-core "
@@ -216,7 +239,13 @@ def main() -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as temp:
         root = Path(temp)
-        if args.bundle:
+        batched_args = ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
+        plan = None
+        if args.compare_backends:
+            print(f"building torch and ONNX bundles around {args.model_dir} (synthetic evidence) ...", flush=True)
+            torch_bundle, bundle, public_key = build_backend_bundles(args.model_dir, root)
+            plan = (("baseline", torch_bundle, batched_args), ("batched", bundle, batched_args))
+        elif args.bundle:
             bundle, public_key = Path(args.bundle), Path(args.public_key) if args.public_key else None
         else:
             print(f"building a bundle around {args.model_dir} (synthetic evidence, for timing only) ...", flush=True)
@@ -225,10 +254,10 @@ def main() -> int:
         threads = ["--threads", str(args.threads)]
         servers, started, results = {}, {}, {}
         try:
-            for name, server_args in (("baseline", ["--max-batch-size", "1", "--max-wait-ms", "0"]),
-                                      ("batched", ["--max-batch-size", str(args.max_batch_size),
-                                                   "--max-wait-ms", str(args.max_wait_ms)])):
-                servers[name], started[name] = start_server(bundle, public_key, [*server_args, *threads],
+            plan = plan or (("baseline", bundle, ["--max-batch-size", "1", "--max-wait-ms", "0"]),
+                            ("batched", bundle, batched_args))
+            for name, served_bundle, server_args in plan:
+                servers[name], started[name] = start_server(served_bundle, public_key, [*server_args, *threads],
                                                             root / "logs", args.device)
             for kind in args.texts:
                 texts = bench_texts(kind)
@@ -251,6 +280,9 @@ def main() -> int:
 
 
 def print_table(results: dict, started: dict, ceilings: dict, args) -> None:
+    if args.compare_backends:
+        print("\nbackends compared: 'base' = batched server, encoder on torch; 'batch' = the same batched server "
+              "and probe, encoder on the ONNX Runtime graph")
     print(f"\nserving bench: {args.seconds:g} s per server and level in {args.rounds} alternating slices, one text "
           f"per request; batched = --max-batch-size {args.max_batch_size} --max-wait-ms {args.max_wait_ms:g}; "
           f"baseline = --max-batch-size 1; --threads {args.threads}; load average {os.getloadavg()[0]:.1f} "
@@ -268,7 +300,11 @@ def print_table(results: dict, started: dict, ceilings: dict, args) -> None:
                   f"{d['p95'] / b['p95']:>6.2f}")
         print(f"forward passes alone, in-process: 16 texts per pass give {ceilings[kind]:.2f}× the texts/s of one "
               "per pass (the most batching can give here)")
-        if 16 in args.clients:
+        if 16 in args.clients and args.compare_backends:
+            ratio = results["batched", kind, 16]["rps"] / results["baseline", kind, 16]["rps"]
+            checks.append(f"{kind}: 16 clients, ONNX Runtime {ratio:.2f}× torch's batched throughput (target ≥ 1.5): "
+                          f"{'met' if ratio >= 1.5 else 'MISSED'}")
+        elif 16 in args.clients:
             ratio = results["batched", kind, 16]["rps"] / results["baseline", kind, 16]["rps"]
             checks.append(f"{kind}: 16 clients throughput {ratio:.2f}× baseline (target ≥ 2; in-process ceiling "
                           f"{ceilings[kind]:.2f}×): {'met' if ratio >= 2 else 'MISSED'}")

@@ -30,6 +30,7 @@ from secure_ft.config import RunConfig
 from secure_ft.data import DatasetSplits
 from secure_ft.central_run import TrainedRun
 from secure_ft.models import save_trained_model
+from secure_ft.probe import encoder_graph_folder
 from secure_ft.privacy.accountants import epsilon_from_history
 from secure_ft.privacy.signed_history import releases_history, unaccounted_rounds
 from secure_ft.robust_training import robustness_summary
@@ -213,7 +214,9 @@ def write_handoff(*, run_dir: Path, config: RunConfig, splits: DatasetSplits, bo
         load_arrays(model, arrays)
     run = RunDirectory(run_dir)
     model_dir = run.model_dir
-    digest = save_trained_model(model, tokenizer, model_dir, front_end=front_end)  # audits and serving apply it
+    # audits and serving apply the front end, and run the encoder graph the sites embedded with
+    digest = save_trained_model(model, tokenizer, model_dir, front_end=front_end,
+                                encoder_graph=encoder_graph_folder(model, tokenizer, config.model))
 
     site_privacy = site_guarantees(book, config, run_dir)
     silent = {name: {"rounds_sent": record["rounds_sent"],

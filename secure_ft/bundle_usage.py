@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from secure_ft.pooling import MEAN_POOLINGS
+from secure_ft.onnx_encoder import GRAPH_FILE, GRAPH_FOLDER
 from secure_ft.spelling import FOLDER as FRONT_END_FOLDER
 
 SIGNATURE_FORMAT = "OpenSSF model-signing signature (sigstore bundle format, ECDSA P-256 key)"
@@ -41,6 +42,9 @@ class BundleFacts:
         Tokens read per text, as trained and audited.
     labels
         Class names in output order (``config.json``'s ``id2label``).
+    encoder_graph
+        Whether ``model/encoder_onnx/`` holds the exported encoder graph the probe was trained,
+        audited and is served on (`secure_ft.onnx_encoder`).
     """
 
     signature_file: str
@@ -49,6 +53,7 @@ class BundleFacts:
     front_end: bool
     max_length: int | None
     labels: list[str]
+    encoder_graph: bool = False
 
 
 def bundle_facts(model_dir: Path, report: dict[str, Any], signature_file: str, signer_key_file: str) -> BundleFacts:
@@ -60,7 +65,8 @@ def bundle_facts(model_dir: Path, report: dict[str, Any], signature_file: str, s
     max_length = ((report.get("run") or {}).get("model") or {}).get("max_length")
     return BundleFacts(signature_file=signature_file, signer_key_file=signer_key_file,
                        pooling=config.get("pooling"), front_end=(Path(model_dir) / FRONT_END_FOLDER).is_dir(),
-                       max_length=max_length if isinstance(max_length, int) else None, labels=labels)
+                       max_length=max_length if isinstance(max_length, int) else None, labels=labels,
+                       encoder_graph=(Path(model_dir) / GRAPH_FOLDER / GRAPH_FILE).is_file())
 
 
 def usage_code(facts: BundleFacts) -> str:
@@ -69,6 +75,8 @@ def usage_code(facts: BundleFacts) -> str:
         "from secure_ft.export import verify_bundle",
         "from secure_ft.models import load_trained_model, predict",
     ]
+    if facts.encoder_graph:
+        lines.append("from secure_ft.onnx_encoder import with_folder_graph")
     if facts.front_end:
         lines.append("from secure_ft.text_front_end import load_text_front_end")
     lines += [
@@ -76,6 +84,8 @@ def usage_code(facts: BundleFacts) -> str:
         "verify_bundle(\".\")  # signed by a key you trust (`secure-ft trust add SIGNER.pub`), or refuses",
         "model, tokenizer = load_trained_model(\"model\")  # safetensors only; restores the pooling in config.json",
     ]
+    if facts.encoder_graph:
+        lines.append("model = with_folder_graph(model, \"model\")  # the encoder runs on model/encoder_onnx/, as audited")
     texts = "texts"
     lines.append(f"texts = [{EXAMPLE_TEXT!r}]")
     if facts.front_end:
@@ -106,6 +116,10 @@ def usage_section(facts: BundleFacts) -> list[str]:
                      "[CLS] state instead and gives other predictions, so load with `load_trained_model`")
     elif facts.pooling:
         steps.append(f"`config.json` says `\"pooling\": \"{facts.pooling}\"`")
+    if facts.encoder_graph:
+        steps.append("the frozen encoder runs on ONNX Runtime from `model/encoder_onnx/encoder.onnx` (its "
+                     "`settings.json` says whether it is int8-quantized); training, the audits and `secure-ft serve` "
+                     "all ran that graph, so `with_folder_graph` puts it in front of the trained output layer")
     if facts.max_length:
         steps.append(f"the model was trained and audited on the first {facts.max_length} tokens of each text")
     if facts.labels:

@@ -26,6 +26,7 @@ from secure_ft.models import (
     save_trained_model,
     trainable_parameter_count,
 )
+from secure_ft.probe import encoder_graph_folder
 from secure_ft.robust_training import build_front_end, robust_datasets, robustness_summary
 from secure_ft.training_loop import EpochRecord, TrainingEngine, fit, seed_everything
 from secure_ft.transfer_choice import resolve_run_config
@@ -167,7 +168,7 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
     model_dir = run.model_dir
     # the probe trained the model's own classifier through `trainee`: save the whole model
     digest = save_trained_model(model if config.model.transfer == "probe" else result.model, tokenizer, model_dir,
-                                front_end=front_end)
+                                front_end=front_end, encoder_graph=encoder_graph_folder(model, tokenizer, config.model))
     artifacts = engine.write_artifacts(run_dir, result)
     record_privacy_inputs(run, ledger)
     best = next((r for r in result.history if r.epoch == result.best_epoch), None)

@@ -128,6 +128,32 @@ class ModelConfig(_Section):
         "when set), whatever this says"
     )
 
+    encoder_backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="what runs the frozen encoder of transfer: probe: onnx = the encoder and its pooler "
+        "exported once to ONNX (cached per user by the base model's digest) and run by ONNX Runtime in training, "
+        "audits and serving — the graph is saved in the model folder and covered by its digest; torch = the "
+        "transformers model; auto = onnx for transfer: probe, torch otherwise (LoRA, full and top_k train the "
+        "encoder, so they always run on torch)")
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="with encoder_backend onnx: int8 = dynamic int8 quantization of the exported encoder's "
+        "weights (faster on CPUs, slightly different embeddings; see bench/encoder.py for agreement); none = fp32")
+
+    @model_validator(mode="after")
+    def _onnx_needs_frozen_encoder(self) -> "ModelConfig":
+        if self.encoder_backend == "onnx" and self.transfer not in ("probe", "auto"):
+            raise ValueError(f"model.encoder_backend: onnx runs a frozen encoder, but transfer: {self.transfer} "
+                             "trains it; use transfer: probe or encoder_backend: torch (or auto)")
+        if self.quantize != "none" and self.encoder_backend == "torch":
+            raise ValueError(f"model.quantize: {self.quantize} quantizes the ONNX encoder; set encoder_backend: onnx "
+                             "(or auto with transfer: probe), or quantize: none")
+        return self
+
+    def resolved_encoder_backend(self) -> str:
+        """``"onnx"`` or ``"torch"``: what runs the encoder of this (transfer-resolved) config."""
+        if self.encoder_backend != "auto":
+            return self.encoder_backend
+        return "onnx" if self.transfer == "probe" else "torch"
+
     @model_validator(mode="after")
     def _label_name_head_needs_probe(self) -> "ModelConfig":
         if self.head_init == "label_names" and self.transfer not in ("probe", "auto"):

@@ -74,6 +74,9 @@ def effective_config(config: RunConfig, train_rows: int | None = None,
             sources[key] = choice.reason
         elif key.startswith("card.") and value != before.get(key):
             sources[key] = f"shipped with {config.data.source} (demo_data CARD.yaml)"
+        elif key == "model.encoder_backend" and before.get(key) == "auto":
+            sources[key] = (f"auto: transfer {choice.transfer} — " + ("a frozen encoder runs on ONNX Runtime "
+                            "(secure_ft.onnx_encoder)" if value == "onnx" else "the encoder trains, on torch"))
         elif value != before.get(key) or _recipe_key(key, choice):
             sources[key] = f"recipe {RECIPE_NAME}"
         else:

@@ -159,12 +159,22 @@ def _training_section(report: dict[str, Any]) -> list[str]:
         "## Training procedure", "",
         _table(["field", "value"], [
             ["mode", run.get("mode")], ["base model", model.get("base_model")], ["transfer", model.get("transfer")],
+            ["encoder backend", _backend(model)],
             ["epochs configured", (config.get("training") or {}).get("epochs")],
             ["optimizer steps", training.get("steps")], ["best epoch", training.get("best_epoch")],
             ["best validation accuracy", best.get("val_accuracy")], ["best validation macro-F1", best.get("val_macro_f1")],
             ["seed", run.get("seed")], ["model SHA-256", model.get("sha256")],
         ]),
     ]
+
+
+def _backend(model: dict[str, Any]) -> str | None:
+    """``onnx (int8)``, ``onnx (fp32)``, ``torch``: what runs the encoder (`secure_ft.onnx_encoder`)."""
+    backend = model.get("encoder_backend")
+    if backend != "onnx":
+        return backend
+    quantize = model.get("encoder_quantize")
+    return f"onnx ({'fp32' if quantize in (None, 'none') else quantize}): the exported graph in encoder_onnx/"
 
 
 def _privacy_section(report: dict[str, Any]) -> list[str]:

@@ -287,10 +287,13 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_trained_model(model: nn.Module, tokenizer, target: Path, front_end: "SpellingFrontEnd | None" = None) -> str:
+def save_trained_model(model: nn.Module, tokenizer, target: Path, front_end: "SpellingFrontEnd | None" = None,
+                       encoder_graph: Path | None = None) -> str:
     """Save model + tokenizer (+ text front end) save_pretrained-style (safetensors) atomically; returns its digest.
 
-    A `front_end` is written inside the folder (``front_end/``), so it is part of the model. The
+    A `front_end` is written inside the folder (``front_end/``), so it is part of the model; so
+    is an `encoder_graph` (a folder of `secure_ft.onnx_encoder`, copied to ``encoder_onnx/``):
+    whoever loads the folder then runs the encoder on that graph, as training did. The
     digest is `secure_ft.model_identity.model_digest` over every file of the folder: the
     model's one identity, used by training, audits, the gate, export and serving.
     """
@@ -309,6 +312,12 @@ def save_trained_model(model: nn.Module, tokenizer, target: Path, front_end: "Sp
         tokenizer.save_pretrained(temp)
         if front_end is not None:
             front_end.save(temp)
+        if encoder_graph is not None:
+            from secure_ft.onnx_encoder import GRAPH_FILE, GRAPH_FOLDER, SETTINGS_FILE
+
+            (temp / GRAPH_FOLDER).mkdir()
+            for name in (GRAPH_FILE, SETTINGS_FILE):
+                shutil.copyfile(Path(encoder_graph) / name, temp / GRAPH_FOLDER / name)
         digest = model_digest(temp)  # every file: weights, config, tokenizer, pooling, front end
         (temp / HASH_FILE).write_text(json.dumps({"sha256": digest, "algorithm": DIGEST_ALGORITHM}) + "\n")
         if target.exists():

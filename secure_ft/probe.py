@@ -16,12 +16,19 @@ export and serving read like any other. Its predictions on raw text equal the he
 cached embeddings, because the embeddings were computed by the same pooler.
 
 Embeddings are cached inside the run directory (`secure_ft.embedding_cache`), keyed by the
-encoder's hash, the maximum length and the pooling, and looked up by each text's hash.
+encoder's hash (and, on ONNX Runtime, the quantization and exporter), the maximum length and the
+pooling, and looked up by each text's hash.
+
+The encoder runs on the backend ``model.encoder_backend`` resolves to (`frozen_encoder`): by
+default the exported ONNX graph (`secure_ft.onnx_encoder`), which `save_trained_model` then
+stores in the model folder so that audits and serving run the very graph the head was trained on.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -72,10 +79,49 @@ def encoder_sha256(model_config: ModelConfig) -> str:
     return f"{source}@{model_config.revision or 'unpinned'}"
 
 
+def encoder_identity(model_config: ModelConfig) -> str:
+    """What the embeddings depend on: the base encoder, and for ONNX the quantization and exporter."""
+    base = encoder_sha256(model_config)
+    if model_config.resolved_encoder_backend() == "torch":
+        return base
+    return f"{base}|onnx|{model_config.quantize}|torch {torch.__version__.split('+')[0]}"
+
+
 def embedding_cache(folder: str | Path, model_config: ModelConfig) -> EmbeddingCache:
     """The cache of this encoder setting in `folder` (a run directory's ``cache/``)."""
-    key = cache_key(encoder_sha256(model_config), model_config.max_length, probe_pooling(model_config))
+    key = cache_key(encoder_identity(model_config), model_config.max_length, probe_pooling(model_config))
     return EmbeddingCache(folder, key)
+
+
+def encoder_graph_folder(model: nn.Module, tokenizer, model_config: ModelConfig) -> Path | None:
+    """The exported graph (`secure_ft.onnx_encoder.encoder_graph`) a probe runs on, or None on torch.
+
+    Exported on first use and cached per user by the base model's digest; `save_trained_model`
+    copies it into the model folder.
+    """
+    if model_config.resolved_encoder_backend() != "onnx":
+        return None
+    from secure_ft.onnx_encoder import encoder_graph
+
+    return encoder_graph(model, tokenizer, encoder_sha256(model_config), probe_pooling(model_config),
+                         model_config.quantize)
+
+
+def frozen_encoder(model: nn.Module, tokenizer, model_config: ModelConfig, device: str | torch.device = "cpu"
+                   ) -> Callable[..., torch.Tensor]:
+    """The function from a tokenizer batch to sentence embeddings that the config's backend runs."""
+    graph = encoder_graph_folder(model, tokenizer, model_config)
+    if graph is None:
+        return torch_encoder(model)
+    from secure_ft.onnx_encoder import OnnxEncoder
+
+    return OnnxEncoder.from_folder(graph, device=str(device))
+
+
+def torch_encoder(model: nn.Module) -> Callable[..., torch.Tensor]:
+    """The model's own base encoder and pooler, as a batch → embeddings function."""
+    encoder = getattr(model, model.base_model_prefix)
+    return lambda **batch: encoder(**batch).pooler_output
 
 
 def embedding_summary(texts: int, distinct: int, encoded: int) -> str:
@@ -87,14 +133,30 @@ def embedding_summary(texts: int, distinct: int, encoded: int) -> str:
             f"{encoded} encoded now, {cached} from the cache")
 
 
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped shortest first into batches of `batch_size`: each batch pads to lengths close to its own."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def estimated_seconds(batches: list[list[int]], lengths: list[int], warmup: list[int], warmup_seconds: float) -> float:
+    """Time to embed `batches`, scaled from one timed batch by padded tokens (a pass costs about its tokens)."""
+    warmup_tokens = len(warmup) * max(lengths[i] for i in warmup)
+    padded = sum(len(batch) * lengths[batch[-1]] for batch in batches)  # sorted: the last is the longest
+    return warmup_seconds * padded / max(warmup_tokens, 1)
+
+
 @torch.no_grad()  # not inference_mode: the vectors become autograd inputs of the head
 def embed_texts(model: nn.Module, tokenizer, texts: list[str], *, max_length: int, cache: EmbeddingCache | None = None,
-                batch_size: int = 64, device: str | torch.device = "cpu", progress: bool = True) -> torch.Tensor:
+                batch_size: int = 64, device: str | torch.device = "cpu", progress: bool = True,
+                encoder: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
     """Pooled sentence embeddings (n, hidden) of `texts`, from the cache where present.
 
-    Runs the model's own base encoder and pooler (its ``pooler_output``), so the vectors are
-    exactly what the saved model's classifier reads. Texts are encoded shortest first, so a
-    batch pads to lengths close to its own; each distinct text is encoded once.
+    Runs `encoder` (a tokenizer batch → embeddings function: `frozen_encoder`; default the
+    model's own base encoder and pooler, its ``pooler_output``), so the vectors are exactly what
+    the saved model's classifier reads. Texts are encoded shortest first, so a batch pads to
+    lengths close to its own; each distinct text is encoded once. Before a long pass, the number
+    of texts and the time it will take (measured on a warm-up batch) are logged.
     """
     digests = [text_sha256(text) for text in texts]
     found = cache.get(digests) if cache is not None else {}
@@ -103,18 +165,28 @@ def embed_texts(model: nn.Module, tokenizer, texts: list[str], *, max_length: in
         first_text = dict(zip(digests, texts))
         todo = [first_text[digest] for digest in missing]
         lengths = [len(ids) for ids in tokenizer(todo, truncation=True, max_length=max_length)["input_ids"]]
-        order = sorted(range(len(todo)), key=lengths.__getitem__)
-        encoder = getattr(model, model.base_model_prefix)
+        batches = length_sorted_batches(lengths, batch_size)
         was_training = model.training
         model.eval().to(device)
-        vectors: list[torch.Tensor | None] = [None] * len(todo)
-        bar = tqdm(total=len(todo), desc="embedding texts", unit="text", disable=not progress, dynamic_ncols=True)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
+        run = encoder or torch_encoder(model)
+
+        def pooled(chunk: list[int]) -> torch.Tensor:
             batch = tokenizer([todo[i] for i in chunk], truncation=True, max_length=max_length, padding=True,
                               return_tensors="pt").to(device)
-            pooled = encoder(**batch).pooler_output.float().cpu()
-            for index, vector in zip(chunk, pooled):
+            return run(**batch).float().cpu()
+
+        if len(batches) > 2:  # the guard: say how long before a long pass starts
+            warmup = batches[len(batches) // 2]  # median lengths
+            pooled(warmup)  # first call: allocations, kernel choice
+            started = time.perf_counter()
+            pooled(warmup)
+            seconds = estimated_seconds(batches, lengths, warmup, time.perf_counter() - started)
+            log.info("embedding %d texts (at most %d tokens each, batches of %d): about %s, measured on a warm-up "
+                     "batch", len(todo), max_length, batch_size, _duration(seconds))
+        vectors: list[torch.Tensor | None] = [None] * len(todo)
+        bar = tqdm(total=len(todo), desc="embedding texts", unit="text", disable=not progress, dynamic_ncols=True)
+        for chunk in batches:
+            for index, vector in zip(chunk, pooled(chunk)):
                 vectors[index] = vector
             bar.update(len(chunk))
         bar.close()
@@ -127,6 +199,10 @@ def embed_texts(model: nn.Module, tokenizer, texts: list[str], *, max_length: in
     if not texts:
         return torch.zeros((0, model.config.hidden_size))
     return torch.stack([found[digest] for digest in digests])
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def feature_dataset(embeddings: torch.Tensor, labels: list[int]) -> TensorDataset:
@@ -150,8 +226,12 @@ def trainee_and_datasets(model: nn.Module, tokenizer, model_config: ModelConfig,
     if model_config.transfer != "probe":
         return model, [encode(tokenizer, t, y, model_config.max_length) for t, y in zip(texts, labels)]
     cache = embedding_cache(cache_dir, model_config)
-    vectors = embed_texts(model, tokenizer, [text for part in texts for text in part], max_length=model_config.max_length,
-                          cache=cache, batch_size=batch_size, device=device, progress=progress)
+    all_texts = [text for part in texts for text in part]
+    digests = [text_sha256(text) for text in all_texts]
+    # the encoder (an ONNX export on first use) is built only when some text is not cached yet
+    encoder = frozen_encoder(model, tokenizer, model_config, device) if len(cache.get(digests)) < len(set(digests)) else None
+    vectors = embed_texts(model, tokenizer, all_texts, max_length=model_config.max_length,
+                          cache=cache, batch_size=batch_size, device=device, progress=progress, encoder=encoder)
     datasets, start = [], 0
     for part, targets in zip(texts, labels):
         datasets.append(feature_dataset(vectors[start:start + len(part)], targets))

@@ -6,7 +6,9 @@ the bytes a bundle snapshot verified (``safetensors.torch.load(bytes)``, a copy 
 and the parts that transformers only reads from files (config, tokenizer) and the spelling
 front end are read from a private copy of the verified bytes (mode 0700, removed at once).
 The result is the model `load_trained_model` gives on the same folder: same pooling, same
-checks for missing weights.
+checks for missing weights; a probe saved with its encoder graph (``encoder_onnx/``) runs on an
+ONNX Runtime session built from the graph's verified bytes (never a file), like
+`secure_ft.text_classifier.TextClassifier` on the folder.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from secure_ft.bundle_snapshot import BundleSnapshot
 from secure_ft.errors import ModelError
 from secure_ft.models import WEIGHTS_FILE, _quiet_transformers, check_loaded_model, load_front_end
+from secure_ft.onnx_encoder import GRAPH_FILE, GRAPH_FOLDER, SETTINGS_FILE, OnnxEncoder, graph_classifier, read_settings
 
 #: the model folder inside a bundle
 MODEL_FOLDER = "model"
@@ -39,7 +42,8 @@ def load_model_from_snapshot(snapshot: BundleSnapshot, device: str = "cpu", *, r
     where = snapshot.root / MODEL_FOLDER
     if f"{MODEL_FOLDER}/{WEIGHTS_FILE}" not in snapshot.files:
         raise ModelError(f"{where}: no {WEIGHTS_FILE}; a secure-ft model folder holds its weights in one safetensors file")
-    with snapshot.private_copy(MODEL_FOLDER, exclude=(WEIGHTS_FILE,)) as copy:
+    graph_path = f"{MODEL_FOLDER}/{GRAPH_FOLDER}/{GRAPH_FILE}"
+    with snapshot.private_copy(MODEL_FOLDER, exclude=(WEIGHTS_FILE, f"{GRAPH_FOLDER}/{GRAPH_FILE}")) as copy:
         try:
             config = AutoConfig.from_pretrained(copy, trust_remote_code=False)
             tokenizer = AutoTokenizer.from_pretrained(copy, trust_remote_code=False)
@@ -60,7 +64,14 @@ def load_model_from_snapshot(snapshot: BundleSnapshot, device: str = "cpu", *, r
     except Exception as error:
         raise ModelError(f"{where}: cannot load the trained model: {error}") from None
     check_loaded_model(model, loading, where)
-    return model.to(device).eval(), tokenizer, front_end
+    model = model.to(device).eval()
+    if graph_path in snapshot.files:  # the probe's encoder graph: a session built from the verified bytes
+        settings_path = f"{MODEL_FOLDER}/{GRAPH_FOLDER}/{SETTINGS_FILE}"
+        settings = read_settings(snapshot.read(settings_path), snapshot.root / settings_path)
+        model = graph_classifier(model, OnnxEncoder(snapshot.files[graph_path], settings, device=device))
+        if release_weights:
+            snapshot.release(graph_path)
+    return model, tokenizer, front_end
 
 
 def snapshot_model_digest(snapshot: BundleSnapshot) -> str:

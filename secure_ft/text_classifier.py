@@ -1,7 +1,8 @@
 """A trained model as it is served: raw text → front end → tokenizer → classifier.
 
 A model folder written by `secure_ft.models.save_trained_model` may hold a text front end
-(``front_end/``, see `secure_ft.spelling`) that the model was trained behind. Whoever
+(``front_end/``, see `secure_ft.spelling`) that the model was trained behind, and the exported
+encoder graph its probe was trained on (``encoder_onnx/``, see `secure_ft.onnx_encoder`). Whoever
 scores texts with the model — the audits, the TextAttack wrapper, serving, a user's script —
 must put the same front end in front of it, or they measure a different model from the one
 that ships. `TextClassifier` is that one path: it loads the three parts from the folder and
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from secure_ft.models import Predictions, load_front_end, load_trained_model, predict
+from secure_ft.onnx_encoder import with_folder_graph
 
 
 class TextClassifier:
@@ -53,6 +55,8 @@ class TextClassifier:
              max_length: int | None = None) -> "TextClassifier":
         """Model, tokenizer and front end from one model folder (ModelError when any part is damaged)."""
         model, tokenizer = load_trained_model(Path(model_dir), device)
+        # a probe saved with its encoder graph runs on it, as it did in training (secure_ft.onnx_encoder)
+        model = with_folder_graph(model, model_dir, device)
         return cls(model, tokenizer, load_front_end(model_dir), max_length=max_length, device=device)
 
     @property

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from secure_ft.config import PrivacyConfig, RunConfig
+from secure_ft.errors import ModelError
 from secure_ft.probe_recipe import apply_probe_recipe
 
 PROBE_MAX_ROWS_DP = 7_500
@@ -85,6 +86,15 @@ def resolve_run_config(config: RunConfig, train_rows: int) -> tuple[RunConfig, T
         config = config.model_copy(update={"model": config.model.model_copy(update={"transfer": transfer})})
     else:
         transfer, reason = requested, "configured"
+    backend = config.model.resolved_encoder_backend()
+    if backend == "onnx" and transfer != "probe":
+        raise ModelError(f"model.encoder_backend: onnx runs a frozen encoder, but transfer: auto chose {transfer} "
+                         f"({reason}); set transfer: probe or encoder_backend: auto")
+    if config.model.quantize != "none" and backend != "onnx":
+        raise ModelError(f"model.quantize: {config.model.quantize} quantizes the ONNX encoder, but transfer: "
+                         f"{transfer} runs on torch; set quantize: none")
+    # saved resolved, like transfer: the effective config and the model card show what ran the encoder
+    config = config.model_copy(update={"model": config.model.model_copy(update={"encoder_backend": backend})})
     hyperparameters = "configured"
     if transfer == "probe":
         config, hyperparameters = apply_probe_recipe(config, train_rows)

@@ -21,6 +21,11 @@ if "SECURE_FT_CONFIG_DIR" not in os.environ or not os.environ["SECURE_FT_CONFIG_
     import tempfile
 
     os.environ["SECURE_FT_CONFIG_DIR"] = tempfile.mkdtemp(prefix="secure-ft-test-config-")
+# exported ONNX encoders of the tests' tiny models: cached for the session, never in the user's cache
+if not os.environ.get("SECURE_FT_CACHE", "").startswith("/tmp"):
+    import tempfile
+
+    os.environ["SECURE_FT_CACHE"] = tempfile.mkdtemp(prefix="secure-ft-test-cache-")
 # nor does the privacy budget ledger (every training run records its spend there)
 if "SECURE_FT_BUDGET_DIR" not in os.environ or not os.environ["SECURE_FT_BUDGET_DIR"].startswith("/tmp"):
     import tempfile

@@ -123,7 +123,7 @@ class FakeRun:
 
 def make_run(root: Path, *, passing: bool = True, config: RunConfig | None = None, report: bool = True,
              model_dir: Path | None = None, front_end=None, results: list[AuditResult] | None = None,
-             policy_path: Path | None = None, provenance: bool = False) -> FakeRun:
+             policy_path: Path | None = None, provenance: bool = False, onnx_encoder: bool = False) -> FakeRun:
     """A run directory with model, config, data/metrics/privacy JSON, ledger, verdict and report.
 
     `model_dir`: a saved classifier with ``len(LABELS)`` classes to put in the run instead of the
@@ -131,7 +131,8 @@ def make_run(root: Path, *, passing: bool = True, config: RunConfig | None = Non
     saved inside the run's model folder (part of the model, as training saves it). `results`: the
     audit results to gate and sign instead of `audit_results(passing)`. `policy_path`: the policy
     the gate applies instead of the shipped default. `provenance`: write ``provenance.json`` before
-    the report, as the pipeline does.
+    the report, as the pipeline does. `onnx_encoder`: the model is a probe-style classifier
+    (mean-normalised pooling) saved with its exported encoder graph.
     """
     config = config or RunConfig()
     base = model_dir or tiny_bert_folder(root / "base", WORDS, num_labels=len(LABELS), seed=3)
@@ -140,7 +141,15 @@ def make_run(root: Path, *, passing: bool = True, config: RunConfig | None = Non
     model.config.label2id = {name: index for index, name in enumerate(LABELS)}
     run_dir = root / "run"
     run_dir.mkdir(parents=True)
-    digest = save_trained_model(model, tokenizer, run_dir / "model", front_end=front_end)
+    graph = None
+    if onnx_encoder:
+        from secure_ft.model_identity import model_digest
+        from secure_ft.onnx_encoder import encoder_graph
+        from secure_ft.pooling import MEAN_NORMALIZED, use_mean_pooling
+
+        use_mean_pooling(model, MEAN_NORMALIZED)
+        graph = encoder_graph(model, tokenizer, model_digest(base), MEAN_NORMALIZED)
+    digest = save_trained_model(model, tokenizer, run_dir / "model", front_end=front_end, encoder_graph=graph)
     ledger = Ledger(run_dir)
     # as a run saves it (`resolve_run_config`): a built-in data set's card: statements filled in
     from secure_ft.technical_documentation import with_builtin_card

@@ -258,3 +258,31 @@ def test_default_recipes_run_offline_on_the_packaged_model(tmp_path, resources_d
     assert set(result.metrics["recipes"]) == {"deepwordbug-lp", "pwws-lp", "embedding-swap-lp"}
     assert set(result.metrics["stress_recipes"]) == {"deepwordbug", "pwws", "embedding-swap"}
     assert len(pd.read_csv(tmp_path / result.evidence[0])) == 18  # 3 texts, fewer correct than the stress sample wants
+
+
+@pytest.mark.slow
+def test_a_probe_on_its_onnx_graph_is_attacked_on_that_graph(tmp_path, brittle_model, resources_dir, monkeypatch):
+    """The attacks query the model folder's exported encoder graph (secure_ft.onnx_encoder), word swaps included."""
+    from secure_ft.model_identity import model_digest
+    from secure_ft.models import load_trained_model, save_trained_model
+    from secure_ft.onnx_encoder import GraphSequenceClassifier, encoder_graph
+    from secure_ft.pooling import MEAN_NORMALIZED, use_mean_pooling
+
+    model, tokenizer = load_trained_model(brittle_model)
+    assert use_mean_pooling(model, MEAN_NORMALIZED)
+    graph = encoder_graph(model, tokenizer, model_digest(brittle_model), MEAN_NORMALIZED, cache=tmp_path / "cache")
+    model_dir = tmp_path / "model"
+    save_trained_model(model, tokenizer, model_dir, encoder_graph=graph)
+    queried = []
+    real_forward = GraphSequenceClassifier.forward
+
+    def recording(self, **inputs):
+        queried.append(len(inputs["input_ids"]))
+        return real_forward(self, **inputs)
+
+    monkeypatch.setattr(GraphSequenceClassifier, "forward", recording)  # workers: 1 attacks in this process
+    config = audit_config(resources_dir, num_examples=4, recipes=["deepwordbug", "embedding-swap"])
+    result = run_robustness(tmp_path / "run", model_dir, config)
+    assert result.error is None, result.error
+    assert set(result.metrics["recipes"]) == {"deepwordbug", "embedding-swap"}
+    assert queried, "no attack query ran on the graph"

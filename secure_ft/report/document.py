@@ -174,6 +174,7 @@ def run_identity(run_dir: Path, verdict: Verdict, config: RunConfig,
             "hyperparameters": choice.get("hyperparameters"),
             "max_length": config.model.max_length,
             "labels": data.get("labels"),
+            **_encoder_backend(model_dir),
         },
         "seed": config.seed,
         "mode": _training_mode(run_dir, config),
@@ -251,3 +252,15 @@ def machine_identity() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "python_implementation": platform.python_implementation(),
     }
+
+
+def _encoder_backend(model_dir: Path) -> dict[str, Any]:
+    """What runs the model's encoder, read from the model folder itself (its ``encoder_onnx/`` graph or none)."""
+    from secure_ft.errors import ModelError
+    from secure_ft.onnx_encoder import describe_backend
+
+    try:
+        backend = describe_backend(model_dir)
+    except (ModelError, OSError) as error:
+        return {"encoder_backend": f"unreadable ({error})"}
+    return {"encoder_backend": backend["encoder_backend"], "encoder_quantize": backend["quantize"]}
