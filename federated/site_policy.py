@@ -31,7 +31,6 @@ after the release), so a run that later fails still counts.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from secure_ft.errors import ConfigError
+from secure_ft.model_identity import file_sha256
 
 POLICY_KEY = "site-policy"  # node config key: the site's policy file
 BUDGET_FOLDER = "privacy-budget"
@@ -82,11 +82,7 @@ class SitePolicyRefusal(ConfigError):
 
 def data_file_sha256(path: str | Path) -> str:
     """The key of the site's lifetime odometer: the SHA-256 of its data file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def site_round_steps(config, rows: int) -> tuple[float, int]:

@@ -37,6 +37,15 @@ DIGEST_ALGORITHM = "sha256(secure-ft/model-manifest/v1)"
 _BLOCK = 1 << 20
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of one file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def model_manifest(model_dir: str | os.PathLike[str]) -> list[dict]:
     """Every file of a model folder with its size and SHA-256, sorted by path.
 

@@ -8,7 +8,6 @@ loading them can run arbitrary code; `trust_remote_code` is never enabled for th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -277,14 +276,6 @@ def plain_model(model: nn.Module) -> PreTrainedModel:
 
         return copy.deepcopy(model).merge_and_unload()
     return model
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_trained_model(model: nn.Module, tokenizer, target: Path, front_end: "SpellingFrontEnd | None" = None,

@@ -26,15 +26,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from secure_ft.model_identity import file_sha256
+
 PROVENANCE_VERSION = 1
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def training_data_descriptors(config, data_summary: dict, privacy: dict | None) -> list[dict[str, Any]]:
