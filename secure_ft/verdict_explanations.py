@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping
 AUDITS = "Audits and the gate"
 ROBUST_TRAINING = "Training for robustness (`training.robustness`)"
 PRIVACY = "Differential privacy"
+BUDGET = "A privacy budget across runs (issue #27)"
 TRANSFER = "What trains: `model.transfer: auto` (issue #15)"
 GATE = "The gate, signed"
 
@@ -91,6 +92,10 @@ EXPLANATIONS: dict[str, Explanation] = {
     "epsilon": Explanation("the privacy loss ε the accountant computed for the run",
                            "lower privacy.target_epsilon to the policy's limit (the run then adds more noise)",
                            PRIVACY),
+    "dataset_epsilon": Explanation("the data set's cumulative ε: every run recorded on its privacy budget ledger, "
+                                   "composed by the accountant", "stop training on this data set, or raise "
+                                   "privacy.max_dataset_epsilon where the organisation allows it "
+                                   "(`secure-ft privacy budget` lists what spent it)", BUDGET),
     "delta": Explanation("the δ of the DP guarantee", "set privacy.target_delta at or below the policy's max_delta",
                          PRIVACY),
     "epsilon_recomputed": Explanation("whether the stated ε equals the ε recomputed from the recorded accountant "
