@@ -119,16 +119,7 @@ class BudgetLedger:
         for path in sorted(folder.glob("*.json")):
             if path.name.startswith("."):
                 continue  # a write in progress (atomic_files' temporary name)
-            try:
-                entry = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as error:
-                # skipping it would under-state the data set's ε
-                raise PrivacyError(f"{path}: unreadable privacy budget entry ({error}); restore it from a backup. "
-                                   "Leaving it out would under-state the data set's cumulative ε") from None
-            problem = entry_problem(entry)
-            if problem:
-                raise PrivacyError(f"{path}: {problem}; restore the entry from a backup")
-            entries.append(entry)
+            entries.append(read_entry(path))
         return sorted(entries, key=lambda entry: (entry["started_at"], entry["entry"]))
 
     def write(self, entry: dict[str, Any]) -> Path:
@@ -190,15 +181,7 @@ class RunSpend:
         """The entry `entry_id` as recorded (a federated site's run, one process per round), else a new one."""
         path = ledger.folder(fields["fingerprint"]) / f"{entry_id}.json"
         if path.is_file():
-            try:
-                entry = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as error:
-                raise PrivacyError(f"{path}: unreadable privacy budget entry ({error}); restore it from a backup "
-                                   "— starting it again would under-state the data's ε") from None
-            problem = entry_problem(entry)
-            if problem:
-                raise PrivacyError(f"{path}: {problem}; restore the entry from a backup")
-            return cls(ledger, entry)
+            return cls(ledger, read_entry(path))
         return cls.open(ledger, entry_id=entry_id, **fields)
 
     def resumed_from(self, step: int) -> None:
@@ -223,6 +206,20 @@ class RunSpend:
         self.ledger.write(self.entry)
         log.info("privacy budget: recorded %s run %s (%d steps) in %s", status, self.entry["run"],
                  _steps(self.entry["history"]), self.path)
+
+
+def read_entry(path: Path) -> dict[str, Any]:
+    """One recorded entry, checked; an unreadable or malformed one is an error, never skipped or restarted
+    (either would under-state the data set's ε)."""
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise PrivacyError(f"{path}: unreadable privacy budget entry ({error}); restore it from a backup. "
+                           "Leaving it out would under-state the data set's cumulative ε") from None
+    problem = entry_problem(entry)
+    if problem:
+        raise PrivacyError(f"{path}: {problem}; restore the entry from a backup")
+    return entry
 
 
 def counted_history(entry: dict[str, Any]) -> list[list[float]]:
