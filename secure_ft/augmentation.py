@@ -72,6 +72,7 @@ class WordNetSynonyms:
         self._wordnet = lexicon.wordnet(resources_root)
         self._stopwords = lexicon.english_stopwords(resources_root)
         self._cache: dict[str, tuple[str, ...]] = {}
+        self._antonyms: dict[str, frozenset[str]] = {}  # a lemma is a candidate of many words: look it up once
 
     def is_stopword(self, word: str) -> bool:
         return word.lower() in self._stopwords
@@ -99,9 +100,12 @@ class WordNetSynonyms:
             allowed.append(name)
         return tuple(allowed)
 
-    def _antonyms_of(self, name: str) -> set[str]:
-        return {antonym.name().lower() for sense in self._wordnet.synsets(name) for lemma in sense.lemmas()
-                if lemma.name().lower() == name for antonym in lemma.antonyms()}
+    def _antonyms_of(self, name: str) -> frozenset[str]:
+        if name not in self._antonyms:
+            self._antonyms[name] = frozenset(
+                antonym.name().lower() for sense in self._wordnet.synsets(name) for lemma in sense.lemmas()
+                if lemma.name().lower() == name for antonym in lemma.antonyms())
+        return self._antonyms[name]
 
 
 @dataclass(frozen=True)

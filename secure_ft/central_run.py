@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from secure_ft.models import (
     save_trained_model,
     trainable_parameter_count,
 )
-from secure_ft.probe import encoder_graph_folder
+from secure_ft.probe import encoder_graph_folder, head_training_threads
 from secure_ft.robust_training import build_front_end, robust_datasets, robustness_summary
 from secure_ft.training_loop import EpochRecord, TrainingEngine, fit, seed_everything
 from secure_ft.transfer_choice import resolve_run_config
@@ -103,6 +104,22 @@ def recording_spend(engine: TrainingEngine, spend):
     close("finished")
 
 
+class PhaseClock:
+    """Seconds per phase of one process's work: each `lap` names the time since the previous one."""
+
+    def __init__(self):
+        self.started = self._last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 3)
+        self._last = now
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self.started, 3)
+
+
 def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_dir: str | Path | None = None,
               resume: bool = False, progress: bool = True) -> TrainedRun:
     """Load data and base model, fine-tune, save the model; resumable from the last checkpoint.
@@ -110,7 +127,12 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
     A new run validates its data and base model *before* creating the run directory (under
     `output_dir`, or `run_dir` when given), so bad input leaves nothing behind. With
     `resume=True`, `run_dir` is an earlier run whose saved config is used.
+
+    The metrics record where this process's time went (``timings``: loading, building the
+    front end, preparing the datasets — front end, copies and, for the probe, the embedding
+    pass with its own counts and seconds —, training, saving; a resumed run counts its own).
     """
+    clock = PhaseClock()
     if resume:
         run = RunDirectory(run_dir)
         config = run.read_config()  # saved resolved: transfer and recipe are those the run started with
@@ -141,13 +163,17 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
     trainable, total = trainable_parameter_count(model)
     log.info("model %s, transfer %s: %d of %d parameters train", config.model.name_or_path,
              config.model.transfer, trainable, total)
+    clock.lap("load_seconds")
     robustness = config.training.robustness
     # the front end is part of the model: training reads corrected text, as audits and serving will
     front_end = build_front_end(robustness, tokenizer, splits.train["text"].tolist())
+    clock.lap("front_end_build_seconds")
     # probe: the head trains on embeddings (copies included) cached in the run directory
+    embedding: dict = {}
     trainee, train_set, (validation_set,) = robust_datasets(
         model, tokenizer, config, splits.train, [splits.validation], front_end=front_end, cache_dir=run.cache_dir,
-        device=device, progress=progress)
+        device=device, progress=progress, embedding_stats=embedding)
+    clock.lap("datasets_seconds")
     engine = make_engine(config, splits)
     if hasattr(engine, "notes"):
         engine.notes.update(hyperparameters=choice_record["hyperparameters"], transfer_choice=choice_record,
@@ -158,10 +184,14 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
                       val_macro_f1=record.val_macro_f1, **{k: v for k, v in record.extra.items() if k == "epsilon"})
 
     spend = open_budget_entry(config, splits, run, engine)
-    with recording_spend(engine, spend):
+    # the probe's head is tiny: one thread (unless training.num_threads says otherwise)
+    threads = head_training_threads(config.training.num_threads) if config.model.transfer == "probe" \
+        else contextlib.nullcontext()
+    with recording_spend(engine, spend), threads:
         result = fit(trainee, train_set, validation_set, splits.label_names, config.training, seed=config.seed,
                      device=device, engine=engine, checkpoints=CheckpointStore(run.checkpoint_dir), resume=resume,
                      fingerprint=splits.fingerprint, progress=progress, on_epoch=on_epoch)
+    clock.lap("fit_seconds")
     ledger.append("privacy_budget_recorded", budget_entry=str(spend.path), status=spend.entry["status"],
                   mechanism=spend.entry["mechanism"])
 
@@ -172,6 +202,7 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
     artifacts = engine.write_artifacts(run_dir, result)
     record_privacy_inputs(run, ledger)
     best = next((r for r in result.history if r.epoch == result.best_epoch), None)
+    clock.lap("save_seconds")
     metrics = {
         **result.to_dict(),
         "engine": engine.name,
@@ -186,6 +217,8 @@ def train_run(config: RunConfig | None, run_dir: Path | None = None, *, output_d
         "best": None if best is None else {"val_accuracy": best.val_accuracy, "val_macro_f1": best.val_macro_f1},
         "model_sha256": digest,
         "robust_training": robustness_summary(robustness, front_end),
+        "timings": {**clock.laps, "total_seconds": clock.total(),
+                    **({"embedding": embedding} if embedding else {})},
     }
     run.write_metrics(metrics)
     ledger.append("model_saved", model_sha256=digest, steps=result.steps, stopped_reason=result.stopped_reason,

@@ -189,7 +189,6 @@ def english_stopwords(root: str | os.PathLike[str] | None = None) -> frozenset[s
 @functools.lru_cache(maxsize=4)
 def _open_wordnet(folder: Path):
     import nltk
-    from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
     # nltk >= 3.10 opens corpora only under a folder on nltk.data.path; appending ours changes
     # no other lookup (NLTK searches its own folders first)
@@ -199,10 +198,30 @@ def _open_wordnet(folder: Path):
     try:
         with warnings.catch_warnings():  # "multilingual functions are not available": English is all we need
             warnings.filterwarnings("ignore", message="The multilingual functions")
-            return WordNetCorpusReader(str(folder), None)
+            return _english_wordnet_reader()(str(folder), None)
     except (OSError, LookupError, ValueError) as error:
         raise ResourceError(f"{folder}: cannot open WordNet ({error}); rebuild it with "
                             "`python -m audits.offline_resources --force`") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _english_wordnet_reader():
+    """NLTK's WordNet reader without the mapping to another WordNet version that only multilingual lookups use.
+
+    NLTK's constructor always maps the ``wordnet`` corpus's sense keys onto the loaded one
+    (``map_wn``; its version check compares "3.0" with the name "wordnet", so it never skips):
+    reading ``index.sense`` twice costs 10–25 s on a busy 2-core machine, every time a process
+    opens WordNet (each training run, each attack worker). The mapping (``map30``) is read only
+    when Open Multilingual Wordnet data is loaded, which needs an OMW reader — we pass none — so
+    English lookups (synsets, lemmas, antonyms) are the same without it.
+    """
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    class EnglishWordNetReader(WordNetCorpusReader):
+        def map_wn(self, version="wordnet"):
+            return None
+
+    return EnglishWordNetReader
 
 
 @functools.lru_cache(maxsize=4)

@@ -26,9 +26,10 @@ stores in the model folder so that audits and serving run the very graph the hea
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -60,6 +61,28 @@ class ProbeHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         # BERT's dropout before the classifier is left out: under DP-SGD it only adds noise
         return self.classifier(features)
+
+
+@contextlib.contextmanager
+def head_training_threads(num_threads: int | None) -> Iterator[None]:
+    """Train a probe's head on one CPU thread, unless ``training.num_threads`` (`num_threads`) is set.
+
+    A head's products are tiny (a batch of a few thousand 384-wide rows times a few classes):
+    splitting them over threads only adds synchronisation, and on a busy machine a thread that
+    waits for a descheduled sibling makes every operation many times slower — measured on 2
+    shared cores at load 6–7, 1.3 ms per forward, loss and backward pass of a 1,280-row batch on
+    one thread against 16–22 ms on two. The encoder's embedding pass, before, keeps every
+    thread; the previous count is restored after.
+    """
+    if num_threads is not None:  # the config decides (`fit` applies it)
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def probe_head(model: nn.Module) -> ProbeHead:
@@ -124,13 +147,15 @@ def torch_encoder(model: nn.Module) -> Callable[..., torch.Tensor]:
     return lambda **batch: encoder(**batch).pooler_output
 
 
-def embedding_summary(texts: int, distinct: int, encoded: int) -> str:
+def embedding_summary(texts: int, distinct: int, encoded: int, seconds: float | None = None) -> str:
     """What one `embed_texts` call did: repeated texts (augmentation copies that came out unchanged,
-    duplicate rows) are encoded once, and only texts stored by an earlier call come from the cache."""
+    duplicate rows) are encoded once, and only texts stored by an earlier call come from the cache;
+    with `seconds`, how long the encoding took and its rate."""
     repeats = texts - distinct
     cached = distinct - encoded
+    took = f" in {_duration(seconds)} ({encoded / seconds:.1f} texts/s)" if seconds and encoded else ""
     return (f"embeddings: {texts} texts ({distinct} distinct{f', {repeats} repeats' if repeats else ''}): "
-            f"{encoded} encoded now, {cached} from the cache")
+            f"{encoded} encoded now{took}, {cached} from the cache")
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -149,7 +174,7 @@ def estimated_seconds(batches: list[list[int]], lengths: list[int], warmup: list
 @torch.no_grad()  # not inference_mode: the vectors become autograd inputs of the head
 def embed_texts(model: nn.Module, tokenizer, texts: list[str], *, max_length: int, cache: EmbeddingCache | None = None,
                 batch_size: int = 64, device: str | torch.device = "cpu", progress: bool = True,
-                encoder: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+                encoder: Callable[..., torch.Tensor] | None = None, stats: dict | None = None) -> torch.Tensor:
     """Pooled sentence embeddings (n, hidden) of `texts`, from the cache where present.
 
     Runs `encoder` (a tokenizer batch → embeddings function: `frozen_encoder`; default the
@@ -157,7 +182,11 @@ def embed_texts(model: nn.Module, tokenizer, texts: list[str], *, max_length: in
     the saved model's classifier reads. Texts are encoded shortest first, so a batch pads to
     lengths close to its own; each distinct text is encoded once. Before a long pass, the number
     of texts and the time it will take (measured on a warm-up batch) are logged.
+
+    `stats`, when given, receives what the call did: ``texts``, ``distinct``, ``encoded`` (not
+    from the cache) and ``seconds`` spent encoding them (warm-up included).
     """
+    started = time.perf_counter()
     digests = [text_sha256(text) for text in texts]
     found = cache.get(digests) if cache is not None else {}
     missing = list(dict.fromkeys(d for d in digests if d not in found))
@@ -195,7 +224,10 @@ def embed_texts(model: nn.Module, tokenizer, texts: list[str], *, max_length: in
         found.update(zip(missing, computed))
         if cache is not None:
             cache.add(missing, computed)
-    log.info(embedding_summary(len(texts), len(set(digests)), len(missing)))
+    seconds = time.perf_counter() - started
+    log.info(embedding_summary(len(texts), len(set(digests)), len(missing), seconds))
+    if stats is not None:
+        stats.update(texts=len(texts), distinct=len(set(digests)), encoded=len(missing), seconds=seconds)
     if not texts:
         return torch.zeros((0, model.config.hidden_size))
     return torch.stack([found[digest] for digest in digests])
@@ -212,12 +244,14 @@ def feature_dataset(embeddings: torch.Tensor, labels: list[int]) -> TensorDatase
 
 def trainee_and_datasets(model: nn.Module, tokenizer, model_config: ModelConfig, frames: list, *,
                          cache_dir: str | Path, device: str | torch.device = "cpu", batch_size: int = 64,
-                         progress: bool = True) -> tuple[nn.Module, list[TensorDataset]]:
+                         progress: bool = True, embedding_stats: dict | None = None,
+                         ) -> tuple[nn.Module, list[TensorDataset]]:
     """What `fit` / `evaluate` run and on what, for each of `frames` (``text`` and ``label`` columns).
 
     The model on token datasets (`secure_ft.training_loop.encode`), or — with ``transfer:
     probe`` — its `ProbeHead` on sentence embeddings cached in `cache_dir` (a run directory's
     ``cache/``). Central runs, federated sites and the federated server all call this.
+    `embedding_stats` receives `embed_texts`'s counts and seconds (probe only).
     """
     from secure_ft.training_loop import encode
 
@@ -231,7 +265,8 @@ def trainee_and_datasets(model: nn.Module, tokenizer, model_config: ModelConfig,
     # the encoder (an ONNX export on first use) is built only when some text is not cached yet
     encoder = frozen_encoder(model, tokenizer, model_config, device) if len(cache.get(digests)) < len(set(digests)) else None
     vectors = embed_texts(model, tokenizer, all_texts, max_length=model_config.max_length,
-                          cache=cache, batch_size=batch_size, device=device, progress=progress, encoder=encoder)
+                          cache=cache, batch_size=batch_size, device=device, progress=progress, encoder=encoder,
+                          stats=embedding_stats)
     datasets, start = [], 0
     for part, targets in zip(texts, labels):
         datasets.append(feature_dataset(vectors[start:start + len(part)], targets))

@@ -133,7 +133,7 @@ def probe_copy_frames(train: "pd.DataFrame", settings: RobustTrainingConfig, see
 def robust_datasets(model: nn.Module, tokenizer, config: RunConfig, train: "pd.DataFrame",
                     evaluation: Sequence["pd.DataFrame"], *, front_end: SpellingFrontEnd | None,
                     cache_dir: str | Path, device: str = "cpu", progress: bool = False,
-                    ) -> tuple[nn.Module, TensorDataset, list[TensorDataset]]:
+                    embedding_stats: dict | None = None) -> tuple[nn.Module, TensorDataset, list[TensorDataset]]:
     """What `secure_ft.training_loop.fit` trains and evaluates: ``(trainee, training set, evaluation sets)``.
 
     Every text goes through `front_end`; with ``augmentation_copies`` K > 0 the training set's
@@ -148,6 +148,9 @@ def robust_datasets(model: nn.Module, tokenizer, config: RunConfig, train: "pd.D
     cache_dir
         With ``transfer: probe``: where the embeddings are cached (a run's or a site's
         ``cache/``); the copies are embedded once there, like the originals.
+    embedding_stats
+        With ``transfer: probe``: receives the embedding pass's counts and seconds
+        (`secure_ft.probe.embed_texts`).
     """
     robustness = config.training.robustness
     if config.model.transfer == "probe":
@@ -155,7 +158,7 @@ def robust_datasets(model: nn.Module, tokenizer, config: RunConfig, train: "pd.D
                   for frame in (train, *evaluation, *probe_copy_frames(train, robustness, config.seed))]
         trainee, (train_set, *rest) = trainee_and_datasets(
             model, tokenizer, config.model, frames, cache_dir=cache_dir, device=device,
-            batch_size=config.training.eval_batch_size, progress=progress)
+            batch_size=config.training.eval_batch_size, progress=progress, embedding_stats=embedding_stats)
         evaluation_sets, copy_sets = rest[:len(evaluation)], rest[len(evaluation):]
         if copy_sets:
             train_set = stack_copies(train_set, copy_sets)  # one clipped gradient per example: ε unchanged

@@ -46,3 +46,23 @@ def test_gdp_at_a_federated_site_is_a_config_error_not_a_silent_swap(toy_csv):
                                "mode": "federated"})
     with pytest.raises(ConfigError, match="privacy.accountant"):
         site_noise_multiplier(config, 40)
+
+
+def test_remembered_rdp_gives_opacus_own_epsilon_bit_for_bit():
+    """ε after each epoch reuses the one-step RDP values (secure_ft.privacy.accountants.memoized_rdp), exactly."""
+    from opacus.accountants import create_accountant
+    from opacus.accountants.analysis import rdp
+
+    from secure_ft.privacy.accountants import _remembering_compute_rdp
+
+    original = rdp._compute_rdp
+    histories = [((1.1, 0.09, 11),), ((1.1, 0.09, 22),), ((1.1, 0.09, 22), (0.9, 0.2, 5))]
+    for accountant in ("prv", "rdp"):
+        for history in histories:
+            meter = create_accountant(mechanism=accountant)
+            meter.history = list(history)
+            theirs = float(meter.get_epsilon(delta=1e-5))  # Opacus alone, nothing remembered
+            assert epsilon_from_history(accountant, history, 1e-5) == theirs, (accountant, history)
+    assert rdp._compute_rdp is original  # the remembering version is in place only inside the block
+    remembered = _remembering_compute_rdp().cache_info()
+    assert remembered.hits > remembered.misses  # later epochs and the domain bound reused the one-step values

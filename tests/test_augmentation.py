@@ -195,3 +195,30 @@ def test_robust_training_config_refuses_bad_values():
         RobustTrainingConfig(front_end="autocorrect")
     assert RobustTrainingConfig(augmentation_copies=4, char_edit_fraction=1.0, synonym_fraction=0.0,
                                 front_end="spelling", front_end_extra_words_from_training_data=True)
+
+
+def test_wordnet_reader_answers_english_lookups_as_nltk_own(synonyms):
+    """The reader skips NLTK's mapping to another WordNet version (multilingual data only): same synonyms."""
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    from secure_ft import lexicon
+
+    ours = synonyms._wordnet
+    assert ours.map30 is None  # the mapping was not built
+    stock = WordNetCorpusReader(ours.root.path, None)  # NLTK's own constructor, mapping included
+    assert stock.map30  # what the skipped step builds, and all it builds
+    reference = WordNetSynonyms.__new__(WordNetSynonyms)
+    reference.__dict__.update(synonyms.__dict__, _wordnet=stock, _cache={}, _antonyms={})
+    words_checked = sorted(set(w.lower() for w in words(TEXT))) + ["good", "bad", "happy", "fast", "light", "run"]
+    for word in words_checked:
+        assert synonyms.synonyms(word) == reference.synonyms(word), word
+        assert ours.synsets(word) == stock.synsets(word), word
+    assert "bad" not in synonyms.synonyms("good") and synonyms.synonyms("happy")
+    assert lexicon.wordnet(synonyms_root(synonyms)) is ours  # opened once per folder
+
+
+def synonyms_root(source: WordNetSynonyms):
+    """The resource folder a `WordNetSynonyms` was opened from (its WordNet lives in nltk_data/corpora/wordnet)."""
+    from pathlib import Path
+
+    return Path(source._wordnet.root.path).parents[2]

@@ -68,6 +68,16 @@ def test_saved_probe_predicts_like_the_head_on_cached_embeddings(tmp_path, toy_d
     assert 0 < privacy["epsilon"] <= 8.0
     metrics = run.read_metrics()
     assert metrics["trainable_parameters"] == 32 * 3 + 3  # hidden 32 → 3 labels
+    # where the time went, from the run's own clock: the embedding pass counted every text it was given
+    timings = metrics["timings"]
+    copies = metrics["robust_training"]["augmentation_copies"]
+    train, validation = len(trained.splits.train), len(trained.splits.validation)
+    assert timings["embedding"]["texts"] == (1 + copies) * train + validation
+    assert timings["embedding"]["encoded"] == timings["embedding"]["distinct"] <= timings["embedding"]["texts"]
+    phases = ("load_seconds", "front_end_build_seconds", "datasets_seconds", "fit_seconds", "save_seconds")
+    assert all(timings[phase] >= 0 for phase in phases)
+    assert timings["embedding"]["seconds"] <= timings["datasets_seconds"]
+    assert sum(timings[phase] for phase in phases) <= timings["total_seconds"] + 0.01
 
 
 def test_killed_probe_run_resumes_to_the_same_model_and_epsilon(tmp_path, toy_data_csv, tiny_model_dir, monkeypatch):
@@ -147,3 +157,14 @@ def test_probe_trains_with_augmentation_copies_at_the_same_epsilon(tmp_path, toy
     for key in ("epsilon", "noise_multiplier", "sample_rate", "steps", "delta"):
         assert a[key] == b[key], key
     assert verify_privacy(with_copies.run_dir).passed
+
+
+def test_the_head_trains_on_one_thread_unless_the_config_says_otherwise():
+    from secure_ft.probe import head_training_threads
+
+    before = torch.get_num_threads()
+    with head_training_threads(None):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with head_training_threads(3):  # training.num_threads set: fit applies it, nothing changes here
+        assert torch.get_num_threads() == before
