@@ -347,7 +347,8 @@ class PrivateEngine(TrainingEngine):
                                f"recorded {ledger.steps}; the run's ε cannot be trusted, stop and report this")
         if steps >= self._reserved_to:  # before the next step runs, its spend is on the data set's ledger
             self._reserve_ahead(steps)
-        # the bar's ε only: computing it costs ~0.5 s (PRV), more than a whole step of a probe head
+        # the bar's ε only: computing it costs 0.1–0.2 s (PRV, one-step RDP remembered; the first 0.6 s),
+        # more than a whole step of a probe head
         if steps % self._report_every == 0 and time.monotonic() - self._last_report >= REPORT_SECONDS:
             self._last_epsilon = ledger.epsilon()
             self._last_report = time.monotonic()
