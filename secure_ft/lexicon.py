@@ -210,8 +210,8 @@ def _english_wordnet_reader():
 
     NLTK's constructor always maps the ``wordnet`` corpus's sense keys onto the loaded one
     (``map_wn``; its version check compares "3.0" with the name "wordnet", so it never skips):
-    reading ``index.sense`` twice costs 10–25 s on a busy 2-core machine, every time a process
-    opens WordNet (each training run, each attack worker). The mapping (``map30``) is read only
+    reading ``index.sense`` twice cost 4.3 s on the busy 2-core machine, in every process that
+    opens WordNet (each training run with augmentation copies). The mapping (``map30``) is read only
     when Open Multilingual Wordnet data is loaded, which needs an OMW reader — we pass none — so
     English lookups (synsets, lemmas, antonyms) are the same without it.
     """
