@@ -12,7 +12,8 @@ A verdict has one of three outcomes:
 * ``needs_review`` — nothing failed, but some checks were inconclusive (their evidence
   straddles the limit; `audits.result.Check.from_interval`) and the policy section says
   ``inconclusive: review``; the verdict's ``review`` list names each item and what a
-  reviewer must look at. Until signed human approvals exist, export treats it as blocked;
+  reviewer must look at. Export treats it as blocked unless an organisation release policy's
+  required approvers signed it off (`secure_ft.release_check`);
 * ``passed`` — every required audit ran and passed every check (inconclusive checks under
   ``inconclusive: warn`` are kept as warnings).
 

@@ -6,8 +6,9 @@ against a trusted key, names the model folder as it is now, binds the policy, th
 results, ``privacy.json`` and the config as they are now, follows from them when the policy is
 re-evaluated, and is anchored in the run ledger. A refusal because the evidence does not
 check out exits 4 (`BundleError`); a verdict that checks out but did not pass exits 3
-(`ExportRefused`): blocked, or needs_review (inconclusive checks a human must decide; until
-signed human approvals exist, export treats it as blocked and lists what to review). Nothing is written either way. The bundle::
+(`ExportRefused`): blocked, or needs_review (inconclusive checks a human must decide; without
+an organisation release policy whose required approvers signed it off, export treats it as
+blocked and lists what to review). Nothing is written either way. The bundle::
 
     BUNDLE/
       model/                 the model folder (safetensors, tokenizer, pooling, front end)

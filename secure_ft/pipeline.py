@@ -268,7 +268,8 @@ def print_outcome(outcome: PipelineOutcome) -> None:
     elif verdict.passed:
         print(f"bundle: export it with `secure-ft export {outcome.run_dir} --out BUNDLE`")
     elif verdict.outcome == "needs_review":
-        print("bundle: not written: the verdict needs review, and export treats needs_review as blocked until "
-              "signed human approvals exist")
+        print("bundle: not written: the verdict needs review; export releases it only under an organisation "
+              "release policy whose required approvers signed off (`secure-ft approve`; README: \"Release policy "
+              "and signed approvals\")")
     else:
         print("bundle: not written: the gate blocked export")

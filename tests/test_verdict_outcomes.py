@@ -83,6 +83,7 @@ def test_needs_review_is_signed_and_export_treats_it_as_blocked(tmp_path, capsys
     assert json.loads(events[-1])["data"]["outcome"] == "needs_review"
     html = (run.run_dir / "audit_report.html").read_text()
     assert "NEEDS REVIEW" in html and "For a human reviewer" in html
+    assert "release policy" in html and "until signed approvals exist" not in html  # the banner says what releases it today
 
 
 def test_a_signed_outcome_the_results_do_not_give_is_tampering(tmp_path):

@@ -142,8 +142,8 @@ def _verdict(report: dict[str, Any]) -> str:
     outcome = verdict.get("outcome") or ("passed" if passed else "blocked")
     banner, css = {
         "passed": ("PASSED — the model may be exported", "pass"),
-        "needs_review": ("NEEDS REVIEW — a human reviewer must decide the items below; until signed approvals "
-                         "exist, export treats this as blocked", "review"),
+        "needs_review": ("NEEDS REVIEW — a human reviewer must decide the items below; export releases "
+                         "the model only when a release policy's required approvers have signed off", "review"),
     }.get(outcome, ("BLOCKED — the model may not be exported", "fail"))
     parts = [f'<div class="banner {css}" id="verdict-banner">Verdict: {banner}</div>']
     reasons = verdict.get("reasons") or []
