@@ -1,0 +1,95 @@
+"""Word sense of a word swap: both words must default to the same WordNet meaning.
+
+A synonym in *some* sense is not a synonym where the word stands: with a shared synset in the
+tagged part of speech (:class:`audits._grammaticality.SynonymInTaggedSense`) the default model's
+word-swap attacks still got "meet my obligation" → "fit my obligation" (fit shares a rare sense
+of meet), "no notification" → "no telling", "I requested a loan" → "I inquired a loan".
+Deciding which sense a word has in its sentence is word-sense disambiguation; the offline
+proxy here is its classic baseline, the predominant (first) sense:
+
+:class:`PredominantSense`
+    WordNet orders a word's senses by their frequency in the sense-tagged SemCor corpus, so its
+    first-listed synset is the word's predominant sense — the heuristic that is hard to beat
+    in WSD (McCarthy, Koeling, Weeds & Carroll 2004, "Finding Predominant Word Senses in
+    Untagged Text", ACL). The new word must be a lemma of the *original* word's first-listed
+    synset in the WordNet part of speech of the original's Penn Treebank tag, and that same
+    synset must be the *new* word's own first-listed synset in that part of speech: a reader
+    who meets the new word reads its predominant sense, so both words must default to the same
+    meaning. Multi-word lemmas ("call_for") are never candidates.
+
+No masked language model installs offline, so this is the sense check; it is conservative on
+purpose: it also rejects swaps a reader accepts ("immediately" → "directly": "directly" reads
+first as "in a direct manner"), which lowers the attack's power, and its rejections are counted
+like every other constraint's. For the embedding swap it is the offline stand-in for
+counter-fitted vectors (Mrkšić et al. 2016, built by injecting WordNet/PPDB synonymy into the
+vectors; a download not available here): a neighbour must be a WordNet synonym in the
+predominant sense.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from audits._grammaticality import _WORDNET_POS, _SyntaxConstraint
+
+_SENSE_CACHE = 200_000
+
+
+@functools.lru_cache(maxsize=_SENSE_CACHE)
+def first_synset(word: str, pos: str) -> str | None:
+    """Name of `word`'s first-listed WordNet synset in part of speech `pos` (NLTK's order), or None.
+
+    NLTK reduces an inflected form to its lemma (morphy: "requested" → "request"), and for
+    adjectives (``a``) lists satellites (``s``) in the same frequency order.
+    """
+    from nltk.corpus import wordnet
+
+    synsets = wordnet.synsets(word.lower(), pos=pos)
+    return synsets[0].name() if synsets else None
+
+
+@functools.lru_cache(maxsize=_SENSE_CACHE)
+def keeps_predominant_sense(original: str, new: str, pos: str) -> bool:
+    """Whether `new` and `original` share their first-listed synset in `pos` (new one word, a lemma of it)."""
+    from nltk.corpus import wordnet
+
+    if "_" in new or " " in new or not new.strip():
+        return False
+    sense = first_synset(original, pos)
+    if sense is None or first_synset(new, pos) != sense:
+        return False
+    lemmas = {name.lower() for name in wordnet.synset(sense).lemma_names()}
+    forms = {new.lower(), *(wordnet._morphy(new.lower(), pos) or [])}
+    if pos == "a":  # NLTK's morphy knows no satellite "s"; adjective forms are the adjective's
+        forms |= set(wordnet._morphy(new.lower(), "s") or [])
+    return bool(lemmas & forms)
+
+
+class PredominantSense(_SyntaxConstraint):
+    """A word swap keeps the predominant sense: both words' first-listed WordNet synset is the same one.
+
+    The part of speech is the WordNet one of the original's fine-grained Penn Treebank tag in
+    its sentence (one parse of the original, cached: no candidate is parsed here). A word whose
+    tag has no WordNet part of speech (a pronoun, a preposition, a number) has no synonym.
+    """
+
+    lexicon = "WordNet 3.0, first-listed synset (SemCor frequency order)"
+
+    def _keeps(self, before, after):
+        raise NotImplementedError  # judged on the words and the original's tag, below
+
+    def _check_constraint_many(self, transformed_texts, reference_text):
+        if not transformed_texts:
+            return []
+        tag = self._syntax.original_tag
+        return [text for text in transformed_texts
+                if all(self._same_sense(reference_text.words[i], text.words[i], tag(reference_text, i))
+                       for i in text.attack_attrs["newly_modified_indices"])]
+
+    @staticmethod
+    def _same_sense(original: str, new: str, tag: str) -> bool:
+        pos = _WORDNET_POS.get(tag[:1])
+        return pos is not None and keeps_predominant_sense(original.lower(), new.lower(), pos)
+
+    def extra_repr_keys(self):
+        return ["lexicon"] + super().extra_repr_keys()
