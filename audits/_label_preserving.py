@@ -47,8 +47,9 @@ Improving Adversarial Training of NLP Models") use, built from TextAttack's own 
     antonyms (its vectors are not counter-fitted).
 
 Constraints run cheapest first (pre-transformation index filters, then word-level checks —
-lexicon and WordNet lookups, cached — then the candidate parses, then the encoder) and every candidate is filtered before the model is queried; the attack is
-a :class:`~audits._validity_constraints.CountingAttack`, so the audit reports how many
+lexicon and WordNet lookups, cached — then the candidate parses, then the encoder) and every
+candidate is filtered before the model is queried; the attack is a
+:class:`~audits._validity_constraints.CountingAttack`, so the audit reports how many
 candidates each constraint rejected.
 """
 
@@ -129,7 +130,8 @@ def _sense_constraints(validity) -> list:
 
 
 def build_pwws_lp(model_wrapper, validity, encoder) -> CountingAttack:
-    constraints = [*_index_constraints(validity), *_sense_constraints(validity), *_meaning_constraints(validity, encoder)]
+    constraints = [*_index_constraints(validity), *_sense_constraints(validity),
+                   *_meaning_constraints(validity, encoder)]
     return CountingAttack(UntargetedClassification(model_wrapper), constraints, WordSwapWordNet(),
                           GreedyWordSwapWIR("weighted-saliency"))
 
