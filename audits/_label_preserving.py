@@ -58,7 +58,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from textattack.constraints.overlap import LevenshteinEditDistance
-from textattack.constraints.pre_transformation import MaxModificationRate, RepeatModification, StopwordModification
+from textattack.constraints.pre_transformation import MaxModificationRate, RepeatModification
 from textattack.goal_functions import UntargetedClassification
 from textattack.search_methods import GreedyWordSwapWIR
 from textattack.transformations import (
@@ -77,6 +77,7 @@ from audits._validity_constraints import (
     IndependentSentenceEncoder,
     NumbersKept,
     RedactionPlaceholders,
+    StopwordsInAnyCase,
     TyposAreNonWords,
 )
 from audits._word_sense import PredominantSense
@@ -87,7 +88,7 @@ LABEL_PRESERVING = (DEEPWORDBUG_LP, PWWS_LP, EMBEDDING_SWAP_LP)
 
 def _index_constraints(validity) -> list:
     """Where an edit may go and how many: cheap, applied before any candidate is generated."""
-    constraints = [RepeatModification(), StopwordModification()]
+    constraints = [RepeatModification(), StopwordsInAnyCase()]
     if validity.protect_redaction_placeholders:
         constraints.append(RedactionPlaceholders())
     if validity.numbers_kept:

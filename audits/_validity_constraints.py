@@ -9,6 +9,8 @@ classes, and adds what the audit needs around them:
   ``303XX``) out of every perturbation. Those marks are written by the data provider's
   redaction step after the author wrote the text: they are not language an attacker types,
   so editing them ("XX/XX/2019" → "X/XX/2019") is no threat a served model faces.
+* :class:`StopwordsInAnyCase`: TextAttack's stopword constraint, matched in any case (its own
+  compares the word as written, so "The" and "On" at a sentence start were edited).
 * :class:`NumbersKept`: a pre-transformation constraint that keeps every word holding a
   digit out of every perturbation. A number's value is its meaning: "$850.00" → "$8q50.0" is
   not a misspelt word but a different or unreadable amount, and a number has no synonym.
@@ -36,6 +38,7 @@ from collections import Counter
 import torch
 from textattack import Attack
 from textattack.constraints import Constraint, PreTransformationConstraint
+from textattack.constraints.pre_transformation import StopwordModification
 from textattack.constraints.semantics.sentence_encoders import SBERT
 from textattack.shared.validators import transformation_consists_of_word_swaps
 
@@ -53,6 +56,19 @@ class RedactionPlaceholders(PreTransformationConstraint):
 
     def extra_repr_keys(self):
         return []
+
+
+class StopwordsInAnyCase(StopwordModification):
+    """TextAttack's ``StopwordModification``, matched without regard to case.
+
+    TextAttack compares each word as written with the (lower-case) list, so a stopword that
+    opens a sentence ("On", "The", "Of", "My") was edited by the label-preserving typo recipe
+    although its policy says no stopword is touched: 58 of 344 changed words in the first read
+    of the default model's successes. A stopword is a stopword in any case.
+    """
+
+    def _get_modifiable_indices(self, current_text):
+        return {i for i, word in enumerate(current_text.words) if word.lower() not in self.stopwords}
 
 
 class NumbersKept(PreTransformationConstraint):

@@ -17,6 +17,23 @@ proxy here is its classic baseline, the predominant (first) sense:
     who meets the new word reads its predominant sense, so both words must default to the same
     meaning. Multi-word lemmas ("call_for") are never candidates.
 
+    Two more conditions, added after the first read of the default model's successes found
+    what the rule above lets through (each follows from the same principle, and neither looks
+    at the audited model):
+
+    * *The first sense must be the word's majority sense.* The heuristic guesses the sense a
+      word has in its sentence; it is right more often than not only where the first sense
+      covers more than half of the word's sense-tagged SemCor occurrences (WordNet's lemma
+      counts; McCarthy et al. 2004, §1, on the skew that makes the heuristic work). "meet" (as
+      in "meet my obligation") has its first sense, "come together", in 49 of 231 tagged
+      uses (21%): the guess is more likely wrong than right, so "meet" gets no synonym. The
+      same holds for the new word, which a reader reads in its own most likely sense. A word
+      with no tagged occurrence has no evidence and no synonym.
+    * *A swap replaces the lemma, never the inflection.* The new word is another lemma than
+      the original ("met" is "meet" inflected, not a synonym of it) and is inflected exactly
+      when the original is (a base form for a base form: no "to sell" → "to sold"). The
+      contextual tag cannot see this after "to", where the parser tags "met" and "sold" VB.
+
 No masked language model installs offline, so this is the sense check; it is conservative on
 purpose: it also rejects swaps a reader accepts ("immediately" → "directly": "directly" reads
 first as "in a direct manner"), which lowers the attack's power, and its rejections are counted
@@ -33,6 +50,7 @@ import functools
 from audits._grammaticality import _WORDNET_POS, _SyntaxConstraint
 
 _SENSE_CACHE = 200_000
+MAJORITY = 0.5  # the first sense must cover more than half of a word's tagged occurrences
 
 
 @functools.lru_cache(maxsize=_SENSE_CACHE)
@@ -49,11 +67,45 @@ def first_synset(word: str, pos: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=_SENSE_CACHE)
+def lemma_of(word: str, pos: str) -> str:
+    """`word`'s WordNet base form in `pos` (morphy: "sold" → "sell", "met" → "meet"), or the word itself."""
+    from nltk.corpus import wordnet
+
+    forms = wordnet._morphy(word.lower(), pos)
+    if not forms and pos == "a":
+        forms = wordnet._morphy(word.lower(), "s")
+    return forms[0] if forms else word.lower()
+
+
+@functools.lru_cache(maxsize=_SENSE_CACHE)
+def first_sense_share(word: str, pos: str) -> float:
+    """Share of `word`'s sense-tagged SemCor occurrences in `pos` that are its first-listed sense (0 with none)."""
+    from nltk.corpus import wordnet
+
+    lemma = lemma_of(word, pos)
+    counts = [sum(item.count() for item in synset.lemmas() if item.name().lower() == lemma)
+              for synset in wordnet.synsets(lemma, pos=pos)]
+    total = sum(counts)
+    return counts[0] / total if total else 0.0
+
+
+def swaps_the_lemma(original: str, new: str, pos: str) -> bool:
+    """`new` is another lemma than `original`, inflected exactly when `original` is."""
+    original_lemma, new_lemma = lemma_of(original, pos), lemma_of(new, pos)
+    return new_lemma != original_lemma and (original.lower() == original_lemma) == (new.lower() == new_lemma)
+
+
+@functools.lru_cache(maxsize=_SENSE_CACHE)
 def keeps_predominant_sense(original: str, new: str, pos: str) -> bool:
-    """Whether `new` and `original` share their first-listed synset in `pos` (new one word, a lemma of it)."""
+    """Whether `new` and `original` share their first-listed synset in `pos` (new one word, a lemma of it),
+    that synset is each word's majority sense in SemCor, and the swap replaces the lemma, not the inflection."""
     from nltk.corpus import wordnet
 
     if "_" in new or " " in new or not new.strip():
+        return False
+    if not swaps_the_lemma(original, new, pos):
+        return False
+    if first_sense_share(original, pos) <= MAJORITY or first_sense_share(new, pos) <= MAJORITY:
         return False
     sense = first_synset(original, pos)
     if sense is None or first_synset(new, pos) != sense:

@@ -145,7 +145,8 @@ def test_predominant_sense_rejects_a_swap_the_words_do_not_both_default_to(resou
     i = meet.words.index("meet")  # first verb sense of "meet": come together (run into, encounter)
     fit = words_swapped(meet, i, "fit")  # "fit" shares only a later sense of "meet" (satisfy)
     assert any_sense._check_constraint(fit, meet) and not sense._check_constraint(fit, meet)
-    assert sense._check_constraint(words_swapped(meet, i, "encounter"), meet)  # both default to meet.v.01
+    # both default to meet.v.01, but that sense is 49 of meet's 231 SemCor uses: the guess is more likely wrong
+    assert not sense._check_constraint(words_swapped(meet, i, "encounter"), meet)
     asked = AttackedText("I requested a loan from the bank.")
     assert not sense._check_constraint(words_swapped(asked, 1, "inquired"), asked)  # request.v.01 is not ask.v.01
     notice = AttackedText("There was no notification of the change.")
@@ -164,6 +165,49 @@ def test_predominant_sense_rejects_a_swap_the_words_do_not_both_default_to(resou
     assert not sense._check_constraint(words_swapped(pronoun, 0, "iodin"), pronoun)  # no synonym of a pronoun
     kept = sense.call_many([words_swapped(car, c, w) for w in ("automobile", "railcar", "auto")], car)
     assert [t.words[c] for t in kept] == ["automobile", "auto"]
+
+
+def test_the_first_sense_must_be_each_words_majority_sense(resources):
+    from textattack.shared import AttackedText
+
+    from audits._word_sense import PredominantSense, first_sense_share
+
+    assert first_sense_share("meet", "v") < 0.5 < first_sense_share("help", "v")  # WordNet's SemCor counts
+    assert first_sense_share("previous", "a") == 0.0  # its first-listed synset has no tagged use: no evidence
+    sense = PredominantSense()
+    text = AttackedText("The agent would not help me with the refund.")
+    h = text.words.index("help")
+    assert sense._check_constraint(words_swapped(text, h, "assist"), text)  # help.v.01 is the majority for both
+    prior = AttackedText("I was leasing my previous home.")
+    assert not sense._check_constraint(words_swapped(prior, prior.words.index("previous"), "prior"), prior)
+
+
+def test_a_swap_replaces_the_lemma_never_the_inflection(resources):
+    from textattack.shared import AttackedText
+
+    from audits._word_sense import PredominantSense
+
+    sense = PredominantSense()
+    text = AttackedText("I was not able to sell my home and the loan was bought by another bank.")
+    sell, bought = text.words.index("sell"), text.words.index("bought")
+    assert not sense._check_constraint(words_swapped(text, sell, "sold"), text)  # same lemma, and inflected
+    assert sense._check_constraint(words_swapped(text, bought, "purchased"), text)  # another lemma, same inflection
+    assert not sense._check_constraint(words_swapped(text, bought, "purchase"), text)  # base form for a past form
+    meet = AttackedText("I was unable to meet my obligation.")
+    assert not sense._check_constraint(words_swapped(meet, meet.words.index("meet"), "met"), meet)
+
+
+def test_stopwords_are_kept_in_any_case(resources):
+    from textattack.constraints.pre_transformation import StopwordModification
+    from textattack.shared import AttackedText
+
+    from audits._validity_constraints import StopwordsInAnyCase
+
+    text = AttackedText("On the day The bank called")
+    stock = {text.words[i] for i in StopwordModification()._get_modifiable_indices(text)}
+    kept = {text.words[i] for i in StopwordsInAnyCase()._get_modifiable_indices(text)}
+    assert "On" in stock and "The" in stock  # TextAttack's own compares the word as written
+    assert kept == {"day", "bank", "called"}
 
 
 def test_typos_that_land_on_an_english_word_are_rejected(resources):
@@ -322,7 +366,7 @@ def test_relative_threshold_and_typos_still_break_the_brittle_model(regulated_au
     assert check.threshold == 0.5 and not check.passed  # one misspelt keyword still flips it: a real finding
     counts = summary["constraint_rejections"]
     assert counts["candidates"] > 0 and "LevenshteinEditDistance" in counts["rejected_by"]
-    assert {"RepeatModification", "StopwordModification", "RedactionPlaceholders", "MaxModificationRate"} <= set(
+    assert {"RepeatModification", "StopwordsInAnyCase", "RedactionPlaceholders", "MaxModificationRate"} <= set(
         counts["positions_excluded_by"])
 
 
@@ -352,3 +396,18 @@ def test_report_prints_each_threat_model_and_the_stress_test_without_text(regula
     assert "Stress test (stock recipes, not judged)" in html and "all-mpnet-base-v2" in html
     assert "candidates rejected" in html  # the per-constraint counts
     assert KEYWORD not in html  # test text stays in the evidence files
+
+
+def test_attack_progress_is_logged_when_no_terminal_shows_the_bars(caplog):
+    import logging
+
+    from audits.robustness import _ProgressBars
+
+    bars = _ProgressBars({"pwws-lp": 20})
+    with caplog.at_level(logging.INFO, logger="audits.robustness"):
+        for _ in range(20):
+            bars.update("pwws-lp")  # pytest captures stdout/stderr: no terminal, tqdm disables itself
+    bars.close()
+    lines = [r.getMessage() for r in caplog.records if "robustness pwws-lp" in r.getMessage()]
+    assert len(lines) == 10 and lines[0].startswith("robustness pwws-lp: 2/20 examples")
+    assert lines[-1].startswith("robustness pwws-lp: 20/20 examples")
