@@ -36,7 +36,8 @@ Improving Adversarial Training of NLP Models") use, built from TextAttack's own 
     al. 2020 counted them with LanguageTool, a Java server downloaded on first use; offline,
     :mod:`audits._grammaticality` applies the principle with a dependency parser): the swapped
     word keeps its fine-grained Penn Treebank tag in its sentence (``PennTreebankTag``: no
-    fix→fixing, day→days, make→made) and, re-parsed, its dependency relation, head and
+    fix→fixing, day→days, make→made), an "a" / "an" before it still agrees (``ArticleAgreement``,
+    LanguageTool's EN_A_VS_AN: no "an attempt" → "an try") and, re-parsed, its dependency relation, head and
     dependents (``ParseStability``); with ``predominant_sense: false``, WordNet swaps fall back
     to a synonym in any sense of the tagged part of speech (``SynonymInTaggedSense``: no
     "number" → "numerate"); no proper noun is swapped (``ProperNounsKept``: a name has no synonym);
@@ -71,7 +72,13 @@ from textattack.transformations import (
     WordSwapWordNet,
 )
 
-from audits._grammaticality import ParseStability, PennTreebankTag, ProperNounsKept, SynonymInTaggedSense
+from audits._grammaticality import (
+    ArticleAgreement,
+    ParseStability,
+    PennTreebankTag,
+    ProperNounsKept,
+    SynonymInTaggedSense,
+)
 from audits._validity_constraints import (
     CountingAttack,
     IndependentSentenceEncoder,
@@ -102,7 +109,7 @@ def _meaning_constraints(validity, encoder) -> list:
     """Grammar first (one batched parse per sentence, shared by both checks), the sentence encoder last."""
     constraints = []
     if validity.part_of_speech:
-        constraints += [ProperNounsKept(), PennTreebankTag()]
+        constraints += [ArticleAgreement(), ProperNounsKept(), PennTreebankTag()]
     if validity.parse_stability:
         constraints.append(ParseStability())
     constraints.append(IndependentSentenceEncoder(str(encoder.path), encoder.sha256,

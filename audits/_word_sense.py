@@ -30,9 +30,11 @@ proxy here is its classic baseline, the predominant (first) sense:
       same holds for the new word, which a reader reads in its own most likely sense. A word
       with no tagged occurrence has no evidence and no synonym.
     * *A swap replaces the lemma, never the inflection.* The new word is another lemma than
-      the original ("met" is "meet" inflected, not a synonym of it) and is inflected exactly
-      when the original is (a base form for a base form: no "to sell" → "to sold"). The
-      contextual tag cannot see this after "to", where the parser tags "met" and "sold" VB.
+      the original ("met" is "meet" inflected, not a synonym of it) and is that lemma's form
+      for the original's Penn Treebank tag (lemminflect's English inflection tables): "sell"
+      (VB) → "sold" and "started" (VBD) → "begun" (only VBN) are rejected, "bought" (VBN) →
+      "purchased" is kept. The contextual tag of the re-parsed sentence cannot see this:
+      the parser tags "met" and "sold" VB after "to", and "begun" VBD after "and".
 
 No masked language model installs offline, so this is the sense check; it is conservative on
 purpose: it also rejects swaps a reader accepts ("immediately" → "directly": "directly" reads
@@ -89,10 +91,25 @@ def first_sense_share(word: str, pos: str) -> float:
     return counts[0] / total if total else 0.0
 
 
+_UNIVERSAL_POS = {"N": "NOUN", "V": "VERB", "J": "ADJ", "R": "ADV"}  # first letter of a Penn Treebank tag
+
+
 def swaps_the_lemma(original: str, new: str, pos: str) -> bool:
-    """`new` is another lemma than `original`, inflected exactly when `original` is."""
-    original_lemma, new_lemma = lemma_of(original, pos), lemma_of(new, pos)
-    return new_lemma != original_lemma and (original.lower() == original_lemma) == (new.lower() == new_lemma)
+    """`new` is another lemma than `original` (WordNet's base forms in `pos`)."""
+    return lemma_of(new, pos) != lemma_of(original, pos)
+
+
+@functools.lru_cache(maxsize=_SENSE_CACHE)
+def inflected_as(new: str, tag: str) -> bool:
+    """`new` is, for one of its lemmas, that lemma's form for Penn Treebank `tag` (lemminflect's tables)."""
+    from lemminflect import getAllLemmas, getInflection
+
+    universal = _UNIVERSAL_POS.get(tag[:1])
+    if universal is None:
+        return False
+    word = new.lower()
+    lemmas = getAllLemmas(word, upos=universal).get(universal, ())
+    return any(word in (form.lower() for form in getInflection(lemma, tag=tag)) for lemma in lemmas)
 
 
 @functools.lru_cache(maxsize=_SENSE_CACHE)
@@ -141,7 +158,8 @@ class PredominantSense(_SyntaxConstraint):
     @staticmethod
     def _same_sense(original: str, new: str, tag: str) -> bool:
         pos = _WORDNET_POS.get(tag[:1])
-        return pos is not None and keeps_predominant_sense(original.lower(), new.lower(), pos)
+        return (pos is not None and keeps_predominant_sense(original.lower(), new.lower(), pos)
+                and inflected_as(new, tag))
 
     def extra_repr_keys(self):
         return ["lexicon"] + super().extra_repr_keys()

@@ -195,6 +195,24 @@ def test_a_swap_replaces_the_lemma_never_the_inflection(resources):
     assert not sense._check_constraint(words_swapped(text, bought, "purchase"), text)  # base form for a past form
     meet = AttackedText("I was unable to meet my obligation.")
     assert not sense._check_constraint(words_swapped(meet, meet.words.index("meet"), "met"), meet)
+    began = AttackedText("My score dropped and I started receiving letters from collectors.")
+    s = began.words.index("started")  # VBD: "begun" is only the participle (VBN)
+    assert not sense._check_constraint(words_swapped(began, s, "begun"), began)
+    assert sense._check_constraint(words_swapped(began, s, "began"), began)
+
+
+def test_an_article_before_the_swap_still_agrees(resources):
+    from textattack.shared import AttackedText
+
+    from audits._grammaticality import ArticleAgreement
+
+    agreement = ArticleAgreement()
+    text = AttackedText("I called many times in an attempt to pay off a car loan.")
+    attempt, car = text.words.index("attempt"), text.words.index("car")
+    assert not agreement._check_constraint(words_swapped(text, attempt, "try"), text)  # "an try"
+    assert agreement._check_constraint(words_swapped(text, attempt, "effort"), text)
+    assert not agreement._check_constraint(words_swapped(text, car, "automobile"), text)  # "a automobile"
+    assert agreement._check_constraint(words_swapped(text, car, "vehicle"), text)
 
 
 def test_stopwords_are_kept_in_any_case(resources):
