@@ -309,3 +309,34 @@ class ProperNounsKept(_SyntaxConstraint):
 
     def _keeps(self, before, after):
         raise NotImplementedError  # judged on the original's tag alone, above
+
+
+class ArticleAgreement(Constraint):
+    """After "a" / "an", the new word keeps the article's agreement: no "an attempt" → "an try".
+
+    LanguageTool, the grammar checker Morris et al. 2020 counted new errors with, has this rule
+    (EN_A_VS_AN); the parse cannot see it (the article stays a determiner of the noun). Judged on
+    spelling, conservatively: the new word must start with a vowel letter exactly when the
+    original does, so a swap never needs another article.
+    """
+
+    def __init__(self):
+        super().__init__(compare_against_original=False)  # the swapped word and the word before it
+
+    def _check_constraint(self, transformed_text, reference_text):
+        words = transformed_text.words
+        for i in transformed_text.attack_attrs["newly_modified_indices"]:
+            if i > 0 and words[i - 1].lower() in ("a", "an") and \
+                    _starts_with_vowel(words[i]) != _starts_with_vowel(reference_text.words[i]):
+                return False
+        return True
+
+    def check_compatibility(self, transformation):
+        return transformation_consists_of_word_swaps(transformation)
+
+    def extra_repr_keys(self):
+        return []
+
+
+def _starts_with_vowel(word: str) -> bool:
+    return word[:1].lower() in "aeiou"

@@ -99,7 +99,7 @@ def describe_component(component) -> str:
     for key in keys:
         value = getattr(component, key, None)
         parts.append(f"{key}={_short(value)}")
-    if type(component).__name__ == "StopwordModification":
+    if "StopwordModification" in (cls.__name__ for cls in type(component).__mro__):  # also StopwordsInAnyCase
         parts.append(f"stopwords={len(component.stopwords)} words")
     inner = getattr(component, "transformations", None)
     if inner:

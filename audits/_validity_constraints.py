@@ -9,7 +9,18 @@ classes, and adds what the audit needs around them:
   ``303XX``) out of every perturbation. Those marks are written by the data provider's
   redaction step after the author wrote the text: they are not language an attacker types,
   so editing them ("XX/XX/2019" → "X/XX/2019") is no threat a served model faces.
-* grammaticality (fine-grained tag, parse stability): :mod:`audits._grammaticality`.
+* :class:`StopwordsInAnyCase`: TextAttack's stopword constraint, matched in any case (its own
+  compares the word as written, so "The" and "On" at a sentence start were edited).
+* :class:`NumbersKept`: a pre-transformation constraint that keeps every word holding a
+  digit out of every perturbation. A number's value is its meaning: "$850.00" → "$8q50.0" is
+  not a misspelt word but a different or unreadable amount, and a number has no synonym.
+* :class:`TyposAreNonWords`: a character edit whose result is an English word (the spelling
+  front end's public lexicon, SymSpell's English frequency list, lower-cased) is rejected. It
+  is a real-word substitution ("form" → "from") whose meaning the typo rules cannot judge;
+  DeepWordBug's threat model (Gao et al. 2018) is misspelt words, and misspellings stay
+  non-words.
+* grammaticality (fine-grained tag, parse stability): :mod:`audits._grammaticality`; word
+  sense (predominant WordNet sense): :mod:`audits._word_sense`.
 * :class:`IndependentSentenceEncoder`: TextAttack's ``SBERT`` sentence-encoder constraint on
   a local sentence-transformers folder (the independent all-mpnet-base-v2), with encodings
   cached by text so a window seen once is never encoded again.
@@ -20,13 +31,16 @@ classes, and adds what the audit needs around them:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 
 import torch
 from textattack import Attack
-from textattack.constraints import PreTransformationConstraint
+from textattack.constraints import Constraint, PreTransformationConstraint
+from textattack.constraints.pre_transformation import StopwordModification
 from textattack.constraints.semantics.sentence_encoders import SBERT
+from textattack.shared.validators import transformation_consists_of_word_swaps
 
 from secure_ft.errors import AuditError
 
@@ -42,6 +56,66 @@ class RedactionPlaceholders(PreTransformationConstraint):
 
     def extra_repr_keys(self):
         return []
+
+
+class StopwordsInAnyCase(StopwordModification):
+    """TextAttack's ``StopwordModification``, matched without regard to case.
+
+    TextAttack compares each word as written with the (lower-case) list, so a stopword that
+    opens a sentence ("On", "The", "Of", "My") was edited by the label-preserving typo recipe
+    although its policy says no stopword is touched: 58 of 344 changed words in the first read
+    of the default model's successes. A stopword is a stopword in any case.
+    """
+
+    def _get_modifiable_indices(self, current_text):
+        return {i for i, word in enumerate(current_text.words) if word.lower() not in self.stopwords}
+
+
+class NumbersKept(PreTransformationConstraint):
+    """No perturbation touches a word holding a digit ("850", "00", "2019", "2nd", "303XX")."""
+
+    def _get_modifiable_indices(self, current_text):
+        return {i for i, word in enumerate(current_text.words) if not any(c.isdigit() for c in word)}
+
+    def extra_repr_keys(self):
+        return []
+
+
+@functools.lru_cache(maxsize=1)
+def english_lexicon() -> frozenset[str]:
+    """The spelling front end's public English lexicon (SymSpell's frequency list), lower-case."""
+    from secure_ft.spelling import read_public_dictionary
+
+    return frozenset(read_public_dictionary())
+
+
+class TyposAreNonWords(Constraint):
+    """A character edit must not produce an English word: a misspelling, not a real-word substitution."""
+
+    lexicon = "symspellpy frequency_dictionary_en_82_765 (the spelling front end's public lexicon)"
+
+    def __init__(self):
+        super().__init__(compare_against_original=False)  # judges the new words alone
+        self._words = english_lexicon()
+
+    def _check_constraint(self, transformed_text, reference_text):
+        return not any(transformed_text.words[i].lower() in self._words
+                       for i in transformed_text.attack_attrs["newly_modified_indices"])
+
+    def check_compatibility(self, transformation):
+        return transformation_consists_of_word_swaps(transformation)
+
+    def __getstate__(self):  # the lexicon is per process: rebuilt, not pickled
+        state = self.__dict__.copy()
+        state.pop("_words", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__ = state
+        self._words = english_lexicon()
+
+    def extra_repr_keys(self):
+        return ["lexicon"]
 
 
 class IndependentSentenceEncoder(SBERT):

@@ -462,11 +462,13 @@ def _check_labels(model, label_names: list[str]) -> None:
 
 
 class _ProgressBars:
-    """One tqdm bar per recipe (shown on a terminal only)."""
+    """One tqdm bar per recipe on a terminal; in a log (no terminal), a line at every tenth of a recipe."""
 
     def __init__(self, totals: dict[str, int]):
         self.totals = totals
         self.bars = {}
+        self.done: dict[str, int] = {}
+        self.started: dict[str, float] = {}
 
     def update(self, recipe: str) -> None:
         if recipe not in self.bars:
@@ -474,7 +476,13 @@ class _ProgressBars:
 
             self.bars[recipe] = tqdm(total=self.totals.get(recipe, 0), desc=f"robustness {recipe}",
                                      unit="example", disable=None, leave=True)
+            self.started[recipe] = time.monotonic()
         self.bars[recipe].update(1)
+        self.done[recipe] = done = self.done.get(recipe, 0) + 1
+        total = self.totals.get(recipe, 0)
+        if self.bars[recipe].disable and total and (done % max(1, total // 10) == 0 or done == total):
+            rate = done / max(time.monotonic() - self.started[recipe], 1e-9)
+            log.info("robustness %s: %d/%d examples (%.2f examples/s)", recipe, done, total, rate)
 
     def close(self) -> None:
         for bar in self.bars.values():

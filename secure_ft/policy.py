@@ -151,6 +151,16 @@ class ValidityConstraints(_Section):
     protect_redaction_placeholders: bool = Field(
         True, description="no perturbation touches a redaction mask (XX, XXXX): the data provider writes them, "
         "not the text's author")
+    predominant_sense: bool = Field(
+        True, description="word swaps: the new word is a lemma of the original's first-listed WordNet synset in "
+        "its tagged part of speech, and that synset is the new word's own first-listed one (predominant / first "
+        "sense heuristic, McCarthy et al. 2004); off: any shared synset in the tagged part of speech")
+    numbers_kept: bool = Field(
+        True, description="no word holding a digit is modified: a number's value is its meaning, and a number "
+        "has no synonym and no misspelling")
+    typos_are_non_words: bool = Field(
+        True, description="character edits: an edited word must not be an English word (the spelling front "
+        "end's public lexicon); a real-word substitution (form -> from) is no typo")
 
 
 class RecipeThreatModel(_Section):

@@ -134,6 +134,147 @@ def test_wordnet_swap_must_be_a_synonym_in_the_tagged_part_of_speech(resources):
     assert not sense._check_constraint(words_swapped(pronoun, 0, "iodin"), pronoun)  # no synonym of a pronoun
 
 
+def test_predominant_sense_rejects_a_swap_the_words_do_not_both_default_to(resources):
+    from textattack.shared import AttackedText
+
+    from audits._grammaticality import SynonymInTaggedSense
+    from audits._word_sense import PredominantSense
+
+    sense, any_sense = PredominantSense(), SynonymInTaggedSense()
+    meet = AttackedText("I was not able to meet my obligation this month.")
+    i = meet.words.index("meet")  # first verb sense of "meet": come together (run into, encounter)
+    fit = words_swapped(meet, i, "fit")  # "fit" shares only a later sense of "meet" (satisfy)
+    assert any_sense._check_constraint(fit, meet) and not sense._check_constraint(fit, meet)
+    # both default to meet.v.01, but that sense is 49 of meet's 231 SemCor uses: the guess is more likely wrong
+    assert not sense._check_constraint(words_swapped(meet, i, "encounter"), meet)
+    asked = AttackedText("I requested a loan from the bank.")
+    assert not sense._check_constraint(words_swapped(asked, 1, "inquired"), asked)  # request.v.01 is not ask.v.01
+    notice = AttackedText("There was no notification of the change.")
+    n = notice.words.index("notification")  # first sense: presentment; "telling" shares only its second
+    assert not sense._check_constraint(words_swapped(notice, n, "telling"), notice)
+    # mutual: "directly" is a lemma of immediately's first synset, but its own first sense is "in a direct manner"
+    now = AttackedText("They immediately closed my account.")
+    assert not sense._check_constraint(words_swapped(now, 1, "directly"), now)
+    assert sense._check_constraint(words_swapped(now, 1, "instantly"), now)  # first sense of both: immediately.r.01
+    assert not sense._check_constraint(words_swapped(now, 1, "right_away"), now)  # a multi-word lemma never
+    car = AttackedText("The dealer sold me a car I could not afford.")
+    c = car.words.index("car")
+    assert sense._check_constraint(words_swapped(car, c, "automobile"), car)  # car.n.01 first for both
+    assert not sense._check_constraint(words_swapped(car, c, "railcar"), car)  # car's second sense
+    pronoun = AttackedText("I paid the fee")
+    assert not sense._check_constraint(words_swapped(pronoun, 0, "iodin"), pronoun)  # no synonym of a pronoun
+    kept = sense.call_many([words_swapped(car, c, w) for w in ("automobile", "railcar", "auto")], car)
+    assert [t.words[c] for t in kept] == ["automobile", "auto"]
+
+
+def test_the_first_sense_must_be_each_words_majority_sense(resources):
+    from textattack.shared import AttackedText
+
+    from audits._word_sense import PredominantSense, first_sense_share
+
+    assert first_sense_share("meet", "v") < 0.5 < first_sense_share("help", "v")  # WordNet's SemCor counts
+    assert first_sense_share("previous", "a") == 0.0  # its first-listed synset has no tagged use: no evidence
+    sense = PredominantSense()
+    text = AttackedText("The agent would not help me with the refund.")
+    h = text.words.index("help")
+    assert sense._check_constraint(words_swapped(text, h, "assist"), text)  # help.v.01 is the majority for both
+    prior = AttackedText("I was leasing my previous home.")
+    assert not sense._check_constraint(words_swapped(prior, prior.words.index("previous"), "prior"), prior)
+
+
+def test_a_swap_replaces_the_lemma_never_the_inflection(resources):
+    from textattack.shared import AttackedText
+
+    from audits._word_sense import PredominantSense
+
+    sense = PredominantSense()
+    text = AttackedText("I was not able to sell my home and the loan was bought by another bank.")
+    sell, bought = text.words.index("sell"), text.words.index("bought")
+    assert not sense._check_constraint(words_swapped(text, sell, "sold"), text)  # same lemma, and inflected
+    assert sense._check_constraint(words_swapped(text, bought, "purchased"), text)  # another lemma, same inflection
+    assert not sense._check_constraint(words_swapped(text, bought, "purchase"), text)  # base form for a past form
+    meet = AttackedText("I was unable to meet my obligation.")
+    assert not sense._check_constraint(words_swapped(meet, meet.words.index("meet"), "met"), meet)
+    began = AttackedText("My score dropped and I started receiving letters from collectors.")
+    s = began.words.index("started")  # VBD: "begun" is only the participle (VBN)
+    assert not sense._check_constraint(words_swapped(began, s, "begun"), began)
+    assert sense._check_constraint(words_swapped(began, s, "began"), began)
+
+
+def test_an_article_before_the_swap_still_agrees(resources):
+    from textattack.shared import AttackedText
+
+    from audits._grammaticality import ArticleAgreement
+
+    agreement = ArticleAgreement()
+    text = AttackedText("I called many times in an attempt to pay off a car loan.")
+    attempt, car = text.words.index("attempt"), text.words.index("car")
+    assert not agreement._check_constraint(words_swapped(text, attempt, "try"), text)  # "an try"
+    assert agreement._check_constraint(words_swapped(text, attempt, "effort"), text)
+    assert not agreement._check_constraint(words_swapped(text, car, "automobile"), text)  # "a automobile"
+    assert agreement._check_constraint(words_swapped(text, car, "vehicle"), text)
+
+
+def test_stopwords_are_kept_in_any_case(resources):
+    from textattack.constraints.pre_transformation import StopwordModification
+    from textattack.shared import AttackedText
+
+    from audits._validity_constraints import StopwordsInAnyCase
+
+    text = AttackedText("On the day The bank called")
+    stock = {text.words[i] for i in StopwordModification()._get_modifiable_indices(text)}
+    kept = {text.words[i] for i in StopwordsInAnyCase()._get_modifiable_indices(text)}
+    assert "On" in stock and "The" in stock  # TextAttack's own compares the word as written
+    assert kept == {"day", "bank", "called"}
+
+
+def test_typos_that_land_on_an_english_word_are_rejected(resources):
+    from textattack.shared import AttackedText
+
+    from audits._validity_constraints import TyposAreNonWords
+
+    non_words = TyposAreNonWords()
+    text = AttackedText("Please fill in the form and send the workers comp claim.")
+    form = text.words.index("form")
+    assert not non_words._check_constraint(words_swapped(text, form, "from"), text)  # a real-word substitution
+    assert non_words._check_constraint(words_swapped(text, form, "fomr"), text)  # a misspelling
+    comp = text.words.index("comp")
+    assert not non_words._check_constraint(words_swapped(text, comp, "cop"), text)
+    assert non_words._check_constraint(words_swapped(text, comp, "cmop"), text)
+    assert not non_words._check_constraint(words_swapped(text, form, "Farm"), text)  # case does not hide a word
+
+
+def test_no_recipe_touches_a_word_with_a_digit(resources, encoder, tiny_model_dir, tmp_path):
+    from textattack.shared import AttackedText
+
+    from audits._attack_model import FastClassifierWrapper
+    from audits._recipes import build_attack
+    from audits._validity_constraints import NumbersKept
+    from secure_ft.config import RobustnessAuditConfig
+    from secure_ft.models import load_trained_model
+    from secure_ft.policy import ValidityConstraints
+
+    text = AttackedText("the loan fee was 850 dollars and 2 payments late my card about 2019 card")
+    digits = {i for i, word in enumerate(text.words) if any(c.isdigit() for c in word)}
+    assert NumbersKept()._get_modifiable_indices(text) == set(range(len(text.words))) - digits
+    model, tokenizer = load_trained_model(tiny_model_dir)
+    wrapper = FastClassifierWrapper(model, tokenizer, max_length=16)
+    settings = RobustnessAuditConfig.model_validate({"embedding_swap": {"min_word_similarity": -1.0}})
+
+    def touched_digits(recipe: str, validity: ValidityConstraints) -> tuple[int, int]:
+        attack = build_attack(recipe, wrapper, settings, tmp_path / "cache", validity=validity,
+                              resources_root=resources.root)
+        candidates = attack._get_transformations_uncached(text, text)  # transformation + pre-transformation
+        touched = sum(1 for c in candidates if c.attack_attrs["newly_modified_indices"] & digits)
+        return len(candidates), touched
+
+    for recipe in ("deepwordbug-lp", "pwws-lp", "embedding-swap-lp"):
+        generated, touched = touched_digits(recipe, ValidityConstraints())
+        assert generated and touched == 0, recipe
+    # the same search without the rule edits the numbers: the check above can fail
+    assert touched_digits("deepwordbug-lp", ValidityConstraints(numbers_kept=False))[1] > 0
+
+
 def test_proper_nouns_are_never_swapped(resources):
     from textattack.shared import AttackedText
 
@@ -243,7 +384,7 @@ def test_relative_threshold_and_typos_still_break_the_brittle_model(regulated_au
     assert check.threshold == 0.5 and not check.passed  # one misspelt keyword still flips it: a real finding
     counts = summary["constraint_rejections"]
     assert counts["candidates"] > 0 and "LevenshteinEditDistance" in counts["rejected_by"]
-    assert {"RepeatModification", "StopwordModification", "RedactionPlaceholders", "MaxModificationRate"} <= set(
+    assert {"RepeatModification", "StopwordsInAnyCase", "RedactionPlaceholders", "MaxModificationRate"} <= set(
         counts["positions_excluded_by"])
 
 
@@ -273,3 +414,18 @@ def test_report_prints_each_threat_model_and_the_stress_test_without_text(regula
     assert "Stress test (stock recipes, not judged)" in html and "all-mpnet-base-v2" in html
     assert "candidates rejected" in html  # the per-constraint counts
     assert KEYWORD not in html  # test text stays in the evidence files
+
+
+def test_attack_progress_is_logged_when_no_terminal_shows_the_bars(caplog):
+    import logging
+
+    from audits.robustness import _ProgressBars
+
+    bars = _ProgressBars({"pwws-lp": 20})
+    with caplog.at_level(logging.INFO, logger="audits.robustness"):
+        for _ in range(20):
+            bars.update("pwws-lp")  # pytest captures stdout/stderr: no terminal, tqdm disables itself
+    bars.close()
+    lines = [r.getMessage() for r in caplog.records if "robustness pwws-lp" in r.getMessage()]
+    assert len(lines) == 10 and lines[0].startswith("robustness pwws-lp: 2/20 examples")
+    assert lines[-1].startswith("robustness pwws-lp: 20/20 examples")

@@ -43,8 +43,9 @@ def test_an_omitted_judgement_key_warns_naming_the_key_and_the_default(tmp_path,
     for key, default in (("performance.use_ci_bound", "false"), ("robustness.use_ci_bound", "false"),
                          ("robustness.max_budget_exhausted_fraction", "{} (no check)"),
                          ("robustness.gated_recipes", "null"), ("robustness.validity", "{max_modification_rate: 0.1, max_text_edit_distance: 30, "
-                          "min_sentence_similarity: 0.98, min_words_allowed: 2, parse_stability: true, part_of_speech: true, "
-                          "protect_redaction_placeholders: true, sentence_window: 15}")):
+                          "min_sentence_similarity: 0.98, min_words_allowed: 2, numbers_kept: true, parse_stability: true, "
+                          "part_of_speech: true, predominant_sense: true, protect_redaction_placeholders: true, "
+                          "sentence_window: 15, typos_are_non_words: true}")):
         assert any(f"does not set {key}: the default {default} applies" in warning for warning in policy.warnings)
     # fairness and privacy are not required here: their keys change nothing and are not warned about
     assert not any("fairness." in w or "privacy." in w for w in policy.warnings)
