@@ -73,16 +73,33 @@ def cmd_budget(args: argparse.Namespace) -> int:
     if not entries:
         print("  no run recorded on this data set: nothing spent")
         return 0
-    header = ("run", "date", "status", "mechanism", "ε of the run", "cumulative ε")
-    rows = [(row["run"], row["date"], row["status"], row["mechanism"], format_epsilon(row["epsilon"]),
-             format_epsilon(row["cumulative_epsilon"])) for row in statement.rows]
+    header = ("run", "kind", "date", "status", "mechanism", "ε of the run", "cumulative ε")
+    rows = [(row["run"], row["kind_text"], row["date"], row["status"], row["mechanism"],
+             format_epsilon(row["epsilon"]), format_epsilon(row["cumulative_epsilon"])) for row in statement.rows]
     widths = [max(len(str(value)) for value in column) for column in zip(header, *rows)]
     for line in (header, *rows):
         print("  " + "  ".join(str(value).ljust(width) for value, width in zip(line, widths)).rstrip())
     print(f"cumulative ε = {format_epsilon(statement.cumulative_epsilon)} at δ = {statement.delta:.3g} over "
           f"{len(entries)} run(s); {statement.to_dict()['note']}: RDP gives {format_epsilon(statement.rdp_epsilon)}"
           if statement.delta is not None else "cumulative ε = ∞: only runs without differential privacy")
+    for note in budget_notes(statement.rows):
+        print(f"note: {note}")
     return 0
+
+
+def budget_notes(rows: list[dict]) -> list[str]:
+    """What the table's kinds mean, said once each: federations composed sequentially, central DP, canaries."""
+    from federated.simulation_budget import CENTRAL_NOT_COUNTED, SEQUENTIAL
+
+    notes = []
+    if any(row.get("composition") for row in rows):
+        notes.append(f"a simulated federation's sites are composed {SEQUENTIAL}")
+    if any(row.get("central") for row in rows):
+        notes.append(f"server-side (central) DP: {CENTRAL_NOT_COUNTED}")
+    if any(row.get("kind") == "canary audit" for row in rows):
+        notes.append("a canary audit is the privacy audit's throw-away run on up to 512 training rows plus "
+                     "inserted canaries; its exposures are released in the report, so it spends the budget too")
+    return notes
 
 
 def register(subparsers) -> None:

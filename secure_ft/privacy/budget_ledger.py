@@ -161,8 +161,13 @@ class RunSpend:
     @classmethod
     def open(cls, ledger: BudgetLedger, *, fingerprint: str, run: str, run_dir: str | Path | None, kind: str,
              mechanism: str, accountant: str | None = None, delta: float | None = None,
-             dataset_size: int | None = None, site: str | None = None, entry_id: str | None = None) -> "RunSpend":
-        """Open an entry before the run touches the data (status ``running``)."""
+             dataset_size: int | None = None, site: str | None = None, entry_id: str | None = None,
+             details: dict[str, Any] | None = None) -> "RunSpend":
+        """Open an entry before the run touches the data (status ``running``).
+
+        `details` are further fields kept with the entry (a simulated federation's ``sites``
+        and ``composition``, a canary run's ``audit``); they never change what is counted.
+        """
         moment = datetime.now(timezone.utc)
         started = moment.isoformat(timespec="microseconds")  # orders runs started within the same second
         entry = {
@@ -173,6 +178,7 @@ class RunSpend:
             "delta": None if delta is None else float(delta), "dataset_size": dataset_size,
             "history": [], "reserved": [], "status": OPEN, "started_at": started, "updated_at": started,
             "host": socket.gethostname(), "pid": os.getpid(), "resumed_from_step": None, "stop_reason": None,
+            **(details or {}),
         }
         return cls(ledger, entry)
 
