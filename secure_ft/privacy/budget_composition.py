@@ -142,7 +142,8 @@ def kind_text(entry: dict[str, Any]) -> str:
 
 def mechanism_text(entry: dict[str, Any]) -> str:
     if entry["mechanism"] == "none":
-        text = "none (not private at the record level: ε = ∞)"
+        text = ("none at the sites (not private at the record level: ε = ∞)" if entry.get("sites")
+                else "none (not private: ε = ∞)")
     elif entry.get("sites"):  # a simulated federation: every site's history, composed one after another
         parts = [f"{name} {_segments(site['history'] + site.get('counted_at_plan', [])) or 'no step'}"
                  for name, site in entry["sites"].items()]
