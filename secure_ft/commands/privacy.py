@@ -93,7 +93,7 @@ def budget_notes(rows: list[dict]) -> list[str]:
 
     notes = []
     if any(row.get("composition") for row in rows):
-        notes.append(f"a simulated federation's sites are composed {SEQUENTIAL}")
+        notes.append("a simulated federation's sites are composed " + SEQUENTIAL.replace("sequential:", "sequentially:", 1))
     if any(row.get("central") for row in rows):
         notes.append(f"server-side (central) DP: {CENTRAL_NOT_COUNTED}")
     if any(row.get("kind") == "canary audit" for row in rows):
