@@ -92,12 +92,15 @@ class SimulatedFederationSpend:
         self.central_noise = (float(config.federated.central_noise_multiplier)
                               if config.federated.central_dp != "none" else None)
         self.plans: dict[str, dict[str, Any]] = {}
+        sigmas: dict[int, float] = {}  # σ depends on the rows only: calibrate once per size (it takes seconds)
         for name, rows in sites:
             plan: dict[str, Any] = {"rows": int(rows)}
             if self.private:
                 rate, per_round = site_round_steps(config, rows)
-                plan.update(sigma=float(site_noise_multiplier(config, rows)), rate=float(rate),
-                            per_round=int(per_round), delta=float(resolve_delta(config.privacy, rows)[0]))
+                if rows not in sigmas:
+                    sigmas[rows] = float(site_noise_multiplier(config, rows))
+                plan.update(sigma=sigmas[rows], rate=float(rate), per_round=int(per_round),
+                            delta=float(resolve_delta(config.privacy, rows)[0]))
             self.plans[name] = plan
         # a resumed run counts only what its sites take from now on (the earlier attempt's entry has the rest)
         self.baseline = {name: self._site_state(name)[0] for name in self.plans} if resume else {}

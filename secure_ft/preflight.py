@@ -500,9 +500,11 @@ def planned_federation_history(config: RunConfig, splits) -> tuple[list[list[flo
         return None, None, "federated simulation without per-site DP (not private at the record level: ε = ∞)"
     config, _ = resolve_run_config(config, len(splits.train))
     sites = partition_sites(splits, config.federated, config.seed, quiet=True)
-    history, deltas, parts = [], [], []
+    history, deltas, parts, plans = [], [], [], {}
     for site in sites:
-        planned, delta = planned_site_history(config, len(site.train), None)
+        if len(site.train) not in plans:  # the plan depends on the rows only: calibrate σ once per size
+            plans[len(site.train)] = planned_site_history(config, len(site.train), None)
+        planned, delta = plans[len(site.train)]
         history += planned
         deltas.append(delta)
         parts += [f"{site.name} σ={s:.4g} q={q:.4g} ×{int(k)}" for s, q, k in planned]

@@ -158,3 +158,136 @@ def test_a_sites_failed_round_counts_the_steps_it_took_though_nothing_was_releas
     assert statement.cumulative_epsilon == pytest.approx(opacus_prv_epsilon(every, entry["delta"]), rel=1e-9)
     assert statement.cumulative_epsilon > opacus_prv_epsilon(
         [segment for history in released.values() for segment in history], entry["delta"])
+
+
+# -- pre-flight --------------------------------------------------------------------------------------
+
+def _policy_with_limit(tmp_path, limit):
+    policy_raw = yaml.safe_load(default_policy_path().read_text(encoding="utf-8"))
+    policy_raw["privacy"]["max_dataset_epsilon"] = limit
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy_raw), encoding="utf-8")
+    return load_policy(path)[0], path
+
+
+def test_preflight_refuses_a_simulated_federation_that_would_break_the_lifetime_budget(dp_federation, tmp_path):
+    import time
+
+    from federated.partition import partition_sites
+    from federated.site_engine import _calibrated_noise, site_noise_multiplier
+    from federated.site_policy import site_round_steps
+    from secure_ft.data import load_splits
+    from secure_ft.preflight import check_before_training
+    from secure_ft.privacy.engine import resolve_delta
+    from secure_ft.transfer_choice import resolve_run_config
+
+    config = dp_federation.model_copy(update={"mode": "federated"})
+    splits = load_splits(config.data, config.seed)
+    # the sites' plans, worked out here from the sites' own settings: σ, q = 1/batches, rounds × local steps
+    resolved, _ = resolve_run_config(config, len(splits.train))
+    sites = partition_sites(splits, resolved.federated, resolved.seed, quiet=True)
+    plans, deltas = [], []
+    for site in sites:
+        rate, per_round = site_round_steps(resolved, len(site.train))
+        plans.append((site_noise_multiplier(resolved, len(site.train)), rate, resolved.federated.rounds * per_round))
+        deltas.append(resolve_delta(resolved.privacy, len(site.train))[0])
+    delta = min(deltas)
+    ledger = BudgetLedger(config.privacy.budget_dir)
+    earlier = RunSpend.open(ledger, fingerprint=splits.fingerprint, run="earlier", run_dir=None, kind="train",
+                            mechanism="dp-sgd", accountant="prv", delta=delta, dataset_size=len(splits.train))
+    earlier.close([[1.2, 1 / 6, 12]], "finished")
+    spent = opacus_prv_epsilon([(1.2, 1 / 6, 12)], delta)
+    after = opacus_prv_epsilon([(1.2, 1 / 6, 12), *plans], delta)
+    limit = round((spent + after) / 2, 3)
+
+    policy, path = _policy_with_limit(tmp_path, limit)
+    _calibrated_noise.cache_clear()  # pre-flight calibrates σ itself, timed
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as caught:
+        check_before_training(config, policy, path)
+    assert time.monotonic() - started < 30 and caught.value.exit_code == 2
+    message = str(caught.value)
+    assert f"has spent ε = {spent:.4f}" in message and f"brings it to {after:.4f}" in message
+    assert f"max_dataset_epsilon = {limit:g}" in message
+    assert "federated simulation, 3 sites composed sequentially (conservative)" in message
+    policy, path = _policy_with_limit(tmp_path, round(after + 0.1, 3))
+    report = check_before_training(config, policy, path)
+    assert report.dataset_budget["after_epsilon"] == pytest.approx(after, rel=1e-9)
+    assert sorted(map(tuple, report.dataset_budget["planned_history"])) == sorted(plans)
+
+
+# -- the canary audit ------------------------------------------------------------------------------
+
+def test_the_canary_run_is_recorded_and_the_data_sets_epsilon_includes_it(toy_csv, tiny_model_dir, tmp_path):
+    from types import SimpleNamespace
+
+    from dp_helpers import dp_config
+
+    from audits._canary import canary_report
+    from audits.privacy import dataset_budget
+    from secure_ft.central_run import train_run
+    from secure_ft.preflight import planned_canary_history, planned_history
+
+    config = dp_config(toy_csv, tiny_model_dir, tmp_path / "runs", epochs=1)
+    config = config.model_copy(update={
+        "privacy": config.privacy.model_copy(update={"budget_dir": str(tmp_path / "budget")}),
+        "audits": config.audits.model_copy(update={"privacy": config.audits.privacy.model_copy(update={
+            "canaries": 2, "canary_repeats": 3, "canary_candidates": 20, "canary_steps": 4})})})
+    trained = train_run(config, progress=False)
+    privacy = json.loads((trained.run_dir / "privacy.json").read_text())
+    context = SimpleNamespace(config=config, splits=trained.splits, run_dir=trained.run_dir, device="cpu")
+    canary = canary_report(context, privacy["noise_multiplier"], privacy["max_grad_norm"])
+
+    run_entry, canary_entry = BudgetLedger(tmp_path / "budget").entries(trained.splits.fingerprint)
+    assert canary_entry["kind"] == "canary audit" and canary_entry["run"] == trained.run_dir.name
+    assert canary_entry["status"] == "finished" and canary_entry["reserved"] == []
+    # 84 training rows + 2 canaries × 3 = 90 rows in batches of 16: Opacus' Poisson loader samples at q = 1/6
+    assert canary_entry["history"] == [[privacy["noise_multiplier"], 1 / 6, 4]] == canary["budget_history"]
+    # pre-flight plans exactly what the canary run took
+    planned, _, _ = planned_history(config, len(trained.splits.train))
+    assert planned_canary_history(config, len(trained.splits.train), planned)[0] == canary_entry["history"]
+
+    policy, _ = load_policy(default_policy_path())
+    budget, (check,) = dataset_budget(context, policy.privacy.model_copy(update={"max_dataset_epsilon": 100.0}), [])
+    expected = opacus_prv_epsilon([*run_entry["history"], *canary_entry["history"]], budget["delta"])
+    assert budget["cumulative_epsilon"] == pytest.approx(expected, rel=1e-9)
+    assert budget["cumulative_epsilon"] > privacy["epsilon"] + 1e-3  # the canary run spent budget too
+    assert [row["kind"] for row in budget["entries"]] == ["train", "canary audit"]
+    assert check.name == "dataset_epsilon" and check.actual == pytest.approx(expected, rel=1e-9)
+
+
+def test_the_privacy_audit_reads_the_ledger_after_its_canary_run(toy_csv, tiny_model_dir, tmp_path, monkeypatch):
+    import audits.privacy as privacy_audit_module
+
+    order = []
+    real_canary, real_budget = privacy_audit_module.canary_report, privacy_audit_module.dataset_budget
+    monkeypatch.setattr(privacy_audit_module, "canary_report",
+                        lambda *args, **kwargs: order.append("canary") or real_canary(*args, **kwargs))
+    monkeypatch.setattr(privacy_audit_module, "dataset_budget",
+                        lambda *args, **kwargs: order.append("budget") or real_budget(*args, **kwargs))
+    from secure_ft.config import RunConfig
+
+    config = RunConfig.model_validate({
+        "data": {"source": str(toy_csv), "label_column": "product", "group_columns": ["region", "senior"],
+                 "min_class_count": 5},
+        "model": {"name_or_path": str(tiny_model_dir), "transfer": "full", "max_length": 16},
+        "training": {"batch_size": 16}, "privacy": {"mode": "none", "budget_dir": str(tmp_path / "budget")},
+        "audits": {"privacy": {"membership_examples": 10, "n_boot": 0, "calibrated_attack": False, "canaries": 1,
+                               "canary_repeats": 1, "canary_candidates": 10, "canary_steps": 1}}})
+    from audits.context import AuditContext
+    from secure_ft.data import load_splits
+    from secure_ft.models import load_base_model, save_trained_model
+    from secure_ft.policy import Policy
+
+    splits = load_splits(config.data, config.seed)
+    model, tokenizer = load_base_model(config.model, splits.label_names)
+    save_trained_model(model, tokenizer, tmp_path / "run" / "model")
+    context = AuditContext(run_dir=tmp_path / "run", model_dir=tmp_path / "run" / "model", splits=splits,
+                           config=config, policy=Policy.model_validate({"privacy": {"require_dp": False,
+                                                                                   "max_dataset_epsilon": 50.0}}))
+    result = privacy_audit_module.privacy_audit(context)
+    assert order == ["canary", "budget"]
+    budget = result.metrics["dataset_budget"]
+    assert [row["kind"] for row in budget["entries"]] == ["canary audit"]  # a run without DP: its canary run too
+    assert budget["cumulative_unbounded"] is True
+    assert next(check for check in result.checks if check.name == "dataset_epsilon").passed is False
