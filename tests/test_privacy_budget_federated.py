@@ -102,6 +102,18 @@ def test_a_simulated_federation_records_every_sites_history_composed_sequentiall
     worst = max(opacus_prv_epsilon(history, entry["delta"]) for history in released.values())
     assert statement.cumulative_epsilon > worst * 1.2
 
+    # the privacy audit (the gate's dataset_epsilon check) reads the same entry back for a simulated federation
+    from types import SimpleNamespace
+
+    from audits.privacy import dataset_budget
+
+    policy, _ = load_policy(default_policy_path())
+    context = SimpleNamespace(config=trained.config if hasattr(trained, "config") else
+                              dp_federation.model_copy(update={"mode": "federated"}),
+                              splits=trained.splits, members_available=True)
+    budget, (check,) = dataset_budget(context, policy.privacy.model_copy(update={"max_dataset_epsilon": 100.0}), [])
+    assert budget["cumulative_epsilon"] == pytest.approx(expected, rel=1e-9) and check.passed
+
     config_file = tmp_path / "federated.yaml"
     config_file.write_text(dp_federation.to_yaml())
     assert main(["privacy", "budget", "--data", str(dp_federation.data.source), "--config", str(config_file)]) == 0
