@@ -80,7 +80,10 @@ def interrupting_app(partition_to_stop: int, server_round_to_stop: int) -> Clien
 def test_a_simulated_federation_records_every_sites_history_composed_sequentially(dp_federation, tmp_path, capsys):
     from secure_ft.cli import main
     from secure_ft.data import load_splits
+    from secure_ft.privacy.accountants import epsilon_from_history
 
+    dp_federation.federated = dp_federation.federated.model_copy(update={  # and server-side (client-level) DP
+        "central_dp": "fixed", "central_noise_multiplier": 1.5, "central_clipping_norm": 5.0, "central_delta": 1e-4})
     trained = run_federated(dp_federation, tmp_path / "run", progress=False, backend="local")
     central_fingerprint = load_splits(dp_federation.data, dp_federation.seed).fingerprint  # what a central run uses
     entry = only_entry(dp_federation, central_fingerprint)
@@ -90,6 +93,11 @@ def test_a_simulated_federation_records_every_sites_history_composed_sequentiall
     released = odometer_releases(trained.run_dir)
     assert set(released) == set(entry["sites"]) == {"site-1", "site-2", "site-3"}
     privacy = json.loads((trained.run_dir / "privacy.json").read_text())
+    # the server's mechanism is kept with its unit named, at the ε the run itself reports, and not counted per record
+    central = entry["central"]
+    assert central["history"] == [[1.5, 1.0, 2]] and central["unit"].startswith("site") and central["counted"] is False
+    assert central["epsilon"] == pytest.approx(privacy["central"]["epsilon"], rel=1e-9)
+    assert central["epsilon"] == pytest.approx(epsilon_from_history("rdp", ((1.5, 1.0, 2),), 1e-4), rel=1e-9)
     for site, history in released.items():
         assert sum(int(k) for _, _, k in history) > 0
         assert entry["sites"][site]["history"] == history
@@ -120,6 +128,7 @@ def test_a_simulated_federation_records_every_sites_history_composed_sequentiall
     table = capsys.readouterr().out
     assert central_fingerprint in table and "federated simulation, 3 sites, composed sequentially: conservative" in table
     assert "note: a simulated federation's sites are composed sequentially" in table
+    assert "server-side Gaussian z=1.5 ×2 (unit: a site" in table and "not counted at the record level" in table
 
 
 def test_a_federation_stopped_mid_way_records_the_steps_its_sites_took(dp_federation, tmp_path):

@@ -1,7 +1,9 @@
 """`secure-ft privacy RUN_DIR`: recompute a DP run's ε from its ledger and check privacy.json.
 
 `secure-ft privacy budget [--data FILE | --fingerprint F] [--json]`: a data set's privacy
-budget ledger (`secure_ft.privacy.budget_ledger`), every run with its ε and the cumulative ε.
+budget ledger (`secure_ft.privacy.budget_ledger`), every run with its kind (training, simulated
+federation — its sites composed sequentially —, canary audit, bench), its ε and the
+cumulative ε, with notes on what the kinds mean.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ def cmd_budget(args: argparse.Namespace) -> int:
 
 def budget_notes(rows: list[dict]) -> list[str]:
     """What the table's kinds mean, said once each: federations composed sequentially, central DP, canaries."""
+    from audits._canary import MAX_TRAIN_ROWS
     from federated.simulation_budget import CENTRAL_NOT_COUNTED, SEQUENTIAL
 
     notes = []
@@ -97,8 +100,8 @@ def budget_notes(rows: list[dict]) -> list[str]:
     if any(row.get("central") for row in rows):
         notes.append(f"server-side (central) DP: {CENTRAL_NOT_COUNTED}")
     if any(row.get("kind") == "canary audit" for row in rows):
-        notes.append("a canary audit is the privacy audit's throw-away run on up to 512 training rows plus "
-                     "inserted canaries; its exposures are released in the report, so it spends the budget too")
+        notes.append(f"a canary audit is the privacy audit's throw-away run on up to {MAX_TRAIN_ROWS} training rows "
+                     "plus inserted canaries; its exposures are released in the report, so it spends the budget too")
     return notes
 
 
@@ -111,7 +114,8 @@ def register(subparsers) -> None:
                         "`budget` for a data set's privacy budget ledger (a run folder named budget: ./budget)")
     parser.add_argument("--json", action="store_true", help="print the checks (or the budget ledger) as JSON")
     budget = parser.add_argument_group("secure-ft privacy budget [--data FILE | --fingerprint F]",
-                                       "every run recorded on a data set: run, date, mechanism, ε of the run and "
+                                       "every run recorded on a data set (training runs, simulated federations, "
+                                       "canary audits, benchmarks): run, kind, date, mechanism, ε of the run and "
                                        "the cumulative ε, composed by the PRV accountant")
     budget.add_argument("--data", metavar="FILE", help="the data file (its fingerprint is computed as training does)")
     budget.add_argument("--config", metavar="CONFIG", help="run config giving the data's columns and "

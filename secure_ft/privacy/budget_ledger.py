@@ -25,6 +25,12 @@ An entry is opened before the first step and kept up to date as training proceed
   resumed from (the earlier attempt's entry keeps the steps it took, even those after its
   last checkpoint: they ran on the data too).
 
+Who writes entries: central training runs (`secure_ft.central_run`, kind ``train``), a
+simulated federation's coordinator (`federated.simulation_budget`, one entry holding every
+site's history), the privacy audit's throw-away canary run (`audits._canary`, kind ``canary
+audit``), measurement scripts that train on data (kind ``bench``), and — in their own state
+folders, not the organisation's — deployed sites (kind ``site``).
+
 `budget_composition` composes the entries into the data set's cumulative ε.
 The folder is ``privacy.budget_dir`` of the run config, else ``$SECURE_FT_BUDGET_DIR``, else
 ``privacy-budget`` in the per-user data folder (``$XDG_DATA_HOME/secure-ft``, else
