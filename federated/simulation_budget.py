@@ -103,7 +103,9 @@ class SimulatedFederationSpend:
                             delta=float(resolve_delta(config.privacy, rows)[0]))
             self.plans[name] = plan
         # a resumed run counts only what its sites take from now on (the earlier attempt's entry has the rest)
-        self.baseline = {name: self._site_state(name)[0] for name in self.plans} if resume else {}
+        self.baseline: dict[str, list[list[float]]] = {}
+        if resume:
+            self.baseline = {name: self._site_state(name)[0] for name in self.plans}
         deltas = [plan["delta"] for plan in self.plans.values() if "delta" in plan]
         self.spend = RunSpend.open(
             BudgetLedger(budget_dir_for(config)), fingerprint=fingerprint, run=self.run_dir.name,
