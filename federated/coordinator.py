@@ -13,6 +13,10 @@
    rounds with `federated.strategy` (or the SecAgg+ workflow in `federated.secagg`);
 5. hand off the best round's global model (`federated.handoff`).
 
+A simulation also keeps the run's entry in the privacy budget ledger of the data file its
+sites are partitioned from (`federated.simulation_budget`): opened before round 1, written
+ahead a round at a time, closed with every site's exact history however the run ends.
+
 Every wait is bounded (`federated.round_loop`, `federated.stoppable_grid`): a round ends at
 ``round_timeout_s`` and the run at ``run_timeout_s``. After every round the coordinator
 writes a checkpoint (`federated.run_checkpoint`); ``resume=True`` continues a run from it,

@@ -77,6 +77,7 @@ def interrupting_app(partition_to_stop: int, server_round_to_stop: int) -> Clien
     return app
 
 
+@pytest.mark.slow
 def test_a_simulated_federation_records_every_sites_history_composed_sequentially(dp_federation, tmp_path, capsys):
     from secure_ft.cli import main
     from secure_ft.data import load_splits
