@@ -129,6 +129,14 @@ def _segments(history: list[list[float]]) -> str:
     return "; ".join(f"σ={float(s):.4g} q={float(q):.4g} ×{int(k)}" for s, q, k in history)
 
 
+def _merged(history: list[list[float]]) -> list[list[float]]:
+    """Steps at the same (σ, q) added up, first appearance first (a site's rounds, for display)."""
+    totals: dict[tuple[float, float], int] = {}
+    for sigma, rate, steps in history:
+        totals[(float(sigma), float(rate))] = totals.get((float(sigma), float(rate)), 0) + int(steps)
+    return [[sigma, rate, steps] for (sigma, rate), steps in totals.items()]
+
+
 def kind_text(entry: dict[str, Any]) -> str:
     """What kind of run an entry records, and for a simulated federation how its sites compose."""
     kind = entry.get("kind") or "run"
@@ -145,7 +153,7 @@ def mechanism_text(entry: dict[str, Any]) -> str:
         text = ("none at the sites (not private at the record level: ε = ∞)" if entry.get("sites")
                 else "none (not private: ε = ∞)")
     elif entry.get("sites"):  # a simulated federation: every site's history, composed one after another
-        parts = [f"{name} {_segments(site['history'] + site.get('counted_at_plan', [])) or 'no step'}"
+        parts = [f"{name} {_segments(_merged(site['history'] + site.get('counted_at_plan', []))) or 'no step'}"
                  for name, site in entry["sites"].items()]
         if entry.get("reserved"):
             parts.append(f"reserved ahead {_segments(entry['reserved'])}")
