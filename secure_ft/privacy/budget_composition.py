@@ -48,7 +48,21 @@ COMPOSITION_NOTE = ("composed by Opacus' PRV accountant over every recorded (σ,
 
 
 def _epsilon(accountant: str, history: list[list[float]], delta: float) -> float:
-    return epsilon_from_history(accountant, normalise_history(history), float(delta))
+    return epsilon_from_history(accountant, _by_setting(normalise_history(history)), float(delta))
+
+
+def _by_setting(history: tuple) -> tuple:
+    """Steps at the same (σ, q) added up, first appearance first.
+
+    Composition does not depend on the order of the mechanisms (PRV convolves their privacy
+    loss distributions; RDP adds their curves), so this is the same history — and PRV's cost
+    grows with the number of distinct segments (a federation's sites and rounds repeat one
+    setting many times).
+    """
+    totals: dict[tuple[float, float], int] = {}
+    for sigma, rate, steps in history:
+        totals[(sigma, rate)] = totals.get((sigma, rate), 0) + steps
+    return tuple((sigma, rate, steps) for (sigma, rate), steps in totals.items())
 
 
 def composed_epsilon(histories: list[list[list[float]]], delta: float, accountant: str = COMPOSING_ACCOUNTANT) -> float:
