@@ -8,7 +8,6 @@ ledger's composition code; whole federations run in this process (``backend="loc
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
