@@ -76,7 +76,7 @@ def cmd_budget(args: argparse.Namespace) -> int:
         print("  no run recorded on this data set: nothing spent")
         return 0
     header = ("run", "kind", "date", "status", "mechanism", "ε of the run", "cumulative ε")
-    rows = [(row["run"], row["kind_text"], row["date"], row["status"], row["mechanism"],
+    rows = [(row["run"], row["kind_note"], row["date"], row["status"], row["mechanism"],
              format_epsilon(row["epsilon"]), format_epsilon(row["cumulative_epsilon"])) for row in statement.rows]
     widths = [max(len(str(value)) for value in column) for column in zip(header, *rows)]
     for line in (header, *rows):

@@ -127,7 +127,7 @@ def compose_ledger(fingerprint: str, entries: list[dict[str, Any]], delta: float
             cumulative = composed_epsilon(histories, delta) if running or last else None
         statement.rows.append({
             "entry": entry["entry"], "run": entry["run"], "run_dir": entry.get("run_dir"), "kind": entry.get("kind"),
-            "kind_text": kind_text(entry), "composition": entry.get("composition"), "central": entry.get("central"),
+            "kind_note": kind_note(entry), "composition": entry.get("composition"), "central": entry.get("central"),
             "site": entry.get("site"), "date": entry["started_at"], "status": status_of(entry),
             "mechanism": mechanism_text(entry), "steps": None if counted is None else sum(int(e[2]) for e in counted),
             "epsilon": own, "cumulative_epsilon": cumulative,
@@ -151,7 +151,7 @@ def _merged(history: list[list[float]]) -> list[list[float]]:
     return [[sigma, rate, steps] for (sigma, rate), steps in totals.items()]
 
 
-def kind_text(entry: dict[str, Any]) -> str:
+def kind_note(entry: dict[str, Any]) -> str:
     """What kind of run an entry records, and for a simulated federation how its sites compose."""
     kind = entry.get("kind") or "run"
     sites = entry.get("sites")

@@ -628,7 +628,7 @@ def _dataset_budget(budget: Any) -> str:
         ("RDP bound for the same history (looser)", budget.get("rdp_cumulative_epsilon")),
         ("composition", budget.get("note")),
     ])]
-    rows = [[row.get("run"), row.get("kind_text") or row.get("kind"), row.get("date"), row.get("status"),
+    rows = [[row.get("run"), row.get("kind_note") or row.get("kind"), row.get("date"), row.get("status"),
              row.get("mechanism"), "∞" if row.get("epsilon_unbounded") else row.get("epsilon")]
             for row in budget.get("entries") or [] if isinstance(row, dict)]
     if rows:
