@@ -121,6 +121,10 @@ def test_a_simulated_federation_records_every_sites_history_composed_sequentiall
                               splits=trained.splits, members_available=True)
     budget, (check,) = dataset_budget(context, policy.privacy.model_copy(update={"max_dataset_epsilon": 100.0}), [])
     assert budget["cumulative_epsilon"] == pytest.approx(expected, rel=1e-9) and check.passed
+    from secure_ft.report.document import withhold_text
+
+    (row,) = withhold_text(budget)["entries"]  # what the report shows, test texts withheld
+    assert row["kind_note"] == "federated simulation, 3 sites, composed sequentially: conservative"
 
     config_file = tmp_path / "federated.yaml"
     config_file.write_text(dp_federation.to_yaml())
