@@ -13,6 +13,16 @@ label::
 A model that did not memorise a canary ranks it uniformly at random (expected exposure
 about 1.4 bits); the maximum is ``log2(candidates + 1)``. Only SHA-256 hashes of the canary
 strings leave this module; the strings themselves are never written anywhere.
+
+The throw-away run trains on up to ``MAX_TRAIN_ROWS`` real training rows, and its result (the
+exposures) is released in the report: it spends the data set's privacy budget like any run.
+It is recorded in the data set's privacy budget ledger (`secure_ft.privacy.budget_ledger`) as
+an entry of its own (kind ``canary audit``, the audited run's name): written ahead before its
+first step with its planned (σ, q, steps), closed with the Opacus accountant's own history of
+the steps it took (q is the sampling rate of its Poisson loader: 1 / batches over the rows
+plus the inserted canaries), finished or crashed; a run without DP (the audited run had
+none) is recorded as not private (ε = ∞). `canary_plan` gives the same (σ, q, steps) before
+anything trains, for pre-flight.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import hashlib
 import inspect
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +39,8 @@ import torch
 from secure_ft.errors import AuditError
 from secure_ft.models import apply_transfer, load_base_model, predict
 
+KIND = "canary audit"  # its entry's kind in the privacy budget ledger
+ACCOUNTANT = "rdp"  # the throw-away run's Opacus accountant (its history, not its ε, is what the ledger keeps)
 PREFIX = "my account code is"
 DIGITS = 6
 MAX_TRAIN_ROWS = 512  # ordinary training rows mixed with the canaries
@@ -94,14 +107,87 @@ def _forward_kwargs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     return kwargs
 
 
+def canary_plan(config, train_rows: int, noise_multiplier: float | None,
+                max_grad_norm: float | None) -> list[list[float]] | None:
+    """The (σ, q, steps) the throw-away run will take on a run of `config` with `train_rows` rows (None: no DP).
+
+    The arithmetic of `canary_report` and Opacus' Poisson loader: the rows are the sampled
+    training rows plus every inserted canary copy, the batch the resolved run's, q = 1 / the
+    number of batches, and ``audits.privacy.canary_steps`` steps.
+    """
+    from secure_ft.transfer_choice import resolve_run_config
+
+    if noise_multiplier is None or max_grad_norm is None:
+        return None
+    settings = config.audits.privacy
+    resolved, _ = resolve_run_config(config, train_rows)
+    rows = min(MAX_TRAIN_ROWS, train_rows) + settings.canaries * settings.canary_repeats
+    batches = math.ceil(rows / min(resolved.training.batch_size, rows))
+    return [[float(noise_multiplier), 1 / batches, int(settings.canary_steps)]]
+
+
+def open_canary_spend(context, private: bool, plan: list[list[float]] | None, rows: int):
+    """The canary run's entry in the data set's privacy budget ledger, opened before it trains."""
+    from secure_ft.privacy.budget_ledger import BudgetLedger, RunSpend, budget_dir_for
+
+    return RunSpend.open(
+        BudgetLedger(budget_dir_for(context.config)), fingerprint=context.splits.fingerprint,
+        run=Path(context.run_dir).name, run_dir=context.run_dir, kind=KIND, mechanism="dp-sgd" if private else "none",
+        accountant=ACCOUNTANT if private else None,
+        delta=_audited_delta(context) if private else None, dataset_size=rows,
+        details={"audit": "privacy: secret-sharer canaries in a throw-away run (its exposures are released)",
+                 "planned": plan})
+
+
+def _audited_delta(context) -> float:
+    """The δ the canary entry is stated at: the audited run's (privacy.json), else the membership audit's default."""
+    from audits._guarantee import read_guarantee
+    from audits._membership import default_delta
+
+    guarantee = read_guarantee(context.run_dir)
+    if guarantee is not None and guarantee.delta is not None:
+        return float(guarantee.delta)
+    return float(default_delta(len(context.splits.train)))
+
+
 def train_throwaway(model_config, label_names: list[str], texts: list[str], labels: list[int], *, steps: int,
                     batch_size: int, learning_rate: float, seed: int, device: str,
                     noise_multiplier: float | None = None, max_grad_norm: float | None = None,
-                    must_fit: list[str] = ()):
+                    must_fit: list[str] = (), spend=None):
     """A copy of the base model fine-tuned on `texts` (with DP-SGD when a noise multiplier is given).
 
     `must_fit` texts (the canaries) must not be truncated at ``model_config.max_length``.
+    `spend` (a `secure_ft.privacy.budget_ledger.RunSpend`) is kept current: written ahead
+    before the first step, closed with the accountant's history however training ends.
     """
+    state: dict = {}  # the Opacus engine, once made: its accountant says what was taken
+    try:
+        model, tokenizer = _train_throwaway(
+            model_config, label_names, texts, labels, steps=steps, batch_size=batch_size,
+            learning_rate=learning_rate, seed=seed, device=device, noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm, must_fit=must_fit, spend=spend, state=state)
+    except KeyboardInterrupt:
+        _close(spend, state.get("engine"), "stopped", "interrupted (Ctrl-C)")
+        raise
+    except BaseException as error:
+        _close(spend, state.get("engine"), "crashed", f"{type(error).__name__}: {error}"[:500])
+        raise
+    _close(spend, state.get("engine"), "finished")
+    return model, tokenizer
+
+
+def _close(spend, engine, status: str, reason: str | None = None) -> None:
+    if spend is None:
+        return
+    if spend.entry["mechanism"] == "none":
+        spend.close(None, status, reason)
+    else:  # the accountant's own history; no engine yet: no step was taken
+        taken = [] if engine is None else [list(entry) for entry in engine.accountant.history]
+        spend.close(taken, status, reason)
+
+
+def _train_throwaway(model_config, label_names, texts, labels, *, steps, batch_size, learning_rate, seed, device,
+                     noise_multiplier, max_grad_norm, must_fit, spend, state):
     from torch.utils.data import DataLoader, TensorDataset
 
     with torch.random.fork_rng(devices=[]):
@@ -124,11 +210,13 @@ def train_throwaway(model_config, label_names: list[str], texts: list[str], labe
         if private:
             from opacus import PrivacyEngine
 
-            engine = PrivacyEngine(accountant="rdp")
+            engine = state["engine"] = PrivacyEngine(accountant=ACCOUNTANT)
             model, optimizer, loader = engine.make_private(
                 module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
                 max_grad_norm=max_grad_norm, poisson_sampling=True, grad_sample_mode="hooks",
             )
+            if spend is not None:  # written ahead: every step this run may take, at its loader's real q
+                spend.reserve([], [[float(noise_multiplier), float(loader.sample_rate), int(steps)]])
         step = 0
         while step < steps:
             for input_ids, attention_mask, target in loader:
@@ -163,11 +251,13 @@ def canary_report(context, noise_multiplier: float | None, max_grad_norm: float 
 
     # the transfer (and recipe) the audited run resolved `model.transfer: auto` to
     resolved, _ = resolve_run_config(context.config, len(context.splits.train))
+    plan = canary_plan(context.config, len(context.splits.train), noise_multiplier, max_grad_norm)
+    spend = open_canary_spend(context, plan is not None, plan, len(texts))
     model, tokenizer = train_throwaway(
         resolved.model, label_names, texts, labels, steps=settings.canary_steps,
         batch_size=resolved.training.batch_size, learning_rate=resolved.training.learning_rate,
         seed=context.config.seed, device=context.device, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-        must_fit=[canary.text for canary in canaries],
+        must_fit=[canary.text for canary in canaries], spend=spend,
     )
     results = exposures(model, tokenizer, canaries, settings.canary_candidates, rng,
                         context.config.model.max_length, context.config.training.eval_batch_size, context.device)
@@ -186,4 +276,6 @@ def canary_report(context, noise_multiplier: float | None, max_grad_norm: float 
         "max_possible_exposure": math.log2(settings.canary_candidates + 1),
         "chance_exposure": 1 / math.log(2),
         "format": f"{PREFIX} + {DIGITS} random digits; strings are never stored, only their SHA-256",
+        "budget_entry": str(spend.path),  # the throw-away run's spend on the data set's privacy budget ledger
+        "budget_history": spend.entry["history"] if spend.entry["mechanism"] != "none" else None,
     }

@@ -234,9 +234,9 @@ def dataset_budget(context: AuditContext, policy, notes: list[str]) -> tuple[dic
     from secure_ft.privacy.budget_composition import budget_delta, compose_ledger
     from secure_ft.privacy.budget_ledger import BudgetLedger, budget_dir_for
 
-    if context.config.mode == "federated":
-        notes.append("the data set's lifetime budget is kept by each site's own odometer (deploy supernode "
-                     "--site-policy), not by the coordinator")
+    if context.config.mode == "federated" and not context.members_available:  # a deployment: rows stayed at sites
+        notes.append("the data set's lifetime budget of a deployed federation is kept by each site's own odometer "
+                     "(deploy supernode --site-policy), not by the coordinator")
         return None, []
     fingerprint = context.splits.fingerprint
     folder = budget_dir_for(context.config)
@@ -293,7 +293,7 @@ def privacy_audit(context: AuditContext) -> AuditResult:
 
     accountant = guarantee_metrics(guarantee)
     metrics = {
-        "dataset_budget": budget,  # None: not kept for this run (federated: the sites keep their own)
+        "dataset_budget": budget,  # None: not kept for this run (a deployed federation: the sites keep their own)
         "guarantee": accountant,
         "front_end": front_end,  # None without one; uses_private_vocabulary: outside the DP guarantee
         "membership": membership,  # None: not measurable here (a deployment's rows stayed at the sites)

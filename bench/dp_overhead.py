@@ -63,26 +63,31 @@ def measure(transfer: str, private: bool, mode: str | None, steps: int, seq: int
         engine = PrivateEngine(settings, dataset_size=len(dataset), transfer=transfer)
     else:
         engine = TrainingEngine(1.0)
-    prepared = engine.attach(model, optimizer, loader, epochs=1)
-    engine.begin_epoch(prepared, 1, seed=0)
-    durations, examples = [], []
-    started = time.perf_counter()
-    with engine.physical_batches(prepared) as batches:
-        for batch_tensors in batches:
-            batch_tensors = list(batch_tensors)
-            if len(batch_tensors[-1]):
-                loss = prepared.criterion(forward_logits(prepared.model, batch_tensors), batch_tensors[-1])
-                loss.backward()
-            engine.before_step(prepared)
-            prepared.optimizer.step()
-            prepared.optimizer.zero_grad(set_to_none=True)
-            examples.append(len(batch_tensors[-1]))
-            if not engine.step_taken(prepared):
-                continue
-            durations.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            if len(durations) > steps:
-                break
+    from secure_ft.central_run import spend_recorded
+
+    # a measurement on the data spends its budget like any run: recorded in its privacy budget ledger
+    with spend_recorded(config, engine, fingerprint=splits.fingerprint, dataset_size=len(dataset),
+                        run=f"bench/dp_overhead {transfer} {'dp ' + mode if private else 'plain'}", kind="bench"):
+        prepared = engine.attach(model, optimizer, loader, epochs=1)
+        engine.begin_epoch(prepared, 1, seed=0)
+        durations, examples = [], []
+        started = time.perf_counter()
+        with engine.physical_batches(prepared) as batches:
+            for batch_tensors in batches:
+                batch_tensors = list(batch_tensors)
+                if len(batch_tensors[-1]):
+                    loss = prepared.criterion(forward_logits(prepared.model, batch_tensors), batch_tensors[-1])
+                    loss.backward()
+                engine.before_step(prepared)
+                prepared.optimizer.step()
+                prepared.optimizer.zero_grad(set_to_none=True)
+                examples.append(len(batch_tensors[-1]))
+                if not engine.step_taken(prepared):
+                    continue
+                durations.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                if len(durations) > steps:
+                    break
     timed = durations[1:]  # the first step warms up allocators and kernels
     trainable, total = trainable_parameter_count(engine.unwrap(prepared.model))
     return {"seconds_per_step": sum(timed) / len(timed), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,

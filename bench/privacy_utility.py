@@ -79,7 +79,9 @@ def load_sst2(data_dir: Path, train_rows: int) -> tuple[pd.DataFrame, pd.DataFra
 def run_one(train: pd.DataFrame, dev: pd.DataFrame, *, epsilon: float | None, lr: float, args) -> dict:
     import torch
 
-    from secure_ft.config import ModelConfig, PrivacyConfig, TrainingConfig
+    from secure_ft.central_run import spend_recorded
+    from secure_ft.config import ModelConfig, PrivacyConfig, RunConfig, TrainingConfig
+    from secure_ft.data import rows_fingerprint
     from secure_ft.models import apply_transfer, load_base_model
     from secure_ft.training_loop import TrainingEngine, encode, fit
 
@@ -101,7 +103,10 @@ def run_one(train: pd.DataFrame, dev: pd.DataFrame, *, epsilon: float | None, lr
                                  max_physical_batch_size=args.physical_batch)
         engine = PrivateEngine(settings, dataset_size=len(train_set), transfer=args.transfer)
     started = time.perf_counter()
-    result = fit(model, train_set, dev_set, labels, training, seed=0, engine=engine, progress=False)
+    # a measurement (and a learning-rate sweep) on the data spends its budget: recorded in its ledger
+    with spend_recorded(RunConfig(), engine, fingerprint=rows_fingerprint(train, labels, text_column="sentence"),
+                        dataset_size=len(train), run=f"bench/privacy_utility ε={epsilon} lr={lr:g}", kind="bench"):
+        result = fit(model, train_set, dev_set, labels, training, seed=0, engine=engine, progress=False)
     seconds = time.perf_counter() - started
     last = result.history[-1]
     row = {"epsilon_target": epsilon, "lr": lr, "accuracy": last.val_accuracy,

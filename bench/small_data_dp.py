@@ -59,15 +59,18 @@ def load_finance(seed: int):
     from secure_ft.data import load_splits
 
     splits = load_splits(RunConfig().data, seed)
-    return splits.train, splits.validation, splits.test, splits.label_names
+    return splits.train, splits.validation, splits.test, splits.label_names, splits.fingerprint
 
 
-def run_cell(frames, labels: list[str], *, transfer: str, epsilon: float | None, cache_dir: Path, args) -> dict:
+def run_cell(frames, labels: list[str], *, transfer: str, epsilon: float | None, cache_dir: Path, args,
+             fingerprint: str | None = None) -> dict:
     import torch
 
     from secure_ft.config import RunConfig
     from secure_ft.models import apply_transfer, load_base_model
     from secure_ft.probe import trainee_and_datasets
+    from secure_ft.central_run import spend_recorded
+    from secure_ft.data import rows_fingerprint
     from secure_ft.training_loop import TrainingEngine, evaluate, fit, seed_everything
     from secure_ft.transfer_choice import resolve_run_config
 
@@ -90,8 +93,12 @@ def run_cell(frames, labels: list[str], *, transfer: str, epsilon: float | None,
         engine = PrivateEngine(config.privacy, dataset_size=len(train_set), transfer=transfer,
                                epochs=config.training.epochs, batch_size=config.training.batch_size)
     started = time.perf_counter()
-    result = fit(trainee, train_set, validation_set, labels, config.training, seed=args.seed, engine=engine,
-                 progress=False)
+    # a measurement on the data spends its budget like any run: recorded in its privacy budget ledger
+    with spend_recorded(config, engine, fingerprint=fingerprint or rows_fingerprint(train, labels),
+                        dataset_size=len(train), run=f"bench/small_data_dp {transfer} ε={epsilon} N={len(train)}",
+                        kind="bench"):
+        result = fit(trainee, train_set, validation_set, labels, config.training, seed=args.seed, engine=engine,
+                     progress=False)
     seconds = time.perf_counter() - started
     scores = evaluate(result.model, test_set, labels, config.training.eval_batch_size, "cpu")
     predicted_classes = sum(1 for recall in scores["per_class_recall"].values() if recall > 0)
@@ -157,7 +164,7 @@ def main() -> int:
         if dataset == "sst2":
             cells = [(size, load_sst2(args.data, size, 0), LABELS_SST2) for size in sizes]
         elif dataset == "finance":
-            train, validation, test, labels = load_finance(args.seed)
+            train, validation, test, labels, finance_fingerprint = load_finance(args.seed)
             cells = [(len(train), (train, validation, test), labels)]
         else:
             parser.error(f"--datasets: unknown {dataset!r}; use sst2 and/or finance")
@@ -165,7 +172,8 @@ def main() -> int:
             for transfer in transfers:
                 for epsilon in epsilons:
                     row = run_cell(frames, labels, transfer=transfer, epsilon=epsilon,
-                                   cache_dir=args.work_dir / dataset / "cache", args=args)
+                                   cache_dir=args.work_dir / dataset / "cache", args=args,
+                                   fingerprint=finance_fingerprint if dataset == "finance" else None)
                     row["dataset"] = dataset
                     rows.append(row)
                     reached = "-" if row["epsilon"] is None else f"{row['epsilon']:.3f}"

@@ -13,6 +13,10 @@
    rounds with `federated.strategy` (or the SecAgg+ workflow in `federated.secagg`);
 5. hand off the best round's global model (`federated.handoff`).
 
+A simulation also keeps the run's entry in the privacy budget ledger of the data file its
+sites are partitioned from (`federated.simulation_budget`): opened before round 1, written
+ahead a round at a time, closed with every site's exact history however the run ends.
+
 Every wait is bounded (`federated.round_loop`, `federated.stoppable_grid`): a round ends at
 ``round_timeout_s`` and the run at ``run_timeout_s``. After every round the coordinator
 writes a checkpoint (`federated.run_checkpoint`); ``resume=True`` continues a run from it,
@@ -43,6 +47,7 @@ from federated.partition import partition_sites
 from federated.round_book import RoundBook, ServerEvaluator
 from federated.round_loop import RoundLoop, SitesMissing, sites_needed
 from federated.run_checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from federated.simulation_budget import KIND as SIMULATION_KIND, SimulatedFederationSpend
 from federated.stoppable_grid import RunDeadlinePassed, RunStopped, StoppableGrid
 from federated.strategy import build_strategy, sites_per_round
 from federated.task import (arrays_to_record, base_model_sha256, build_model, record_bytes, secure_ft_version,
@@ -133,6 +138,8 @@ class FederatedServer:
         self.checkpoint_round = 0
         self._end_recorded = threading.Event()  # the ledger already says why the run ended
         self._running = False
+        self.spend = None  # a simulation's entry in the data set's privacy budget ledger (federated.simulation_budget)
+        self._central_accountant = None
 
     def run(self, grid: Grid, context: Context) -> TrainedRun:
         """Run (or resume) the federated run; any way it ends early is recorded in its ledger first."""
@@ -141,8 +148,9 @@ class FederatedServer:
         add_exit_handler(self._record_signalled_end, run_before_force_exit=True)
         self._running = True
         try:
-            return self._run(grid, context)
+            result = self._run(grid, context)
         except BaseException as error:  # SystemExit: Flower's SIGTERM handler; KeyboardInterrupt: Ctrl-C
+            self._close_spend(error)
             if self._end_recorded.is_set():
                 raise
             failure = self._record_end(error)
@@ -151,6 +159,26 @@ class FederatedServer:
             raise
         finally:
             self._running = False
+        self._close_spend(None)
+        return result
+
+    def _central_releases(self) -> int | None:
+        return None if self._central_accountant is None else int(self._central_accountant.num_releases)
+
+    def _close_spend(self, error: BaseException | None) -> None:
+        """Close the simulation's budget entry with the sites' exact histories, however the run ended."""
+        if self.spend is None or self.spend.spend.entry["status"] != "running":
+            return
+        if error is None:
+            status, reason = "finished", None
+        elif isinstance(error, (RunStopped, KeyboardInterrupt, SystemExit)):
+            status, reason = "stopped", f"{type(error).__name__}: stopped from outside"
+        else:
+            status, reason = "crashed", f"{type(error).__name__}: {error}"[:500]
+        try:
+            self.spend.close(status, reason, self._central_releases())
+        except Exception:  # noqa: BLE001 - the entry keeps its reservation: counted, never fewer
+            log.exception("privacy budget: could not close the entry %s; it keeps its reservation", self.spend.path)
 
     def _record_signalled_end(self) -> None:
         """Flower exit handler (SIGTERM/SIGINT): record the interruption before Flower's forced exit.
@@ -229,7 +257,13 @@ class FederatedServer:
             run.write_transfer_choice(choice_record)
             ledger.append("transfer_resolved", **choice_record)
         if self.simulated:
-            sites = [site.summary(splits.label_names) for site in partition_sites(splits, config.federated, config.seed)]
+            partitions = partition_sites(splits, config.federated, config.seed)
+            sites = [site.summary(splits.label_names) for site in partitions]
+            # every site trains on its part of this one file: its budget ledger records the run before round 1
+            self.spend = SimulatedFederationSpend(config, splits.fingerprint,
+                                                  [(site.name, len(site.train)) for site in partitions], run_dir,
+                                                  resume=self.resume)
+            ledger.append("privacy_budget_opened", budget_entry=str(self.spend.path), kind=SIMULATION_KIND)
         else:
             sites = []
         device = resolve_device(config.device)
@@ -261,6 +295,7 @@ class FederatedServer:
             strategy, accountant = build_strategy(config.federated)
             book.source = strategy
         central_strategy = strategy.strategy if strategy is not None and accountant is not None else None
+        self._central_accountant = accountant
         if self.resume:
             resumed = load_checkpoint(run_dir, book=book, strategy=strategy, central_strategy=central_strategy,
                                       accountant=accountant)
@@ -283,6 +318,8 @@ class FederatedServer:
             protocol.FRONT_END_SHA256: front_end_sha256(front_end),
         }
         central = None
+        if self.spend is not None:  # written ahead: the next round (SecAgg+, no hook between rounds: all of them)
+            self.spend.reserve(config.federated.rounds - first_round + 1 if config.federated.secagg else 1)
         if config.federated.secagg:
             from federated.secagg import run_secagg
 
@@ -293,6 +330,8 @@ class FederatedServer:
                 save_checkpoint(run_dir, server_round=server_round, federation_id=federation_id, book=book,
                                 strategy=strategy, central_strategy=central_strategy, accountant=accountant)
                 self.checkpoint_round = server_round
+                if self.spend is not None:  # the round's exact steps, and the next round's written ahead
+                    self.spend.reserve(1 if server_round < config.federated.rounds else 0, self._central_releases())
 
             loop = RoundLoop(strategy, grid, config.federated, book, site_name=self._site_namer(strategy),
                              known_nodes=lambda: set(self.node_names) | set(strategy.node_sites),

@@ -17,6 +17,7 @@ pre-step hook on the underlying torch optimizer) and costs no privacy.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from typing import Any, Iterable, Iterator
@@ -43,7 +44,7 @@ def site_noise_multiplier(config: RunConfig, dataset_size: int) -> float:
     Uses the sampling rate the private engine will use (1 / batches per epoch) and the
     site's δ (`privacy.target_delta`, else 1/(10 N) for the site's N rows).
     """
-    from secure_ft.privacy.accountants import BudgetUnreachable, calibrate_noise, require_usable_at_sites
+    from secure_ft.privacy.accountants import BudgetUnreachable, require_usable_at_sites
     from secure_ft.privacy.engine import resolve_delta
 
     settings = config.privacy
@@ -57,13 +58,23 @@ def site_noise_multiplier(config: RunConfig, dataset_size: int) -> float:
         steps_per_round = min(steps_per_round, config.federated.local_steps)
     epochs = config.federated.rounds * steps_per_round / batches  # opacus counts steps as epochs / rate
     try:
-        return calibrate_noise(settings.accountant, target_epsilon=settings.target_epsilon, delta=delta,
-                               sample_rate=1 / batches, epochs=epochs)
+        return _calibrated_noise(settings.accountant, float(settings.target_epsilon), float(delta), 1 / batches,
+                                 float(epochs))
     except BudgetUnreachable as error:
         raise PrivacyError(
             f"privacy.target_epsilon = {settings.target_epsilon:g} cannot be reached by a site with {dataset_size} "
             f"rows over {epochs:g} epochs ({error}); raise target_epsilon or train fewer rounds"
         ) from None
+
+
+@functools.lru_cache(maxsize=128)
+def _calibrated_noise(accountant: str, target_epsilon: float, delta: float, sample_rate: float, epochs: float) -> float:
+    """`calibrate_noise`, once per setting in a process: the coordinator, pre-flight and in-process sites ask
+    for the same σ, and a PRV calibration takes seconds."""
+    from secure_ft.privacy.accountants import calibrate_noise
+
+    return calibrate_noise(accountant, target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
+                           epochs=epochs)
 
 
 def private_site_engine(config: RunConfig, dataset_size: int, fingerprint: str, sigma: float) -> TrainingEngine:

@@ -9,7 +9,8 @@ is handed to Flower:
 - ``begin(round)`` marks the round in progress before training starts;
 - ``record_release(...)`` appends the round's (σ, q, steps) and the accountant state, and
   clears the mark — only then does the reply leave;
-- ``record_failure(round)`` notes a round that raised before any release.
+- ``record_failure(round, steps_taken)`` notes a round that raised before any release, with
+  the steps it took before raising (not released, but taken on the data).
 
 A process that finds a round still marked in progress when it opens the odometer knows the
 previous process died mid-round, before its release: the round is recorded as
@@ -127,10 +128,17 @@ class SiteOdometer:
         self.state["in_progress"] = None
         self.save()
 
-    def record_failure(self, round_: int) -> None:
-        """A round that raised before its release: nothing left the site."""
+    def record_failure(self, round_: int, steps_taken: list[list[float]] | None = None) -> None:
+        """A round that raised before its release: nothing left the site.
+
+        `steps_taken` are the (σ, q, steps) the round took before it raised; nothing of them was
+        released, but a simulated federation counts them on the data set's ledger
+        (`federated.simulation_budget`: steps taken on the data count).
+        """
         if self.state.get("in_progress") == int(round_):
-            self.state["not_released"].append({"round": int(round_), "reason": "failed", "at": _now()})
+            self.state["not_released"].append({"round": int(round_), "reason": "failed", "at": _now(),
+                                               "steps_taken": [[float(s), float(q), int(k)]
+                                                               for s, q, k in (steps_taken or []) if int(k) > 0]})
             self.state["in_progress"] = None
             self.save()
 

@@ -59,7 +59,7 @@ from federated.task import (build_model, evaluate_model, load_arrays, round_seed
                             secure_ft_version, trainable_arrays, train_locally)
 from secure_ft.config import RunConfig, config_from_dict
 from secure_ft.errors import ConfigError, ModelError
-from secure_ft.privacy.budget_ledger import RELEASED, BudgetLedger, RunSpend
+from secure_ft.privacy.budget_ledger import RELEASED, BudgetLedger, RunSpend, steps_beyond
 from secure_ft.privacy.engine import resolve_delta
 from secure_ft.privacy.signed_history import key_sha256, load_private_key, public_line_of, seal_statement
 from secure_ft.probe import trainee_and_datasets
@@ -157,7 +157,7 @@ def check_instructions(instructions: Instructions) -> None:
 def train_site_round(instructions: Instructions, global_arrays: Mapping[str, np.ndarray],
                      node_config: Mapping[str, Any], run_id: int = 0) -> SiteReport:
     """Train the global model on this site's rows for one round; raises `SiteFailure` naming the site."""
-    site_name, stage, odometer, spend = _node_label(node_config), "loading its data", None, None
+    site_name, stage, odometer, spend, engine = _node_label(node_config), "loading its data", None, None, None
     try:
         config = instructions.config
         site = resolve_site(node_config, config, instructions.labels, instructions.run_dir,
@@ -231,7 +231,7 @@ def train_site_round(instructions: Instructions, global_arrays: Mapping[str, np.
     except Exception as error:  # the detail stays here; the coordinator gets the rule and counts
         released = None  # without DP there is nothing to account for
         if odometer is not None:
-            odometer.record_failure(instructions.server_round)
+            odometer.record_failure(instructions.server_round, _steps_taken(engine, odometer))
             released = odometer.released_in(instructions.server_round)
             if spend is not None:  # drop this round's reservation: the odometer says what left the site
                 spend.close(odometer.history(), RELEASED)
@@ -326,6 +326,18 @@ def _site_lifetime_spend(node_config: Mapping[str, Any], site: Site, instruction
                                    mechanism="dp-sgd" if private else "none",
                                    accountant=config.privacy.accountant if private else None, delta=delta,
                                    dataset_size=rows, site=site.name)
+
+
+def _steps_taken(engine: SiteEngine | None, odometer: SiteOdometer) -> list[list[float]]:
+    """The steps a failed round took before it raised (its accountant beyond the odometer's releases)."""
+    if engine is None or not engine.private:
+        return []
+    try:
+        return steps_beyond(engine.accountant_history(), odometer.history())
+    except Exception:  # noqa: BLE001 - an engine that failed to attach took no step
+        log.warning("site %s: the failed round's accountant could not be read; no step recorded for it",
+                    odometer.state.get("site"))
+        return []
 
 
 def _inner_engine(config: RunConfig, site: Site, odometer: SiteOdometer | None) -> TrainingEngine:

@@ -72,20 +72,38 @@ def open_budget_entry(config: RunConfig, splits: DatasetSplits, run: RunDirector
     A DP run's engine keeps it current step by step (`PrivateEngine.spend`); a non-private run
     is recorded as mechanism ``none`` (ε = ∞).
     """
+    return open_spend(config, engine, fingerprint=splits.fingerprint, dataset_size=len(splits.train),
+                      run=run.path.name, run_dir=run.path, kind=kind)
+
+
+def open_spend(config: RunConfig, engine: TrainingEngine, *, fingerprint: str, dataset_size: int, run: str,
+               run_dir: Path | None, kind: str):
+    """Open an entry in the budget ledger of the data `fingerprint` for training through `engine`."""
     from secure_ft.privacy.budget_ledger import BudgetLedger, RunSpend, budget_dir_for
 
     ledger = BudgetLedger(budget_dir_for(config))
     private = getattr(engine, "name", "") == "dp"
-    spend = RunSpend.open(ledger, fingerprint=splits.fingerprint, run=run.path.name, run_dir=run.path, kind=kind,
+    spend = RunSpend.open(ledger, fingerprint=fingerprint, run=run, run_dir=run_dir, kind=kind,
                           mechanism="dp-sgd" if private else "none",
-                          accountant=config.privacy.accountant if private else None,
-                          delta=engine.delta if private else None, dataset_size=len(splits.train))
+                          accountant=engine.settings.accountant if private else None,
+                          delta=engine.delta if private else None, dataset_size=dataset_size)
     if private:
         engine.spend = spend
     else:
-        log.warning("privacy budget: run %s trains without differential privacy; the data set %s… is recorded as "
-                    "spent without bound (ε = ∞) in %s", run.path.name, splits.fingerprint[:12], spend.path)
+        log.warning("privacy budget: %s trains without differential privacy; the data set %s… is recorded as "
+                    "spent without bound (ε = ∞) in %s", run, fingerprint[:12], spend.path)
     return spend
+
+
+@contextlib.contextmanager
+def spend_recorded(config: RunConfig, engine: TrainingEngine, *, fingerprint: str, dataset_size: int, run: str,
+                   kind: str):
+    """Record a training that has no run directory (a benchmark's) in the data set's budget ledger, however
+    it ends: every training on the data spends its budget."""
+    spend = open_spend(config, engine, fingerprint=fingerprint, dataset_size=dataset_size, run=run, run_dir=None,
+                       kind=kind)
+    with recording_spend(engine, spend):
+        yield spend
 
 
 @contextlib.contextmanager

@@ -236,6 +236,16 @@ def fingerprint(frame: pd.DataFrame, config: DataConfig, label_names: list[str])
     return digest.hexdigest()
 
 
+def rows_fingerprint(frame: pd.DataFrame, label_names: list[str], *, text_column: str = "text",
+                     label_column: str = "label") -> str:
+    """`fingerprint` of rows loaded outside `load_splits` (a benchmark's), labels given as indices into
+    `label_names`: the key of their privacy budget ledger (`secure_ft.privacy.budget_ledger`)."""
+    canonical = pd.DataFrame({TEXT: frame[text_column].astype(str).tolist(),
+                              "label_name": [label_names[int(index)] for index in frame[label_column]]})
+    mapping = DataConfig(source="rows", text_column=text_column, label_column=label_column, group_columns=[])
+    return fingerprint(canonical, mapping, label_names)
+
+
 def split(frame: pd.DataFrame, config: DataConfig, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Stratified train / validation / test split, deterministic for a seed."""
     test_size = config.split.test_fraction

@@ -18,9 +18,11 @@ and without loading a model or writing anything:
   ``audits.fairness.min_group_size`` rows — otherwise the audit could only fail, after every
   site has spent its privacy budget;
 * the data set's lifetime budget ``privacy.max_dataset_epsilon``: the run's planned mechanism
-  (σ, q, steps, as training will compute them) composed with every run the privacy budget
-  ledger records for the data's fingerprint (`secure_ft.privacy.budget_composition`) must
-  stay within it;
+  (σ, q, steps, as training will compute them: a central run's, or every simulated site's,
+  composed sequentially), plus the privacy audit's canary run when it will run one, composed
+  with every run the privacy budget ledger records for the data's fingerprint
+  (`secure_ft.privacy.budget_composition`) must stay within it (a deployed federation's
+  sites keep their own odometers);
 * every ε the run aims for is within ``privacy.max_epsilon``: the central or per-site
   ``privacy.target_epsilon`` (which must be set: a fixed noise multiplier alone has no
   budget), and the central client-level ε that ``federated.rounds`` releases at
@@ -302,9 +304,9 @@ class _Checker:
         limit = self.policy.privacy.max_dataset_epsilon
         if limit is None or not self._privacy_judged():
             return
-        if self.config.mode == "federated":
-            self.report.warnings.append("privacy.max_dataset_epsilon: a federated run's spend is kept by each site's "
-                                        "own odometer (deploy supernode --site-policy), not checked here")
+        if self.deployed:
+            self.report.warnings.append("privacy.max_dataset_epsilon: a deployed federation's spend is kept by each "
+                                        "site's own odometer (deploy supernode --site-policy), not checked here")
             return
         if self._hub_source():
             self.header()
@@ -316,7 +318,7 @@ class _Checker:
 
         try:
             spend = planned_dataset_spend(self.config, splits, self.policy)
-        except PrivacyError as error:
+        except (PrivacyError, ConfigError) as error:
             self.problems.append(f"privacy budget ledger: {error}")
             return
         self.report.dataset_budget = spend
@@ -483,27 +485,87 @@ def planned_history(config: RunConfig, train_rows: int) -> tuple[list[list[float
     return [[sigma, rate, steps]], delta, f"DP-SGD σ={sigma:.4g} q={rate:.4g} ×{steps}"
 
 
+def planned_federation_history(config: RunConfig, splits) -> tuple[list[list[float]] | None, float | None, str]:
+    """The (σ, q, steps) every site of a simulated federation will take, one after another, and the smallest δ.
+
+    The sites' histories are concatenated: the data set's ledger composes them sequentially
+    (`federated.simulation_budget` says why parallel composition is not claimed). The config
+    is resolved from the whole file's rows, as the coordinator resolves it before sending it.
+    """
+    from federated.partition import partition_sites
+    from federated.site_policy import planned_site_history
+    from secure_ft.transfer_choice import resolve_run_config
+
+    if config.privacy.mode != "dp":
+        return None, None, "federated simulation without per-site DP (not private at the record level: ε = ∞)"
+    config, _ = resolve_run_config(config, len(splits.train))
+    sites = partition_sites(splits, config.federated, config.seed, quiet=True)
+    history, deltas, parts, plans = [], [], [], {}
+    for site in sites:
+        if len(site.train) not in plans:  # the plan depends on the rows only: calibrate σ once per size
+            plans[len(site.train)] = planned_site_history(config, len(site.train), None)
+        planned, delta = plans[len(site.train)]
+        history += planned
+        deltas.append(delta)
+        parts += [f"{site.name} σ={s:.4g} q={q:.4g} ×{int(k)}" for s, q, k in planned]
+    return history, min(deltas), (f"federated simulation, {len(sites)} sites composed sequentially "
+                                  f"(conservative): " + "; ".join(parts))
+
+
+def planned_canary_history(config: RunConfig, train_rows: int, run_history: list[list[float]] | None
+                           ) -> tuple[list[list[float]] | None, str]:
+    """What the privacy audit's canary run will spend (`audits._canary.canary_plan`), and its words.
+
+    The canary run copies the audited run's noise multiplier from ``privacy.json``: a central
+    DP run's σ (the one `planned_history` computes); a federated run's ``privacy.json`` states
+    none at its top level, so its canary run trains without DP (ε = ∞).
+    """
+    from audits._canary import canary_plan
+
+    sigma = run_history[0][0] if run_history and config.mode != "federated" else None
+    history = canary_plan(config, train_rows, sigma, config.privacy.max_grad_norm if sigma is not None else None)
+    if history is None:
+        return None, ("canary audit: a throw-away run without DP on up to 512 training rows (the audited run "
+                      "states no noise multiplier), not private: ε = ∞")
+    s, q, k = history[0]
+    return history, f"canary audit: DP-SGD σ={s:.4g} q={q:.4g} ×{int(k)}"
+
+
 def planned_dataset_spend(config: RunConfig, splits, policy: Policy) -> dict:
-    """The data set's ε spent so far, this run's planned ε and the cumulative ε after it, by the accountant."""
+    """The data set's ε spent so far, this run's planned ε and the cumulative ε after it, by the accountant.
+
+    The run's plan is a central run's (σ, q, steps), or every simulated site's; when the
+    privacy audit will run canaries (``audits.privacy.canaries`` > 0) their throw-away run is
+    planned too — it is recorded as an entry of its own before the audit re-reads the ledger.
+    """
     from secure_ft.privacy.budget_composition import (COMPOSING_ACCOUNTANT, budget_delta, compose_ledger,
                                                        composed_epsilon)
     from secure_ft.privacy.budget_ledger import BudgetLedger, budget_dir_for, counted_history
 
     folder = budget_dir_for(config)
     entries = BudgetLedger(folder).entries(splits.fingerprint)
-    history, run_delta, mechanism = planned_history(config, len(splits.train))
+    if config.mode == "federated":
+        history, run_delta, mechanism = planned_federation_history(config, splits)
+    else:
+        history, run_delta, mechanism = planned_history(config, len(splits.train))
+    planned_runs = [history]
+    if "privacy" in policy.required_audits and config.audits.privacy.canaries:
+        canary, words = planned_canary_history(config, len(splits.train), history)
+        planned_runs.append(canary)
+        mechanism = f"{mechanism}; {words}"
     delta = budget_delta(entries, policy.privacy.max_delta, run_delta)
     spent = compose_ledger(splits.fingerprint, entries, delta, running=False).cumulative_epsilon if entries else 0.0
-    if history is None or delta is None:
+    if any(run is None for run in planned_runs) or delta is None:
         planned = after = math.inf
     else:
-        planned = composed_epsilon([history], delta)
+        planned = composed_epsilon(planned_runs, delta)
         recorded = [None if entry["mechanism"] == "none" else counted_history(entry) for entry in entries]
-        after = composed_epsilon([*recorded, history], delta)
+        after = composed_epsilon([*recorded, *planned_runs], delta)
     finite = lambda value: value if math.isfinite(value) else None  # noqa: E731 (JSON: null = ∞)
     return {"fingerprint": splits.fingerprint, "budget_dir": str(folder), "runs": len(entries),
             "accountant": COMPOSING_ACCOUNTANT, "delta": delta, "spent_epsilon": finite(spent),
             "planned_epsilon": finite(planned), "planned_mechanism": mechanism, "after_epsilon": finite(after),
+            "planned_history": [segment for run in planned_runs if run is not None for segment in run],
             "limit": policy.privacy.max_dataset_epsilon}
 
 

@@ -167,6 +167,16 @@ def test_a_stopped_coordinator_resumes_from_its_checkpoint_into_one_ledger(fed_c
     checked = subprocess.run([sys.executable, "-m", "secure_ft.cli", "privacy", str(run_dir)], capture_output=True,
                              text=True, timeout=300)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    # the data set's budget ledger: the stopped attempt and the resumed one, each site's releases counted once
+    from secure_ft.privacy.budget_ledger import BudgetLedger, budget_dir_for
+
+    attempts = [entry for entry in BudgetLedger(budget_dir_for(fed_config)).entries(resumed.splits.fingerprint)
+                if entry["run_dir"] == str(run_dir)]
+    assert [entry["status"] for entry in attempts] == ["stopped", "finished"]
+    for name in ("site-1", "site-2"):
+        odometer = json.loads((run_dir / "sites" / name / "odometer.json").read_text())
+        released = sum(release["steps"] for release in odometer["releases"])
+        assert sum(segment[2] for entry in attempts for segment in entry["sites"][name]["history"]) == released > 0
 
 
 def test_a_site_whose_accountant_restarted_has_every_reported_release_composed():

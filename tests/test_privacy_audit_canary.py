@@ -45,7 +45,7 @@ def canary_context(tmp_path, base_dir, *, max_length: int = 32, steps: int = 600
         "privacy": {"mode": "none"},
     })
     splits = DatasetSplits(train=frame(80, 1), validation=frame(10, 2), test=frame(40, 3), label_names=LABELS,
-                           group_columns=[], derived_group_columns=[], fingerprint="synthetic", source="synthetic")
+                           group_columns=[], derived_group_columns=[], fingerprint="c" * 64, source="synthetic")  # the canary run is recorded under it
     run_dir = tmp_path / "run"
     model, tokenizer = load_base_model(config.model, LABELS)
     save_trained_model(model, tokenizer, run_dir / "model")

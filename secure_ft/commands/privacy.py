@@ -1,7 +1,9 @@
 """`secure-ft privacy RUN_DIR`: recompute a DP run's ε from its ledger and check privacy.json.
 
 `secure-ft privacy budget [--data FILE | --fingerprint F] [--json]`: a data set's privacy
-budget ledger (`secure_ft.privacy.budget_ledger`), every run with its ε and the cumulative ε.
+budget ledger (`secure_ft.privacy.budget_ledger`), every run with its kind (training, simulated
+federation — its sites composed sequentially —, canary audit, bench), its ε and the
+cumulative ε, with notes on what the kinds mean.
 """
 
 from __future__ import annotations
@@ -73,16 +75,34 @@ def cmd_budget(args: argparse.Namespace) -> int:
     if not entries:
         print("  no run recorded on this data set: nothing spent")
         return 0
-    header = ("run", "date", "status", "mechanism", "ε of the run", "cumulative ε")
-    rows = [(row["run"], row["date"], row["status"], row["mechanism"], format_epsilon(row["epsilon"]),
-             format_epsilon(row["cumulative_epsilon"])) for row in statement.rows]
+    header = ("run", "kind", "date", "status", "mechanism", "ε of the run", "cumulative ε")
+    rows = [(row["run"], row["kind_note"], row["date"], row["status"], row["mechanism"],
+             format_epsilon(row["epsilon"]), format_epsilon(row["cumulative_epsilon"])) for row in statement.rows]
     widths = [max(len(str(value)) for value in column) for column in zip(header, *rows)]
     for line in (header, *rows):
         print("  " + "  ".join(str(value).ljust(width) for value, width in zip(line, widths)).rstrip())
     print(f"cumulative ε = {format_epsilon(statement.cumulative_epsilon)} at δ = {statement.delta:.3g} over "
           f"{len(entries)} run(s); {statement.to_dict()['note']}: RDP gives {format_epsilon(statement.rdp_epsilon)}"
           if statement.delta is not None else "cumulative ε = ∞: only runs without differential privacy")
+    for note in budget_notes(statement.rows):
+        print(f"note: {note}")
     return 0
+
+
+def budget_notes(rows: list[dict]) -> list[str]:
+    """What the table's kinds mean, said once each: federations composed sequentially, central DP, canaries."""
+    from audits._canary import MAX_TRAIN_ROWS
+    from federated.simulation_budget import CENTRAL_NOT_COUNTED, SEQUENTIAL
+
+    notes = []
+    if any(row.get("composition") for row in rows):
+        notes.append("a simulated federation's sites are composed " + SEQUENTIAL.replace("sequential:", "sequentially:", 1))
+    if any(row.get("central") for row in rows):
+        notes.append(f"server-side (central) DP: {CENTRAL_NOT_COUNTED}")
+    if any(row.get("kind") == "canary audit" for row in rows):
+        notes.append(f"a canary audit is the privacy audit's throw-away run on up to {MAX_TRAIN_ROWS} training rows "
+                     "plus inserted canaries; its exposures are released in the report, so it spends the budget too")
+    return notes
 
 
 def register(subparsers) -> None:
@@ -94,7 +114,8 @@ def register(subparsers) -> None:
                         "`budget` for a data set's privacy budget ledger (a run folder named budget: ./budget)")
     parser.add_argument("--json", action="store_true", help="print the checks (or the budget ledger) as JSON")
     budget = parser.add_argument_group("secure-ft privacy budget [--data FILE | --fingerprint F]",
-                                       "every run recorded on a data set: run, date, mechanism, ε of the run and "
+                                       "every run recorded on a data set (training runs, simulated federations, "
+                                       "canary audits, benchmarks): run, kind, date, mechanism, ε of the run and "
                                        "the cumulative ε, composed by the PRV accountant")
     budget.add_argument("--data", metavar="FILE", help="the data file (its fingerprint is computed as training does)")
     budget.add_argument("--config", metavar="CONFIG", help="run config giving the data's columns and "

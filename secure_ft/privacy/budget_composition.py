@@ -16,6 +16,16 @@ ledger also states Opacus' **RDP** bound for the same history (summing Rényi cu
 converting), a looser rigorous bound, as a cross-check. The accountant a run used for its
 own ε does not matter here: the segments are mechanism parameters, not ε values.
 
+Kinds of run
+------------
+Central training runs (``train``), deployed sites' lifetime odometers (``site``), simulated
+federations (``federated simulation``: one entry holding every site's history, composed
+*sequentially* — each record sits in one site, but parallel composition would need every
+later run to map the same records to the same sites, which the ledger cannot verify; see
+`federated.simulation_budget`) and the privacy audit's throw-away canary runs
+(``canary audit``, `audits._canary`). A federation's server-side (client-level) DP is kept
+with its entry, its unit (a site) named, and not added to the record-level composition.
+
 δ is the smallest of the δ every recorded run used and the policy's ``privacy.max_delta``
 (a smaller δ gives the larger, safer ε; for a single run it is that run's own δ, so the
 ledger then states exactly the run's ε). A non-private run, or a history so noisy-
@@ -38,7 +48,21 @@ COMPOSITION_NOTE = ("composed by Opacus' PRV accountant over every recorded (σ,
 
 
 def _epsilon(accountant: str, history: list[list[float]], delta: float) -> float:
-    return epsilon_from_history(accountant, normalise_history(history), float(delta))
+    return epsilon_from_history(accountant, _by_setting(normalise_history(history)), float(delta))
+
+
+def _by_setting(history: tuple) -> tuple:
+    """Steps at the same (σ, q) added up, first appearance first.
+
+    Composition does not depend on the order of the mechanisms (PRV convolves their privacy
+    loss distributions; RDP adds their curves), so this is the same history — and PRV's cost
+    grows with the number of distinct segments (a federation's sites and rounds repeat one
+    setting many times).
+    """
+    totals: dict[tuple[float, float], int] = {}
+    for sigma, rate, steps in history:
+        totals[(sigma, rate)] = totals.get((sigma, rate), 0) + steps
+    return tuple((sigma, rate, steps) for (sigma, rate), steps in totals.items())
 
 
 def composed_epsilon(histories: list[list[list[float]]], delta: float, accountant: str = COMPOSING_ACCOUNTANT) -> float:
@@ -103,6 +127,7 @@ def compose_ledger(fingerprint: str, entries: list[dict[str, Any]], delta: float
             cumulative = composed_epsilon(histories, delta) if running or last else None
         statement.rows.append({
             "entry": entry["entry"], "run": entry["run"], "run_dir": entry.get("run_dir"), "kind": entry.get("kind"),
+            "kind_note": kind_note(entry), "composition": entry.get("composition"), "central": entry.get("central"),
             "site": entry.get("site"), "date": entry["started_at"], "status": status_of(entry),
             "mechanism": mechanism_text(entry), "steps": None if counted is None else sum(int(e[2]) for e in counted),
             "epsilon": own, "cumulative_epsilon": cumulative,
@@ -114,11 +139,47 @@ def compose_ledger(fingerprint: str, entries: list[dict[str, Any]], delta: float
     return statement
 
 
+def _segments(history: list[list[float]]) -> str:
+    return "; ".join(f"σ={float(s):.4g} q={float(q):.4g} ×{int(k)}" for s, q, k in history)
+
+
+def _merged(history: list[list[float]]) -> list[list[float]]:
+    """Steps at the same (σ, q) added up, first appearance first (a site's rounds, for display)."""
+    totals: dict[tuple[float, float], int] = {}
+    for sigma, rate, steps in history:
+        totals[(float(sigma), float(rate))] = totals.get((float(sigma), float(rate)), 0) + int(steps)
+    return [[sigma, rate, steps] for (sigma, rate), steps in totals.items()]
+
+
+def kind_note(entry: dict[str, Any]) -> str:
+    """What kind of run an entry records, and for a simulated federation how its sites compose."""
+    kind = entry.get("kind") or "run"
+    sites = entry.get("sites")
+    if sites and entry["mechanism"] != "none":
+        return f"{kind}, {len(sites)} sites, composed sequentially: conservative"
+    if sites:
+        return f"{kind}, {len(sites)} sites"
+    return kind
+
+
 def mechanism_text(entry: dict[str, Any]) -> str:
     if entry["mechanism"] == "none":
-        return "none (not private: ε = ∞)"
-    parts = [f"σ={float(s):.4g} q={float(q):.4g} ×{int(k)}" for s, q, k in counted_history(entry)]
-    return "DP-SGD " + ("; ".join(parts) if parts else "(no step taken)")
+        text = ("none at the sites (not private at the record level: ε = ∞)" if entry.get("sites")
+                else "none (not private: ε = ∞)")
+    elif entry.get("sites"):  # a simulated federation: every site's history, composed one after another
+        parts = [f"{name} {_segments(_merged(site['history'] + site.get('counted_at_plan', []))) or 'no step'}"
+                 for name, site in entry["sites"].items()]
+        if entry.get("reserved"):
+            parts.append(f"reserved ahead {_segments(entry['reserved'])}")
+        text = "DP-SGD at every site: " + "; ".join(parts)
+    else:
+        text = "DP-SGD " + (_segments(counted_history(entry)) or "(no step taken)")
+    central = entry.get("central")
+    if central:
+        (z, _, releases), = central["history"]
+        text += (f"; server-side Gaussian z={float(z):.4g} ×{int(releases)} (unit: a site, client-level ε = "
+                 f"{float(central['epsilon']):.4g} at δ = {float(central['delta']):.3g}; not counted at the record level)")
+    return text
 
 
 def format_epsilon(value: float | None) -> str:

@@ -25,6 +25,12 @@ An entry is opened before the first step and kept up to date as training proceed
   resumed from (the earlier attempt's entry keeps the steps it took, even those after its
   last checkpoint: they ran on the data too).
 
+Who writes entries: central training runs (`secure_ft.central_run`, kind ``train``), a
+simulated federation's coordinator (`federated.simulation_budget`, one entry holding every
+site's history), the privacy audit's throw-away canary run (`audits._canary`, kind ``canary
+audit``), measurement scripts that train on data (kind ``bench``), and — in their own state
+folders, not the organisation's — deployed sites (kind ``site``).
+
 `budget_composition` composes the entries into the data set's cumulative ε.
 The folder is ``privacy.budget_dir`` of the run config, else ``$SECURE_FT_BUDGET_DIR``, else
 ``privacy-budget`` in the per-user data folder (``$XDG_DATA_HOME/secure-ft``, else
@@ -161,8 +167,13 @@ class RunSpend:
     @classmethod
     def open(cls, ledger: BudgetLedger, *, fingerprint: str, run: str, run_dir: str | Path | None, kind: str,
              mechanism: str, accountant: str | None = None, delta: float | None = None,
-             dataset_size: int | None = None, site: str | None = None, entry_id: str | None = None) -> "RunSpend":
-        """Open an entry before the run touches the data (status ``running``)."""
+             dataset_size: int | None = None, site: str | None = None, entry_id: str | None = None,
+             details: dict[str, Any] | None = None) -> "RunSpend":
+        """Open an entry before the run touches the data (status ``running``).
+
+        `details` are further fields kept with the entry (a simulated federation's ``sites``
+        and ``composition``, a canary run's ``audit``); they never change what is counted.
+        """
         moment = datetime.now(timezone.utc)
         started = moment.isoformat(timespec="microseconds")  # orders runs started within the same second
         entry = {
@@ -173,6 +184,7 @@ class RunSpend:
             "delta": None if delta is None else float(delta), "dataset_size": dataset_size,
             "history": [], "reserved": [], "status": OPEN, "started_at": started, "updated_at": started,
             "host": socket.gethostname(), "pid": os.getpid(), "resumed_from_step": None, "stop_reason": None,
+            **(details or {}),
         }
         return cls(ledger, entry)
 

@@ -628,11 +628,11 @@ def _dataset_budget(budget: Any) -> str:
         ("RDP bound for the same history (looser)", budget.get("rdp_cumulative_epsilon")),
         ("composition", budget.get("note")),
     ])]
-    rows = [[row.get("run"), row.get("date"), row.get("status"), row.get("mechanism"),
-             "∞" if row.get("epsilon_unbounded") else row.get("epsilon")] for row in budget.get("entries") or []
-            if isinstance(row, dict)]
+    rows = [[row.get("run"), row.get("kind_note") or row.get("kind"), row.get("date"), row.get("status"),
+             row.get("mechanism"), "∞" if row.get("epsilon_unbounded") else row.get("epsilon")]
+            for row in budget.get("entries") or [] if isinstance(row, dict)]
     if rows:
-        parts.append(_table(["run", "date", "status", "mechanism", "ε of the run"], rows))
+        parts.append(_table(["run", "kind", "date", "status", "mechanism", "ε of the run"], rows))
     return "".join(parts)
 
 
