@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import functools
 
-from audits._grammaticality import _WORDNET_POS, _SyntaxConstraint
+from audits._grammaticality import _WORDNET_POS, SynonymInTaggedSense
 
 _SENSE_CACHE = 200_000
 MAJORITY = 0.5  # the first sense must cover more than half of a word's tagged occurrences
@@ -134,7 +134,7 @@ def keeps_predominant_sense(original: str, new: str, pos: str) -> bool:
     return bool(lemmas & forms)
 
 
-class PredominantSense(_SyntaxConstraint):
+class PredominantSense(SynonymInTaggedSense):
     """A word swap keeps the predominant sense: both words' first-listed WordNet synset is the same one.
 
     The part of speech is the WordNet one of the original's fine-grained Penn Treebank tag in
@@ -144,22 +144,8 @@ class PredominantSense(_SyntaxConstraint):
 
     lexicon = "WordNet 3.0, first-listed synset (SemCor frequency order)"
 
-    def _keeps(self, before, after):
-        raise NotImplementedError  # judged on the words and the original's tag, below
-
-    def _check_constraint_many(self, transformed_texts, reference_text):
-        if not transformed_texts:
-            return []
-        tag = self._syntax.original_tag
-        return [text for text in transformed_texts
-                if all(self._same_sense(reference_text.words[i], text.words[i], tag(reference_text, i))
-                       for i in text.attack_attrs["newly_modified_indices"])]
-
     @staticmethod
-    def _same_sense(original: str, new: str, tag: str) -> bool:
+    def _synonym(original: str, new: str, tag: str) -> bool:  # the per-word judgement the parent filters with
         pos = _WORDNET_POS.get(tag[:1])
         return (pos is not None and keeps_predominant_sense(original.lower(), new.lower(), pos)
                 and inflected_as(new, tag))
-
-    def extra_repr_keys(self):
-        return ["lexicon"] + super().extra_repr_keys()

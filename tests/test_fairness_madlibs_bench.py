@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
+from bench_loading import load_bench
 
-
-def _load_bench(name: str):
-    # load the script by path: putting bench/ on sys.path would let bench/federated.py
-    # shadow the `federated` package for every later test
-    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_madlibs = _load_bench("fairness_madlibs")
+_madlibs = load_bench("fairness_madlibs")
 NO_IDENTITY, sample_subsets = _madlibs.NO_IDENTITY, _madlibs.sample_subsets
 
 

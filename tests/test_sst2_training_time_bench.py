@@ -3,20 +3,14 @@ with only the data pointed at the sample, whose training split has the asked-for
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "sst2_training_time.py"
-
+from bench_loading import load_bench
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("sst2_training_time_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("sst2_training_time")
 
 
 def glue_tsv(path: Path, rows: int) -> Path:
