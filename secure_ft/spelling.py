@@ -11,14 +11,22 @@ How a text is corrected
 -----------------------
 * Words are runs of ASCII letters, with inner apostrophes (``don't``); everything else
   (spaces, punctuation, digits, other scripts) is copied through unchanged.
-* A word the dictionary knows, a word shorter than ``min_word_length``, and an all-capitals word
-  (acronyms, the ``XXXX`` redactions of complaint data) are left as they are.
+* A word the dictionary knows, a word shorter than ``min_word_length``, a run of capital X's
+  (the ``XXXX`` redactions of complaint data) and an all-capitals word of at most
+  ``acronym_max_length`` letters (5: FDIC, HIPAA, CFPB — acronyms and initialisms are short)
+  are left as they are. Longer all-capitals words are corrected like any other: they are
+  section headings and shouted text ("PROCEURE" → "PROCEDURE"), and leaving them alone made
+  every heading of a clinical note a free target for one-letter typos. A long acronym the
+  dictionary does not know only changes when a real word is within the edit limit.
+  (Front ends saved before this rule, ``format_version`` 1, leave every all-capitals word
+  alone, so a verified model keeps correcting text exactly as it did when it was audited.)
 * Any other word is looked up with SymSpell (Damerau-OSA edit distance, at most
   ``max_edit_distance``; words of four letters or fewer at most 1, where 2 edits could reach
   almost anything); the closest suggestion wins, then the most frequent, then the
   alphabetically first, so the result does not depend on dictionary order. No suggestion:
   the word stays.
-* Casing follows the original: ``Paymnet`` → ``Payment``; anything else comes out lower-case.
+* Casing follows the original: ``Paymnet`` → ``Payment``, ``HISTRY`` → ``HISTORY``; anything
+  else comes out lower-case.
 
 The dictionary
 --------------
@@ -52,7 +60,9 @@ from secure_ft.errors import ModelError
 FOLDER = "front_end"
 CONFIG_FILE = "config.json"
 DICTIONARY_FILE = "dictionary.txt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)  # 1: all-capitals words never corrected
+ACRONYM_MAX_LENGTH = 5  # all-capitals words this long or shorter are taken as acronyms
 KIND = "symspell"
 PUBLIC_DICTIONARY = "frequency_dictionary_en_82_765.txt"
 PREFIX_LENGTH = 7  # SymSpell's default; part of the saved config because it shapes the index
@@ -60,6 +70,7 @@ _CACHE_LIMIT = 500_000  # distinct unknown words remembered (a few tens of MB at
 
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
 _SHORT_WORD = 4  # words this long or shorter get at most one edit
+_REDACTION = re.compile(r"X+")
 
 
 def public_dictionary_path() -> Path:
@@ -122,13 +133,16 @@ class SpellingFrontEnd:
     """
 
     def __init__(self, dictionary: Mapping[str, int], *, max_edit_distance: int = 2, min_word_length: int = 3,
-                 uses_private_vocabulary: bool = False, sources: Iterable[str] = ()):
+                 uses_private_vocabulary: bool = False, sources: Iterable[str] = (),
+                 acronym_max_length: int | None = ACRONYM_MAX_LENGTH):
         from symspellpy import SymSpell
 
         if not 0 <= int(max_edit_distance) <= 3:
             raise ValueError(f"max_edit_distance must be 0 to 3, not {max_edit_distance}")
         self.max_edit_distance = int(max_edit_distance)
         self.min_word_length = int(min_word_length)
+        # None: every all-capitals word is left alone (how format_version 1 front ends behave)
+        self.acronym_max_length = None if acronym_max_length is None else int(acronym_max_length)
         self.uses_private_vocabulary = bool(uses_private_vocabulary)
         self.sources = list(sources)
         self.words: dict[str, int] = {}
@@ -183,7 +197,10 @@ class SpellingFrontEnd:
 
     def correct_word(self, word: str) -> str:
         """One word, corrected (or unchanged)."""
-        if len(word) < self.min_word_length or word.isupper():
+        if len(word) < self.min_word_length or _REDACTION.fullmatch(word):
+            return word
+        all_capitals = word.isupper()
+        if all_capitals and (self.acronym_max_length is None or len(word) <= self.acronym_max_length):
             return word
         lower = word.lower()
         if lower in self.words:
@@ -197,6 +214,8 @@ class SpellingFrontEnd:
             self._cache[lower] = best
         if best is None:
             return word
+        if all_capitals:
+            return best.upper()
         return best.capitalize() if word[0].isupper() and word[1:].islower() else best
 
     def _lookup(self, word: str) -> str | None:
@@ -217,9 +236,9 @@ class SpellingFrontEnd:
         """The settings that rebuild this front end, as saved in ``front_end/config.json``."""
         from importlib.metadata import version
 
-        return {
+        config = {
             "kind": KIND,
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if self.acronym_max_length is not None else 1,
             "max_edit_distance": self.max_edit_distance,
             "min_word_length": self.min_word_length,
             "prefix_length": PREFIX_LENGTH,
@@ -230,6 +249,9 @@ class SpellingFrontEnd:
             "dictionary_sha256": hashlib.sha256(self._dictionary_text().encode("utf-8")).hexdigest(),
             "symspellpy_version": version("symspellpy"),
         }
+        if self.acronym_max_length is not None:  # format_version 1 has no such field
+            config["acronym_max_length"] = self.acronym_max_length
+        return config
 
     def _dictionary_text(self) -> str:
         return "".join(f"{word}\t{count}\n" for word, count in self.words.items())
@@ -258,7 +280,8 @@ class SpellingFrontEnd:
         dictionary = _read_dictionary(folder / config.get("dictionary", DICTIONARY_FILE), config)
         return cls(dictionary, max_edit_distance=config["max_edit_distance"],
                    min_word_length=config["min_word_length"],
-                   uses_private_vocabulary=config["uses_private_vocabulary"], sources=config.get("sources", []))
+                   uses_private_vocabulary=config["uses_private_vocabulary"], sources=config.get("sources", []),
+                   acronym_max_length=config.get("acronym_max_length"))
 
     def __repr__(self) -> str:
         return (f"SpellingFrontEnd({len(self.words)} words, max_edit_distance={self.max_edit_distance}, "
@@ -277,9 +300,17 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ModelError(f"{path}: not a readable UTF-8 JSON file ({error}); {_FIX}") from None
     if not isinstance(config, dict) or config.get("kind") != KIND:
         raise ModelError(f"{path}: not a spelling front end config (kind must be {KIND!r}); {_FIX}")
-    if config.get("format_version") != FORMAT_VERSION:
-        raise ModelError(f"{path}: format_version {config.get('format_version')!r} is not {FORMAT_VERSION}; "
+    version = config.get("format_version")
+    if version not in READABLE_FORMAT_VERSIONS or isinstance(version, bool):
+        raise ModelError(f"{path}: format_version {version!r} is not one of {list(READABLE_FORMAT_VERSIONS)}; "
                          "upgrade secure-ft or " + _FIX)
+    if version == 1 and "acronym_max_length" in config:
+        raise ModelError(f"{path}: format_version 1 has no 'acronym_max_length' (it leaves every all-capitals "
+                         f"word alone); the config was altered — {_FIX}")
+    if version >= 2:
+        length = config.get("acronym_max_length")
+        if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+            raise ModelError(f"{path}: field 'acronym_max_length' is missing or not a non-negative int; {_FIX}")
     for field, kind in (("max_edit_distance", int), ("min_word_length", int), ("uses_private_vocabulary", bool)):
         if not isinstance(config.get(field), kind) or (kind is int and isinstance(config.get(field), bool)):
             raise ModelError(f"{path}: field {field!r} is missing or not {kind.__name__}; {_FIX}")

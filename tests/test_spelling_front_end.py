@@ -28,9 +28,33 @@ def test_known_short_and_capitalised_words_stay(public_front_end):
     clean = "The lender charged an extra fee and I disputed it with the bureau."
     assert public_front_end.correct(clean) == clean
     assert public_front_end.correct_word("bq") == "bq"  # shorter than min_word_length
-    assert public_front_end.correct_word("XXXQX") == "XXXQX"  # all capitals: an acronym or a redaction
+    assert public_front_end.correct_word("XXXQX") == "XXXQX"  # five capitals or fewer: an acronym
+    assert public_front_end.correct_word("XXXXXXXX") == "XXXXXXXX"  # a redaction, however long
     assert public_front_end.correct_word("Cerdit") == "Credit"
     assert public_front_end.correct_word("qqqqqqqqqz") == "qqqqqqqqqz"  # nothing within distance 2
+
+
+def test_long_all_capitals_words_are_headings_and_get_corrected_in_capitals(public_front_end):
+    note = "PROCEURE: Colonoscopy. DIAGPOSIS: polyp. HISTRY of HIPAA FDCI forms, EXAM normal."
+    assert public_front_end.correct(note) == \
+        "PROCEDURE: Colonoscopy. DIAGNOSIS: polyp. HISTORY of HIPAA FDCI forms, EXAM normal."
+    assert public_front_end.correct_word("QWZXQWZXQ") == "QWZXQWZXQ"  # no word within reach: kept
+    assert public_front_end.correct_word("ZORBLAXQQ") == "ZORBLAX"  # two edits from a known word
+
+
+def test_a_front_end_saved_before_the_heading_rule_keeps_every_all_capitals_word(tmp_path):
+    # a verified model must correct text exactly as it did when it was audited
+    legacy = SpellingFrontEnd({"procedure": 5, "history": 3}, acronym_max_length=None)
+    legacy.save(tmp_path)
+    saved = json.loads((tmp_path / "front_end" / "config.json").read_text())
+    assert saved["format_version"] == 1 and "acronym_max_length" not in saved
+    loaded = load_front_end(tmp_path)
+    assert loaded.acronym_max_length is None
+    assert loaded.correct("PROCEURE, Histry") == "PROCEURE, History"
+    current = SpellingFrontEnd({"procedure": 5, "history": 3})
+    current.save(tmp_path)
+    assert json.loads((tmp_path / "front_end" / "config.json").read_text())["acronym_max_length"] == 5
+    assert load_front_end(tmp_path).correct("PROCEURE, Histry") == "PROCEDURE, History"
 
 
 def test_tokenizer_whole_words_join_the_dictionary(public_front_end, tiny_model_dir):
@@ -142,6 +166,10 @@ def test_malformed_dictionary_line_is_named(tmp_path):
      b'"uses_private_vocabulary": false}', "'max_edit_distance' is missing or not int"),
     (b'{"kind": "symspell", "format_version": 1, "max_edit_distance": 2, "min_word_length": 3, '
      b'"uses_private_vocabulary": false, "dictionary": "../../etc/passwd"}', "must be a file name"),
+    (b'{"kind": "symspell", "format_version": 2, "max_edit_distance": 2, "min_word_length": 3, '
+     b'"uses_private_vocabulary": false}', "'acronym_max_length' is missing"),
+    (b'{"kind": "symspell", "format_version": 1, "max_edit_distance": 2, "min_word_length": 3, '
+     b'"uses_private_vocabulary": false, "acronym_max_length": 5}', "format_version 1 has no"),
 ])
 def test_bad_config_is_refused_naming_the_file(tmp_path, content, message):
     folder = _saved(tmp_path)
