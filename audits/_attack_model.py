@@ -12,7 +12,7 @@ queries are many near-identical short-ish texts, so this wrapper
   same, costs nothing, and the leave-one-out texts that rank word importance are shared by
   every recipe using the same ranking.
 
-The model is attacked as served: a model folder's text front end (`secure_ft.spelling`, given
+The model is attacked as served: a model folder's text front end (`secure_ft.text.spelling`, given
 as ``front_end``) corrects every query before tokenising, so an attack must get past the typo
 correction as it would in serving. (TextAttack's gradient-based recipes read gradients of the
 uncorrected text; none of the default recipes uses them.)
@@ -55,7 +55,7 @@ class FastClassifierWrapper(HuggingFaceModelWrapper):
         if isinstance(model, PreTrainedModel):
             super().__init__(model, tokenizer)
         else:
-            # a probe on its exported encoder graph (secure_ft.onnx_encoder.GraphSequenceClassifier) is called
+            # a probe on its exported encoder graph (secure_ft.text.onnx_encoder.GraphSequenceClassifier) is called
             # like a transformers classifier; the stock __init__ only asserts the type and stores both
             self.model = model
             self.tokenizer = tokenizer

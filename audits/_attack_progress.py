@@ -16,7 +16,7 @@ import json
 import logging
 from pathlib import Path
 
-from secure_ft.atomic_files import atomic_write_text
+from secure_ft.records.atomic_files import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from secure_ft.config import RobustnessAuditConfig
+from secure_ft.records.config import RobustnessAuditConfig
 from secure_ft.errors import AuditError, SecureFTError
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class AttackEngine:
 
         from audits._textattack_offline import import_textattack
         from audits.offline_resources import ensure_offline_resources
-        from secure_ft.text_classifier import TextClassifier
+        from secure_ft.text.text_classifier import TextClassifier
 
         if spec.threads:
             torch.set_num_threads(spec.threads)
@@ -89,7 +89,7 @@ class AttackEngine:
             from audits._recipes import build_attack
             from audits._textattack_offline import downloads_blocked
 
-            from secure_ft.policy import ValidityConstraints
+            from secure_ft.records.policy import ValidityConstraints
 
             validity = ValidityConstraints.model_validate(self.spec.validity or {})
             with downloads_blocked(not self.config.allow_downloads):

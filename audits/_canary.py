@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from secure_ft.errors import AuditError
-from secure_ft.models import apply_transfer, load_base_model, predict
+from secure_ft.text.models import apply_transfer, load_base_model, predict
 
 KIND = "canary audit"  # its entry's kind in the privacy budget ledger
 ACCOUNTANT = "rdp"  # the throw-away run's Opacus accountant (its history, not its ε, is what the ledger keeps)
@@ -115,7 +115,7 @@ def canary_plan(config, train_rows: int, noise_multiplier: float | None,
     training rows plus every inserted canary copy, the batch the resolved run's, q = 1 / the
     number of batches, and ``audits.privacy.canary_steps`` steps.
     """
-    from secure_ft.transfer_choice import resolve_run_config
+    from secure_ft.training.transfer_choice import resolve_run_config
 
     if noise_multiplier is None or max_grad_norm is None:
         return None
@@ -247,7 +247,7 @@ def canary_report(context, noise_multiplier: float | None, max_grad_norm: float 
     rows = train.sample(n=min(MAX_TRAIN_ROWS, len(train)), random_state=context.config.seed)
     texts = rows["text"].tolist() + [c.text for c in canaries] * settings.canary_repeats
     labels = rows["label"].astype(int).tolist() + [c.label for c in canaries] * settings.canary_repeats
-    from secure_ft.transfer_choice import resolve_run_config
+    from secure_ft.training.transfer_choice import resolve_run_config
 
     # the transfer (and recipe) the audited run resolved `model.transfer: auto` to
     resolved, _ = resolve_run_config(context.config, len(context.splits.train))

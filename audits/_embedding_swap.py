@@ -40,7 +40,7 @@ from textattack.shared import WordEmbedding
 from textattack.shared.validators import transformation_consists_of_word_swaps
 from textattack.transformations import WordSwapEmbedding
 
-from secure_ft.config import EmbeddingSwapConfig
+from secure_ft.records.config import EmbeddingSwapConfig
 from secure_ft.errors import AuditError
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ class LocalSentenceEncoder(SentenceEncoder):
 
 
 def default_sentence_encoder_path() -> str:
-    from secure_ft.models import default_model_dir
+    from secure_ft.text.models import default_model_dir
 
     return str(default_model_dir())
 
@@ -239,7 +239,7 @@ def _embedding_source(name: str, model_wrapper):
         return model_wrapper.model, model_wrapper.tokenizer
     from transformers import AutoModel, AutoTokenizer
 
-    from secure_ft.models import resolve_model_source
+    from secure_ft.text.models import resolve_model_source
 
     source = resolve_model_source(name)
     try:

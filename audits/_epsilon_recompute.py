@@ -27,8 +27,8 @@ from audits.result import Check
 from secure_ft.privacy.accountants import epsilon_from_history, get_accountant, normalise_history
 from secure_ft.privacy.recompute import federation_keys, site_statement_findings
 from secure_ft.privacy.signed_history import unaccounted_rounds
-from secure_ft.run_directory import PRIVACY_FILE, RunDirectory
-from secure_ft.run_ledger import Ledger
+from secure_ft.records.run_directory import PRIVACY_FILE, RunDirectory
+from secure_ft.records.run_ledger import Ledger
 
 LEDGER_EVENT = "privacy_accounted"
 RELATIVE_TOLERANCE = 1e-6

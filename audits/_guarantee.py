@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from secure_ft.errors import AuditError
-from secure_ft.run_directory import PRIVACY_FILE
+from secure_ft.records.run_directory import PRIVACY_FILE
 
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from secure_ft.config import RobustnessAuditConfig
+from secure_ft.records.config import RobustnessAuditConfig
 from secure_ft.errors import AuditError
 
 EMBEDDING_SWAP = "embedding-swap"
@@ -51,7 +51,7 @@ def build_attack(name: str, model_wrapper, settings: RobustnessAuditConfig, cach
 
     if name in LABEL_PRESERVING:
         from audits._label_preserving import build_label_preserving
-        from secure_ft.policy import ValidityConstraints
+        from secure_ft.records.policy import ValidityConstraints
 
         rules = validity if validity is not None else ValidityConstraints()
         root = Path(resources_root) if resources_root is not None else Path(cache_dir).parent

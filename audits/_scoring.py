@@ -1,7 +1,7 @@
 """Scoring a data split with the trained model, the way every audit needs it.
 
 The model is scored as served: raw text through the model folder's front end (if it has one)
-into the classifier (`secure_ft.text_classifier.TextClassifier`). The model only ever sees the `text` column: group columns are read from the split by the
+into the classifier (`secure_ft.text.text_classifier.TextClassifier`). The model only ever sees the `text` column: group columns are read from the split by the
 audits themselves, never passed to the model. The trained model's label set is checked
 against the data's, so predictions are never compared with labels of another task.
 """
@@ -15,7 +15,7 @@ import pandas as pd
 
 from audits.context import AuditContext
 from secure_ft.errors import AuditError
-from secure_ft.text_classifier import TextClassifier
+from secure_ft.text.text_classifier import TextClassifier
 
 
 @dataclass

@@ -84,7 +84,7 @@ class NumbersKept(PreTransformationConstraint):
 @functools.lru_cache(maxsize=1)
 def english_lexicon() -> frozenset[str]:
     """The spelling front end's public English lexicon (SymSpell's frequency list), lower-case."""
-    from secure_ft.spelling import read_public_dictionary
+    from secure_ft.text.spelling import read_public_dictionary
 
     return frozenset(read_public_dictionary())
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from secure_ft.config import RunConfig
-from secure_ft.data import DatasetSplits
-from secure_ft.policy import Policy
-from secure_ft.run_directory import RunDirectory
+from secure_ft.records.config import RunConfig
+from secure_ft.records.data import DatasetSplits
+from secure_ft.records.policy import Policy
+from secure_ft.records.run_directory import RunDirectory
 
 
 @dataclass

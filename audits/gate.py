@@ -13,7 +13,7 @@ A verdict has one of three outcomes:
   straddles the limit; `audits.result.Check.from_interval`) and the policy section says
   ``inconclusive: review``; the verdict's ``review`` list names each item and what a
   reviewer must look at. Export treats it as blocked unless an organisation release policy's
-  required approvers signed it off (`secure_ft.release_check`);
+  required approvers signed it off (`secure_ft.release.release_check`);
 * ``passed`` — every required audit ran and passed every check (inconclusive checks under
   ``inconclusive: warn`` are kept as warnings).
 
@@ -36,7 +36,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from audits.result import AuditResult
-from secure_ft.policy import Policy
+from secure_ft.records.policy import Policy
 
 VerdictOutcome = Literal["passed", "blocked", "needs_review"]
 VERDICT_OUTCOMES = ("passed", "blocked", "needs_review")
@@ -136,7 +136,7 @@ def decide(results: list[AuditResult], policy: Policy, model_sha256: str, policy
     policy
         The export policy; ``policy.required_audits`` must all be present and pass.
     model_sha256
-        ``secure_ft.model_identity.model_digest`` of the audited model folder.
+        ``secure_ft.records.model_identity.model_digest`` of the audited model folder.
     policy_sha256
         SHA-256 of the policy file's bytes (from ``load_policy``).
     now

@@ -15,7 +15,7 @@ Layout under the resource root (``$SECURE_FT_RESOURCES``, default ``~/.cache/sec
     manifest.json                          where each corpus came from
 
 The NLTK corpora (where they come from, how they are checked) belong to the core module
-:mod:`secure_ft.lexicon`, which training-time augmentation shares; this module adds the
+:mod:`secure_ft.text.lexicon`, which training-time augmentation shares; this module adds the
 TextAttack cache and the command line.
 
 Run ``python -m audits.offline_resources`` once on a new machine (the audit also builds what
@@ -31,11 +31,11 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from secure_ft.atomic_files import atomic_write_text
-from secure_ft import lexicon
+from secure_ft.records.atomic_files import atomic_write_text
+from secure_ft.text import lexicon
 from secure_ft.errors import AuditError, ResourceError
-# re-exported: the audit's public names from before the corpora moved to secure_ft.lexicon
-from secure_ft.lexicon import (  # noqa: F401
+# re-exported: the audit's public names from before the corpora moved to secure_ft.text.lexicon
+from secure_ft.text.lexicon import (  # noqa: F401
     DEBIAN_WORDNET_DIR,
     INSTALL_HINT,
     LEXNAMES,

@@ -1,6 +1,6 @@
 """Policy thresholds applied to measurements: the one function every audit (and the gate) uses.
 
-Each threshold field of a policy section declares what it checks (`secure_ft.policy.Threshold`:
+Each threshold field of a policy section declares what it checks (`secure_ft.records.policy.Threshold`:
 metric, comparison, pessimistic bound, group). An audit measures; `threshold_checks` turns
 its measurements and the section into `Check`s. Because the declarations are data, the gate
 can re-evaluate a stored audit result against a policy without the audit's code, and
@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from pydantic import BaseModel
 
 from audits.result import Check
-from secure_ft.policy import Threshold, declared_thresholds
+from secure_ft.records.policy import Threshold, declared_thresholds
 
 
 def _limit(section: BaseModel, field: str, key: str | None) -> float | None:

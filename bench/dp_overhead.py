@@ -4,7 +4,7 @@
 
 Each configuration runs in a fresh subprocess (clean peak RSS) on the default model
 (all-MiniLM-L6-v2), with real CFPB complaint text padded / truncated to `--seq` tokens and a
-logical batch of `--batch`. A step is what `secure_ft.training_loop.fit` does for one logical
+logical batch of `--batch`. A step is what `secure_ft.training.training_loop.fit` does for one logical
 batch: forward, backward, the engine's clipping (plain: total-norm clipping; DP: Opacus'
 per-sample clipping + noise inside optimizer.step()) and the update. DP batches are Poisson
 sampled (expected size `--batch`) from 10 × batch examples with the same seed in every
@@ -40,10 +40,10 @@ def measure(transfer: str, private: bool, mode: str | None, steps: int, seq: int
     from torch.utils.data import DataLoader
 
     torch.set_num_threads(threads)
-    from secure_ft.config import ModelConfig, PrivacyConfig, RunConfig
-    from secure_ft.data import load_splits
-    from secure_ft.models import apply_transfer, load_base_model, trainable_parameter_count
-    from secure_ft.training_loop import TrainingEngine, encode, forward_logits
+    from secure_ft.records.config import ModelConfig, PrivacyConfig, RunConfig
+    from secure_ft.records.data import load_splits
+    from secure_ft.text.models import apply_transfer, load_base_model, trainable_parameter_count
+    from secure_ft.training.training_loop import TrainingEngine, encode, forward_logits
 
     config = RunConfig()
     splits = load_splits(config.data, config.seed)
@@ -63,7 +63,7 @@ def measure(transfer: str, private: bool, mode: str | None, steps: int, seq: int
         engine = PrivateEngine(settings, dataset_size=len(dataset), transfer=transfer)
     else:
         engine = TrainingEngine(1.0)
-    from secure_ft.central_run import spend_recorded
+    from secure_ft.training.central_run import spend_recorded
 
     # a measurement on the data spends its budget like any run: recorded in its privacy budget ledger
     with spend_recorded(config, engine, fingerprint=splits.fingerprint, dataset_size=len(dataset),

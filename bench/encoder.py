@@ -5,7 +5,7 @@
 Throughput: texts per second of the default encoder (all-MiniLM-L6-v2 with the probe's
 mean-normalised pooling) at batch 1, 16 and 64 and lengths 64 and 128 tokens (real CFPB
 complaints, truncated / padded to exactly that many tokens), on torch, on the ONNX Runtime graph
-the probe ships (`secure_ft.onnx_encoder`, fp32) and on its dynamic int8 quantization. Each
+the probe ships (`secure_ft.text.onnx_encoder`, fp32) and on its dynamic int8 quantization. Each
 setting runs one untimed warm-up pass, then passes until `--seconds` have elapsed (at least 2).
 All backends use the same number of threads (torch's default: the cores). Ratios are to torch in
 the same run.
@@ -13,7 +13,7 @@ the same run.
 Agreement: the default run (``secure-ft run``'s config: the built-in CFPB demo, DP, fixed probe
 recipe) is trained once per backend (`--copies` augmentation copies per example; 0 by default
 to keep the bench short — the default run uses 4), and each model folder is loaded the way the
-audits load it (`secure_ft.text_classifier.TextClassifier`: the graph for ONNX) to predict the
+audits load it (`secure_ft.text.text_classifier.TextClassifier`: the graph for ONNX) to predict the
 test split. Reported: label equality with the torch model (target ≥ 99.5 %), the largest
 difference of any class probability (tolerance 0.01), and each model's accuracy and macro-F1.
 """
@@ -35,11 +35,11 @@ THROUGHPUT_TARGET = 2.0  # ONNX Runtime / torch at batch 64, length 64
 def throughput(seconds: float) -> list[dict]:
     import torch
 
-    from secure_ft.config import ModelConfig, RunConfig
-    from secure_ft.data import load_splits
-    from secure_ft.models import load_base_model
-    from secure_ft.onnx_encoder import OnnxEncoder
-    from secure_ft.probe import encoder_graph_folder, torch_encoder
+    from secure_ft.records.config import ModelConfig, RunConfig
+    from secure_ft.records.data import load_splits
+    from secure_ft.text.models import load_base_model
+    from secure_ft.text.onnx_encoder import OnnxEncoder
+    from secure_ft.training.probe import encoder_graph_folder, torch_encoder
 
     config = RunConfig()
     splits = load_splits(config.data, config.seed)
@@ -76,9 +76,9 @@ def agreement(copies: int) -> dict:
     import numpy as np
     from sklearn.metrics import accuracy_score, f1_score
 
-    from secure_ft.central_run import train_run
-    from secure_ft.config import RunConfig
-    from secure_ft.text_classifier import TextClassifier
+    from secure_ft.training.central_run import train_run
+    from secure_ft.records.config import RunConfig
+    from secure_ft.text.text_classifier import TextClassifier
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-encoder-") as scratch:
@@ -110,7 +110,7 @@ def agreement(copies: int) -> dict:
 
 
 def trained_max_length(trained) -> int:
-    from secure_ft.run_directory import RunDirectory
+    from secure_ft.records.run_directory import RunDirectory
 
     return RunDirectory(trained.run_dir).read_config().model.max_length
 

@@ -36,10 +36,10 @@ import torch
 
 from audits.context import AuditContext
 from audits.registry import run_audit
-from secure_ft.config import ModelConfig, RunConfig
-from secure_ft.data import DatasetSplits
-from secure_ft.models import load_base_model, save_trained_model
-from secure_ft.policy import Policy
+from secure_ft.records.config import ModelConfig, RunConfig
+from secure_ft.records.data import DatasetSplits
+from secure_ft.text.models import load_base_model, save_trained_model
+from secure_ft.records.policy import Policy
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "madlibs" / "bias_madlibs_77k_with_identity.csv"
 NO_IDENTITY = "(no identity term)"

@@ -48,7 +48,7 @@ WEST = ["AK", "AZ", "CA", "CO", "HI", "ID", "MT", "NM", "NV", "OR", "UT", "WA", 
 
 
 def build_config(args, seed: int):
-    from secure_ft.config import RunConfig
+    from secure_ft.records.config import RunConfig
 
     federated = {"num_sites": 3, "rounds": args.rounds, "local_epochs": 1, "min_train_sites": 3,
                  "min_available_sites": 3, "simulation_workers": 1, "strategy": args.strategy}
@@ -71,7 +71,7 @@ def build_config(args, seed: int):
 
 
 def test_accuracy(model_dir: Path, splits, max_length: int) -> float:
-    from secure_ft.models import load_trained_model, predict
+    from secure_ft.text.models import load_trained_model, predict
 
     model, tokenizer = load_trained_model(model_dir)
     predictions = predict(model, tokenizer, splits.test["text"].tolist(), max_length=max_length)
@@ -109,8 +109,8 @@ def main() -> int:
 
     from federated import run_federated
     from federated.partition import partition_sites
-    from secure_ft.data import load_splits
-    from secure_ft.central_run import train_run
+    from secure_ft.records.data import load_splits
+    from secure_ft.training.central_run import train_run
 
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-federated-"))
     server = (f"fedavgm, server learning rate {args.server_lr:g}, momentum {args.server_momentum:g}"

@@ -19,7 +19,7 @@ much shorter look.
 
 Result at the defaults (whole split, 1 epoch, batch 1024, 66 steps, LoRA r = 8, DP lr 1e-2,
 head lr 5e-2, clipping norm 1.0, `model.pooling: mean`: the default model reads the mean of
-its token states, as sentence-transformers trained it — see `secure_ft/pooling.py`; the
+its token states, as sentence-transformers trained it — see `secure_ft/text/pooling.py`; the
 product's default stays cls, which the 1,070-row demo passes its audits with):
 
     run                     ε reached  σ      dev accuracy  gap (pts)
@@ -79,11 +79,11 @@ def load_sst2(data_dir: Path, train_rows: int) -> tuple[pd.DataFrame, pd.DataFra
 def run_one(train: pd.DataFrame, dev: pd.DataFrame, *, epsilon: float | None, lr: float, args) -> dict:
     import torch
 
-    from secure_ft.central_run import spend_recorded
-    from secure_ft.config import ModelConfig, PrivacyConfig, RunConfig, TrainingConfig
-    from secure_ft.data import rows_fingerprint
-    from secure_ft.models import apply_transfer, load_base_model
-    from secure_ft.training_loop import TrainingEngine, encode, fit
+    from secure_ft.training.central_run import spend_recorded
+    from secure_ft.records.config import ModelConfig, PrivacyConfig, RunConfig, TrainingConfig
+    from secure_ft.records.data import rows_fingerprint
+    from secure_ft.text.models import apply_transfer, load_base_model
+    from secure_ft.training.training_loop import TrainingEngine, encode, fit
 
     labels = ["negative", "positive"]
     model_config = ModelConfig(transfer=args.transfer, max_length=args.max_length, pooling=args.pooling)

@@ -1,6 +1,6 @@
 """Robustness-focused training (issue #16): one table of defences × privacy × data, same seeds.
 
-Each cell trains one central run through the product path (`secure_ft.central_run.train_run`,
+Each cell trains one central run through the product path (`secure_ft.training.central_run.train_run`,
 so the front end and the augmentation copies are wired exactly as for users), then runs the
 performance audit and the robustness audit (the model attacked as served) on the test split:
 
@@ -45,7 +45,7 @@ DEFENCES = {"none": (0, "none"), "augmentation": (None, "none"), "front-end": (0
 
 def run_config(data: str, defence: str, privacy: str, args, output_dir: Path):
     """The run config of one cell (None copies in DEFENCES = `--copies`)."""
-    from secure_ft.config import RunConfig
+    from secure_ft.records.config import RunConfig
 
     copies, front_end = DEFENCES[defence]
     robustness = {"augmentation_copies": args.copies if copies is None else copies, "front_end": front_end}
@@ -69,7 +69,7 @@ def run_config(data: str, defence: str, privacy: str, args, output_dir: Path):
 
 def sst2_dev_split(config):
     """SST-2's official dev split in the canonical form the audits read (labels as the run's)."""
-    from secure_ft.data import read_table, validate
+    from secure_ft.records.data import read_table, validate
 
     raw, where = read_table(str(config.data.source).replace("glue_sst2_train", "glue_sst2_dev"), "tsv")
     frame, _, _ = validate(raw, config.data.model_copy(update={"max_rows": None}), where)
@@ -79,8 +79,8 @@ def sst2_dev_split(config):
 def run_cell(data: str, defence: str, privacy: str, args, workdir: Path) -> dict:
     from audits.context import AuditContext
     from audits.registry import run_audit
-    from secure_ft.central_run import train_run
-    from secure_ft.policy import Policy
+    from secure_ft.training.central_run import train_run
+    from secure_ft.records.policy import Policy
 
     config = run_config(data, defence, privacy, args, workdir / f"{data}-{defence}-{privacy}")
     started = time.perf_counter()

@@ -56,9 +56,9 @@ def find_model(requested: str | None, max_length: int) -> tuple[Path, str]:
         return runs[-1].parent, str(runs[-1].parent.relative_to(ROOT))
     import torch
 
-    from secure_ft.config import DataConfig, ModelConfig
-    from secure_ft.data import load_splits
-    from secure_ft.models import load_base_model, save_trained_model
+    from secure_ft.records.config import DataConfig, ModelConfig
+    from secure_ft.records.data import load_splits
+    from secure_ft.text.models import load_base_model, save_trained_model
 
     torch.manual_seed(0)
     labels = load_splits(DataConfig(), seed=13).label_names
@@ -218,9 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     from audits._attack_runner import AttackEngine, EngineSpec
     from audits.offline_resources import resource_root
     from audits.robustness import sample_examples, visible_prefix
-    from secure_ft.config import DataConfig, RobustnessAuditConfig
-    from secure_ft.data import load_splits
-    from secure_ft.models import default_model_dir
+    from secure_ft.records.config import DataConfig, RobustnessAuditConfig
+    from secure_ft.records.data import load_splits
+    from secure_ft.text.models import default_model_dir
 
     model_dir, model_label = find_model(args.model_dir, args.max_length)
     settings = RobustnessAuditConfig(query_budget=args.query_budget, recipes=args.recipes.split(","))

@@ -39,12 +39,12 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]  # the repo's package and the te
 
 def build_backend_bundles(model_dir: str, root: Path) -> tuple[Path, Path, Path]:
     """Two signed bundles of one probe-style classifier (mean-normalised pooling, same head): its encoder on
-    torch, and on the exported ONNX graph (`secure_ft.onnx_encoder`), with the same synthetic evidence."""
+    torch, and on the exported ONNX graph (`secure_ft.text.onnx_encoder`), with the same synthetic evidence."""
     from fake_run import LABELS, make_run
-    from secure_ft.config import ModelConfig
-    from secure_ft.export import export_bundle
-    from secure_ft.keys import default_key_paths
-    from secure_ft.models import load_base_model, save_trained_model
+    from secure_ft.records.config import ModelConfig
+    from secure_ft.release.export import export_bundle
+    from secure_ft.release.keys import default_key_paths
+    from secure_ft.text.models import load_base_model, save_trained_model
 
     os.environ["SECURE_FT_CONFIG_DIR"] = str(root / "keys")  # a throw-away gate key, never the user's own
     model, tokenizer = load_base_model(ModelConfig(name_or_path=model_dir, transfer="probe"), LABELS)
@@ -59,10 +59,10 @@ def build_backend_bundles(model_dir: str, root: Path) -> tuple[Path, Path, Path]
 def build_bundle(model_dir: str, root: Path) -> tuple[Path, Path]:
     """A signed bundle of `model_dir` (given a fresh 3-class head if it has none) with synthetic evidence."""
     from fake_run import LABELS, make_run
-    from secure_ft.config import ModelConfig
-    from secure_ft.export import export_bundle
-    from secure_ft.keys import default_key_paths
-    from secure_ft.models import load_base_model, save_trained_model
+    from secure_ft.records.config import ModelConfig
+    from secure_ft.release.export import export_bundle
+    from secure_ft.release.keys import default_key_paths
+    from secure_ft.text.models import load_base_model, save_trained_model
 
     os.environ["SECURE_FT_CONFIG_DIR"] = str(root / "keys")  # a throw-away gate key, never the user's own
     model, tokenizer = load_base_model(ModelConfig(name_or_path=model_dir), LABELS)

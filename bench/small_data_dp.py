@@ -11,16 +11,16 @@ first N of a permutation of the official train split seeded with 0; the official
 the test set. `--sizes` applies to SST-2 only.
 
 Every cell trains the default encoder (all-MiniLM-L6-v2) through the product's code paths:
-`secure_ft.transfer_choice.resolve_run_config` with the transfer forced (so the probe uses its
-fixed recipe `secure_ft.probe_recipe`, and LoRA / full the configured training defaults),
-`secure_ft.probe.trainee_and_datasets`, `secure_ft.training_loop.fit` and, with an ε,
+`secure_ft.training.transfer_choice.resolve_run_config` with the transfer forced (so the probe uses its
+fixed recipe `secure_ft.training.probe_recipe`, and LoRA / full the configured training defaults),
+`secure_ft.training.probe.trainee_and_datasets`, `secure_ft.training.training_loop.fit` and, with an ε,
 `secure_ft.privacy.engine.PrivateEngine` (PRV, δ = 1/(10 N), C = 1, σ calibrated to ε). The
 model kept is the best-validation epoch (fit's own rule; validation is 15 % of the N rows for
 SST-2 — never the test set). Nothing is tuned per cell. Printed per cell: test accuracy,
 macro-F1, training seconds (encoding excluded; the probe's embeddings are cached per dataset
 in the work directory, keyed by text, so every size and ε after the first reuses them), then
 for each ε the smallest N at which LoRA beats the probe in test macro-F1 — the crossover
-`model.transfer: auto` approximates with 7,500 rows (`secure_ft.transfer_choice`).
+`model.transfer: auto` approximates with 7,500 rows (`secure_ft.training.transfer_choice`).
 
 Cost on 2 busy cores: encoding ≈ 20–60 texts/s at length 64–128, so the first probe cell of
 each dataset pays for its texts once; a probe cell then trains in ~1 minute (60 epochs, ε
@@ -55,8 +55,8 @@ def load_sst2(data_dir: Path, train_rows: int, seed: int = 0) -> tuple[pd.DataFr
 
 
 def load_finance(seed: int):
-    from secure_ft.config import RunConfig
-    from secure_ft.data import load_splits
+    from secure_ft.records.config import RunConfig
+    from secure_ft.records.data import load_splits
 
     splits = load_splits(RunConfig().data, seed)
     return splits.train, splits.validation, splits.test, splits.label_names, splits.fingerprint
@@ -66,13 +66,13 @@ def run_cell(frames, labels: list[str], *, transfer: str, epsilon: float | None,
              fingerprint: str | None = None) -> dict:
     import torch
 
-    from secure_ft.config import RunConfig
-    from secure_ft.models import apply_transfer, load_base_model
-    from secure_ft.probe import trainee_and_datasets
-    from secure_ft.central_run import spend_recorded
-    from secure_ft.data import rows_fingerprint
-    from secure_ft.training_loop import TrainingEngine, evaluate, fit, seed_everything
-    from secure_ft.transfer_choice import resolve_run_config
+    from secure_ft.records.config import RunConfig
+    from secure_ft.text.models import apply_transfer, load_base_model
+    from secure_ft.training.probe import trainee_and_datasets
+    from secure_ft.training.central_run import spend_recorded
+    from secure_ft.records.data import rows_fingerprint
+    from secure_ft.training.training_loop import TrainingEngine, evaluate, fit, seed_everything
+    from secure_ft.training.transfer_choice import resolve_run_config
 
     train, validation, test = frames
     raw = {"model": {"transfer": transfer, **({"max_length": args.max_length} if args.max_length else {})},
@@ -150,8 +150,8 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore")
-    from secure_ft.offline_environment import quiet_third_party
-    from secure_ft.transfer_choice import PROBE_MAX_ROWS_DP
+    from secure_ft.records.offline_environment import quiet_third_party
+    from secure_ft.training.transfer_choice import PROBE_MAX_ROWS_DP
 
     quiet_third_party()
     epsilons = [None if value.strip() == "none" else float(value) for value in args.epsilons.split(",")]

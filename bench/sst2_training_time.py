@@ -14,10 +14,10 @@ official GLUE train split, 67,349 sentences, rebuilt from the ALPS repository). 
 ``label`` = negative / positive) in the work directory; the product then splits it itself.
 The official GLUE dev split (``glue_sst2_dev.tsv``, 872 sentences, no overlap with train) is the
 held-out test set: each trained model folder predicts it the way the audits load a model
-(`secure_ft.text_classifier.TextClassifier`: its front end, and for ONNX the saved graph).
+(`secure_ft.text.text_classifier.TextClassifier`: its front end, and for ONNX the saved graph).
 
-Config: the shipped default (`secure_ft.config.RunConfig()`: DP with target ε 8, transfer auto
-→ the probe and its fixed recipe `secure_ft.probe_recipe`, 4 augmentation copies, the spelling
+Config: the shipped default (`secure_ft.records.config.RunConfig()`: DP with target ε 8, transfer auto
+→ the probe and its fixed recipe `secure_ft.training.probe_recipe`, 4 augmentation copies, the spelling
 front end) with only the data section pointed at the CSV (source, label_column, no group
 columns — SST-2 has none), plus ``model.encoder_backend`` per run and a privacy budget ledger
 inside the work directory (so the bench does not spend the user's ledger). Nothing else is set:
@@ -72,7 +72,7 @@ def data_files(data_dir: Path) -> tuple[Path, Path]:
 
 def dataset_rows(train_rows: int) -> int:
     """Rows of the CSV whose training split under the default 70/15/15 split has `train_rows` rows."""
-    from secure_ft.config import SplitConfig
+    from secure_ft.records.config import SplitConfig
 
     split = SplitConfig()
     return round(train_rows / (1 - split.validation_fraction - split.test_fraction))
@@ -80,7 +80,7 @@ def dataset_rows(train_rows: int) -> int:
 
 def write_dataset(train_file: Path, rows: int, seed: int, work_dir: Path) -> Path:
     """A seeded sample of `rows` SST-2 training sentences in the product's CSV layout."""
-    from secure_ft.atomic_files import atomic_write_text
+    from secure_ft.records.atomic_files import atomic_write_text
 
     sample = read_glue(train_file).sample(n=rows, random_state=seed).reset_index(drop=True)
     return atomic_write_text(work_dir / f"sst2-{rows}.csv", sample.to_csv(index=False))
@@ -90,8 +90,8 @@ def write_config(csv_path: Path, backend: str, work_dir: Path) -> Path:
     """The shipped default config with the data pointed at the CSV and the encoder backend chosen."""
     import yaml
 
-    from secure_ft.atomic_files import atomic_write_text
-    from secure_ft.config import load_config
+    from secure_ft.records.atomic_files import atomic_write_text
+    from secure_ft.records.config import load_config
 
     raw = {"data": {"source": str(csv_path), "text_column": "text", "label_column": "label", "group_columns": []},
            "model": {"encoder_backend": backend},
@@ -119,8 +119,8 @@ def test_scores(run_dir: Path, dev_file: Path) -> dict[str, float]:
     """Accuracy and macro-F1 of the saved model on the SST-2 dev split, loaded as the audits load it."""
     from sklearn.metrics import accuracy_score, f1_score
 
-    from secure_ft.run_directory import RunDirectory
-    from secure_ft.text_classifier import TextClassifier
+    from secure_ft.records.run_directory import RunDirectory
+    from secure_ft.text.text_classifier import TextClassifier
 
     run = RunDirectory(run_dir)
     classifier = TextClassifier.load(run.model_dir, max_length=run.read_config().model.max_length)
@@ -133,7 +133,7 @@ def test_scores(run_dir: Path, dev_file: Path) -> dict[str, float]:
 
 def measured(backend: str, run_dir: Path, wall: float, dev_file: Path) -> dict:
     """One table row from the run's own records."""
-    from secure_ft.run_directory import RunDirectory
+    from secure_ft.records.run_directory import RunDirectory
 
     run = RunDirectory(run_dir)
     metrics, privacy = run.read_metrics(), run.read_privacy() or {}

@@ -25,11 +25,11 @@ def measure(mode: str, steps: int, warmup: int) -> dict:
     """Runs inside the child: time `steps` optimizer steps of `fit` after `warmup` steps."""
     import torch
 
-    from secure_ft.config import ModelConfig, TrainingConfig
-    from secure_ft.data import load_splits
-    from secure_ft.config import DataConfig
-    from secure_ft.models import apply_transfer, load_base_model, trainable_parameter_count
-    from secure_ft.training_loop import TrainingEngine, Prepared, encode, forward_logits, _trim
+    from secure_ft.records.config import ModelConfig, TrainingConfig
+    from secure_ft.records.data import load_splits
+    from secure_ft.records.config import DataConfig
+    from secure_ft.text.models import apply_transfer, load_base_model, trainable_parameter_count
+    from secure_ft.training.training_loop import TrainingEngine, Prepared, encode, forward_logits, _trim
     from torch.utils.data import DataLoader
 
     splits = load_splits(DataConfig(), seed=13)

@@ -20,7 +20,7 @@ would leave) and ``simulation`` (`run_federated`: simulated sites on one machine
 Run a simulation with ``secure-ft federate --config FILE`` or from Python::
 
     from federated import run_federated
-    trained = run_federated(config, run_dir)      # -> secure_ft.central_run.TrainedRun
+    trained = run_federated(config, run_dir)      # -> secure_ft.training.central_run.TrainedRun
 
 A deployment across real sites is described in ``deploy/README.md``.
 """
@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from secure_ft.config import RunConfig
-    from secure_ft.central_run import TrainedRun
+    from secure_ft.records.config import RunConfig
+    from secure_ft.training.central_run import TrainedRun
 
 __all__ = ["run_federated"]
 

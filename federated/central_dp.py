@@ -37,7 +37,7 @@ from flwr.serverapp import GaussianPrivacyEvent, NeighboringRelation, PrivacyCon
 from flwr.serverapp.strategy import (DifferentialPrivacyServerSideAdaptiveClipping,
                                      DifferentialPrivacyServerSideFixedClipping, Strategy)
 
-from secure_ft.config import FederatedConfig
+from secure_ft.records.config import FederatedConfig
 
 log = logging.getLogger(__name__)
 

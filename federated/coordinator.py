@@ -52,16 +52,16 @@ from federated.stoppable_grid import RunDeadlinePassed, RunStopped, StoppableGri
 from federated.strategy import build_strategy, sites_per_round
 from federated.task import (arrays_to_record, base_model_sha256, build_model, record_bytes, secure_ft_version,
                             trainable_arrays)
-from secure_ft.config import RunConfig
-from secure_ft.data import load_splits
+from secure_ft.records.config import RunConfig
+from secure_ft.records.data import load_splits
 from secure_ft.errors import CheckpointError, ConfigError, SecureFTError
-from secure_ft.run_directory import RunDirectory
-from secure_ft.run_ledger import Ledger
-from secure_ft.models import resolve_device, trainable_parameter_count
-from secure_ft.central_run import TrainedRun
-from secure_ft.probe import trainee_and_datasets
-from secure_ft.robust_training import through_front_end
-from secure_ft.transfer_choice import resolve_run_config
+from secure_ft.records.run_directory import RunDirectory
+from secure_ft.records.run_ledger import Ledger
+from secure_ft.text.models import resolve_device, trainable_parameter_count
+from secure_ft.training.central_run import TrainedRun
+from secure_ft.training.probe import trainee_and_datasets
+from secure_ft.training.robust_training import through_front_end
+from secure_ft.training.transfer_choice import resolve_run_config
 
 log = logging.getLogger(__name__)
 

@@ -2,13 +2,13 @@
 
 With ``training.robustness.front_end: spelling`` every participant builds the front end itself
 from public resources only — SymSpell's shipped English dictionary and the base tokenizer's
-whole words (`secure_ft.spelling.SpellingFrontEnd.from_public_resources`) — so no site's data
+whole words (`secure_ft.text.spelling.SpellingFrontEnd.from_public_resources`) — so no site's data
 shapes it and nothing about it has to travel. The build is deterministic (sorted
 dictionary, order-free tie-breaks), so the same base checkpoint and settings give the same
 front end everywhere; the coordinator sends its `front_end_sha256` with every message and a
 site whose own build differs (another symspellpy dictionary, another tokenizer) refuses to
 train rather than silently read different text. ``front_end_extra_words_from_training_data``
-is refused for federated runs (`secure_ft.config`): it would need every site's words.
+is refused for federated runs (`secure_ft.records.config`): it would need every site's words.
 
 The coordinator saves the front end in the global model's folder (`federated.handoff`), so
 audits, export and serving apply it exactly as after a central run.
@@ -22,9 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 
-from secure_ft.config import RunConfig
+from secure_ft.records.config import RunConfig
 from secure_ft.errors import ConfigError, ModelError
-from secure_ft.spelling import SpellingFrontEnd, tokenizer_words
+from secure_ft.text.spelling import SpellingFrontEnd, tokenizer_words
 
 _BUILT: dict[str, SpellingFrontEnd] = {}  # this process's last front end, by `_build_key`
 

@@ -1,6 +1,6 @@
 """Hand-off: the global model leaves a federated run exactly as a central run's model does.
 
-The run directory (`secure_ft.run_directory`) gets the same records as a central run's, so the
+The run directory (`secure_ft.records.run_directory`) gets the same records as a central run's, so the
 same audits, gate, report and export apply unchanged:
 
     model/          save_pretrained folder (LoRA merged) + model_hash.json, and the
@@ -26,17 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from federated.round_book import RoundBook
-from secure_ft.config import RunConfig
-from secure_ft.data import DatasetSplits
-from secure_ft.central_run import TrainedRun
-from secure_ft.models import save_trained_model
-from secure_ft.probe import encoder_graph_folder
+from secure_ft.records.config import RunConfig
+from secure_ft.records.data import DatasetSplits
+from secure_ft.training.central_run import TrainedRun
+from secure_ft.text.models import save_trained_model
+from secure_ft.training.probe import encoder_graph_folder
 from secure_ft.privacy.accountants import epsilon_from_history
 from secure_ft.privacy.signed_history import releases_history, unaccounted_rounds
-from secure_ft.robust_training import robustness_summary
-from secure_ft.run_directory import PRIVACY_FILE, FEDERATED_FILE, RunDirectory
-from secure_ft.run_ledger import Ledger
-from secure_ft.spelling import SpellingFrontEnd
+from secure_ft.training.robust_training import robustness_summary
+from secure_ft.records.run_directory import PRIVACY_FILE, FEDERATED_FILE, RunDirectory
+from secure_ft.records.run_ledger import Ledger
+from secure_ft.text.spelling import SpellingFrontEnd
 
 log = logging.getLogger(__name__)
 

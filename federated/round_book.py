@@ -24,8 +24,8 @@ from torch.utils.data import TensorDataset
 
 from federated.task import evaluate_model, load_arrays, record_to_arrays
 from federated.update_validation import SiteOutcome
-from secure_ft.config import RunConfig
-from secure_ft.run_ledger import Ledger
+from secure_ft.records.config import RunConfig
+from secure_ft.records.run_ledger import Ledger
 
 log = logging.getLogger(__name__)
 

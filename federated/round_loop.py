@@ -29,7 +29,7 @@ from flwr.serverapp.strategy import Strategy
 
 from federated.round_book import RoundBook
 from federated.stoppable_grid import SitesNotConnected, StoppableGrid
-from secure_ft.config import FederatedConfig
+from secure_ft.records.config import FederatedConfig
 from secure_ft.errors import SecureFTError
 
 log = logging.getLogger(__name__)

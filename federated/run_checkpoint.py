@@ -1,6 +1,6 @@
 """The coordinator's checkpoint after every round: what `deploy launch --resume` continues from.
 
-One file, ``<run_dir>/checkpoints/last.pt`` (`secure_ft.checkpoint.CheckpointStore`: written
+One file, ``<run_dir>/checkpoints/last.pt`` (`secure_ft.records.checkpoint.CheckpointStore`: written
 to a temporary file and renamed, with a SHA-256 sidecar, loaded with ``weights_only=True``),
 holding
 
@@ -31,9 +31,9 @@ import torch
 
 from federated.round_book import RoundBook
 from federated.update_validation import SiteOutcome
-from secure_ft.checkpoint import CheckpointStore
+from secure_ft.records.checkpoint import CheckpointStore
 from secure_ft.errors import CheckpointError
-from secure_ft.run_ledger import Ledger, _json_default
+from secure_ft.records.run_ledger import Ledger, _json_default
 
 KIND = "secure-ft federated coordinator"
 _GUARD_RECORDS = ("skipped_rounds", "train_metrics", "evaluate_metrics", "bytes_down", "bytes_up", "sampled")

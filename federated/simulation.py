@@ -15,8 +15,8 @@ import logging
 import os
 from pathlib import Path
 
-from secure_ft.config import RunConfig
-from secure_ft.central_run import TrainedRun
+from secure_ft.records.config import RunConfig
+from secure_ft.training.central_run import TrainedRun
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def check_before_start(config: RunConfig) -> None:
     """Partition the data and (with DP) calibrate the smallest site's noise; raises on a bad config."""
     from federated.partition import partition_sites
     from federated.site_engine import site_noise_multiplier
-    from secure_ft.data import load_splits
+    from secure_ft.records.data import load_splits
 
     from federated.site_data import simulated_partition
 
@@ -81,7 +81,7 @@ def run_federated(config: RunConfig, run_dir: Path, progress: bool = True, *, ba
     Returns
     -------
     TrainedRun
-        As `secure_ft.central_run.train_run` returns it.
+        As `secure_ft.training.central_run.train_run` returns it.
     """
     if backend not in ("ray", "local"):
         raise ValueError(f"backend must be 'ray' or 'local', got {backend!r}")

@@ -31,7 +31,7 @@ from federated import protocol
 from federated.site_errors import NO_RELEASE
 from secure_ft.errors import PrivacyError
 from secure_ft.privacy.signed_history import open_statement
-from secure_ft.run_ledger import line_digest
+from secure_ft.records.run_ledger import line_digest
 
 log = logging.getLogger(__name__)
 

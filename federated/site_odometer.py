@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from secure_ft.atomic_files import atomic_write_text, json_text
+from secure_ft.records.atomic_files import atomic_write_text, json_text
 from secure_ft.errors import PrivacyError
 
 log = logging.getLogger(__name__)

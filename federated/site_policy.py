@@ -17,7 +17,7 @@ sent against that file, and refuses — naming the rule — when the run breaks 
 ``max_rounds``
     ``federated.rounds``.
 ``accepted_base_models``
-    SHA-256 digests (`secure_ft.model_identity.model_digest`) of base models this site
+    SHA-256 digests (`secure_ft.records.model_identity.model_digest`) of base models this site
     trains; the site's local copy (which must also be the coordinator's) must be one.
 ``accepted_label_sets``
     Label sets the site agrees to train (order ignored); the run's must be one.
@@ -39,7 +39,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from secure_ft.errors import ConfigError
-from secure_ft.model_identity import file_sha256
+from secure_ft.records.model_identity import file_sha256
 
 POLICY_KEY = "site-policy"  # node config key: the site's policy file
 BUDGET_FOLDER = "privacy-budget"

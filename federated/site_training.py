@@ -18,7 +18,7 @@ written ahead before training, and the entry holds exactly the releases once the
 release is recorded, before the reply leaves.
 
 It reads every text through that front end and, with ``augmentation_copies`` K > 0, trains
-each row with K perturbed copies averaged before clipping (`secure_ft.robust_training`): its
+each row with K perturbed copies averaged before clipping (`secure_ft.training.robust_training`): its
 σ, sampling rate and steps are those of the same run without copies.
 
 With DP, every round goes through the site's odometer (`federated.site_odometer`, in its
@@ -57,18 +57,18 @@ from federated.site_privacy import site_privacy_report
 from federated.site_engine import SiteEngine, private_site_engine, site_noise_multiplier
 from federated.task import (build_model, evaluate_model, load_arrays, round_seed, base_model_sha256,
                             secure_ft_version, trainable_arrays, train_locally)
-from secure_ft.config import RunConfig, config_from_dict
+from secure_ft.records.config import RunConfig, config_from_dict
 from secure_ft.errors import ConfigError, ModelError
 from secure_ft.privacy.budget_ledger import RELEASED, BudgetLedger, RunSpend, steps_beyond
 from secure_ft.privacy.engine import resolve_delta
 from secure_ft.privacy.signed_history import key_sha256, load_private_key, public_line_of, seal_statement
-from secure_ft.probe import trainee_and_datasets
-from secure_ft.robust_training import robust_datasets, through_front_end
-from secure_ft.spelling import SpellingFrontEnd
-from secure_ft.run_directory import RunDirectory
-from secure_ft.run_ledger import Ledger
-from secure_ft.models import resolve_device
-from secure_ft.training_loop import TrainingEngine
+from secure_ft.training.probe import trainee_and_datasets
+from secure_ft.training.robust_training import robust_datasets, through_front_end
+from secure_ft.text.spelling import SpellingFrontEnd
+from secure_ft.records.run_directory import RunDirectory
+from secure_ft.records.run_ledger import Ledger
+from secure_ft.text.models import resolve_device
+from secure_ft.training.training_loop import TrainingEngine
 
 log = logging.getLogger(__name__)
 

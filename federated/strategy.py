@@ -11,7 +11,7 @@ times the averaged update, with optional momentum. On the demo's three non-IID s
 not help (`bench/federated.py --strategy fedavgm`: server learning rate 2 or momentum 0.5
 overshot and lost 9–10 test points against FedAvg), so FedAvg stays the default. It is
 refused with central DP, whose noise is calibrated to the plain average (see
-`secure_ft.config.FederatedConfig`).
+`secure_ft.records.config.FederatedConfig`).
 
 FedAvg and FedProx are Flower's own: each round they sample ``fraction_train`` of the
 connected sites (at least ``min_train_sites``, once ``min_available_sites`` are connected).
@@ -32,7 +32,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from federated import protocol
 from federated.central_dp import OpacusRdpAccountant, wrap_with_central_dp
 from federated.update_validation import UpdateGuard, UpdateValidator, aggregate_site_metrics
-from secure_ft.config import FederatedConfig
+from secure_ft.records.config import FederatedConfig
 
 
 def sites_per_round(config: FederatedConfig) -> int:

@@ -1,11 +1,11 @@
 """Glue between the Flower app and the secure-ft core: the model, the tensors sites exchange, local training.
 
 Every site and the server build the same model from the same base checkpoint
-(`secure_ft.models.load_base_model` + `apply_transfer`, seeded so that freshly initialised
+(`secure_ft.text.models.load_base_model` + `apply_transfer`, seeded so that freshly initialised
 heads and adapters agree). Only the parameters that train travel between them:
 
 - ``transfer: probe`` — the classification head only (a few thousand numbers); each site reads its
-  rows through the frozen encoder once, caching the embeddings in its own folder (`secure_ft.probe`);
+  rows through the frozen encoder once, caching the embeddings in its own folder (`secure_ft.training.probe`);
 - ``transfer: lora`` — the LoRA adapters and the classification head (+ a trained BERT pooler): about
   0.3 % of the full model's bytes for r = 8 on the query/value projections;
 - ``transfer: top_k`` — the top k encoder layers and the head;
@@ -16,7 +16,7 @@ federation's rows) and sent resolved, so every site trains the same thing. The f
 never leaves a site, so a site whose base checkpoint differs would train a
 different model; `base_model_sha256` lets a site refuse such a mismatch before training.
 
-Local training is `secure_ft.training_loop.fit`, the loop central runs use, on the site's rows.
+Local training is `secure_ft.training.training_loop.fit`, the loop central runs use, on the site's rows.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from flwr.app import ArrayRecord
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from secure_ft.config import ModelConfig, RunConfig, TrainingConfig
+from secure_ft.records.config import ModelConfig, RunConfig, TrainingConfig
 from secure_ft.errors import ModelError
-from secure_ft.model_identity import model_digest
-from secure_ft.models import apply_transfer, load_base_model, resolve_model_source
-from secure_ft.training_loop import FitResult, TrainingEngine, encode, evaluate, fit, seed_everything
+from secure_ft.records.model_identity import model_digest
+from secure_ft.text.models import apply_transfer, load_base_model, resolve_model_source
+from secure_ft.training.training_loop import FitResult, TrainingEngine, encode, evaluate, fit, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -156,5 +156,5 @@ def train_locally(model: nn.Module, train_set: TensorDataset, validation_set: Te
 
 def evaluate_model(model: nn.Module, dataset: TensorDataset, label_names: list[str], config: RunConfig,
                    device: str = "cpu") -> dict:
-    """Accuracy, macro-F1 and per-class recall (`secure_ft.training_loop.evaluate`)."""
+    """Accuracy, macro-F1 and per-class recall (`secure_ft.training.training_loop.evaluate`)."""
     return evaluate(model, dataset, label_names, config.training.eval_batch_size, device)

@@ -23,21 +23,21 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "RunConfig": "secure_ft.config",
-    "load_config": "secure_ft.config",
-    "load_splits": "secure_ft.data",
-    "DatasetSplits": "secure_ft.data",
-    "train_run": "secure_ft.central_run",
-    "TrainedRun": "secure_ft.central_run",
-    "run_pipeline": "secure_ft.pipeline",
-    "Policy": "secure_ft.policy",
-    "load_policy": "secure_ft.policy",
+    "RunConfig": "secure_ft.records.config",
+    "load_config": "secure_ft.records.config",
+    "load_splits": "secure_ft.records.data",
+    "DatasetSplits": "secure_ft.records.data",
+    "train_run": "secure_ft.training.central_run",
+    "TrainedRun": "secure_ft.training.central_run",
+    "run_pipeline": "secure_ft.pipeline.main_job",
+    "Policy": "secure_ft.records.policy",
+    "load_policy": "secure_ft.records.policy",
     "AuditResult": "audits.result",
     "Verdict": "audits.gate",
-    "export_bundle": "secure_ft.export",
-    "verify_bundle": "secure_ft.export",
-    "Ledger": "secure_ft.run_ledger",
-    "verify_ledger": "secure_ft.run_ledger",
+    "export_bundle": "secure_ft.release.export",
+    "verify_bundle": "secure_ft.release.export",
+    "Ledger": "secure_ft.records.run_ledger",
+    "verify_ledger": "secure_ft.records.run_ledger",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -17,16 +17,16 @@ import sys
 import traceback
 from pathlib import Path
 
-from secure_ft.console import print_training_summary
+from secure_ft.training.console import print_training_summary
 from secure_ft.errors import SecureFTError
-from secure_ft.offline_environment import quiet_third_party
+from secure_ft.records.offline_environment import quiet_third_party
 
 log = logging.getLogger("secure_ft")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from secure_ft.config import load_config
-    from secure_ft.central_run import train_run
+    from secure_ft.records.config import load_config
+    from secure_ft.training.central_run import train_run
 
     if args.resume:
         trained = train_run(None, Path(args.resume), resume=True)
@@ -38,9 +38,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from secure_ft.config import load_config
-    from secure_ft.pipeline import print_outcome, run_pipeline
-    from secure_ft.run_directory import RunDirectory
+    from secure_ft.records.config import load_config
+    from secure_ft.pipeline.main_job import print_outcome, run_pipeline
+    from secure_ft.records.run_directory import RunDirectory
 
     config = load_config(args.config)
     out = Path(args.out or config.resolve_path(config.output_dir))
@@ -59,8 +59,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_config_show(args: argparse.Namespace) -> int:
     import json
 
-    from secure_ft.config import load_config
-    from secure_ft.effective_config import effective_config, render_effective_config
+    from secure_ft.records.config import load_config
+    from secure_ft.training.effective_config import effective_config, render_effective_config
 
     effective = effective_config(load_config(args.file))  # loads and splits the data: N decides transfer and δ
     if args.json:
@@ -71,8 +71,8 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_config_init(args: argparse.Namespace) -> int:
-    from secure_ft.atomic_files import atomic_write_text
-    from secure_ft.config import starter_config_text
+    from secure_ft.records.atomic_files import atomic_write_text
+    from secure_ft.records.config import starter_config_text
     from secure_ft.errors import ConfigError
 
     target = Path(args.file)

@@ -52,7 +52,7 @@ def toy_csv(tmp_path) -> Path:
 @pytest.fixture
 def toy_config(tmp_path, toy_csv, tiny_model_dir):
     """A fast plain-training config on the toy data and the tiny model."""
-    from secure_ft.config import RunConfig
+    from secure_ft.records.config import RunConfig
 
     return RunConfig.model_validate({
         "output_dir": str(tmp_path / "runs"),

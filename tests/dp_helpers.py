@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from secure_ft.config import RunConfig
+from secure_ft.records.config import RunConfig
 
 
 def dp_config(data_csv: Path, model_dir: Path, output_dir: Path, *, transfer: str = "full", epochs: int = 2,

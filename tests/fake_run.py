@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from audits.gate import Verdict, decide
-from secure_ft.pipeline import GateKey, audit_record
-from secure_ft.run_directory import RunDirectory
+from secure_ft.pipeline.main_job import GateKey, audit_record
+from secure_ft.records.run_directory import RunDirectory
 from audits.result import AuditResult, Check
-from secure_ft.config import RunConfig
-from secure_ft.run_ledger import Ledger
-from secure_ft.models import load_trained_model, save_trained_model
+from secure_ft.records.config import RunConfig
+from secure_ft.records.run_ledger import Ledger
+from secure_ft.text.models import load_trained_model, save_trained_model
 from tiny_models import tiny_bert_folder
-from secure_ft.policy import default_policy_path, load_policy
-from secure_ft.report import write_report
+from secure_ft.records.policy import default_policy_path, load_policy
+from secure_ft.pipeline.report import write_report
 
 CANARY = "zqxcanary 7781 patient jane roe ssn 078-05-1120"
 ROBUSTNESS_EVIDENCE = "audits/robustness/adversarial_examples.jsonl"
@@ -127,7 +127,7 @@ def make_run(root: Path, *, passing: bool = True, config: RunConfig | None = Non
     """A run directory with model, config, data/metrics/privacy JSON, ledger, verdict and report.
 
     `model_dir`: a saved classifier with ``len(LABELS)`` classes to put in the run instead of the
-    tiny random BERT (benchmarks use a real model). `front_end`: a `secure_ft.spelling.SpellingFrontEnd`
+    tiny random BERT (benchmarks use a real model). `front_end`: a `secure_ft.text.spelling.SpellingFrontEnd`
     saved inside the run's model folder (part of the model, as training saves it). `results`: the
     audit results to gate and sign instead of `audit_results(passing)`. `policy_path`: the policy
     the gate applies instead of the shipped default. `provenance`: write ``provenance.json`` before
@@ -143,16 +143,16 @@ def make_run(root: Path, *, passing: bool = True, config: RunConfig | None = Non
     run_dir.mkdir(parents=True)
     graph = None
     if onnx_encoder:
-        from secure_ft.model_identity import model_digest
-        from secure_ft.onnx_encoder import encoder_graph
-        from secure_ft.pooling import MEAN_NORMALIZED, use_mean_pooling
+        from secure_ft.records.model_identity import model_digest
+        from secure_ft.text.onnx_encoder import encoder_graph
+        from secure_ft.text.pooling import MEAN_NORMALIZED, use_mean_pooling
 
         use_mean_pooling(model, MEAN_NORMALIZED)
         graph = encoder_graph(model, tokenizer, model_digest(base), MEAN_NORMALIZED)
     digest = save_trained_model(model, tokenizer, run_dir / "model", front_end=front_end, encoder_graph=graph)
     ledger = Ledger(run_dir)
     # as a run saves it (`resolve_run_config`): a built-in data set's card: statements filled in
-    from secure_ft.technical_documentation import with_builtin_card
+    from secure_ft.records.technical_documentation import with_builtin_card
 
     (run_dir / "config.yaml").write_text(with_builtin_card(config).to_yaml())
     ledger.append("config_loaded", source="test")
@@ -196,7 +196,7 @@ def make_run(root: Path, *, passing: bool = True, config: RunConfig | None = Non
     verdict = decide(results, policy, digest, policy_sha)
     run.write_verdict(verdict.to_dict())
     if provenance:
-        from secure_ft.provenance import write_provenance
+        from secure_ft.release.provenance import write_provenance
 
         write_provenance(run_dir, config)
     gate_key = GateKey.for_config(config)  # the pipeline's own signing steps, in its order

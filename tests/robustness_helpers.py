@@ -11,7 +11,7 @@ from unittest import mock
 import pandas as pd
 import torch
 
-from secure_ft.data import DatasetSplits
+from secure_ft.records.data import DatasetSplits
 
 KEYWORD = "refund"
 OTHER_WORDS = ["card", "charge", "fee", "statement", "loan", "mortgage", "payment", "interest", "lender",
@@ -45,7 +45,7 @@ def keyword_splits(test_rows: int = 24) -> DatasetSplits:
 
 def train_brittle_model(folder: Path) -> Path:
     """A tiny BERT that learned to answer by one word (`refund`): the textbook brittle classifier."""
-    from secure_ft.models import load_trained_model, save_trained_model
+    from secure_ft.text.models import load_trained_model, save_trained_model
     from tiny_models import tiny_bert_folder
 
     torch.manual_seed(0)

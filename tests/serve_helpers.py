@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 
 from fake_run import make_run
-from secure_ft.export import export_bundle
-from secure_ft.keys import default_key_paths
+from secure_ft.release.export import export_bundle
+from secure_ft.release.keys import default_key_paths
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from secure_ft.config import ModelConfig, TrainingConfig
-from secure_ft.models import apply_transfer, load_base_model
-from secure_ft.training_loop import encode, fit
+from secure_ft.records.config import ModelConfig, TrainingConfig
+from secure_ft.text.models import apply_transfer, load_base_model
+from secure_ft.training.training_loop import encode, fit
 from toy_data import TOPICS, toy_frame
 
 LABELS = list(TOPICS)
@@ -48,7 +48,7 @@ def test_pieces_of_a_logical_batch_take_the_same_step_as_one_pass(tiny_model_dir
 
 def test_training_without_progress_prints_nothing(tiny_model_dir, capsys, caplog):
     """Benchmarks and sites train with progress=False: the epoch summaries go to the log, not stdout."""
-    with caplog.at_level("INFO", logger="secure_ft.training_loop"):
+    with caplog.at_level("INFO", logger="secure_ft.training.training_loop"):
         result, _ = train(tiny_model_dir, None)
     assert capsys.readouterr().out == ""
     summaries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]

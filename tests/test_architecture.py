@@ -7,21 +7,35 @@ from pathlib import Path
 
 import pytest
 
-from secure_ft import policy as policy_module
-from secure_ft.policy import Requirement, Setting, Threshold
+from secure_ft.records import policy as policy_module
+from secure_ft.records.policy import Requirement, Setting, Threshold
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("secure_ft", "audits", "federated")
 
-# the core: config, data, models, the training loop, DP, checkpoints and the run directory
-CORE = ("secure_ft.config", "secure_ft.data", "secure_ft.models", "secure_ft.pooling", "secure_ft.training_loop",
-        "secure_ft.accumulation", "secure_ft.privacy", "secure_ft.checkpoint", "secure_ft.central_run",
-        "secure_ft.run_directory", "secure_ft.run_ledger", "secure_ft.atomic_files", "secure_ft.errors",
-        "secure_ft.policy", "secure_ft.offline_environment", "secure_ft.console")
-TOP = ("secure_ft.cli", "secure_ft.pipeline", "secure_ft.commands", "secure_ft.export", "secure_ft.report",
+# Layers, lowest first: a module may import its own layer and the ones below it, never one above.
+# Within a layer packages may import each other (DP-SGD wraps the training loop; the loop's
+# multiplicity uses DP clipping); circles between modules are refused by the test further down.
+LAYERS = (
+    ("foundation", ("secure_ft", "secure_ft.errors")),  # the package root only: its lazy exports import nothing
+    ("records and identity", ("secure_ft.records",)),
+    ("text and models", ("secure_ft.text",)),
+    ("training and privacy", ("secure_ft.training", "secure_ft.privacy")),
+    ("federated learning", ("federated", "secure_ft.deploy")),
+    ("audits", ("audits",)),
+    ("gate and provenance", ("secure_ft.release",)),
+    ("serving", ("secure_ft.serving",)),
+    ("pipeline", ("secure_ft.pipeline",)),
+    ("commands", ("secure_ft.commands",)),
+    ("cli", ("secure_ft.cli",)),
+)
+
+# the core: run records, text and models, training and DP never import the layers that use them
+CORE = ("secure_ft.errors", "secure_ft.records", "secure_ft.text", "secure_ft.training", "secure_ft.privacy")
+TOP = ("secure_ft.cli", "secure_ft.commands", "secure_ft.pipeline", "secure_ft.release", "secure_ft.serving",
        "audits", "federated")
-TRAINING = ("secure_ft.training_loop", "secure_ft.central_run", "secure_ft.privacy.engine", "secure_ft.distributed",
-            "federated")
+TRAINING = ("secure_ft.training.training_loop", "secure_ft.training.central_run", "secure_ft.privacy.engine",
+            "secure_ft.training.distributed", "federated")
 
 
 def _module_name(path: Path) -> str:
@@ -68,6 +82,56 @@ def test_audits_never_import_training():
     assert forbidden == []
 
 
+def layer_of(module: str, layers=LAYERS) -> int | None:
+    """Index of the layer declaring `module` (the longest declared prefix wins), or None if none declares it.
+
+    The package root ``secure_ft`` is matched by its exact name only, so an undeclared subpackage
+    has no layer instead of silently sitting at the bottom.
+    """
+    best, best_length = None, -1
+    for index, (_, prefixes) in enumerate(layers):
+        for prefix in prefixes:
+            exact_only = prefix == "secure_ft"
+            if (module == prefix or (not exact_only and module.startswith(prefix + "."))) and len(prefix) > best_length:
+                best, best_length = index, len(prefix)
+    return best
+
+
+def upward_arrows(graph: dict[str, set[str]], layers=LAYERS) -> list[tuple[str, str]]:
+    """Every import whose target sits in a higher layer than its source (undeclared modules: see the test below)."""
+    levels = {name: layer_of(name, layers) for name in set(graph).union(*graph.values())}
+    return sorted((source, target) for source, targets in graph.items() for target in targets
+                  if None not in (levels[source], levels[target]) and levels[target] > levels[source])
+
+
+def test_every_module_has_a_layer():
+    assert [name for name in import_graph() if layer_of(name) is None] == []
+
+
+def test_no_module_imports_from_a_higher_layer():
+    arrows = upward_arrows(import_graph())
+    assert arrows == [], "\n".join(f"{source} ({LAYERS[layer_of(source)][0]}) imports {target} "
+                                   f"({LAYERS[layer_of(target)][0]})" for source, target in arrows)
+
+
+def test_the_layer_check_can_fail():
+    # an upward arrow is found, however deep inside its package; arrows down or within a layer are not
+    graph = {"secure_ft.records.config": {"secure_ft.training.central_run", "secure_ft.errors"},
+             "secure_ft.training.probe": {"secure_ft.privacy.engine", "secure_ft.text.models"},
+             "secure_ft.privacy.engine": {"secure_ft.training.training_loop"},
+             "audits.gate": {"secure_ft.pipeline.report.document"},
+             "secure_ft.errors": set(), "secure_ft": set()}
+    assert upward_arrows(graph) == [("audits.gate", "secure_ft.pipeline.report.document"),
+                                    ("secure_ft.records.config", "secure_ft.training.central_run")]
+    # the declared order is what decides: swap two layers and a real arrow of the graph points up
+    swapped = list(LAYERS)
+    records, text = swapped.index(LAYERS[1]), swapped.index(LAYERS[2])
+    swapped[records], swapped[text] = swapped[text], swapped[records]
+    assert ("secure_ft.text.models", "secure_ft.records.config") in upward_arrows(import_graph(), tuple(swapped))
+    # the root matches only itself: an undeclared subpackage has no layer
+    assert layer_of("secure_ft") == 0 and layer_of("secure_ft.newthing") is None
+
+
 def find_circles(graph: dict[str, set[str]]) -> list[list[str]]:
     state: dict[str, int] = {}
     circles = []
@@ -96,7 +160,7 @@ def test_the_checks_can_fail():
     assert find_circles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
     graph = import_graph()
     assert "secure_ft.privacy.accountants" in graph["secure_ft.privacy.engine"]
-    assert "secure_ft.report" in graph["secure_ft.pipeline"]  # imported inside run_pipeline
+    assert "secure_ft.pipeline.report" in graph["secure_ft.pipeline.main_job"]  # imported inside run_pipeline
 
 
 @pytest.mark.parametrize("section", [policy_module.PerformancePolicy, policy_module.RobustnessPolicy,

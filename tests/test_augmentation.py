@@ -7,9 +7,9 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from secure_ft.augmentation import Perturber, WordNetSynonyms, copy_rng, edit_characters
+from secure_ft.text.augmentation import Perturber, WordNetSynonyms, copy_rng, edit_characters
 from secure_ft.errors import ConfigError
-from secure_ft.robust_training_config import RobustTrainingConfig
+from secure_ft.records.robust_training_config import RobustTrainingConfig
 
 WORDS = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
 TEXT = ("My mortgage lender charged a late payment fee on 03/15/2019, although the payment "
@@ -201,7 +201,7 @@ def test_wordnet_reader_answers_english_lookups_as_nltk_own(synonyms):
     """The reader skips NLTK's mapping to another WordNet version (multilingual data only): same synonyms."""
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
-    from secure_ft import lexicon
+    from secure_ft.text import lexicon
 
     ours = synonyms._wordnet
     assert ours.map30 is None  # the mapping was not built

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from secure_ft.errors import PrivacyError
-from secure_ft.multiplicity import (
+from secure_ft.training.multiplicity import (
     GroupedBookKeepingLoss,
     GroupedBookKeepingModule,
     collate_copies,
@@ -145,8 +145,8 @@ def test_stacked_copies_load_as_adjacent_rows_under_poisson_sampling(tiny_model_
     from opacus.data_loader import DPDataLoader
     from transformers import AutoTokenizer
 
-    from secure_ft.augmentation import Perturber
-    from secure_ft.training_loop import encode
+    from secure_ft.text.augmentation import Perturber
+    from secure_ft.training.training_loop import encode
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     texts = [f"my loan payment {i} was late and the fee was wrong" for i in range(12)]

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from secure_ft.cli import main
-from secure_ft.config import load_config
+from secure_ft.records.config import load_config
 from secure_ft.errors import CheckpointError, ConfigError, DataError, ModelError
-from secure_ft.central_run import train_run
+from secure_ft.training.central_run import train_run
 from toy_data import toy_frame
 
 

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from secure_ft.cli import main
-from secure_ft.config import DataConfig, RunConfig, load_config, starter_config_text
-from secure_ft.data import load_splits
+from secure_ft.records.config import DataConfig, RunConfig, load_config, starter_config_text
+from secure_ft.records.data import load_splits
 from toy_data import toy_frame
 
 

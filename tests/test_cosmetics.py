@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from secure_ft import lexicon
-from secure_ft.probe import embedding_summary
+from secure_ft.text import lexicon
+from secure_ft.training.probe import embedding_summary
 
 
 def test_resource_sources_name_no_other_installations_path(tmp_path, monkeypatch):
@@ -64,4 +64,4 @@ def test_textattack_info_lines_appear_once_and_secure_ft_loggers_stay_alive(text
         logger.removeHandler(handler)
     assert sum("compatible with model" in line for line in shown) == 1
     assert shown.count("a real warning") == 2
-    assert not logging.getLogger("secure_ft.pipeline").disabled  # textattack's dictConfig disabled it before
+    assert not logging.getLogger("secure_ft.pipeline.main_job").disabled  # textattack's dictConfig disabled it before

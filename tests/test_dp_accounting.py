@@ -9,9 +9,9 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 
 from dp_helpers import dp_config
 from secure_ft.cli import main
-from secure_ft.models import load_trained_model
+from secure_ft.text.models import load_trained_model
 from secure_ft.privacy.accountant_history import load_accountant_history
-from secure_ft.central_run import train_run
+from secure_ft.training.central_run import train_run
 from toy_data import toy_frame
 
 SCHEMA = {"epsilon", "delta", "accountant", "noise_multiplier", "max_grad_norm", "sample_rate", "steps", "epochs",

@@ -10,11 +10,11 @@ from torch import nn
 
 from dp_helpers import without_dropout
 from secure_ft.privacy.bookkeeping_clipping import BookKeepingLoss, BookKeepingModule, unsupported_layers
-from secure_ft.config import ModelConfig
-from secure_ft.models import apply_transfer, load_trained_model
+from secure_ft.records.config import ModelConfig
+from secure_ft.text.models import apply_transfer, load_trained_model
 from tiny_models import tiny_bert_folder
 from secure_ft.privacy.engine import choose_grad_sample_mode
-from secure_ft.training_loop import _trim, encode, forward_logits
+from secure_ft.training.training_loop import _trim, encode, forward_logits
 from toy_data import VOCAB, toy_frame
 
 

@@ -7,10 +7,10 @@ import json
 import yaml
 
 from secure_ft.cli import main as cli_main
-from secure_ft.config import load_config
-from secure_ft.effective_config import effective_config
-from secure_ft.probe_recipe import RECIPE_NAME
-from secure_ft.transfer_choice import resolve_run_config
+from secure_ft.records.config import load_config
+from secure_ft.training.effective_config import effective_config
+from secure_ft.training.probe_recipe import RECIPE_NAME
+from secure_ft.training.transfer_choice import resolve_run_config
 
 
 def write_config(tmp_path, toy_csv, **sections):

@@ -7,7 +7,7 @@ import json
 from audits._epsilon_recompute import recomputation_checks
 from audits._guarantee import read_guarantee
 from secure_ft.privacy.accountants import epsilon_from_history
-from secure_ft.run_ledger import Ledger
+from secure_ft.records.run_ledger import Ledger
 
 HISTORY = [[0.9, 0.05, 60]]
 

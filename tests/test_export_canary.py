@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from secure_ft.cli import main
-from secure_ft.export import verify_bundle
+from secure_ft.release.export import verify_bundle
 from toy_data import toy_frame
 
 CANARY = "qjxcanary"  # not a vocabulary word: it can only appear if text is copied

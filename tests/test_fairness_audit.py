@@ -17,9 +17,9 @@ import audits.fairness as fairness
 from audits._intervals import bootstrap_counts
 from audits._scoring import SplitScores
 from audits.context import AuditContext
-from secure_ft.config import RunConfig
-from secure_ft.data import DatasetSplits
-from secure_ft.policy import Policy
+from secure_ft.records.config import RunConfig
+from secure_ft.records.data import DatasetSplits
+from secure_ft.records.policy import Policy
 
 # binary task; groups A (6 rows), B (4 rows), C (2 rows, below min_group_size 3)
 BINARY = pd.DataFrame({

@@ -9,9 +9,9 @@ import pytest
 import audits.fairness as fairness
 from audits.registry import run_audit
 from secure_ft.errors import AuditError, ConfigError, DataError
-from secure_ft.models import save_trained_model
+from secure_ft.text.models import save_trained_model
 from tiny_models import tiny_bert_folder
-from secure_ft.policy import Policy
+from secure_ft.records.policy import Policy
 from test_fairness_audit import BINARY, fixed_predictions, make_context  # noqa: F401  (fixture)
 
 POLICY = Policy.model_validate({"fairness": {"min_positives": 1, "max_demographic_parity_difference": 0.5,
@@ -107,7 +107,7 @@ def test_model_trained_for_other_labels_is_refused(tmp_path):
 
 def test_real_model_sees_only_the_text_column(tmp_path, monkeypatch):
     """End to end with a tiny model: group values never reach the model, predictions happen once."""
-    import secure_ft.text_classifier as scoring  # audits score through the served-model path
+    import secure_ft.text.text_classifier as scoring  # audits score through the served-model path
 
     model_dir = tiny_bert_folder(tmp_path / "model", ["complaint", "number"], num_labels=2)
     seen = []

@@ -14,8 +14,8 @@ import pytest
 import audits.fairness as fairness
 from audits.gate import decide
 from audits.result import Check
-from secure_ft.policy import Policy
-from secure_ft.report.html import render_html
+from secure_ft.records.policy import Policy
+from secure_ft.pipeline.report.html import render_html
 from test_fairness_audit import fixed_predictions, make_context  # noqa: F401  (fixture)
 
 LIMITS = {"max_equalized_odds_difference": 0.3, "max_demographic_parity_difference": 0.2,
@@ -157,7 +157,7 @@ def test_too_few_shuffles_to_ever_fail_is_refused(tmp_path, fixed_predictions): 
 
 def test_point_estimate_switch_is_refused_with_the_fix(tmp_path):
     from secure_ft.errors import PolicyError
-    from secure_ft.policy import load_policy
+    from secure_ft.records.policy import load_policy
 
     path = tmp_path / "old.yaml"
     path.write_text("fairness:\n  max_equalized_odds_difference: 0.5\n  use_ci_bound: false\n")
@@ -169,7 +169,7 @@ def test_point_estimate_switch_is_refused_with_the_fix(tmp_path):
 def test_shipped_regulated_policies_ask_for_review():
     from importlib import resources
 
-    from secure_ft.policy import load_policy
+    from secure_ft.records.policy import load_policy
 
     folder = resources.files("secure_ft") / "policies"
     for name, mode in (("regulated-default.yaml", "review"), ("strict.yaml", "review"), ("research.yaml", "warn")):

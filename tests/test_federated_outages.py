@@ -25,7 +25,7 @@ from federated.coordinator import FederatedServer, FederationFailed
 from federated.local_grid import LocalGrid
 from federated.stoppable_grid import RunStopped
 from secure_ft.errors import CheckpointError
-from secure_ft.run_ledger import Ledger, verify_ledger
+from secure_ft.records.run_ledger import Ledger, verify_ledger
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from federated import protocol
 from federated.strategy import build_strategy
 from federated.task import arrays_to_record, record_to_arrays
-from secure_ft.config import FederatedConfig
+from secure_ft.records.config import FederatedConfig
 
 GLOBAL = {"head.weight": np.zeros((2, 3), dtype=np.float32), "head.bias": np.zeros(2, dtype=np.float32)}
 

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 from audits.gate import Verdict, decide
 from audits.result import AuditResult, Check
-from secure_ft.policy import Policy
+from secure_ft.records.policy import Policy
 
 MODEL = "a" * 64
 POLICY_HASH = "b" * 64
@@ -87,7 +87,7 @@ def test_unrequired_failure_is_a_warning_and_duplicates_block():
 def test_shipped_policies_load_and_are_ordered_by_strictness():
     from importlib import resources
 
-    from secure_ft.policy import load_policy
+    from secure_ft.records.policy import load_policy
 
     folder = resources.files("secure_ft") / "policies"
     policies = {path.name: load_policy(str(path))[0] for path in folder.iterdir() if path.name.endswith(".yaml")}

@@ -15,11 +15,11 @@ import pytest
 
 from fake_run import make_run
 from secure_ft.cli import main as cli_main
-from secure_ft.export import SIGNATURE_FILE, SIGNER_KEY_FILE, export_bundle
-from secure_ft.keys import generate_key_pair, load_private_key
-from secure_ft.run_directory import RunDirectory
-from secure_ft.run_ledger import Ledger
-from secure_ft.verdict_attestation import attest_verdict, record_attestation
+from secure_ft.release.export import SIGNATURE_FILE, SIGNER_KEY_FILE, export_bundle
+from secure_ft.release.keys import generate_key_pair, load_private_key
+from secure_ft.records.run_directory import RunDirectory
+from secure_ft.records.run_ledger import Ledger
+from secure_ft.release.verdict_attestation import attest_verdict, record_attestation
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +220,7 @@ def test_self_signed_bundle_needs_the_flag(runs, tmp_path, capsys):
     # an attacker re-signs a doctored bundle with a key of their own and ships its public half inside
     bundle = _copy(runs["bundle"], tmp_path / "b")
     private, public = generate_key_pair(tmp_path / "attacker")
-    from secure_ft.openssf_signing import sign_folder
+    from secure_ft.release.openssf_signing import sign_folder
 
     (bundle / SIGNER_KEY_FILE).write_bytes(public.read_bytes())
     sign_folder(bundle, private, bundle / SIGNATURE_FILE, ignore_git_paths=False)  # how bundles are signed

@@ -7,9 +7,9 @@ import logging
 import pytest
 
 from fake_run import make_run
-from secure_ft import keys
-from secure_ft.export import export_bundle
-from secure_ft.run_ledger import Ledger
+from secure_ft.release import keys
+from secure_ft.release.export import export_bundle
+from secure_ft.records.run_ledger import Ledger
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +21,7 @@ def user_config(tmp_path, monkeypatch):
 def test_the_default_key_handed_on_by_the_pipeline_is_called_the_per_user_default_key(tmp_path, caplog):
     run = make_run(tmp_path)  # export.signing_key is null: the gate signed with the per-user default key
     default_key = keys.default_key_paths()[0]
-    with caplog.at_level(logging.INFO, logger="secure_ft.export"):
+    with caplog.at_level(logging.INFO, logger="secure_ft.release.export"):
         # as the pipeline calls it: with its gate key's path
         export_bundle(run.run_dir, tmp_path / "bundle", signing_key=default_key,
                       signing_key_given_by="the run config (export.signing_key)")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from secure_ft.config import ModelConfig
-from secure_ft.label_name_head import LOGIT_SCALE, names_are_descriptive, resolve_head_init
-from secure_ft.models import load_base_model
+from secure_ft.records.config import ModelConfig
+from secure_ft.text.label_name_head import LOGIT_SCALE, names_are_descriptive, resolve_head_init
+from secure_ft.text.models import load_base_model
 
 WORDS = ["refund", "mortgage", "loan", "card", "student", "debt"]
 
@@ -60,8 +60,8 @@ def test_label_name_head_is_refused_outside_the_probe():
 
 
 def test_central_probe_recipe_trains_with_copies_unless_configured():
-    from secure_ft.config import RunConfig
-    from secure_ft.probe_recipe import AUGMENTATION_COPIES, RECIPE_NAME, apply_probe_recipe
+    from secure_ft.records.config import RunConfig
+    from secure_ft.training.probe_recipe import AUGMENTATION_COPIES, RECIPE_NAME, apply_probe_recipe
 
     central, note = apply_probe_recipe(RunConfig.model_validate({"model": {"transfer": "probe"}}), 1000)
     assert central.training.robustness.augmentation_copies == AUGMENTATION_COPIES == 4

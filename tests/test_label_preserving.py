@@ -10,8 +10,8 @@ from robustness_helpers import KEYWORD, keyword_splits, session_resources, train
 
 from audits.context import AuditContext
 from audits.registry import run_audit
-from secure_ft.config import RunConfig
-from secure_ft.policy import load_policy
+from secure_ft.records.config import RunConfig
+from secure_ft.records.policy import load_policy
 
 TEXT = "I paid the loan on XX/XX/2019 and the bank charged me a late fee again for it"
 
@@ -250,9 +250,9 @@ def test_no_recipe_touches_a_word_with_a_digit(resources, encoder, tiny_model_di
     from audits._attack_model import FastClassifierWrapper
     from audits._recipes import build_attack
     from audits._validity_constraints import NumbersKept
-    from secure_ft.config import RobustnessAuditConfig
-    from secure_ft.models import load_trained_model
-    from secure_ft.policy import ValidityConstraints
+    from secure_ft.records.config import RobustnessAuditConfig
+    from secure_ft.text.models import load_trained_model
+    from secure_ft.records.policy import ValidityConstraints
 
     text = AttackedText("the loan fee was 850 dollars and 2 payments late my card about 2019 card")
     digits = {i for i, word in enumerate(text.words) if any(c.isdigit() for c in word)}
@@ -405,7 +405,7 @@ def test_review_sheet_marks_changes_and_is_bound_by_digest(regulated_audit):
 
 @pytest.mark.slow
 def test_report_prints_each_threat_model_and_the_stress_test_without_text(regulated_audit):
-    from secure_ft.report.html import _robustness
+    from secure_ft.pipeline.report.html import _robustness
 
     result, _, policy = regulated_audit
     html = _robustness({"audits": {"robustness": result.to_dict()}})

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from secure_ft.errors import BundleError
-from secure_ft.run_directory import RUN_LEDGER_FILE as LEDGER_FILE
-from secure_ft.run_ledger import GENESIS_SHA256, Ledger, line_digest, verify_ledger
+from secure_ft.records.run_directory import RUN_LEDGER_FILE as LEDGER_FILE
+from secure_ft.records.run_ledger import GENESIS_SHA256, Ledger, line_digest, verify_ledger
 
 
 def _ledger(tmp_path, n=4):
@@ -64,7 +64,7 @@ def test_edited_value_with_recomputed_self_hash_breaks_the_chain(tmp_path):
     lines = _lines(tmp_path)
     entry = json.loads(lines[1])
     entry["data"]["epsilon"] = 0.1  # a forger who also recomputes line_sha256
-    from secure_ft.run_ledger import _canonical, _line_sha256
+    from secure_ft.records.run_ledger import _canonical, _line_sha256
 
     entry["line_sha256"] = _line_sha256(entry)
     lines[1] = (_canonical(entry) + "\n").encode()

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from fake_run import LABELS, TEXTS, make_run  # noqa: E402
 from mlflow_server import MlflowServer, free_port  # noqa: E402
 from secure_ft.cli import main  # noqa: E402
-from secure_ft.run_ledger import Ledger, verify_ledger  # noqa: E402
+from secure_ft.records.run_ledger import Ledger, verify_ledger  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -207,7 +207,7 @@ def test_server_down_loses_nothing_and_sync_uploads_afterwards(tmp_path, toy_con
 
 
 def test_tracking_off_by_default_never_imports_mlflow(tmp_path, monkeypatch):
-    from secure_ft.pipeline import PipelineOutcome, show_in_mlflow
+    from secure_ft.pipeline.main_job import PipelineOutcome, show_in_mlflow
 
     fake = make_run(tmp_path)
     for name in [name for name in sys.modules if name == "mlflow" or name.startswith("mlflow.")]:
@@ -223,7 +223,7 @@ def test_tracking_off_by_default_never_imports_mlflow(tmp_path, monkeypatch):
 
 
 def test_federated_run_metrics_per_round_and_site(tmp_path):
-    from secure_ft.mlflow_tracking import collect_metrics
+    from secure_ft.pipeline.mlflow_tracking import collect_metrics
 
     site = lambda name, epsilon, loss: {"site": name, "phase": "train", "status": "accepted",  # noqa: E731
                                         "metrics": {"epsilon": epsilon, "train-loss": loss, "delta": 1e-5}}
@@ -247,7 +247,7 @@ def test_federated_run_metrics_per_round_and_site(tmp_path):
 def test_upload_cut_off_midway_is_marked_failed_and_the_next_sync_completes(tmp_path, server, monkeypatch):
     from mlflow.tracking import MlflowClient as Client
 
-    from secure_ft.mlflow_tracking import TrackingError, sync_run
+    from secure_ft.pipeline.mlflow_tracking import TrackingError, sync_run
 
     fake = make_run(tmp_path)
     real = Client.log_artifact

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from secure_ft.model_card import render_model_card
+from secure_ft.release.model_card import render_model_card
 
 DATA = {"source": "/srv/secure-ft/holdout.csv", "fingerprint": "ab" * 32, "rows": {"train": 143, "validation": 171,
         "test": 256}, "labels": ["cards", "loans"], "group_columns": ["servicemember"]}

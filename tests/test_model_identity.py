@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from secure_ft.errors import BundleError
-from secure_ft.model_identity import HASH_FILE, manifest_digest, model_digest, model_manifest
+from secure_ft.records.model_identity import HASH_FILE, manifest_digest, model_digest, model_manifest
 
 FILES = {
     "config.json": b'{"pooling": "cls"}',

@@ -14,9 +14,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from secure_ft import keys
+from secure_ft.release import keys
 from secure_ft.errors import BundleError, ConfigError
-from secure_ft.openssf_signing import sign_folder, verify_folder
+from secure_ft.release.openssf_signing import sign_folder, verify_folder
 
 FILES = {
     "config.json": b'{"architectures": ["BertForSequenceClassification"]}',
@@ -99,7 +99,7 @@ def test_we_verify_a_folder_the_library_cli_signed(model_dir, key_pair, tmp_path
 
 
 def test_git_files_are_left_out_by_default_like_the_library_cli(model_dir, key_pair, tmp_path):
-    from secure_ft.model_identity import model_digest
+    from secure_ft.records.model_identity import model_digest
 
     private_path, public_path = key_pair
     (model_dir / ".gitattributes").write_text("*.safetensors filter=lfs\n")

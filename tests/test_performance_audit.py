@@ -11,11 +11,11 @@ import pytest
 import audits.performance as performance
 from audits._scoring import SplitScores
 from audits.context import AuditContext
-from secure_ft.config import RunConfig
-from secure_ft.data import DatasetSplits
+from secure_ft.records.config import RunConfig
+from secure_ft.records.data import DatasetSplits
 from secure_ft.errors import DataError
 from tiny_models import tiny_bert_folder
-from secure_ft.policy import Policy, load_policy
+from secure_ft.records.policy import Policy, load_policy
 
 LABELS = ["card", "loan", "report"]
 TRUE = [0, 0, 0, 0, 1, 1, 2, 2, 2, 2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from secure_ft.cli import main
-from secure_ft.run_ledger import verify_ledger
+from secure_ft.records.run_ledger import verify_ledger
 
 
 def write_policy(tmp_path, min_gain: float):

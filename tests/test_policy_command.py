@@ -8,9 +8,9 @@ import logging
 import yaml
 
 from secure_ft.cli import main as cli_main
-from secure_ft.config import RunConfig
-from secure_ft.pipeline import resolve_policy
-from secure_ft.policy import default_policy_path, judgement_keys, load_policy
+from secure_ft.records.config import RunConfig
+from secure_ft.pipeline.main_job import resolve_policy
+from secure_ft.records.policy import default_policy_path, judgement_keys, load_policy
 
 OLD_POLICY = """name: old-style
 required_audits: [performance, robustness]
@@ -49,7 +49,7 @@ def test_an_omitted_judgement_key_warns_naming_the_key_and_the_default(tmp_path,
         assert any(f"does not set {key}: the default {default} applies" in warning for warning in policy.warnings)
     # fairness and privacy are not required here: their keys change nothing and are not warned about
     assert not any("fairness." in w or "privacy." in w for w in policy.warnings)
-    with caplog.at_level(logging.WARNING, logger="secure_ft.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="secure_ft.pipeline.main_job"):
         resolve_policy(RunConfig(), path)
     assert "robustness.max_budget_exhausted_fraction" in caplog.text
     assert cli_main(["policy", "show", str(path)]) == 0

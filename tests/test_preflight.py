@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from secure_ft.config import RESERVED_COLUMNS, RunConfig, config_from_dict, load_config
+from secure_ft.records.config import RESERVED_COLUMNS, RunConfig, config_from_dict, load_config
 from secure_ft.errors import ConfigError, PolicyError
-from secure_ft.policy import default_policy_path, load_policy
-from secure_ft.preflight import check_before_training
+from secure_ft.records.policy import default_policy_path, load_policy
+from secure_ft.pipeline.preflight import check_before_training
 
 from toy_data import TOY_CARD
 
@@ -59,7 +59,7 @@ def make_config(toy_csv: Path, tmp_path: Path, **sections) -> RunConfig:
 
 
 def without_card(config: RunConfig) -> RunConfig:
-    from secure_ft.config import CardConfig
+    from secure_ft.records.config import CardConfig
 
     return config.model_copy(update={"card": CardConfig()})
 
@@ -231,7 +231,7 @@ def test_research_policy_does_not_require_card_statements(toy_csv, tmp_path):
 
 
 def test_built_in_statements_apply_only_to_their_own_data(toy_csv, tmp_path):
-    from secure_ft.technical_documentation import missing_card_fields, with_builtin_card
+    from secure_ft.records.technical_documentation import missing_card_fields, with_builtin_card
 
     required = load_policy(default_policy_path())[0].documentation.required_card_fields
     default = RunConfig()
@@ -277,8 +277,8 @@ def test_group_column_colliding_with_text_label_or_internal_column(toy_csv, tmp_
 
 
 def test_reserved_columns_are_the_columns_the_loader_adds(toy_csv):
-    # the config cannot import secure_ft.data (circle), so it keeps the names; this keeps them in step
-    from secure_ft.data import load_splits
+    # the config cannot import secure_ft.records.data (circle), so it keeps the names; this keeps them in step
+    from secure_ft.records.data import load_splits
 
     config = make_config(toy_csv, Path("unused"))
     splits = load_splits(config.data, config.seed)
@@ -311,7 +311,7 @@ def test_shipped_configs_pass_preflight(config_file, policy_file):
                          ids=["federated-site-dp", "federated-central-dp"])
 def test_built_in_defaults_pass_the_default_policy_in_every_mode(overrides):
     # the product's own defaults must never contradict its own default policy
-    from secure_ft.config import config_from_dict
+    from secure_ft.records.config import config_from_dict
 
     config = config_from_dict(overrides)
     policy, _ = load_policy(POLICIES / "regulated-default.yaml")

@@ -13,12 +13,12 @@ import pytest
 from audits._canary import PREFIX, make_canaries
 from audits.context import AuditContext
 from audits.privacy import privacy_audit
-from secure_ft.config import RunConfig
-from secure_ft.data import DatasetSplits
+from secure_ft.records.config import RunConfig
+from secure_ft.records.data import DatasetSplits
 from secure_ft.errors import AuditError
-from secure_ft.models import save_trained_model, load_base_model
+from secure_ft.text.models import save_trained_model, load_base_model
 from tiny_models import tiny_bert_folder
-from secure_ft.policy import Policy
+from secure_ft.records.policy import Policy
 
 WORDS = [f"w{index}" for index in range(30)]
 LABELS = ["a", "b", "c", "d"]

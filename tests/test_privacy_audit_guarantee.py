@@ -10,7 +10,7 @@ import pytest
 from audits._guarantee import read_guarantee
 from audits.privacy import guarantee_checks, guarantee_metrics
 from secure_ft.errors import AuditError
-from secure_ft.policy import PrivacyPolicy
+from secure_ft.records.policy import PrivacyPolicy
 
 CENTRAL = {
     "epsilon": 3.1, "delta": 1e-5, "accountant": "prv", "noise_multiplier": 0.9, "max_grad_norm": 1.0,

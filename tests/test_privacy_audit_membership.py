@@ -18,11 +18,11 @@ import torch
 
 from audits.context import AuditContext
 from audits.privacy import privacy_audit
-from secure_ft.config import RunConfig
-from secure_ft.data import DatasetSplits
-from secure_ft.models import save_trained_model
+from secure_ft.records.config import RunConfig
+from secure_ft.records.data import DatasetSplits
+from secure_ft.text.models import save_trained_model
 from tiny_models import tiny_bert_folder
-from secure_ft.policy import Policy
+from secure_ft.records.policy import Policy
 
 WORDS = [f"w{index}" for index in range(40)]
 LABELS = ["a", "b", "c", "d"]

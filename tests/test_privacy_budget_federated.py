@@ -18,7 +18,7 @@ from flwr.clientapp import ClientApp
 from federated import protocol, run_federated
 from federated.client_app import app as site_app
 from secure_ft.errors import ConfigError
-from secure_ft.policy import default_policy_path, load_policy
+from secure_ft.records.policy import default_policy_path, load_policy
 from secure_ft.privacy.budget_composition import compose_ledger
 from secure_ft.privacy.budget_ledger import BudgetLedger, RunSpend
 
@@ -79,7 +79,7 @@ def interrupting_app(partition_to_stop: int, server_round_to_stop: int) -> Clien
 @pytest.mark.slow
 def test_a_simulated_federation_records_every_sites_history_composed_sequentially(dp_federation, tmp_path, capsys):
     from secure_ft.cli import main
-    from secure_ft.data import load_splits
+    from secure_ft.records.data import load_splits
     from secure_ft.privacy.accountants import epsilon_from_history
 
     dp_federation.federated = dp_federation.federated.model_copy(update={  # and server-side (client-level) DP
@@ -121,7 +121,7 @@ def test_a_simulated_federation_records_every_sites_history_composed_sequentiall
                               splits=trained.splits, members_available=True)
     budget, (check,) = dataset_budget(context, policy.privacy.model_copy(update={"max_dataset_epsilon": 100.0}), [])
     assert budget["cumulative_epsilon"] == pytest.approx(expected, rel=1e-9) and check.passed
-    from secure_ft.report.document import withhold_text
+    from secure_ft.pipeline.report.document import withhold_text
 
     (row,) = withhold_text(budget)["entries"]  # what the report shows, test texts withheld
     assert row["kind_note"] == "federated simulation, 3 sites, composed sequentially: conservative"
@@ -202,10 +202,10 @@ def test_preflight_refuses_a_simulated_federation_that_would_break_the_lifetime_
     from federated.partition import partition_sites
     from federated.site_engine import _calibrated_noise, site_noise_multiplier
     from federated.site_policy import site_round_steps
-    from secure_ft.data import load_splits
-    from secure_ft.preflight import check_before_training
+    from secure_ft.records.data import load_splits
+    from secure_ft.pipeline.preflight import check_before_training
     from secure_ft.privacy.engine import resolve_delta
-    from secure_ft.transfer_choice import resolve_run_config
+    from secure_ft.training.transfer_choice import resolve_run_config
 
     config = dp_federation.model_copy(update={"mode": "federated"})
     splits = load_splits(config.data, config.seed)
@@ -251,8 +251,8 @@ def test_the_canary_run_is_recorded_and_the_data_sets_epsilon_includes_it(toy_cs
 
     from audits._canary import canary_report
     from audits.privacy import dataset_budget
-    from secure_ft.central_run import train_run
-    from secure_ft.preflight import planned_canary_history, planned_history
+    from secure_ft.training.central_run import train_run
+    from secure_ft.pipeline.preflight import planned_canary_history, planned_history
 
     config = dp_config(toy_csv, tiny_model_dir, tmp_path / "runs", epochs=1)
     config = config.model_copy(update={
@@ -291,7 +291,7 @@ def test_the_privacy_audit_reads_the_ledger_after_its_canary_run(toy_csv, tiny_m
                         lambda *args, **kwargs: order.append("canary") or real_canary(*args, **kwargs))
     monkeypatch.setattr(privacy_audit_module, "dataset_budget",
                         lambda *args, **kwargs: order.append("budget") or real_budget(*args, **kwargs))
-    from secure_ft.config import RunConfig
+    from secure_ft.records.config import RunConfig
 
     config = RunConfig.model_validate({
         "data": {"source": str(toy_csv), "label_column": "product", "group_columns": ["region", "senior"],
@@ -301,9 +301,9 @@ def test_the_privacy_audit_reads_the_ledger_after_its_canary_run(toy_csv, tiny_m
         "audits": {"privacy": {"membership_examples": 10, "n_boot": 0, "calibrated_attack": False, "canaries": 1,
                                "canary_repeats": 1, "canary_candidates": 10, "canary_steps": 1}}})
     from audits.context import AuditContext
-    from secure_ft.data import load_splits
-    from secure_ft.models import load_base_model, save_trained_model
-    from secure_ft.policy import Policy
+    from secure_ft.records.data import load_splits
+    from secure_ft.text.models import load_base_model, save_trained_model
+    from secure_ft.records.policy import Policy
 
     splits = load_splits(config.data, config.seed)
     model, tokenizer = load_base_model(config.model, splits.label_names)

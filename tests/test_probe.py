@@ -9,16 +9,16 @@ import torch
 
 from dp_helpers import dp_config
 from toy_data import toy_frame
-from secure_ft.central_run import train_run
-from secure_ft.checkpoint import CheckpointStore
-from secure_ft.config import ModelConfig
-from secure_ft.embedding_cache import EmbeddingCache, text_sha256
-from secure_ft.models import load_base_model, load_trained_model, predict
+from secure_ft.training.central_run import train_run
+from secure_ft.records.checkpoint import CheckpointStore
+from secure_ft.records.config import ModelConfig
+from secure_ft.text.embedding_cache import EmbeddingCache, text_sha256
+from secure_ft.text.models import load_base_model, load_trained_model, predict
 from secure_ft.privacy.accountant_history import load_accountant_history
 from secure_ft.privacy.recompute import verify_privacy
-from secure_ft.probe import embed_texts, embedding_cache
-from secure_ft.probe_recipe import RECIPE_NAME
-from secure_ft.run_directory import RunDirectory
+from secure_ft.training.probe import embed_texts, embedding_cache
+from secure_ft.training.probe_recipe import RECIPE_NAME
+from secure_ft.records.run_directory import RunDirectory
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def test_killed_probe_run_resumes_to_the_same_model_and_epsilon(tmp_path, toy_da
     (killed_dir,) = (tmp_path / "killed").iterdir()
 
     encoded = []
-    monkeypatch.setattr("secure_ft.probe.tqdm", lambda *a, **k: encoded.append(k["total"]) or _NoBar())
+    monkeypatch.setattr("secure_ft.training.probe.tqdm", lambda *a, **k: encoded.append(k["total"]) or _NoBar())
     resumed = train_run(None, killed_dir, resume=True, progress=False)
     assert encoded == []  # every embedding came from the run's cache
     expected = json.loads((reference.run_dir / "privacy.json").read_text())
@@ -130,8 +130,8 @@ def test_embeddings_are_cached_by_text_and_recomputed_for_new_ones(tmp_path, tin
 
 
 def test_probe_trains_with_augmentation_copies_at_the_same_epsilon(tmp_path, toy_data_csv, tiny_model_dir, monkeypatch):
-    import secure_ft.robust_training as robust_training
-    from secure_ft.robust_training_config import RobustTrainingConfig
+    import secure_ft.training.robust_training as robust_training
+    from secure_ft.records.robust_training_config import RobustTrainingConfig
 
     plain = train_run(probe_config(toy_data_csv, tiny_model_dir, tmp_path / "plain", epochs=2),
                       output_dir=tmp_path / "plain", progress=False)
@@ -160,7 +160,7 @@ def test_probe_trains_with_augmentation_copies_at_the_same_epsilon(tmp_path, toy
 
 
 def test_the_head_trains_on_one_thread_unless_the_config_says_otherwise():
-    from secure_ft.probe import head_training_threads
+    from secure_ft.training.probe import head_training_threads
 
     before = torch.get_num_threads()
     with head_training_threads(None):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from fake_run import make_run
 from secure_ft.cli import main as cli_main
-from secure_ft.export import export_bundle, verify_bundle
-from secure_ft.provenance import file_sha256
+from secure_ft.release.export import export_bundle, verify_bundle
+from secure_ft.release.provenance import file_sha256
 
 
 def _predicate(run_dir: Path) -> dict:
@@ -19,7 +19,7 @@ def _predicate(run_dir: Path) -> dict:
 
 
 def test_provenance_is_signed_shown_and_exported(tmp_path, toy_csv):
-    from secure_ft.config import RunConfig
+    from secure_ft.records.config import RunConfig
 
     config = RunConfig.model_validate({"data": {"source": str(toy_csv), "label_column": "product"}})
     run = make_run(tmp_path, provenance=True, config=config)

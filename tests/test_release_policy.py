@@ -20,17 +20,17 @@ import yaml
 
 from audits.result import AuditResult, Check
 from fake_run import WORDS, audit_results, make_run
-from secure_ft.approvals import approval_statement
-from secure_ft.attestation import read_envelope, sign_statement, write_envelope
+from secure_ft.release.approvals import approval_statement
+from secure_ft.release.attestation import read_envelope, sign_statement, write_envelope
 from secure_ft.cli import main as cli_main
-from secure_ft.export import export_bundle, verify_bundle
-from secure_ft.keys import (default_key_paths, ensure_default_key, generate_key_pair, load_private_key,
+from secure_ft.release.export import export_bundle, verify_bundle
+from secure_ft.release.keys import (default_key_paths, ensure_default_key, generate_key_pair, load_private_key,
                             load_public_key, public_key_fingerprint)
-from secure_ft.openssf_signing import sign_folder
-from secure_ft.pipeline import GateKey
-from secure_ft.policy import default_policy_path, load_policy
-from secure_ft.release_policy import parse_release_policy, sign_release_policy
-from secure_ft.run_directory import RunDirectory
+from secure_ft.release.openssf_signing import sign_folder
+from secure_ft.pipeline.main_job import GateKey
+from secure_ft.records.policy import default_policy_path, load_policy
+from secure_ft.release.release_policy import parse_release_policy, sign_release_policy
+from secure_ft.records.run_directory import RunDirectory
 from secure_ft.serving.bundle_loader import load_verified_bundle
 from secure_ft.serving.card import read_model_card
 from audits.gate import Verdict
@@ -397,7 +397,7 @@ def test_approvals_required_always_refuse_an_unapproved_passing_verdict(org, pla
 def test_a_retired_key_keeps_what_it_signed_before_its_revocation():
     from datetime import datetime, timezone
 
-    from secure_ft.release_policy import RevokedKey
+    from secure_ft.release.release_policy import RevokedKey
 
     retired = RevokedKey(fingerprint="a" * 64, revoked_at="2026-06-01T00:00:00Z", reason="retired")
     assert not retired.refuses(datetime(2026, 5, 31, tzinfo=timezone.utc))
@@ -410,7 +410,7 @@ def test_a_retired_key_keeps_what_it_signed_before_its_revocation():
 
 def test_approvals_show_under_human_oversight(org, approved):
     # issue #25 item 5: the technical documentation's human oversight is the signed approvals
-    from secure_ft.technical_documentation import human_oversight
+    from secure_ft.release.human_oversight import human_oversight
 
     alice = public_key_fingerprint(load_public_key(org["keys"]["alice"][1]))
     listed = human_oversight(approved["run"])

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from dp_helpers import dp_config, without_dropout
-from secure_ft.central_run import train_run
-from secure_ft.model_identity import model_digest as model_hash
-from secure_ft.robust_training import training_set
-from secure_ft.robust_training_config import RobustTrainingConfig
-from secure_ft.spelling import SpellingFrontEnd
-from secure_ft.text_classifier import TextClassifier
-from secure_ft.training_loop import encode
+from secure_ft.training.central_run import train_run
+from secure_ft.records.model_identity import model_digest as model_hash
+from secure_ft.training.robust_training import training_set
+from secure_ft.records.robust_training_config import RobustTrainingConfig
+from secure_ft.text.spelling import SpellingFrontEnd
+from secure_ft.text.text_classifier import TextClassifier
+from secure_ft.training.training_loop import encode
 from tiny_models import tiny_bert_folder
 from toy_data import VOCAB
 
@@ -26,7 +26,7 @@ CORRECTED = ["the mortgage payment was late", "my credit report score", "refund 
 @pytest.fixture(scope="module")
 def front_end_run(tmp_path_factory, tiny_model_dir):
     """A plain run on the toy data with the spelling front end, training words opted in."""
-    from secure_ft.config import RunConfig
+    from secure_ft.records.config import RunConfig
     from toy_data import toy_frame
 
     root = tmp_path_factory.mktemp("front-end-run")
@@ -80,8 +80,8 @@ def test_audit_scoring_uses_the_front_end(front_end_run):
 
     from audits._scoring import load_model_for, score_split
     from audits.context import AuditContext
-    from secure_ft.data import load_splits
-    from secure_ft.policy import Policy
+    from secure_ft.records.data import load_splits
+    from secure_ft.records.policy import Policy
 
     config, trained = front_end_run
     context = AuditContext(run_dir=trained.run_dir, model_dir=trained.model_dir,
@@ -167,7 +167,7 @@ def test_dp_with_copies_keeps_the_accountant_inputs_and_clips_one_row_per_exampl
                                                       synonym_fraction=0.0)
     rows_seen = []
     if mode == "bookkeeping":
-        from secure_ft.multiplicity import GroupedBookKeepingModule
+        from secure_ft.training.multiplicity import GroupedBookKeepingModule
 
         original = GroupedBookKeepingModule.clip_and_write_grads
 
@@ -213,7 +213,7 @@ def test_dp_with_copies_keeps_the_accountant_inputs_and_clips_one_row_per_exampl
 def test_plain_training_averages_each_examples_copies():
     from torch import nn
 
-    from secure_ft.multiplicity import collate_copies, copies_per_example, stack_copies
+    from secure_ft.training.multiplicity import collate_copies, copies_per_example, stack_copies
     from torch.utils.data import TensorDataset
 
     x = torch.randn(4, 3)

@@ -12,8 +12,8 @@ from robustness_helpers import KEYWORD, keyword_splits, network_blocked, session
 from audits._intervals import wilson
 from audits.context import AuditContext
 from audits.registry import run_audit
-from secure_ft.config import RunConfig
-from secure_ft.policy import Policy, RobustnessPolicy
+from secure_ft.records.config import RunConfig
+from secure_ft.records.policy import Policy, RobustnessPolicy
 
 STRICT = Policy(robustness=RobustnessPolicy(min_accuracy_under_attack={"default": 0.5},
                                             max_attack_success_rate={"default": 0.5}))
@@ -207,8 +207,8 @@ def test_default_sample_attacks_enough_correct_texts(tmp_path, brittle_model, re
 
 
 def test_defaults_attack_at_least_100_correct_texts_and_the_shipped_policy_judges_the_bound():
-    from secure_ft.config import RobustnessAuditConfig
-    from secure_ft.policy import load_policy
+    from secure_ft.records.config import RobustnessAuditConfig
+    from secure_ft.records.policy import load_policy
 
     defaults = RobustnessAuditConfig()
     assert defaults.num_examples is None and defaults.min_correct_examples >= 100 and defaults.query_budget >= 200
@@ -240,8 +240,8 @@ def test_two_workers_give_the_same_records_as_one(tmp_path, brittle_model, resou
 @pytest.mark.slow
 def test_default_recipes_run_offline_on_the_packaged_model(tmp_path, resources_dir):
     """The real default encoder (fresh head): every default recipe builds and runs with the network cut."""
-    from secure_ft.config import ModelConfig
-    from secure_ft.models import load_base_model, save_trained_model
+    from secure_ft.records.config import ModelConfig
+    from secure_ft.text.models import load_base_model, save_trained_model
 
     splits = keyword_splits(test_rows=8)
     model, tokenizer = load_base_model(ModelConfig(max_length=32), splits.label_names)
@@ -262,11 +262,11 @@ def test_default_recipes_run_offline_on_the_packaged_model(tmp_path, resources_d
 
 @pytest.mark.slow
 def test_a_probe_on_its_onnx_graph_is_attacked_on_that_graph(tmp_path, brittle_model, resources_dir, monkeypatch):
-    """The attacks query the model folder's exported encoder graph (secure_ft.onnx_encoder), word swaps included."""
-    from secure_ft.model_identity import model_digest
-    from secure_ft.models import load_trained_model, save_trained_model
-    from secure_ft.onnx_encoder import GraphSequenceClassifier, encoder_graph
-    from secure_ft.pooling import MEAN_NORMALIZED, use_mean_pooling
+    """The attacks query the model folder's exported encoder graph (secure_ft.text.onnx_encoder), word swaps included."""
+    from secure_ft.records.model_identity import model_digest
+    from secure_ft.text.models import load_trained_model, save_trained_model
+    from secure_ft.text.onnx_encoder import GraphSequenceClassifier, encoder_graph
+    from secure_ft.text.pooling import MEAN_NORMALIZED, use_mean_pooling
 
     model, tokenizer = load_trained_model(brittle_model)
     assert use_mean_pooling(model, MEAN_NORMALIZED)

@@ -25,7 +25,7 @@ def textattack_ready(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from secure_ft.models import load_trained_model
+    from secure_ft.text.models import load_trained_model
 
     return load_trained_model(tiny_model_dir)
 

@@ -21,7 +21,7 @@ from audits.offline_resources import (
     ensure_offline_resources,
     main,
 )
-from secure_ft import lexicon
+from secure_ft.text import lexicon
 from secure_ft.errors import AuditError
 
 
@@ -75,7 +75,7 @@ def test_damaged_or_incomplete_wordnet_is_refused_with_the_fix(tmp_path, install
 
 
 def test_no_wordnet_anywhere_names_how_to_install_it(tmp_path, monkeypatch):
-    # the corpus sources live in the core module secure_ft.lexicon since augmentation shares them
+    # the corpus sources live in the core module secure_ft.text.lexicon since augmentation shares them
     monkeypatch.setattr(lexicon, "_standard_nltk_folders", lambda: [])
     monkeypatch.setattr(lexicon, "DEBIAN_WORDNET_DIR", tmp_path / "absent")
     monkeypatch.setattr(lexicon.importlib.util, "find_spec", lambda name: None)

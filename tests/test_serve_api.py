@@ -251,9 +251,9 @@ def test_metrics_count_requests_errors_latency_and_batches(loaded):
 
 def test_a_bundle_is_served_with_its_own_pooling_and_typo_correcting_front_end(tmp_path):
     from fake_run import WORDS
-    from secure_ft.models import load_trained_model, predict, save_trained_model
-    from secure_ft.pooling import use_mean_pooling
-    from secure_ft.spelling import SpellingFrontEnd
+    from secure_ft.text.models import load_trained_model, predict, save_trained_model
+    from secure_ft.text.pooling import use_mean_pooling
+    from secure_ft.text.spelling import SpellingFrontEnd
     from tiny_models import tiny_bert_folder
 
     model, tokenizer = load_trained_model(tiny_bert_folder(tmp_path / "base", WORDS, num_labels=3, seed=5))
@@ -278,7 +278,7 @@ def test_a_bundle_is_served_with_its_own_pooling_and_typo_correcting_front_end(t
 
 
 def test_cpu_forward_passes_follow_the_token_budget_and_keep_the_input_order(loaded, monkeypatch):
-    from secure_ft.models import predict
+    from secure_ft.text.models import predict
     from secure_ft.serving import classifier as classifier_module
 
     _, classifier = loaded

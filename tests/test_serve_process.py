@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 
 from fake_run import TEXTS
-from secure_ft.models import load_trained_model, predict
-from secure_ft.text_front_end import load_text_front_end
+from secure_ft.text.models import load_trained_model, predict
+from secure_ft.text.text_front_end import load_text_front_end
 from serve_helpers import REPO, make_tls_files, port_is_open, serve_processes, signed_bundle
 
 MAX_TEXTS = 8
@@ -136,7 +136,7 @@ def test_a_bundle_with_one_changed_byte_is_not_served(signed, start_server, tmp_
 
 
 def test_a_wrong_public_key_is_not_served(signed, start_server, tmp_path):
-    from secure_ft.keys import generate_key_pair
+    from secure_ft.release.keys import generate_key_pair
 
     _, other = generate_key_pair(tmp_path / "other")
     _assert_refused_without_listening(start_server(signed.bundle, "--public-key", str(other)), "not trusted")
@@ -182,9 +182,9 @@ _IMPORTED_MODULES = textwrap.dedent("""
 """)
 NOT_FOR_SERVING = ("opacus", "textattack", "flwr", "fairlearn", "sklearn", "scipy", "datasets", "pandas", "peft",
                    "matplotlib", "nltk", "flair", "ray", "federated", "audits.robustness", "audits.fairness",
-                   "audits.privacy", "audits.performance", "audits.registry", "secure_ft.training_loop",
-                   "secure_ft.central_run", "secure_ft.privacy", "secure_ft.pipeline", "secure_ft.report",
-                   "secure_ft.distributed", "secure_ft.probe", "secure_ft.robust_training", "secure_ft.augmentation")
+                   "audits.privacy", "audits.performance", "audits.registry", "secure_ft.training.training_loop",
+                   "secure_ft.training.central_run", "secure_ft.privacy", "secure_ft.pipeline.main_job", "secure_ft.pipeline.report",
+                   "secure_ft.training.distributed", "secure_ft.training.probe", "secure_ft.training.robust_training", "secure_ft.text.augmentation")
 
 
 def test_the_serving_process_imports_no_training_audit_or_attack_code(signed):

@@ -23,22 +23,22 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-import secure_ft.bundle_snapshot
-import secure_ft.export
+import secure_ft.records.bundle_snapshot
+import secure_ft.release.export
 import secure_ft.serving.app
 import secure_ft.serving.classifier
-import secure_ft.snapshot_model
+import secure_ft.text.snapshot_model
 from fake_run import TEXTS, WORDS
 from secure_ft.errors import BundleError, ModelError
 from secure_ft.serving import BundleClassifier, ServeSettings, create_app, load_verified_bundle
-from secure_ft.spelling import SpellingFrontEnd
+from secure_ft.text.spelling import SpellingFrontEnd
 from serve_helpers import serve_processes, signed_bundle
 
 PROBE = ["lon chrge on my cerdit card", "morgage paymnet late", *TEXTS[:4]]  # typos: the dictionary matters
 
 # each start-up stage, as (module, function) the start-up path looks up at call time
-STAGES = [(secure_ft.bundle_snapshot, "read_bundle_snapshot"), (secure_ft.export, "verify_snapshot"),
-          (secure_ft.snapshot_model, "load_model_from_snapshot"), (secure_ft.serving.classifier, "trained_max_length"),
+STAGES = [(secure_ft.records.bundle_snapshot, "read_bundle_snapshot"), (secure_ft.release.export, "verify_snapshot"),
+          (secure_ft.text.snapshot_model, "load_model_from_snapshot"), (secure_ft.serving.classifier, "trained_max_length"),
           (secure_ft.serving.app, "read_model_card")]
 
 
@@ -194,9 +194,9 @@ def test_writing_into_a_running_servers_bundle_changes_nothing(signed, tmp_path)
 
 def _unchecked_bundle(bundle: Path):
     """The folder as it is now, without verification (what a server that re-read files would serve)."""
-    from secure_ft.bundle_snapshot import read_bundle_snapshot
+    from secure_ft.records.bundle_snapshot import read_bundle_snapshot
     from secure_ft.serving.bundle_loader import VerifiedBundle
-    from secure_ft.snapshot_model import snapshot_model_digest
+    from secure_ft.text.snapshot_model import snapshot_model_digest
 
     snapshot = read_bundle_snapshot(bundle)
     return VerifiedBundle(bundle_dir=bundle, model_sha256=snapshot_model_digest(snapshot), policy_name="-",

@@ -20,8 +20,8 @@ from federated.site_identity import SiteBook
 from federated.site_odometer import SiteOdometer
 from federated.site_training import Instructions, train_site_round
 from federated.task import build_model, trainable_arrays
-from secure_ft.atomic_files import atomic_write_json
-from secure_ft.config import RunConfig
+from secure_ft.records.atomic_files import atomic_write_json
+from secure_ft.records.config import RunConfig
 from secure_ft.deploy.certificates import make_site_key
 from secure_ft.deploy.site_identity import _challenge, answer_identity, identity_request
 from secure_ft.deploy.site_registry import record_site

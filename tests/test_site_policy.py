@@ -16,7 +16,7 @@ from federated.site_policy import (BUDGET_FOLDER, POLICY_KEY, data_file_sha256, 
                                    planned_site_history)
 from federated.site_training import Instructions, train_site_round
 from federated.task import base_model_sha256, build_model, trainable_arrays
-from secure_ft.config import RunConfig
+from secure_ft.records.config import RunConfig
 from secure_ft.deploy.certificates import make_site_key
 from secure_ft.errors import ConfigError
 from secure_ft.privacy.budget_composition import compose_ledger
@@ -133,7 +133,7 @@ def test_the_guides_site_policy_is_the_shipped_example_and_accepts_the_default_m
     import re
     from pathlib import Path
 
-    from secure_ft.config import ModelConfig
+    from secure_ft.records.config import ModelConfig
 
     root = Path(__file__).resolve().parents[1]
     guide = (root / "deploy" / "README.md").read_text(encoding="utf-8")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from secure_ft.errors import ModelError
-from secure_ft.models import load_front_end
-from secure_ft.spelling import SpellingFrontEnd, tokenizer_words
+from secure_ft.text.models import load_front_end
+from secure_ft.text.spelling import SpellingFrontEnd, tokenizer_words
 
 
 @pytest.fixture(scope="module")

@@ -30,9 +30,9 @@ def test_missing_data_names_the_files_and_exits_2(bench, tmp_path, capsys):
 
 
 def test_the_run_config_is_the_default_with_only_the_data_changed(bench, tmp_path):
-    from secure_ft.config import RunConfig, load_config
-    from secure_ft.data import load_splits
-    from secure_ft.transfer_choice import resolve_run_config
+    from secure_ft.records.config import RunConfig, load_config
+    from secure_ft.records.data import load_splits
+    from secure_ft.training.transfer_choice import resolve_run_config
 
     rows = bench.dataset_rows(2800)
     assert rows == 4000  # 70/15/15: 2,800 training rows, 600 validation, 600 test

@@ -13,10 +13,11 @@ import yaml
 
 from fake_run import make_run
 from secure_ft.cli import main as cli_main
-from secure_ft.config import RunConfig
-from secure_ft.model_card import render_model_card
-from secure_ft.policy import default_policy_path
-from secure_ft.technical_documentation import NO_APPROVALS, builtin_card
+from secure_ft.records.config import RunConfig
+from secure_ft.release.model_card import render_model_card
+from secure_ft.records.policy import default_policy_path
+from secure_ft.records.technical_documentation import builtin_card
+from secure_ft.release.human_oversight import NO_APPROVALS
 from toy_data import TOY_CARD
 
 STATEMENTS = ("intended_purpose", "out_of_scope_uses", "known_limitations", "deidentification", "data_provenance")
@@ -74,7 +75,7 @@ def test_an_edited_statement_after_the_verdict_is_refused_at_export(tmp_path, ca
 
 
 def test_the_regulated_policies_require_every_statement_and_research_none():
-    from secure_ft.policy import load_policy
+    from secure_ft.records.policy import load_policy
 
     folder = default_policy_path().parent
     for name in ("regulated-default", "strict"):

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from secure_ft.checkpoint import CheckpointStore
-from secure_ft.run_ledger import verify_ledger
-from secure_ft.model_identity import model_digest as model_hash
-from secure_ft.models import load_trained_model, predict
-from secure_ft.central_run import train_run
+from secure_ft.records.checkpoint import CheckpointStore
+from secure_ft.records.run_ledger import verify_ledger
+from secure_ft.records.model_identity import model_digest as model_hash
+from secure_ft.text.models import load_trained_model, predict
+from secure_ft.training.central_run import train_run
 
 
 def test_plain_run_learns_and_writes_a_complete_run_dir(tmp_path, toy_config):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from secure_ft.config import RunConfig, config_from_dict
-from secure_ft.probe_recipe import RECIPE, RECIPE_NAME
-from secure_ft.transfer_choice import choose_transfer, resolve_run_config
+from secure_ft.records.config import RunConfig, config_from_dict
+from secure_ft.training.probe_recipe import RECIPE, RECIPE_NAME
+from secure_ft.training.transfer_choice import choose_transfer, resolve_run_config
 
 
 @pytest.mark.parametrize("privacy, rows, expected", [
@@ -22,7 +22,7 @@ from secure_ft.transfer_choice import choose_transfer, resolve_run_config
 def test_auto_rule(privacy, rows, expected):
     config = config_from_dict({"privacy": privacy})
     transfer, reason = choose_transfer(rows, config.privacy)
-    assert transfer == expected and reason.startswith("auto (secure_ft.transfer_choice)")
+    assert transfer == expected and reason.startswith("auto (secure_ft.training.transfer_choice)")
 
 
 def test_builtin_default_resolves_to_the_probe_with_the_whole_recipe():

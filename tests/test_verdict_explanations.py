@@ -14,11 +14,11 @@ import fake_run
 from audits.gate import decide
 from audits.result import AuditResult, Check
 from fake_run import make_run
-from secure_ft.model_card import render_model_card
-from secure_ft.pipeline import PipelineOutcome, print_outcome
-from secure_ft.policy import load_policy
-from secure_ft.report import write_report
-from secure_ft.verdict_explanations import EXPLANATIONS, explanation_for, format_estimate, interval_warnings
+from secure_ft.release.model_card import render_model_card
+from secure_ft.pipeline.main_job import PipelineOutcome, print_outcome
+from secure_ft.records.policy import load_policy
+from secure_ft.pipeline.report import write_report
+from secure_ft.release.verdict_explanations import EXPLANATIONS, explanation_for, format_estimate, interval_warnings
 
 
 def page_text(path) -> str:
@@ -50,8 +50,8 @@ def test_a_failed_check_says_what_it_measures_and_where_to_read_next(tmp_path, c
 
 
 def test_every_declared_policy_metric_has_an_explanation():
-    from secure_ft import policy as policy_module
-    from secure_ft.policy import declared_requirements, declared_thresholds
+    from secure_ft.records import policy as policy_module
+    from secure_ft.records.policy import declared_requirements, declared_thresholds
 
     for section in (policy_module.PerformancePolicy, policy_module.RobustnessPolicy, policy_module.FairnessPolicy,
                     policy_module.PrivacyPolicy):

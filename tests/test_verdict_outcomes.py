@@ -12,8 +12,8 @@ from audits.result import AuditResult, Check
 from fake_run import audit_results, make_run
 from secure_ft.cli import main as cli_main
 from secure_ft.errors import ExportRefused
-from secure_ft.export import export_bundle
-from secure_ft.policy import default_policy_path, load_policy
+from secure_ft.release.export import export_bundle
+from secure_ft.records.policy import default_policy_path, load_policy
 
 
 def _replace(results: list[AuditResult], name: str, checks: list[Check]) -> list[AuditResult]:
@@ -90,8 +90,8 @@ def test_a_signed_outcome_the_results_do_not_give_is_tampering(tmp_path):
     """Rewriting the signed verdict from needs_review to passed needs a new signature; re-signing with the
     gate's key a verdict that disagrees with the signed results is caught by the re-derivation."""
     from secure_ft.errors import BundleError
-    from secure_ft.pipeline import GateKey
-    from secure_ft.run_directory import RunDirectory
+    from secure_ft.pipeline.main_job import GateKey
+    from secure_ft.records.run_directory import RunDirectory
 
     run = make_run(tmp_path, results=_inconclusive_fairness())
     forged = dataclasses.replace(run.verdict, outcome="passed", passed=True, review=[])

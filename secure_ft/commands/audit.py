@@ -3,7 +3,7 @@
 For any run directory, whatever trained it: a central `secure-ft train`, a simulated
 federation, or a deployed one (the coordinator's run directory, audited on the coordinator's
 held-out data named in the run's recorded config). The same pipeline steps as `secure-ft run`
-(`secure_ft.pipeline.audit_finished_run`); export is a separate step, `secure-ft export`.
+(`secure_ft.pipeline.main_job.audit_finished_run`); export is a separate step, `secure-ft export`.
 Exit 0 when the gate passed, 3 when it blocked or its verdict needs review (export refuses
 both), 2 on bad input.
 """
@@ -17,7 +17,7 @@ GATE_BLOCKED_EXIT = 3
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from secure_ft.pipeline import audit_finished_run, print_outcome
+    from secure_ft.pipeline.main_job import audit_finished_run, print_outcome
 
     outcome = audit_finished_run(Path(args.run_dir), args.policy)
     print_outcome(outcome)

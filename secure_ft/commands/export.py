@@ -22,7 +22,7 @@ def _fail(error: SecureFTError) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from secure_ft.export import SIGNATURE_FILE, export_bundle
+    from secure_ft.release.export import SIGNATURE_FILE, export_bundle
 
     try:
         bundle = export_bundle(Path(args.run_dir), Path(args.out), signing_key=args.signing_key,
@@ -49,10 +49,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _register_exported(args: argparse.Namespace, bundle: Path) -> int:
     """`export --register NAME`: the bundle just written becomes a new version of NAME in the MLflow registry."""
     from secure_ft.commands.tracking import print_registration
-    from secure_ft.export import trusted_keys_for
-    from secure_ft.keys import load_private_key, resolve_signing_key_path
-    from secure_ft.mlflow_registry import record_registration, register_bundle
-    from secure_ft.run_directory import RunDirectory
+    from secure_ft.release.export import trusted_keys_for
+    from secure_ft.release.keys import load_private_key, resolve_signing_key_path
+    from secure_ft.pipeline.mlflow_registry import record_registration, register_bundle
+    from secure_ft.records.run_directory import RunDirectory
 
     run_dir = Path(args.run_dir)
     try:
@@ -73,7 +73,7 @@ def _register_exported(args: argparse.Namespace, bundle: Path) -> int:
 
 def _release_lines(run_dir: Path) -> list[str]:
     """What the run ledger's last ``export`` event recorded about the release policy export applied."""
-    from secure_ft.run_ledger import Ledger
+    from secure_ft.records.run_ledger import Ledger
 
     events = [e for e in Ledger(run_dir).events() if e.get("event") == "export"]
     summary = (events[-1].get("data") or {}).get("release_policy") or {} if events else {}
@@ -86,9 +86,9 @@ def _release_lines(run_dir: Path) -> list[str]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from secure_ft.export import verify_bundle
-    from secure_ft.mlflow_registry import is_registry_uri, verify_registered
-    from secure_ft.policy import describe_policy
+    from secure_ft.release.export import verify_bundle
+    from secure_ft.pipeline.mlflow_registry import is_registry_uri, verify_registered
+    from secure_ft.records.policy import describe_policy
 
     try:
         if is_registry_uri(args.bundle):
@@ -120,7 +120,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from secure_ft.keys import generate_key_pair, load_public_key, public_key_fingerprint
+    from secure_ft.release.keys import generate_key_pair, load_public_key, public_key_fingerprint
 
     try:
         private_path, public_path = generate_key_pair(args.out)
@@ -135,7 +135,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_trust_add(args: argparse.Namespace) -> int:
-    from secure_ft.keys import load_public_key, public_key_fingerprint, trust_public_key
+    from secure_ft.release.keys import load_public_key, public_key_fingerprint, trust_public_key
 
     try:
         target = trust_public_key(args.public_key)
@@ -146,11 +146,11 @@ def cmd_trust_add(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_verify(args: argparse.Namespace) -> int:
-    from secure_ft.export import trusted_keys_for
-    from secure_ft.policy import describe_policy
-    from secure_ft.run_directory import RUN_LEDGER_FILE, VERDICT_ATTESTATION_FILE
-    from secure_ft.run_ledger import Ledger, verify_ledger
-    from secure_ft.verdict_attestation import check_run_attestation
+    from secure_ft.release.export import trusted_keys_for
+    from secure_ft.records.policy import describe_policy
+    from secure_ft.records.run_directory import RUN_LEDGER_FILE, VERDICT_ATTESTATION_FILE
+    from secure_ft.records.run_ledger import Ledger, verify_ledger
+    from secure_ft.release.verdict_attestation import check_run_attestation
 
     run_dir = Path(args.run_dir)
     try:

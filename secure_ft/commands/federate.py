@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from secure_ft.run_directory import RunDirectory
+from secure_ft.records.run_directory import RunDirectory
 
 
 def register(subparsers) -> None:
@@ -30,8 +30,8 @@ def register(subparsers) -> None:
 
 def cmd_federate(args: argparse.Namespace) -> int:
     from federated import run_federated
-    from secure_ft.config import load_config
-    from secure_ft.run_directory import new_run_dir
+    from secure_ft.records.config import load_config
+    from secure_ft.records.run_directory import new_run_dir
 
     config = load_config(args.config)
     run_dir = new_run_dir(Path(args.out or config.output_dir))

@@ -4,7 +4,7 @@
 that applies, whether the file sets it or the default applies, and what it means; ``init``
 writes a commented policy file holding every key; ``diff`` compares a policy with a shipped
 one (``--against``, default the shipped default) key by key, omitted keys included. Omitted keys
-whose default changes judgement are warned about on load (`secure_ft.policy.omitted_key_warnings`).
+whose default changes judgement are warned about on load (`secure_ft.records.policy.omitted_key_warnings`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from secure_ft.errors import PolicyError
 
 def _shipped(name_or_path: str | None) -> Path:
     """A policy path: a file, or the name of a shipped policy (``strict``, ``research.yaml``)."""
-    from secure_ft.policy import default_policy_path
+    from secure_ft.records.policy import default_policy_path
 
     if name_or_path is None:
         return default_policy_path()
@@ -37,7 +37,7 @@ def _shipped(name_or_path: str | None) -> Path:
 
 def policy_keys(path: Path) -> list[dict[str, Any]]:
     """Every key of the policy at `path`: dotted key, value, default, whether the file sets it, meaning."""
-    from secure_ft.policy import Policy, load_policy
+    from secure_ft.records.policy import Policy, load_policy
 
     policy, _ = load_policy(path)
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -98,7 +98,7 @@ def _shown(value: Any) -> str:
 
 
 def cmd_policy_show(args: argparse.Namespace) -> int:
-    from secure_ft.policy import load_policy
+    from secure_ft.records.policy import load_policy
 
     path = _shipped(args.policy)
     rows = policy_keys(path)
@@ -115,7 +115,7 @@ def cmd_policy_show(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_init(args: argparse.Namespace) -> int:
-    from secure_ft.atomic_files import atomic_write_text
+    from secure_ft.records.atomic_files import atomic_write_text
     from secure_ft.errors import ConfigError
 
     target = Path(args.file)

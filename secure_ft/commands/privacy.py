@@ -46,8 +46,8 @@ def _fingerprint_of(args: argparse.Namespace) -> str:
     """The fingerprint asked for: given, or computed from --data FILE as training computes it."""
     if args.fingerprint:
         return args.fingerprint.lower()
-    from secure_ft.config import RunConfig, load_config
-    from secure_ft.data import load_splits
+    from secure_ft.records.config import RunConfig, load_config
+    from secure_ft.records.data import load_splits
 
     config = load_config(args.config) if args.config else RunConfig()
     data = config.data.model_copy(update={"source": str(Path(args.data))})
@@ -56,7 +56,7 @@ def _fingerprint_of(args: argparse.Namespace) -> str:
 
 def cmd_budget(args: argparse.Namespace) -> int:
     """`secure-ft privacy budget`: the data set's ledger as a table (or JSON), composed by the accountant."""
-    from secure_ft.config import RunConfig, load_config
+    from secure_ft.records.config import RunConfig, load_config
     from secure_ft.privacy.budget_composition import budget_delta, compose_ledger, format_epsilon
     from secure_ft.privacy.budget_ledger import BudgetLedger, budget_dir_for
 

@@ -28,7 +28,7 @@ def add_release_policy_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _accepted_policy(value: str) -> dict:
     """A shipped policy's name, or a policy file: ``{name, sha256}`` of its exact bytes."""
-    from secure_ft.policy import default_policy_path, load_policy
+    from secure_ft.records.policy import default_policy_path, load_policy
 
     shipped = default_policy_path().parent / f"{value}.yaml"
     path = shipped if shipped.is_file() and not Path(value).is_file() else Path(value)
@@ -37,9 +37,9 @@ def _accepted_policy(value: str) -> dict:
 
 
 def cmd_release_policy_init(args: argparse.Namespace) -> int:
-    from secure_ft.atomic_files import atomic_write_text
-    from secure_ft.keys import load_public_key, public_key_fingerprint, public_key_pem
-    from secure_ft.release_policy import parse_release_policy
+    from secure_ft.records.atomic_files import atomic_write_text
+    from secure_ft.release.keys import load_public_key, public_key_fingerprint, public_key_pem
+    from secure_ft.release.release_policy import parse_release_policy
 
     target = Path(args.out)
     if target.exists() and not args.force:
@@ -71,9 +71,9 @@ def cmd_release_policy_init(args: argparse.Namespace) -> int:
 
 
 def cmd_release_policy_sign(args: argparse.Namespace) -> int:
-    from secure_ft.attestation import write_envelope
-    from secure_ft.keys import load_private_key, public_key_fingerprint
-    from secure_ft.release_policy import envelope_digest, sign_release_policy
+    from secure_ft.release.attestation import write_envelope
+    from secure_ft.release.keys import load_private_key, public_key_fingerprint
+    from secure_ft.release.release_policy import envelope_digest, sign_release_policy
 
     key = load_private_key(args.key)
     envelope = sign_release_policy(args.policy, key)
@@ -89,7 +89,7 @@ def cmd_release_policy_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_release_policy_show(args: argparse.Namespace) -> int:
-    from secure_ft.release_policy import resolve_release_policy
+    from secure_ft.release.release_policy import resolve_release_policy
 
     release = resolve_release_policy(args.release_policy, args.org_root_pub)
     if release is None:
@@ -115,9 +115,9 @@ def cmd_release_policy_show(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from secure_ft.approvals import approve_run
-    from secure_ft.export import trusted_keys_for
-    from secure_ft.release_policy import resolve_release_policy
+    from secure_ft.release.approvals import approve_run
+    from secure_ft.release.export import trusted_keys_for
+    from secure_ft.release.release_policy import resolve_release_policy
 
     release = resolve_release_policy(args.release_policy, args.org_root_pub)
     path, statement = approve_run(Path(args.run_dir), args.key, reject=args.reject, comment=args.comment,

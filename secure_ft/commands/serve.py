@@ -19,7 +19,7 @@ log = logging.getLogger("secure_ft.serving")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from secure_ft.policy import describe_policy
+    from secure_ft.records.policy import describe_policy
     from secure_ft.serving.auth import read_token
     from secure_ft.serving.bundle_loader import load_verified_bundle
     from secure_ft.serving.settings import ServeSettings

@@ -11,8 +11,8 @@ from pathlib import Path
 
 
 def cmd_mlflow_sync(args: argparse.Namespace) -> int:
-    from secure_ft.mlflow_tracking import record_sync, sync_run
-    from secure_ft.run_ledger import Ledger
+    from secure_ft.pipeline.mlflow_tracking import record_sync, sync_run
+    from secure_ft.records.run_ledger import Ledger
 
     result = sync_run(Path(args.run_dir), args.tracking_uri, experiment=args.experiment, run_name=args.run_name)
     if result.already_synced:
@@ -27,7 +27,7 @@ def cmd_mlflow_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_mlflow_register(args: argparse.Namespace) -> int:
-    from secure_ft.mlflow_registry import register_bundle
+    from secure_ft.pipeline.mlflow_registry import register_bundle
 
     registration = register_bundle(Path(args.bundle), args.name, args.tracking_uri, public_key=args.public_key,
                                    release_policy=args.release_policy, org_root_pub=args.org_root_pub)

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from secure_ft.atomic_files import atomic_write_bytes
+from secure_ft.records.atomic_files import atomic_write_bytes
 from secure_ft.errors import ConfigError
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")

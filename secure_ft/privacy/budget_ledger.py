@@ -2,12 +2,12 @@
 
 A run's ε says what that one release cost. Privacy loss composes across every release made
 from the same records, so an organisation keeps a ledger per data set, keyed by the data
-fingerprint (`secure_ft.data.fingerprint`: the canonical rows and the column mapping), in
+fingerprint (`secure_ft.records.data.fingerprint`: the canonical rows and the column mapping), in
 an organisation state folder that no run owns:
 
 ``<budget_dir>/<fingerprint>/<entry>.json``
 
-One file per run attempt, written whole with `secure_ft.atomic_files` (temporary file,
+One file per run attempt, written whole with `secure_ft.records.atomic_files` (temporary file,
 fsync, rename). Runs never write the same file, so two runs finishing at once cannot lose
 each other's record and no lock is needed; a reader lists the folder and ignores the
 temporary files (names starting with a dot).
@@ -25,7 +25,7 @@ An entry is opened before the first step and kept up to date as training proceed
   resumed from (the earlier attempt's entry keeps the steps it took, even those after its
   last checkpoint: they ran on the data too).
 
-Who writes entries: central training runs (`secure_ft.central_run`, kind ``train``), a
+Who writes entries: central training runs (`secure_ft.training.central_run`, kind ``train``), a
 simulated federation's coordinator (`federated.simulation_budget`, one entry holding every
 site's history), the privacy audit's throw-away canary run (`audits._canary`, kind ``canary
 audit``), measurement scripts that train on data (kind ``bench``), and — in their own state
@@ -49,7 +49,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from secure_ft.atomic_files import atomic_write_text, json_text
+from secure_ft.records.atomic_files import atomic_write_text, json_text
 from secure_ft.errors import PrivacyError
 
 log = logging.getLogger(__name__)

@@ -1,11 +1,11 @@
-"""The DP-SGD engine: Opacus wrapped around the one training loop (`secure_ft.training_loop`).
+"""The DP-SGD engine: Opacus wrapped around the one training loop (`secure_ft.training.training_loop`).
 
 `PrivateEngine` plugs Poisson sampling, per-sample clipping, calibrated Gaussian noise and
 accounting (see `secure_ft.privacy`) into `fit` through the `TrainingEngine` hooks: it wraps
 the loop's own model, optimizer and loader, reports ε in the progress bar and after every
 epoch, and stops the run cleanly before a step that would exceed ``target_epsilon``. Under
 ``torchrun`` (several processes) it trains one central DP model with Opacus' distributed
-support (`secure_ft.privacy.sharded_poisson`, `secure_ft.distributed`).
+support (`secure_ft.privacy.sharded_poisson`, `secure_ft.training.distributed`).
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from secure_ft.config import PrivacyConfig, RunConfig
+from secure_ft.records.config import PrivacyConfig, RunConfig
 from secure_ft.errors import CheckpointError, PrivacyError
-from secure_ft.multiplicity import copies_per_example, group_copies_before_clipping
+from secure_ft.training.multiplicity import copies_per_example, group_copies_before_clipping
 from secure_ft.privacy.accountant_history import AccountantHistory, finite_or_none
 from secure_ft.privacy.budget_ledger import RunSpend, steps_beyond
 from secure_ft.privacy.accountants import BudgetUnreachable, calibrate_noise, get_accountant, steps_within_budget
 from secure_ft.privacy.per_sample_gradients import choose_grad_sample_mode, make_compatible
-from secure_ft.run_directory import ACCOUNTANT_HISTORY_FILE, PRIVACY_FILE, RunDirectory
-from secure_ft.training_loop import FitResult, Prepared, TrainingEngine
+from secure_ft.records.run_directory import ACCOUNTANT_HISTORY_FILE, PRIVACY_FILE, RunDirectory
+from secure_ft.training.training_loop import FitResult, Prepared, TrainingEngine
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class PrivateEngine(TrainingEngine):
         model.train()  # from_pretrained returns eval mode, which Opacus refuses
         model, optimizer = make_compatible(model, optimizer)
         self.grad_sample_mode, self.grad_sample_reason = choose_grad_sample_mode(model, settings.grad_sample_mode)
-        # augmentation multiplicity (secure_ft.multiplicity): each item holds an example and its copies
+        # augmentation multiplicity (secure_ft.training.multiplicity): each item holds an example and its copies
         self.group_size = copies_per_example(loader.dataset)
         if self.group_size > 1 and self.grad_sample_mode == "ghost":
             if settings.grad_sample_mode == "ghost":
@@ -161,7 +161,7 @@ class PrivateEngine(TrainingEngine):
 
             model = DifferentiallyPrivateDistributedDataParallel(model)
             loader = sharded_poisson_loader(loader, self.rank, self.world_size)
-            poisson_in_opacus = False  # the sharded loader already samples (see secure_ft.distributed)
+            poisson_in_opacus = False  # the sharded loader already samples (see secure_ft.training.distributed)
 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
@@ -247,7 +247,7 @@ class PrivateEngine(TrainingEngine):
         from opacus.data_loader import DPDataLoader
         from opacus.optimizers import get_optimizer_class
 
-        from secure_ft.multiplicity import GroupedBookKeepingLoss, GroupedBookKeepingModule
+        from secure_ft.training.multiplicity import GroupedBookKeepingLoss, GroupedBookKeepingModule
         from secure_ft.privacy.bookkeeping_clipping import BookKeepingLoss, BookKeepingModule
 
         settings = self.settings

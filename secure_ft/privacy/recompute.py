@@ -24,7 +24,7 @@ from secure_ft.errors import PrivacyError, RunDirectoryError
 from secure_ft.privacy.accountant_history import AccountantHistory, load_accountant_history
 from secure_ft.privacy.accountants import epsilon_from_history
 from secure_ft.privacy.signed_history import open_statement, releases_history, unaccounted_rounds
-from secure_ft.run_directory import ACCOUNTANT_HISTORY_FILE, DATA_FILE, PRIVACY_FILE, RunDirectory
+from secure_ft.records.run_directory import ACCOUNTANT_HISTORY_FILE, DATA_FILE, PRIVACY_FILE, RunDirectory
 RELATIVE_TOLERANCE = 1e-9  # the same inputs give the same ε; allow only float noise
 
 

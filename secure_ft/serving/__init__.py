@@ -1,11 +1,11 @@
 """Serving: answer predictions over HTTP from a verified bundle, and nothing else.
 
-A server is started from an export bundle (see :mod:`secure_ft.export`). Before it opens a
+A server is started from an export bundle (see :mod:`secure_ft.release.export`). Before it opens a
 port it reads every file of the bundle once and verifies those bytes exactly as ``secure-ft
 verify`` does (:func:`~secure_ft.serving.bundle_loader.load_verified_bundle`, the one place
 that decides whether a bundle may be served); only then does it import torch and
 transformers (:mod:`.runtime`) and build the model from the verified bytes
-(:mod:`secure_ft.snapshot_model`: weights from memory, never a map of the bundle's file) with
+(:mod:`secure_ft.text.snapshot_model`: weights from memory, never a map of the bundle's file) with
 the same preprocessing the audits saw: the trained pooling, the trained sequence length and
 the typo-correcting text front end. Nothing under the bundle folder is opened again.
 

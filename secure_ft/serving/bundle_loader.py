@@ -1,10 +1,10 @@
 """The one gate between a bundle on disk and a listening server.
 
 :func:`load_verified_bundle` reads every file of the bundle once into memory
-(`secure_ft.bundle_snapshot`), verifies those bytes exactly as ``secure-ft verify`` does
-(`secure_ft.export.verify_snapshot`: the OpenSSF signature over every file by a trusted key,
+(`secure_ft.records.bundle_snapshot`), verifies those bytes exactly as ``secure-ft verify`` does
+(`secure_ft.release.export.verify_snapshot`: the OpenSSF signature over every file by a trusted key,
 no file left unsigned, then the gate's signed verdict over the model and its evidence) and
-hands back the verified snapshot. The verifier's release policy (`secure_ft.release_check`), when
+hands back the verified snapshot. The verifier's release policy (`secure_ft.release.release_check`), when
 one is configured, is applied too: a bundle it refuses is never served (exit 4). The server builds the model, tokenizer, front end and
 model card from that snapshot only; nothing under the bundle folder is opened again, so a
 file swapped or rewritten after the read is never served. A self-signed bundle is never
@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from secure_ft.bundle_snapshot import BundleSnapshot
+from secure_ft.records.bundle_snapshot import BundleSnapshot
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,10 @@ def load_verified_bundle(bundle: str | os.PathLike[str],
         Export bundle folder.
     public_key
         The signer's public key (PEM path, or a folder of them). Default: the user's trust
-        list (`secure_ft.keys`).
+        list (`secure_ft.release.keys`).
     release_policy, org_root_pub
         The release policy to apply and its root public key (default: the environment, then the
-        config folder; `secure_ft.release_policy`).
+        config folder; `secure_ft.release.release_policy`).
 
     Returns
     -------
@@ -81,9 +81,9 @@ def load_verified_bundle(bundle: str | os.PathLike[str],
     secure_ft.errors.BundleError
         Naming the first file that failed, or the release policy's rule that refused it (exit code 4).
     """
-    from secure_ft.bundle_snapshot import read_bundle_snapshot
+    from secure_ft.records.bundle_snapshot import read_bundle_snapshot
     from secure_ft.errors import BundleError, ExportRefused
-    from secure_ft.export import verify_snapshot
+    from secure_ft.release.export import verify_snapshot
 
     snapshot = read_bundle_snapshot(Path(bundle))
     try:

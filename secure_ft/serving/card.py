@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from secure_ft.policy import describe_policy
+from secure_ft.records.policy import describe_policy
 from secure_ft.serving.bundle_loader import VerifiedBundle
 
 

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from secure_ft.errors import BundleError
-from secure_ft.models import predict, resolve_device
+from secure_ft.text.models import predict, resolve_device
 from secure_ft.serving.bundle_loader import VerifiedBundle
-from secure_ft.text_front_end import TextFrontEnd, identity_front_end
+from secure_ft.text.text_front_end import TextFrontEnd, identity_front_end
 
 REPORT_FILE = "audit_report.json"
 
@@ -59,15 +59,15 @@ class BundleClassifier:
 
         Weights come from memory (safetensors, pooling restored), the tokenizer, config and
         front end from a private copy of the verified bytes, the sequence length from the
-        verified report (see `secure_ft.snapshot_model`).
+        verified report (see `secure_ft.text.snapshot_model`).
 
         Raises
         ------
         BundleError
             When the snapshot's model is not the one the signed verdict names.
         """
-        from secure_ft.models import WEIGHTS_FILE
-        from secure_ft.snapshot_model import MODEL_FOLDER, load_model_from_snapshot, snapshot_model_digest
+        from secure_ft.text.models import WEIGHTS_FILE
+        from secure_ft.text.snapshot_model import MODEL_FOLDER, load_model_from_snapshot, snapshot_model_digest
 
         if f"{MODEL_FOLDER}/{WEIGHTS_FILE}" not in bundle.snapshot.files:
             raise BundleError(f"{bundle.bundle_dir}: this verified bundle's weights were released by a first load; "
