@@ -20,8 +20,8 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from secure_ft.records.config import RobustnessAuditConfig
 from secure_ft.errors import AuditError, SecureFTError
+from secure_ft.records.config import RobustnessAuditConfig
 
 log = logging.getLogger(__name__)
 

@@ -40,8 +40,8 @@ from textattack.shared import WordEmbedding
 from textattack.shared.validators import transformation_consists_of_word_swaps
 from textattack.transformations import WordSwapEmbedding
 
-from secure_ft.records.config import EmbeddingSwapConfig
 from secure_ft.errors import AuditError
+from secure_ft.records.config import EmbeddingSwapConfig
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from secure_ft.records.config import RobustnessAuditConfig
 from secure_ft.errors import AuditError
+from secure_ft.records.config import RobustnessAuditConfig
 
 EMBEDDING_SWAP = "embedding-swap"
 

@@ -99,8 +99,8 @@ from audits.context import AuditContext
 from audits.registry import register
 from audits.policy_checks import interval_checks
 from audits.result import AuditResult, Check
-from secure_ft.records.atomic_files import atomic_write_text
 from secure_ft.errors import AuditError, ConfigError, DataError
+from secure_ft.records.atomic_files import atomic_write_text
 
 NAME = "fairness"
 BOOTSTRAP_METHOD = (

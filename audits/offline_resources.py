@@ -31,9 +31,9 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from secure_ft.errors import AuditError, ResourceError
 from secure_ft.records.atomic_files import atomic_write_text
 from secure_ft.text import lexicon
-from secure_ft.errors import AuditError, ResourceError
 # re-exported: the audit's public names from before the corpora moved to secure_ft.text.lexicon
 from secure_ft.text.lexicon import (  # noqa: F401
     DEBIAN_WORDNET_DIR,

@@ -37,8 +37,8 @@ from audits.context import AuditContext
 from audits.registry import register
 from audits.policy_checks import threshold_checks
 from audits.result import AuditResult
-from secure_ft.records.atomic_files import atomic_write_text
 from secure_ft.errors import DataError
+from secure_ft.records.atomic_files import atomic_write_text
 
 NAME = "performance"
 N_BOOT = 200

@@ -60,8 +60,8 @@ from audits.registry import register
 from audits._epsilon_recompute import recomputation_checks
 from audits.policy_checks import threshold_checks
 from audits.result import AuditResult, Check
-from secure_ft.records.atomic_files import atomic_write_text
 from secure_ft.errors import AuditError, ModelError
+from secure_ft.records.atomic_files import atomic_write_text
 from secure_ft.text.models import load_base_model, predict
 
 NAME = "privacy"

@@ -94,8 +94,8 @@ from audits.context import AuditContext
 from audits.registry import register
 from audits.policy_checks import threshold_checks
 from audits.result import AuditResult, Check
-from secure_ft.records.atomic_files import atomic_write_text
 from secure_ft.errors import AuditError, SecureFTError
+from secure_ft.records.atomic_files import atomic_write_text
 from secure_ft.records.model_identity import model_digest
 
 log = logging.getLogger(__name__)

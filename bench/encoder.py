@@ -76,9 +76,9 @@ def agreement(copies: int) -> dict:
     import numpy as np
     from sklearn.metrics import accuracy_score, f1_score
 
-    from secure_ft.training.central_run import train_run
     from secure_ft.records.config import RunConfig
     from secure_ft.text.text_classifier import TextClassifier
+    from secure_ft.training.central_run import train_run
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-encoder-") as scratch:

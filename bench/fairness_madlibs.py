@@ -38,8 +38,8 @@ from audits.context import AuditContext
 from audits.registry import run_audit
 from secure_ft.records.config import ModelConfig, RunConfig
 from secure_ft.records.data import DatasetSplits
-from secure_ft.text.models import load_base_model, save_trained_model
 from secure_ft.records.policy import Policy
+from secure_ft.text.models import load_base_model, save_trained_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "madlibs" / "bias_madlibs_77k_with_identity.csv"
 NO_IDENTITY = "(no identity term)"

@@ -79,10 +79,10 @@ def load_sst2(data_dir: Path, train_rows: int) -> tuple[pd.DataFrame, pd.DataFra
 def run_one(train: pd.DataFrame, dev: pd.DataFrame, *, epsilon: float | None, lr: float, args) -> dict:
     import torch
 
-    from secure_ft.training.central_run import spend_recorded
     from secure_ft.records.config import ModelConfig, PrivacyConfig, RunConfig, TrainingConfig
     from secure_ft.records.data import rows_fingerprint
     from secure_ft.text.models import apply_transfer, load_base_model
+    from secure_ft.training.central_run import spend_recorded
     from secure_ft.training.training_loop import TrainingEngine, encode, fit
 
     labels = ["negative", "positive"]

@@ -79,8 +79,8 @@ def sst2_dev_split(config):
 def run_cell(data: str, defence: str, privacy: str, args, workdir: Path) -> dict:
     from audits.context import AuditContext
     from audits.registry import run_audit
-    from secure_ft.training.central_run import train_run
     from secure_ft.records.policy import Policy
+    from secure_ft.training.central_run import train_run
 
     config = run_config(data, defence, privacy, args, workdir / f"{data}-{defence}-{privacy}")
     started = time.perf_counter()

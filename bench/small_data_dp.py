@@ -67,10 +67,10 @@ def run_cell(frames, labels: list[str], *, transfer: str, epsilon: float | None,
     import torch
 
     from secure_ft.records.config import RunConfig
-    from secure_ft.text.models import apply_transfer, load_base_model
-    from secure_ft.training.probe import trainee_and_datasets
-    from secure_ft.training.central_run import spend_recorded
     from secure_ft.records.data import rows_fingerprint
+    from secure_ft.text.models import apply_transfer, load_base_model
+    from secure_ft.training.central_run import spend_recorded
+    from secure_ft.training.probe import trainee_and_datasets
     from secure_ft.training.training_loop import TrainingEngine, evaluate, fit, seed_everything
     from secure_ft.training.transfer_choice import resolve_run_config
 

@@ -26,8 +26,8 @@ def measure(mode: str, steps: int, warmup: int) -> dict:
     import torch
 
     from secure_ft.records.config import ModelConfig, TrainingConfig
-    from secure_ft.records.data import load_splits
     from secure_ft.records.config import DataConfig
+    from secure_ft.records.data import load_splits
     from secure_ft.text.models import apply_transfer, load_base_model, trainable_parameter_count
     from secure_ft.training.training_loop import TrainingEngine, Prepared, encode, forward_logits, _trim
     from torch.utils.data import DataLoader

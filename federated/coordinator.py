@@ -52,9 +52,9 @@ from federated.stoppable_grid import RunDeadlinePassed, RunStopped, StoppableGri
 from federated.strategy import build_strategy, sites_per_round
 from federated.task import (arrays_to_record, base_model_sha256, build_model, record_bytes, secure_ft_version,
                             trainable_arrays)
+from secure_ft.errors import CheckpointError, ConfigError, SecureFTError
 from secure_ft.records.config import RunConfig
 from secure_ft.records.data import load_splits
-from secure_ft.errors import CheckpointError, ConfigError, SecureFTError
 from secure_ft.records.run_directory import RunDirectory
 from secure_ft.records.run_ledger import Ledger
 from secure_ft.text.models import resolve_device, trainable_parameter_count

@@ -22,8 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from secure_ft.records.config import RunConfig
 from secure_ft.errors import ConfigError, ModelError
+from secure_ft.records.config import RunConfig
 from secure_ft.text.spelling import SpellingFrontEnd, tokenizer_words
 
 _BUILT: dict[str, SpellingFrontEnd] = {}  # this process's last front end, by `_build_key`

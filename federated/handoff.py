@@ -26,17 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from federated.round_book import RoundBook
-from secure_ft.records.config import RunConfig
-from secure_ft.records.data import DatasetSplits
-from secure_ft.training.central_run import TrainedRun
-from secure_ft.text.models import save_trained_model
-from secure_ft.training.probe import encoder_graph_folder
 from secure_ft.privacy.accountants import epsilon_from_history
 from secure_ft.privacy.signed_history import releases_history, unaccounted_rounds
-from secure_ft.training.robust_training import robustness_summary
+from secure_ft.records.config import RunConfig
+from secure_ft.records.data import DatasetSplits
 from secure_ft.records.run_directory import PRIVACY_FILE, FEDERATED_FILE, RunDirectory
 from secure_ft.records.run_ledger import Ledger
+from secure_ft.text.models import save_trained_model
 from secure_ft.text.spelling import SpellingFrontEnd
+from secure_ft.training.central_run import TrainedRun
+from secure_ft.training.probe import encoder_graph_folder
+from secure_ft.training.robust_training import robustness_summary
 
 log = logging.getLogger(__name__)
 

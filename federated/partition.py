@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from secure_ft.errors import ConfigError, DataError
 from secure_ft.records.config import FederatedConfig
 from secure_ft.records.data import LABEL, DatasetSplits
-from secure_ft.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

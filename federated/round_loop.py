@@ -29,8 +29,8 @@ from flwr.serverapp.strategy import Strategy
 
 from federated.round_book import RoundBook
 from federated.stoppable_grid import SitesNotConnected, StoppableGrid
-from secure_ft.records.config import FederatedConfig
 from secure_ft.errors import SecureFTError
+from secure_ft.records.config import FederatedConfig
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ import torch
 
 from federated.round_book import RoundBook
 from federated.update_validation import SiteOutcome
-from secure_ft.records.checkpoint import CheckpointStore
 from secure_ft.errors import CheckpointError
+from secure_ft.records.checkpoint import CheckpointStore
 from secure_ft.records.run_ledger import Ledger, _json_default
 
 KIND = "secure-ft federated coordinator"

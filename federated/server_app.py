@@ -27,8 +27,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from federated.coordinator import FederatedServer
 from federated.protocol import route_logs_through_flower
-from secure_ft.records.config import RunConfig, load_config
 from secure_ft.errors import ConfigError
+from secure_ft.records.config import RunConfig, load_config
 from secure_ft.records.run_directory import new_run_dir
 
 log = logging.getLogger(__name__)

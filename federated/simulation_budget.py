@@ -47,9 +47,9 @@ from typing import Any
 
 from federated.site_odometer import ODOMETER_FILE
 from federated.site_policy import site_round_steps
-from secure_ft.records.config import RunConfig
 from secure_ft.errors import PrivacyError
 from secure_ft.privacy.budget_ledger import BudgetLedger, RunSpend, budget_dir_for, steps_beyond
+from secure_ft.records.config import RunConfig
 from secure_ft.records.run_directory import RunDirectory
 
 log = logging.getLogger(__name__)

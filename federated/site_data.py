@@ -22,10 +22,10 @@ from sklearn.model_selection import train_test_split
 
 from federated import protocol
 from federated.partition import SitePartition, partition_sites
+from secure_ft.errors import ConfigError, DataError
 from secure_ft.records.config import RunConfig
 from secure_ft.records.data import LABEL, load_splits, read_table, validate
 from secure_ft.records.run_directory import RunDirectory
-from secure_ft.errors import ConfigError, DataError
 from federated.site_errors import SiteDataRejected
 
 log = logging.getLogger(__name__)

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from secure_ft.records.config import RunConfig
 from secure_ft.errors import PrivacyError
+from secure_ft.records.config import RunConfig
 from secure_ft.training.training_loop import FitResult, Prepared, TrainingEngine
 
 log = logging.getLogger(__name__)

@@ -29,8 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from secure_ft.records.atomic_files import atomic_write_text, json_text
 from secure_ft.errors import PrivacyError
+from secure_ft.records.atomic_files import atomic_write_text, json_text
 
 log = logging.getLogger(__name__)
 

@@ -57,17 +57,17 @@ from federated.site_privacy import site_privacy_report
 from federated.site_engine import SiteEngine, private_site_engine, site_noise_multiplier
 from federated.task import (build_model, evaluate_model, load_arrays, round_seed, base_model_sha256,
                             secure_ft_version, trainable_arrays, train_locally)
-from secure_ft.records.config import RunConfig, config_from_dict
 from secure_ft.errors import ConfigError, ModelError
 from secure_ft.privacy.budget_ledger import RELEASED, BudgetLedger, RunSpend, steps_beyond
 from secure_ft.privacy.engine import resolve_delta
 from secure_ft.privacy.signed_history import key_sha256, load_private_key, public_line_of, seal_statement
-from secure_ft.training.probe import trainee_and_datasets
-from secure_ft.training.robust_training import robust_datasets, through_front_end
-from secure_ft.text.spelling import SpellingFrontEnd
+from secure_ft.records.config import RunConfig, config_from_dict
 from secure_ft.records.run_directory import RunDirectory
 from secure_ft.records.run_ledger import Ledger
 from secure_ft.text.models import resolve_device
+from secure_ft.text.spelling import SpellingFrontEnd
+from secure_ft.training.probe import trainee_and_datasets
+from secure_ft.training.robust_training import robust_datasets, through_front_end
 from secure_ft.training.training_loop import TrainingEngine
 
 log = logging.getLogger(__name__)

@@ -33,8 +33,8 @@ from flwr.app import ArrayRecord
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from secure_ft.records.config import ModelConfig, RunConfig, TrainingConfig
 from secure_ft.errors import ModelError
+from secure_ft.records.config import ModelConfig, RunConfig, TrainingConfig
 from secure_ft.records.model_identity import model_digest
 from secure_ft.text.models import apply_transfer, load_base_model, resolve_model_source
 from secure_ft.training.training_loop import FitResult, TrainingEngine, encode, evaluate, fit, seed_everything

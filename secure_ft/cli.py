@@ -17,9 +17,9 @@ import sys
 import traceback
 from pathlib import Path
 
-from secure_ft.training.console import print_training_summary
 from secure_ft.errors import SecureFTError
 from secure_ft.records.offline_environment import quiet_third_party
+from secure_ft.training.console import print_training_summary
 
 log = logging.getLogger("secure_ft")
 
@@ -38,8 +38,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from secure_ft.records.config import load_config
     from secure_ft.pipeline.main_job import print_outcome, run_pipeline
+    from secure_ft.records.config import load_config
     from secure_ft.records.run_directory import RunDirectory
 
     config = load_config(args.config)
@@ -71,9 +71,9 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_config_init(args: argparse.Namespace) -> int:
+    from secure_ft.errors import ConfigError
     from secure_ft.records.atomic_files import atomic_write_text
     from secure_ft.records.config import starter_config_text
-    from secure_ft.errors import ConfigError
 
     target = Path(args.file)
     if target.exists() and not args.force:

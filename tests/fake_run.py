@@ -22,8 +22,8 @@ from secure_ft.records.config import RunConfig
 from secure_ft.records.run_ledger import Ledger
 from secure_ft.text.models import load_trained_model, save_trained_model
 from tiny_models import tiny_bert_folder
-from secure_ft.records.policy import default_policy_path, load_policy
 from secure_ft.pipeline.report import write_report
+from secure_ft.records.policy import default_policy_path, load_policy
 
 CANARY = "zqxcanary 7781 patient jane roe ssn 078-05-1120"
 ROBUSTNESS_EVIDENCE = "audits/robustness/adversarial_examples.jsonl"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from opacus.accountants.utils import get_noise_multiplier
 
-from secure_ft.records.config import config_from_dict
 from secure_ft.errors import ConfigError, PrivacyError
 from secure_ft.privacy.accountants import (ACCOUNTANTS, BudgetUnreachable, calibrate_noise, epsilon_from_history,
                                            get_accountant, require_usable_at_sites)
+from secure_ft.records.config import config_from_dict
 
 
 @pytest.mark.parametrize("name", ["prv", "rdp"])

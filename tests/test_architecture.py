@@ -27,7 +27,7 @@ LAYERS = (
     ("serving", ("secure_ft.serving",)),
     ("pipeline", ("secure_ft.pipeline",)),
     ("commands", ("secure_ft.commands",)),
-    ("cli", ("secure_ft.cli",)),
+    ("entry points", ("secure_ft.cli", "secure_ft.distributed")),  # `secure-ft`, `torchrun -m secure_ft.distributed`
 )
 
 # the core: run records, text and models, training and DP never import the layers that use them
@@ -35,7 +35,7 @@ CORE = ("secure_ft.errors", "secure_ft.records", "secure_ft.text", "secure_ft.tr
 TOP = ("secure_ft.cli", "secure_ft.commands", "secure_ft.pipeline", "secure_ft.release", "secure_ft.serving",
        "audits", "federated")
 TRAINING = ("secure_ft.training.training_loop", "secure_ft.training.central_run", "secure_ft.privacy.engine",
-            "secure_ft.training.distributed", "federated")
+            "secure_ft.distributed", "federated")
 
 
 def _module_name(path: Path) -> str:

@@ -10,10 +10,10 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from secure_ft.release import attestation
 from secure_ft.errors import BundleError
-from secure_ft.release.keys import public_key_fingerprint
 from secure_ft.records.model_identity import model_digest
+from secure_ft.release import attestation
+from secure_ft.release.keys import public_key_fingerprint
 
 PREDICATE = {"passed": True, "policy_sha256": "ab" * 32, "ledger_head": "cd" * 32, "epsilon": 7.5}
 

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from secure_ft.cli import main
+from secure_ft.errors import DataError
 from secure_ft.records.config import DataConfig
 from secure_ft.records.data import load_splits
-from secure_ft.errors import DataError
 from test_pipeline import write_policy
 
 

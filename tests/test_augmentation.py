@@ -7,9 +7,9 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from secure_ft.text.augmentation import Perturber, WordNetSynonyms, copy_rng, edit_characters
 from secure_ft.errors import ConfigError
 from secure_ft.records.robust_training_config import RobustTrainingConfig
+from secure_ft.text.augmentation import Perturber, WordNetSynonyms, copy_rng, edit_characters
 
 WORDS = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
 TEXT = ("My mortgage lender charged a late payment fee on 03/15/2019, although the payment "

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from secure_ft.cli import main
-from secure_ft.records.config import load_config
 from secure_ft.errors import CheckpointError, ConfigError, DataError, ModelError
+from secure_ft.records.config import load_config
 from secure_ft.training.central_run import train_run
 from toy_data import toy_frame
 

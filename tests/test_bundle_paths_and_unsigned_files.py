@@ -20,11 +20,11 @@ import pytest
 
 from fake_run import make_run
 from secure_ft.cli import main as cli_main
-from secure_ft.records.config import load_config
 from secure_ft.errors import PolicyError
+from secure_ft.records.config import load_config
+from secure_ft.records.policy import load_policy
 from secure_ft.release.export import SIGNATURE_FILE, export_bundle
 from secure_ft.release.keys import default_key_paths
-from secure_ft.records.policy import load_policy
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from fake_run import WORDS, make_run
-from secure_ft.release.bundle_usage import CODE_BLOCK_INFO, EXAMPLE_TEXT
 from secure_ft.records.config import RunConfig
+from secure_ft.release.bundle_usage import CODE_BLOCK_INFO, EXAMPLE_TEXT
 from secure_ft.release.export import SIGNATURE_FILE, export_bundle
-from secure_ft.text.models import load_trained_model, save_trained_model
-from secure_ft.text.pooling import use_mean_pooling
 from secure_ft.serving.bundle_loader import load_verified_bundle
 from secure_ft.serving.classifier import BundleClassifier
+from secure_ft.text.models import load_trained_model, save_trained_model
+from secure_ft.text.pooling import use_mean_pooling
 from secure_ft.text.spelling import SpellingFrontEnd
 from tiny_models import tiny_bert_folder
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import yaml
 
+from secure_ft.pipeline.preflight import check_before_training
 from secure_ft.records.config import load_config
 from secure_ft.records.policy import load_policy
-from secure_ft.pipeline.preflight import check_before_training
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = (ROOT / "deploy" / "README.md").read_text(encoding="utf-8")

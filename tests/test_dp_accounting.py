@@ -9,8 +9,8 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 
 from dp_helpers import dp_config
 from secure_ft.cli import main
-from secure_ft.text.models import load_trained_model
 from secure_ft.privacy.accountant_history import load_accountant_history
+from secure_ft.text.models import load_trained_model
 from secure_ft.training.central_run import train_run
 from toy_data import toy_frame
 

@@ -9,9 +9,9 @@ from torch import nn
 
 from dp_helpers import dp_config
 from secure_ft.cli import main
-from secure_ft.records.config import PrivacyConfig, load_config
 from secure_ft.errors import ConfigError, PrivacyError
 from secure_ft.privacy.engine import PrivateEngine, make_compatible
+from secure_ft.records.config import PrivacyConfig, load_config
 from secure_ft.training.central_run import train_run
 from toy_data import toy_frame
 

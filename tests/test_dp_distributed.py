@@ -43,7 +43,7 @@ def test_two_process_dp_run_matches_the_single_process_run(tmp_path):
     single = train_run(config, progress=False)
 
     (tmp_path / "run.yaml").write_text(config.to_yaml())
-    finished = run_torchrun(["-m", "secure_ft.training.distributed", "--config", str(tmp_path / "run.yaml"),
+    finished = run_torchrun(["-m", "secure_ft.distributed", "--config", str(tmp_path / "run.yaml"),
                              "--run-dir", str(tmp_path / "multi"), "--no-progress"], cwd=tmp_path, timeout=240)
     assert finished.returncode == 0, finished.stdout[-3000:]
     multi_dir = tmp_path / "multi"

@@ -7,9 +7,9 @@ import shutil
 import torch
 from torch.utils.data import DataLoader
 
+from secure_ft.privacy.engine import PrivateEngine
 from secure_ft.records.config import ModelConfig, PrivacyConfig, TrainingConfig
 from secure_ft.text.models import apply_transfer, load_base_model
-from secure_ft.privacy.engine import PrivateEngine
 from secure_ft.training.training_loop import encode, fit, give_head_its_learning_rate
 from toy_data import toy_frame
 

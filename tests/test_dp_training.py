@@ -14,8 +14,8 @@ from secure_ft.records.checkpoint import CheckpointStore
 from secure_ft.records.config import PrivacyConfig
 from secure_ft.text.models import load_trained_model, predict
 from tiny_models import tiny_bert_folder
-from secure_ft.privacy.engine import PrivateEngine
 from secure_ft.privacy.accountant_history import load_accountant_history
+from secure_ft.privacy.engine import PrivateEngine
 from secure_ft.training.central_run import train_run
 from secure_ft.training.training_loop import encode, forward_logits
 from toy_data import VOCAB, toy_frame

@@ -15,12 +15,12 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from fake_run import CANARY, TEXTS, make_run
 from secure_ft.cli import main as cli_main
-from secure_ft.records.config import RunConfig
 from secure_ft.errors import ConfigError, ExportRefused
+from secure_ft.records.config import RunConfig
+from secure_ft.records.run_ledger import Ledger, verify_ledger
 from secure_ft.release.export import SIGNATURE_FILE, SIGNER_KEY_FILE, export_bundle, verify_bundle
 from secure_ft.release.keys import default_key_paths, generate_key_pair
 from secure_ft.text.models import load_trained_model, predict
-from secure_ft.records.run_ledger import Ledger, verify_ledger
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import pytest
 import audits.fairness as fairness
 from audits.gate import decide
 from audits.result import Check
-from secure_ft.records.policy import Policy
 from secure_ft.pipeline.report.html import render_html
+from secure_ft.records.policy import Policy
 from test_fairness_audit import fixed_predictions, make_context  # noqa: F401  (fixture)
 
 LIMITS = {"max_equalized_odds_difference": 0.3, "max_demographic_parity_difference": 0.2,

@@ -16,8 +16,8 @@ from federated.client_app import app
 from federated.site_data import load_site_file
 from federated.task import (arrays_to_record, base_model_sha256, build_model, load_arrays, record_bytes,
                             record_to_arrays, trainable_arrays)
-from secure_ft.records.config import RunConfig
 from secure_ft.errors import DataError, ModelError
+from secure_ft.records.config import RunConfig
 from secure_ft.text.models import trainable_parameter_count
 from toy_data import toy_frame
 

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from federated.partition import partition_sites
+from secure_ft.errors import ConfigError, DataError
 from secure_ft.records.config import DataConfig, FederatedConfig
 from secure_ft.records.data import load_splits
-from secure_ft.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")

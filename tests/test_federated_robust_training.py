@@ -14,13 +14,13 @@ from dp_helpers import without_dropout
 from federated import run_federated
 from federated.front_end import federation_front_end, front_end_sha256
 from federated.site_training import Instructions, site_front_end
-from secure_ft.records.config import load_config
-from secure_ft.text.embedding_cache import EmbeddingCache
 from secure_ft.errors import ConfigError, ModelError
-from secure_ft.training.probe import embedding_cache
+from secure_ft.records.config import load_config
 from secure_ft.records.robust_training_config import RobustTrainingConfig
 from secure_ft.records.run_directory import RunDirectory
+from secure_ft.text.embedding_cache import EmbeddingCache
 from secure_ft.text.text_classifier import TextClassifier
+from secure_ft.training.probe import embedding_cache
 from tiny_models import tiny_bert_folder
 from toy_data import VOCAB
 

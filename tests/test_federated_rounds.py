@@ -22,8 +22,8 @@ from federated.client_app import app as site_app
 from federated.coordinator import FederationFailed
 from federated.task import arrays_to_record, record_to_arrays
 from secure_ft.cli import main
-from secure_ft.records.run_ledger import verify_ledger
 from secure_ft.records.model_identity import model_digest as model_hash
+from secure_ft.records.run_ledger import verify_ledger
 from secure_ft.text.models import load_trained_model
 
 

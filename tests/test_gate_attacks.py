@@ -15,10 +15,10 @@ import pytest
 
 from fake_run import make_run
 from secure_ft.cli import main as cli_main
-from secure_ft.release.export import SIGNATURE_FILE, SIGNER_KEY_FILE, export_bundle
-from secure_ft.release.keys import generate_key_pair, load_private_key
 from secure_ft.records.run_directory import RunDirectory
 from secure_ft.records.run_ledger import Ledger
+from secure_ft.release.export import SIGNATURE_FILE, SIGNER_KEY_FILE, export_bundle
+from secure_ft.release.keys import generate_key_pair, load_private_key
 from secure_ft.release.verdict_attestation import attest_verdict, record_attestation
 
 

@@ -7,9 +7,9 @@ import logging
 import pytest
 
 from fake_run import make_run
+from secure_ft.records.run_ledger import Ledger
 from secure_ft.release import keys
 from secure_ft.release.export import export_bundle
-from secure_ft.records.run_ledger import Ledger
 
 
 @pytest.fixture(autouse=True)

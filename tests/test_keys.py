@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from secure_ft.release import keys
 from secure_ft.errors import ConfigError
+from secure_ft.release import keys
 
 
 @pytest.fixture(autouse=True)

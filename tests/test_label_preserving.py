@@ -251,8 +251,8 @@ def test_no_recipe_touches_a_word_with_a_digit(resources, encoder, tiny_model_di
     from audits._recipes import build_attack
     from audits._validity_constraints import NumbersKept
     from secure_ft.records.config import RobustnessAuditConfig
-    from secure_ft.text.models import load_trained_model
     from secure_ft.records.policy import ValidityConstraints
+    from secure_ft.text.models import load_trained_model
 
     text = AttackedText("the loan fee was 850 dollars and 2 payments late my card about 2019 card")
     digits = {i for i, word in enumerate(text.words) if any(c.isdigit() for c in word)}

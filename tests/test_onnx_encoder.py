@@ -12,16 +12,16 @@ from pydantic import ValidationError
 
 import secure_ft.text.onnx_encoder as onnx_encoder
 from fake_run import TEXTS
-from secure_ft.records.config import ModelConfig, RunConfig
-from secure_ft.training.effective_config import effective_config
 from secure_ft.errors import BundleError, ModelError
-from secure_ft.release.export import MODEL_CARD_FILE, verify_bundle
+from secure_ft.records.config import ModelConfig, RunConfig
 from secure_ft.records.model_identity import model_digest
+from secure_ft.release.export import MODEL_CARD_FILE, verify_bundle
+from secure_ft.serving import BundleClassifier, load_verified_bundle
 from secure_ft.text.models import load_base_model, load_trained_model
 from secure_ft.text.onnx_encoder import GRAPH_FILE, GRAPH_FOLDER, SETTINGS_FILE, GraphSequenceClassifier, OnnxEncoder
-from secure_ft.training.probe import encoder_graph_folder, torch_encoder
-from secure_ft.serving import BundleClassifier, load_verified_bundle
 from secure_ft.text.text_classifier import TextClassifier
+from secure_ft.training.effective_config import effective_config
+from secure_ft.training.probe import encoder_graph_folder, torch_encoder
 from secure_ft.training.transfer_choice import resolve_run_config
 from serve_helpers import signed_bundle
 

@@ -14,8 +14,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from secure_ft.release import keys
 from secure_ft.errors import BundleError, ConfigError
+from secure_ft.release import keys
 from secure_ft.release.openssf_signing import sign_folder, verify_folder
 
 FILES = {

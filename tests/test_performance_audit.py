@@ -11,9 +11,9 @@ import pytest
 import audits.performance as performance
 from audits._scoring import SplitScores
 from audits.context import AuditContext
+from secure_ft.errors import DataError
 from secure_ft.records.config import RunConfig
 from secure_ft.records.data import DatasetSplits
-from secure_ft.errors import DataError
 from tiny_models import tiny_bert_folder
 from secure_ft.records.policy import Policy, load_policy
 

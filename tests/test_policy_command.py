@@ -8,8 +8,8 @@ import logging
 import yaml
 
 from secure_ft.cli import main as cli_main
-from secure_ft.records.config import RunConfig
 from secure_ft.pipeline.main_job import resolve_policy
+from secure_ft.records.config import RunConfig
 from secure_ft.records.policy import default_policy_path, judgement_keys, load_policy
 
 OLD_POLICY = """name: old-style

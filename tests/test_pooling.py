@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from secure_ft.records.config import ModelConfig, PrivacyConfig, TrainingConfig
 from secure_ft.errors import ModelError
+from secure_ft.privacy.engine import PrivateEngine
+from secure_ft.records.config import ModelConfig, PrivacyConfig, TrainingConfig
 from secure_ft.text.models import apply_transfer, load_base_model, load_trained_model, save_trained_model
 from secure_ft.text.pooling import MaskedMeanPooler, sentence_transformers_pooling
-from secure_ft.privacy.engine import PrivateEngine
 from secure_ft.training.training_loop import encode, fit
 from toy_data import TOPICS, toy_frame
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from secure_ft.records.config import RESERVED_COLUMNS, RunConfig, config_from_dict, load_config
 from secure_ft.errors import ConfigError, PolicyError
-from secure_ft.records.policy import default_policy_path, load_policy
 from secure_ft.pipeline.preflight import check_before_training
+from secure_ft.records.config import RESERVED_COLUMNS, RunConfig, config_from_dict, load_config
+from secure_ft.records.policy import default_policy_path, load_policy
 
 from toy_data import TOY_CARD
 

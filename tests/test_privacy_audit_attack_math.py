@@ -12,9 +12,9 @@ from audits._intervals import clopper_pearson
 from audits._membership import attack_rates, attack_report, downsample_curve, empirical_epsilon, full_roc
 from audits.context import AuditContext
 from audits.privacy import attack_rows
+from secure_ft.errors import AuditError
 from secure_ft.records.config import RunConfig
 from secure_ft.records.data import DatasetSplits
-from secure_ft.errors import AuditError
 from secure_ft.records.policy import Policy
 
 MEMBERS = np.array([3.0, 2.0, 1.0])

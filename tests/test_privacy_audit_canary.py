@@ -13,9 +13,9 @@ import pytest
 from audits._canary import PREFIX, make_canaries
 from audits.context import AuditContext
 from audits.privacy import privacy_audit
+from secure_ft.errors import AuditError
 from secure_ft.records.config import RunConfig
 from secure_ft.records.data import DatasetSplits
-from secure_ft.errors import AuditError
 from secure_ft.text.models import save_trained_model, load_base_model
 from tiny_models import tiny_bert_folder
 from secure_ft.records.policy import Policy

@@ -22,9 +22,9 @@ import pytest
 import yaml
 
 from secure_ft.errors import ConfigError, PrivacyError
-from secure_ft.records.policy import default_policy_path, load_policy
 from secure_ft.privacy.budget_composition import budget_delta, compose_ledger
 from secure_ft.privacy.budget_ledger import BudgetLedger, RunSpend, counted_history, status_of
+from secure_ft.records.policy import default_policy_path, load_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 FINGERPRINT = "ab" * 32
@@ -163,8 +163,8 @@ def _dp_config(toy_csv, tiny_model_dir, tmp_path, budget_dir, epochs=2):
                                             (KeyboardInterrupt(), "stopped")])
 def test_a_crashed_or_stopped_run_records_the_steps_it_took(toy_csv, tiny_model_dir, tmp_path, monkeypatch,
                                                             raised, status):
-    import secure_ft.training.training_loop as loop
     from secure_ft.training.central_run import train_run
+    import secure_ft.training.training_loop as loop
 
     budget_dir = tmp_path / "budget"
     config = _dp_config(toy_csv, tiny_model_dir, tmp_path, budget_dir)
@@ -218,8 +218,8 @@ def test_a_finished_run_records_its_accountant_history_and_the_audit_reads_it_ba
 def test_preflight_refuses_a_run_that_would_break_the_lifetime_budget_showing_the_figures(toy_csv, tmp_path):
     from toy_data import TOY_CARD
 
-    from secure_ft.records.data import load_splits
     from secure_ft.pipeline.preflight import check_before_training, planned_history
+    from secure_ft.records.data import load_splits
 
     budget_dir = tmp_path / "budget"
     raw = {"output_dir": str(tmp_path / "runs"),
@@ -267,8 +267,8 @@ def test_preflight_refuses_a_run_that_would_break_the_lifetime_budget_showing_th
 
 def test_a_resumed_run_adds_the_steps_after_its_checkpoint_and_the_crashed_attempt_keeps_its_own(
         toy_csv, tiny_model_dir, tmp_path, monkeypatch):
-    from secure_ft.training.central_run import train_run
     from secure_ft.privacy.engine import PrivateEngine
+    from secure_ft.training.central_run import train_run
 
     budget_dir = tmp_path / "budget"
     config = _dp_config(toy_csv, tiny_model_dir, tmp_path, budget_dir)  # 2 epochs of 6 steps

@@ -18,9 +18,9 @@ from flwr.clientapp import ClientApp
 from federated import protocol, run_federated
 from federated.client_app import app as site_app
 from secure_ft.errors import ConfigError
-from secure_ft.records.policy import default_policy_path, load_policy
 from secure_ft.privacy.budget_composition import compose_ledger
 from secure_ft.privacy.budget_ledger import BudgetLedger, RunSpend
+from secure_ft.records.policy import default_policy_path, load_policy
 
 
 def opacus_prv_epsilon(segments, delta):
@@ -79,8 +79,8 @@ def interrupting_app(partition_to_stop: int, server_round_to_stop: int) -> Clien
 @pytest.mark.slow
 def test_a_simulated_federation_records_every_sites_history_composed_sequentially(dp_federation, tmp_path, capsys):
     from secure_ft.cli import main
-    from secure_ft.records.data import load_splits
     from secure_ft.privacy.accountants import epsilon_from_history
+    from secure_ft.records.data import load_splits
 
     dp_federation.federated = dp_federation.federated.model_copy(update={  # and server-side (client-level) DP
         "central_dp": "fixed", "central_noise_multiplier": 1.5, "central_clipping_norm": 5.0, "central_delta": 1e-4})
@@ -202,9 +202,9 @@ def test_preflight_refuses_a_simulated_federation_that_would_break_the_lifetime_
     from federated.partition import partition_sites
     from federated.site_engine import _calibrated_noise, site_noise_multiplier
     from federated.site_policy import site_round_steps
-    from secure_ft.records.data import load_splits
     from secure_ft.pipeline.preflight import check_before_training
     from secure_ft.privacy.engine import resolve_delta
+    from secure_ft.records.data import load_splits
     from secure_ft.training.transfer_choice import resolve_run_config
 
     config = dp_federation.model_copy(update={"mode": "federated"})
@@ -251,8 +251,8 @@ def test_the_canary_run_is_recorded_and_the_data_sets_epsilon_includes_it(toy_cs
 
     from audits._canary import canary_report
     from audits.privacy import dataset_budget
-    from secure_ft.training.central_run import train_run
     from secure_ft.pipeline.preflight import planned_canary_history, planned_history
+    from secure_ft.training.central_run import train_run
 
     config = dp_config(toy_csv, tiny_model_dir, tmp_path / "runs", epochs=1)
     config = config.model_copy(update={
@@ -302,8 +302,8 @@ def test_the_privacy_audit_reads_the_ledger_after_its_canary_run(toy_csv, tiny_m
                                "canary_repeats": 1, "canary_candidates": 10, "canary_steps": 1}}})
     from audits.context import AuditContext
     from secure_ft.records.data import load_splits
-    from secure_ft.text.models import load_base_model, save_trained_model
     from secure_ft.records.policy import Policy
+    from secure_ft.text.models import load_base_model, save_trained_model
 
     splits = load_splits(config.data, config.seed)
     model, tokenizer = load_base_model(config.model, splits.label_names)

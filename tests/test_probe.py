@@ -9,16 +9,16 @@ import torch
 
 from dp_helpers import dp_config
 from toy_data import toy_frame
-from secure_ft.training.central_run import train_run
-from secure_ft.records.checkpoint import CheckpointStore
-from secure_ft.records.config import ModelConfig
-from secure_ft.text.embedding_cache import EmbeddingCache, text_sha256
-from secure_ft.text.models import load_base_model, load_trained_model, predict
 from secure_ft.privacy.accountant_history import load_accountant_history
 from secure_ft.privacy.recompute import verify_privacy
+from secure_ft.records.checkpoint import CheckpointStore
+from secure_ft.records.config import ModelConfig
+from secure_ft.records.run_directory import RunDirectory
+from secure_ft.text.embedding_cache import EmbeddingCache, text_sha256
+from secure_ft.text.models import load_base_model, load_trained_model, predict
+from secure_ft.training.central_run import train_run
 from secure_ft.training.probe import embed_texts, embedding_cache
 from secure_ft.training.probe_recipe import RECIPE_NAME
-from secure_ft.records.run_directory import RunDirectory
 
 
 @pytest.fixture
@@ -130,8 +130,8 @@ def test_embeddings_are_cached_by_text_and_recomputed_for_new_ones(tmp_path, tin
 
 
 def test_probe_trains_with_augmentation_copies_at_the_same_epsilon(tmp_path, toy_data_csv, tiny_model_dir, monkeypatch):
-    import secure_ft.training.robust_training as robust_training
     from secure_ft.records.robust_training_config import RobustTrainingConfig
+    import secure_ft.training.robust_training as robust_training
 
     plain = train_run(probe_config(toy_data_csv, tiny_model_dir, tmp_path / "plain", epochs=2),
                       output_dir=tmp_path / "plain", progress=False)

@@ -8,9 +8,9 @@ import pytest
 
 import fake_run
 from fake_run import CANARY, make_run
+from secure_ft.pipeline.report.document import WITHHELD, withhold_text
 from secure_ft.records.config import RunConfig
 from secure_ft.release.export import export_bundle
-from secure_ft.pipeline.report.document import WITHHELD, withhold_text
 
 # numbers the audits write under names that end like "examples" (robustness sampling, resumed attacks,
 # the DP engine's augmentation multiplicity)

@@ -20,17 +20,17 @@ import yaml
 
 from audits.result import AuditResult, Check
 from fake_run import WORDS, audit_results, make_run
+from secure_ft.cli import main as cli_main
+from secure_ft.pipeline.main_job import GateKey
+from secure_ft.records.policy import default_policy_path, load_policy
+from secure_ft.records.run_directory import RunDirectory
 from secure_ft.release.approvals import approval_statement
 from secure_ft.release.attestation import read_envelope, sign_statement, write_envelope
-from secure_ft.cli import main as cli_main
 from secure_ft.release.export import export_bundle, verify_bundle
 from secure_ft.release.keys import (default_key_paths, ensure_default_key, generate_key_pair, load_private_key,
                             load_public_key, public_key_fingerprint)
 from secure_ft.release.openssf_signing import sign_folder
-from secure_ft.pipeline.main_job import GateKey
-from secure_ft.records.policy import default_policy_path, load_policy
 from secure_ft.release.release_policy import parse_release_policy, sign_release_policy
-from secure_ft.records.run_directory import RunDirectory
 from secure_ft.serving.bundle_loader import load_verified_bundle
 from secure_ft.serving.card import read_model_card
 from audits.gate import Verdict

@@ -9,9 +9,9 @@ from html.parser import HTMLParser
 from audits.gate import decide
 from audits.result import AuditResult
 from fake_run import CANARY, make_run
+from secure_ft.pipeline.report import REPORT_SCHEMA_VERSION, SECTIONS, write_report
 from secure_ft.records.config import RunConfig
 from secure_ft.records.policy import Policy
-from secure_ft.pipeline.report import REPORT_SCHEMA_VERSION, SECTIONS, write_report
 
 
 class _Page(HTMLParser):

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from dp_helpers import dp_config, without_dropout
-from secure_ft.training.central_run import train_run
 from secure_ft.records.model_identity import model_digest as model_hash
-from secure_ft.training.robust_training import training_set
 from secure_ft.records.robust_training_config import RobustTrainingConfig
 from secure_ft.text.spelling import SpellingFrontEnd
 from secure_ft.text.text_classifier import TextClassifier
+from secure_ft.training.central_run import train_run
+from secure_ft.training.robust_training import training_set
 from secure_ft.training.training_loop import encode
 from tiny_models import tiny_bert_folder
 from toy_data import VOCAB

@@ -21,8 +21,8 @@ from audits.offline_resources import (
     ensure_offline_resources,
     main,
 )
-from secure_ft.text import lexicon
 from secure_ft.errors import AuditError
+from secure_ft.text import lexicon
 
 
 @pytest.fixture(scope="module")

@@ -278,8 +278,8 @@ def test_a_bundle_is_served_with_its_own_pooling_and_typo_correcting_front_end(t
 
 
 def test_cpu_forward_passes_follow_the_token_budget_and_keep_the_input_order(loaded, monkeypatch):
-    from secure_ft.text.models import predict
     from secure_ft.serving import classifier as classifier_module
+    from secure_ft.text.models import predict
 
     _, classifier = loaded
     texts = [" ".join([TEXTS[index]] * (1 + index % 4)) for index in range(12)]  # 6 to 24 tokens, mixed

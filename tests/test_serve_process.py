@@ -184,7 +184,7 @@ NOT_FOR_SERVING = ("opacus", "textattack", "flwr", "fairlearn", "sklearn", "scip
                    "matplotlib", "nltk", "flair", "ray", "federated", "audits.robustness", "audits.fairness",
                    "audits.privacy", "audits.performance", "audits.registry", "secure_ft.training.training_loop",
                    "secure_ft.training.central_run", "secure_ft.privacy", "secure_ft.pipeline.main_job", "secure_ft.pipeline.report",
-                   "secure_ft.training.distributed", "secure_ft.training.probe", "secure_ft.training.robust_training", "secure_ft.text.augmentation")
+                   "secure_ft.distributed", "secure_ft.training.probe", "secure_ft.training.robust_training", "secure_ft.text.augmentation")
 
 
 def test_the_serving_process_imports_no_training_audit_or_attack_code(signed):

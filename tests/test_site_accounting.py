@@ -20,8 +20,6 @@ from federated.site_identity import SiteBook
 from federated.site_odometer import SiteOdometer
 from federated.site_training import Instructions, train_site_round
 from federated.task import build_model, trainable_arrays
-from secure_ft.records.atomic_files import atomic_write_json
-from secure_ft.records.config import RunConfig
 from secure_ft.deploy.certificates import make_site_key
 from secure_ft.deploy.site_identity import _challenge, answer_identity, identity_request
 from secure_ft.deploy.site_registry import record_site
@@ -30,6 +28,8 @@ from secure_ft.privacy.accountants import epsilon_from_history
 from secure_ft.privacy.recompute import verify_privacy
 from secure_ft.privacy.signed_history import (key_sha256, load_private_key, open_statement, seal_statement, sign_text,
                                               unaccounted_rounds)
+from secure_ft.records.atomic_files import atomic_write_json
+from secure_ft.records.config import RunConfig
 from toy_data import toy_frame
 
 LABELS = ["cards", "loans", "reports"]

@@ -16,11 +16,11 @@ from federated.site_policy import (BUDGET_FOLDER, POLICY_KEY, data_file_sha256, 
                                    planned_site_history)
 from federated.site_training import Instructions, train_site_round
 from federated.task import base_model_sha256, build_model, trainable_arrays
-from secure_ft.records.config import RunConfig
 from secure_ft.deploy.certificates import make_site_key
 from secure_ft.errors import ConfigError
 from secure_ft.privacy.budget_composition import compose_ledger
 from secure_ft.privacy.budget_ledger import BudgetLedger
+from secure_ft.records.config import RunConfig
 from toy_data import toy_frame
 
 LABELS = ["cards", "loans", "reports"]

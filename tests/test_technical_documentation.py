@@ -14,10 +14,10 @@ import yaml
 from fake_run import make_run
 from secure_ft.cli import main as cli_main
 from secure_ft.records.config import RunConfig
-from secure_ft.release.model_card import render_model_card
 from secure_ft.records.policy import default_policy_path
 from secure_ft.records.technical_documentation import builtin_card
 from secure_ft.release.human_oversight import NO_APPROVALS
+from secure_ft.release.model_card import render_model_card
 from toy_data import TOY_CARD
 
 STATEMENTS = ("intended_purpose", "out_of_scope_uses", "known_limitations", "deidentification", "data_provenance")

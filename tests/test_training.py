@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from secure_ft.records.checkpoint import CheckpointStore
-from secure_ft.records.run_ledger import verify_ledger
 from secure_ft.records.model_identity import model_digest as model_hash
+from secure_ft.records.run_ledger import verify_ledger
 from secure_ft.text.models import load_trained_model, predict
 from secure_ft.training.central_run import train_run
 

@@ -14,10 +14,10 @@ import fake_run
 from audits.gate import decide
 from audits.result import AuditResult, Check
 from fake_run import make_run
-from secure_ft.release.model_card import render_model_card
 from secure_ft.pipeline.main_job import PipelineOutcome, print_outcome
-from secure_ft.records.policy import load_policy
 from secure_ft.pipeline.report import write_report
+from secure_ft.records.policy import load_policy
+from secure_ft.release.model_card import render_model_card
 from secure_ft.release.verdict_explanations import EXPLANATIONS, explanation_for, format_estimate, interval_warnings
 
 

@@ -12,8 +12,8 @@ from audits.result import AuditResult, Check
 from fake_run import audit_results, make_run
 from secure_ft.cli import main as cli_main
 from secure_ft.errors import ExportRefused
-from secure_ft.release.export import export_bundle
 from secure_ft.records.policy import default_policy_path, load_policy
+from secure_ft.release.export import export_bundle
 
 
 def _replace(results: list[AuditResult], name: str, checks: list[Check]) -> list[AuditResult]:

@@ -238,12 +238,12 @@ def _free_port() -> int:
 def cmd_launch(args: argparse.Namespace) -> int:
     from federated.coordinator import refuse_used_run_dir, require_declared_labels
     from federated.run_checkpoint import has_checkpoint
-    from secure_ft.records.config import load_config
     from secure_ft.deploy.flower_runtime import (CONNECTION, flower_app_folder, flower_command, flower_environment,
                                                  write_connection)
     from secure_ft.deploy.site_registry import REGISTRY_FILE
     from secure_ft.pipeline.main_job import resolve_policy
     from secure_ft.pipeline.preflight import check_before_training
+    from secure_ft.records.config import load_config
     from secure_ft.records.run_directory import RunDirectory
 
     if args.resume:

@@ -49,10 +49,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _register_exported(args: argparse.Namespace, bundle: Path) -> int:
     """`export --register NAME`: the bundle just written becomes a new version of NAME in the MLflow registry."""
     from secure_ft.commands.tracking import print_registration
-    from secure_ft.release.export import trusted_keys_for
-    from secure_ft.release.keys import load_private_key, resolve_signing_key_path
     from secure_ft.pipeline.mlflow_registry import record_registration, register_bundle
     from secure_ft.records.run_directory import RunDirectory
+    from secure_ft.release.export import trusted_keys_for
+    from secure_ft.release.keys import load_private_key, resolve_signing_key_path
 
     run_dir = Path(args.run_dir)
     try:
@@ -86,9 +86,9 @@ def _release_lines(run_dir: Path) -> list[str]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from secure_ft.release.export import verify_bundle
     from secure_ft.pipeline.mlflow_registry import is_registry_uri, verify_registered
     from secure_ft.records.policy import describe_policy
+    from secure_ft.release.export import verify_bundle
 
     try:
         if is_registry_uri(args.bundle):
@@ -146,10 +146,10 @@ def cmd_trust_add(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_verify(args: argparse.Namespace) -> int:
-    from secure_ft.release.export import trusted_keys_for
     from secure_ft.records.policy import describe_policy
     from secure_ft.records.run_directory import RUN_LEDGER_FILE, VERDICT_ATTESTATION_FILE
     from secure_ft.records.run_ledger import Ledger, verify_ledger
+    from secure_ft.release.export import trusted_keys_for
     from secure_ft.release.verdict_attestation import check_run_attestation
 
     run_dir = Path(args.run_dir)

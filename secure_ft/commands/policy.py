@@ -115,8 +115,8 @@ def cmd_policy_show(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_init(args: argparse.Namespace) -> int:
-    from secure_ft.records.atomic_files import atomic_write_text
     from secure_ft.errors import ConfigError
+    from secure_ft.records.atomic_files import atomic_write_text
 
     target = Path(args.file)
     if target.exists() and not args.force:

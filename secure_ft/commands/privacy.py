@@ -56,9 +56,9 @@ def _fingerprint_of(args: argparse.Namespace) -> str:
 
 def cmd_budget(args: argparse.Namespace) -> int:
     """`secure-ft privacy budget`: the data set's ledger as a table (or JSON), composed by the accountant."""
-    from secure_ft.records.config import RunConfig, load_config
     from secure_ft.privacy.budget_composition import budget_delta, compose_ledger, format_epsilon
     from secure_ft.privacy.budget_ledger import BudgetLedger, budget_dir_for
+    from secure_ft.records.config import RunConfig, load_config
 
     if bool(args.data) == bool(args.fingerprint):
         raise ConfigError("secure-ft privacy budget: give the data set as --data FILE (with --config for its "

@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from secure_ft.records.atomic_files import atomic_write_bytes
 from secure_ft.errors import ConfigError
+from secure_ft.records.atomic_files import atomic_write_bytes
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 

@@ -16,8 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
-from secure_ft.records.atomic_files import atomic_write_text
 from secure_ft.errors import ConfigError
+from secure_ft.records.atomic_files import atomic_write_text
 
 CONNECTION = "secure-ft"
 

@@ -17,9 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from secure_ft.records.atomic_files import atomic_write_text, json_text
 from secure_ft.errors import ConfigError
 from secure_ft.privacy.signed_history import key_sha256, public_key_line
+from secure_ft.records.atomic_files import atomic_write_text, json_text
 
 REGISTRY_FILE = "sites.json"
 REGISTRY_ENV = "SECURE_FT_SITE_REGISTRY"

@@ -20,19 +20,19 @@ from audits.context import AuditContext
 from audits.gate import Verdict, decide
 from audits.registry import run_audit
 from audits.result import AuditResult
-from secure_ft.records.atomic_files import atomic_write_bytes
-from secure_ft.training.central_run import TrainedRun, train_run
-from secure_ft.records.config import RunConfig
 from secure_ft.errors import SecureFTError
-from secure_ft.records.model_identity import model_digest
-from secure_ft.text.models import resolve_device
-from secure_ft.records.policy import default_policy_path, describe_policy, load_policy
-from secure_ft.release.provenance import write_provenance
 from secure_ft.pipeline.preflight import check_before_training
+from secure_ft.records.atomic_files import atomic_write_bytes
+from secure_ft.records.config import RunConfig
+from secure_ft.records.model_identity import model_digest
+from secure_ft.records.policy import default_policy_path, describe_policy, load_policy
 from secure_ft.records.run_directory import RunDirectory, new_run_dir
-from secure_ft.release.keys import load_private_key, public_key_fingerprint, resolve_signing_key_path
 from secure_ft.records.run_ledger import Ledger
+from secure_ft.release.keys import load_private_key, public_key_fingerprint, resolve_signing_key_path
+from secure_ft.release.provenance import write_provenance
 from secure_ft.release.verdict_attestation import attest_verdict, record_attestation
+from secure_ft.text.models import resolve_device
+from secure_ft.training.central_run import TrainedRun, train_run
 
 log = logging.getLogger(__name__)
 

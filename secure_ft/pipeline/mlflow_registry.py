@@ -29,12 +29,12 @@ from typing import Any
 
 import yaml
 
-from secure_ft.records.bundle_snapshot import read_bundle_snapshot
 from secure_ft.errors import BundleError, ConfigError, ExportRefused
-from secure_ft.release.export import SIGNATURE_FILE, BundleVerification, verify_snapshot
-from secure_ft.pipeline.mlflow_tracking import (RUN_ID_TAG, TRACKING_URI_ENV, TrackingError, mlflow_module, probe_server,
-                                       quick_failure, redact_uri, resolve_tracking_uri)
+from secure_ft.pipeline.mlflow_tracking import (RUN_ID_TAG, TRACKING_URI_ENV, TrackingError, mlflow_module,
+                                                probe_server, quick_failure, redact_uri, resolve_tracking_uri)
+from secure_ft.records.bundle_snapshot import read_bundle_snapshot
 from secure_ft.records.run_directory import PRIVACY_FILE, REPORT_JSON_FILE
+from secure_ft.release.export import SIGNATURE_FILE, BundleVerification, verify_snapshot
 
 REGISTRY_SCHEME = "models:/"
 BUNDLE_DIGEST_TAG = "secure_ft.bundle_sha256"
@@ -217,8 +217,8 @@ def register_after_run(run_dir: Path, bundle: Path, name: str, uri: str | None, 
     """``tracking.mlflow.register`` at the end of ``secure-ft run``: a failure is warned about and put in the
     ledger, never raised (the bundle stands; ``secure-ft mlflow register BUNDLE NAME`` retries)."""
     from secure_ft.errors import SecureFTError
-    from secure_ft.release.export import trusted_keys_for
     from secure_ft.records.run_ledger import Ledger
+    from secure_ft.release.export import trusted_keys_for
 
     try:
         registration = register_bundle(bundle, name, uri, trusted_keys=[*(trusted_keys or []), *trusted_keys_for(None)],

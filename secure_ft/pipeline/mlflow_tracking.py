@@ -44,9 +44,9 @@ from typing import Any
 import yaml
 
 from secure_ft.errors import ConfigError, SecureFTError
-from secure_ft.records.run_directory import (CONFIG_FILE, DATA_FILE, METRICS_FILE, POLICY_FILE, PRIVACY_FILE, REPORT_HTML_FILE,
-                                     REPORT_JSON_FILE, SITES_DIR, VERDICT_ATTESTATION_FILE, VERDICT_FILE, AUDITS_DIR,
-                                     FEDERATED_FILE)
+from secure_ft.records.run_directory import (CONFIG_FILE, DATA_FILE, METRICS_FILE, POLICY_FILE, PRIVACY_FILE,
+                                             REPORT_HTML_FILE, REPORT_JSON_FILE, SITES_DIR, VERDICT_ATTESTATION_FILE,
+                                             VERDICT_FILE, AUDITS_DIR, FEDERATED_FILE)
 from secure_ft.records.run_ledger import Ledger
 
 log = logging.getLogger(__name__)

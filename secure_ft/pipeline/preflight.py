@@ -48,8 +48,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from secure_ft.records.config import RunConfig
 from secure_ft.errors import ConfigError, DataError
+from secure_ft.records.config import RunConfig
 from secure_ft.records.policy import Policy, default_policy_path
 
 

@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from secure_ft.records.atomic_files import atomic_write_json
 from secure_ft.errors import PrivacyError
 from secure_ft.privacy.accountants import History, epsilon_from_history, extend_history, normalise_history
+from secure_ft.records.atomic_files import atomic_write_json
 from secure_ft.records.run_directory import ACCOUNTANT_HISTORY_FILE
 
 HISTORY_FORMAT = 1

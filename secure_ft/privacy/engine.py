@@ -5,7 +5,7 @@ accounting (see `secure_ft.privacy`) into `fit` through the `TrainingEngine` hoo
 the loop's own model, optimizer and loader, reports ε in the progress bar and after every
 epoch, and stops the run cleanly before a step that would exceed ``target_epsilon``. Under
 ``torchrun`` (several processes) it trains one central DP model with Opacus' distributed
-support (`secure_ft.privacy.sharded_poisson`, `secure_ft.training.distributed`).
+support (`secure_ft.privacy.sharded_poisson`, `secure_ft.distributed`).
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from secure_ft.records.config import PrivacyConfig, RunConfig
 from secure_ft.errors import CheckpointError, PrivacyError
-from secure_ft.training.multiplicity import copies_per_example, group_copies_before_clipping
 from secure_ft.privacy.accountant_history import AccountantHistory, finite_or_none
-from secure_ft.privacy.budget_ledger import RunSpend, steps_beyond
 from secure_ft.privacy.accountants import BudgetUnreachable, calibrate_noise, get_accountant, steps_within_budget
+from secure_ft.privacy.budget_ledger import RunSpend, steps_beyond
 from secure_ft.privacy.per_sample_gradients import choose_grad_sample_mode, make_compatible
+from secure_ft.records.config import PrivacyConfig, RunConfig
 from secure_ft.records.run_directory import ACCOUNTANT_HISTORY_FILE, PRIVACY_FILE, RunDirectory
+from secure_ft.training.multiplicity import copies_per_example, group_copies_before_clipping
 from secure_ft.training.training_loop import FitResult, Prepared, TrainingEngine
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class PrivateEngine(TrainingEngine):
 
             model = DifferentiallyPrivateDistributedDataParallel(model)
             loader = sharded_poisson_loader(loader, self.rank, self.world_size)
-            poisson_in_opacus = False  # the sharded loader already samples (see secure_ft.training.distributed)
+            poisson_in_opacus = False  # the sharded loader already samples (see secure_ft.distributed)
 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
@@ -247,8 +247,8 @@ class PrivateEngine(TrainingEngine):
         from opacus.data_loader import DPDataLoader
         from opacus.optimizers import get_optimizer_class
 
-        from secure_ft.training.multiplicity import GroupedBookKeepingLoss, GroupedBookKeepingModule
         from secure_ft.privacy.bookkeeping_clipping import BookKeepingLoss, BookKeepingModule
+        from secure_ft.training.multiplicity import GroupedBookKeepingLoss, GroupedBookKeepingModule
 
         settings = self.settings
         sigma = self._noise_multiplier(loader, epochs)

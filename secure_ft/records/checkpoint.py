@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from secure_ft.records.atomic_files import atomic_write_bytes
 from secure_ft.errors import CheckpointError
+from secure_ft.records.atomic_files import atomic_write_bytes
 
 LAST = "last.pt"
 

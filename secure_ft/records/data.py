@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from secure_ft.records.config import DataConfig
 from secure_ft.errors import DataError
+from secure_ft.records.config import DataConfig
 
 log = logging.getLogger(__name__)
 

@@ -40,8 +40,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from secure_ft.records.atomic_files import atomic_write_json, atomic_write_text
 from secure_ft.errors import CheckpointError, RunDirectoryError
+from secure_ft.records.atomic_files import atomic_write_json, atomic_write_text
 from secure_ft.records.run_ledger import RUN_LEDGER_FILE, Ledger
 
 if TYPE_CHECKING:

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from secure_ft.release.attestation import STATEMENT_TYPE, read_envelope, sign_statement, verify_envelope, write_envelope
 from secure_ft.errors import BundleError, ConfigError
-from secure_ft.release.keys import load_private_key, public_key_fingerprint
-from secure_ft.release.release_policy import SignedReleasePolicy, envelope_digest
 from secure_ft.records.run_directory import APPROVALS_DIR
 from secure_ft.records.run_ledger import Ledger
+from secure_ft.release.attestation import STATEMENT_TYPE, read_envelope, sign_statement, verify_envelope, write_envelope
+from secure_ft.release.keys import load_private_key, public_key_fingerprint
+from secure_ft.release.release_policy import SignedReleasePolicy, envelope_digest
 
 APPROVAL_PREDICATE_TYPE = "https://secure-ft.dev/approval/v1"
 MODEL_SUBJECT = "model"

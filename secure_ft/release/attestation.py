@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from secure_ft.errors import BundleError
-from secure_ft.release.keys import public_key_fingerprint
 from secure_ft.records.model_identity import manifest_digest, model_manifest
+from secure_ft.release.keys import public_key_fingerprint
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"

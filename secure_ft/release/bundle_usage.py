@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from secure_ft.text.pooling import MEAN_POOLINGS
 from secure_ft.text.onnx_encoder import GRAPH_FILE, GRAPH_FOLDER
+from secure_ft.text.pooling import MEAN_POOLINGS
 from secure_ft.text.spelling import FOLDER as FRONT_END_FOLDER
 
 SIGNATURE_FORMAT = "OpenSSF model-signing signature (sigstore bundle format, ECDSA P-256 key)"

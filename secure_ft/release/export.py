@@ -53,18 +53,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from secure_ft.errors import BundleError, ConfigError, ExportRefused
 from secure_ft.records.atomic_files import sync_tree
 from secure_ft.records.bundle_snapshot import BundleSnapshot, read_bundle_snapshot
 from secure_ft.records.config import RunConfig, load_config
-from secure_ft.errors import BundleError, ConfigError, ExportRefused
+from secure_ft.records.run_directory import (APPROVALS_DIR, AUDITS_DIR, RELEASE_POLICY_FILE, CONFIG_FILE, MODEL_DIR,
+                                             POLICY_FILE, PRIVACY_FILE, REPORT_HTML_FILE, REPORT_JSON_FILE,
+                                             RUN_LEDGER_FILE, VERDICT_ATTESTATION_FILE, VERDICT_FILE)
+from secure_ft.records.run_ledger import Ledger
+from secure_ft.release.bundle_usage import bundle_facts
 from secure_ft.release.keys import (SIGNING_KEY_ENV, load_public_key, public_key_fingerprint, public_key_from_pem,
                             public_key_pem, resolve_signing_key_path, load_private_key, trusted_public_keys)
-from secure_ft.release.bundle_usage import bundle_facts
 from secure_ft.release.model_card import render_model_card
 from secure_ft.release.openssf_signing import sign_folder, verify_folder
-from secure_ft.records.run_directory import (APPROVALS_DIR, AUDITS_DIR, RELEASE_POLICY_FILE, CONFIG_FILE, MODEL_DIR, POLICY_FILE, PRIVACY_FILE, REPORT_HTML_FILE,
-                                     REPORT_JSON_FILE, RUN_LEDGER_FILE, VERDICT_ATTESTATION_FILE, VERDICT_FILE)
-from secure_ft.records.run_ledger import Ledger
 from secure_ft.release.release_check import ReleaseDecision, check_release
 from secure_ft.release.release_policy import SignedReleasePolicy, resolve_release_policy
 from secure_ft.release.verdict_attestation import AttestedVerdict, check_run_attestation, file_digest

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from secure_ft.release.bundle_usage import BundleFacts, usage_section, verification_section
 from secure_ft.records.policy import describe_policy
+from secure_ft.release.bundle_usage import BundleFacts, usage_section, verification_section
 from secure_ft.release.verdict_explanations import audit_status, check_outcome, format_estimate, format_number
 
 # the packaged default encoder is this hub model

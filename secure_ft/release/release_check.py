@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from secure_ft.release.approvals import read_approvals, subject_digests, verified_statement, MODEL_SUBJECT, VERDICT_SUBJECT
 from secure_ft.errors import ExportRefused
 from secure_ft.records.policy import describe_policy
+from secure_ft.release.approvals import (read_approvals, subject_digests, verified_statement, MODEL_SUBJECT,
+                                         VERDICT_SUBJECT)
 from secure_ft.release.release_policy import SignedReleasePolicy
 from secure_ft.release.verdict_attestation import AttestedVerdict, refuse_unless_passed
 

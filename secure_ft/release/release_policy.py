@@ -49,8 +49,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from secure_ft.release.attestation import read_envelope, sign_statement, verify_envelope
 from secure_ft.errors import BundleError, ConfigError
+from secure_ft.release.attestation import read_envelope, sign_statement, verify_envelope
 from secure_ft.release.keys import config_dir, load_public_key, public_key_fingerprint, public_key_from_pem
 
 RELEASE_POLICY_PREDICATE_TYPE = "https://secure-ft.dev/release-policy/v1"

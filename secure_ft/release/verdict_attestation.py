@@ -29,15 +29,15 @@ from typing import Any
 
 from audits.gate import Verdict, decide, same_decision
 from audits.result import AuditResult
-from secure_ft.release.attestation import (check_model_matches, model_statement, read_envelope, sign_statement,
-                                   statement_model_digest, verify_envelope, write_envelope)
 from secure_ft.errors import BundleError, ExportRefused, PolicyError
-from secure_ft.release.keys import public_key_fingerprint
 from secure_ft.records.policy import describe_policy, load_policy
 from secure_ft.records.run_directory import (AUDITS_DIR, CONFIG_FILE, MODEL_DIR, POLICY_FILE, PRIVACY_FILE,
                                      PROVENANCE_FILE, REPORT_HTML_FILE, REPORT_JSON_FILE, VERDICT_ATTESTATION_FILE,
                                      VERDICT_FILE)
 from secure_ft.records.run_ledger import Ledger, verify_ledger
+from secure_ft.release.attestation import (check_model_matches, model_statement, read_envelope, sign_statement,
+                                   statement_model_digest, verify_envelope, write_envelope)
+from secure_ft.release.keys import public_key_fingerprint
 
 PREDICATE_VERSION = 1
 

@@ -17,7 +17,13 @@ exports Prometheus metrics (:mod:`.metrics`) and writes an access log that never
 texts (:mod:`.access`). :func:`~secure_ft.serving.app.create_app` assembles the FastAPI
 application; ``secure-ft serve`` runs it under uvicorn.
 
-Core modules never import this package.
+:mod:`.mlflow_pyfunc` is the MLflow pyfunc flavour of a bundle (verified on load, predicted by
+:class:`~secure_ft.serving.classifier.BundleClassifier`); `secure_ft.pipeline.mlflow_registry`
+logs it.
+
+May import `secure_ft.records`, `secure_ft.text` and `secure_ft.release` (the bundle's checks);
+only the pipeline, the commands and the entry points import it (``tests/test_architecture.py``).
+Exports the loader and settings eagerly, the app and the classifier on first use.
 """
 
 from secure_ft.serving.bundle_loader import VerifiedBundle, load_verified_bundle

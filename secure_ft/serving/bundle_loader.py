@@ -81,8 +81,8 @@ def load_verified_bundle(bundle: str | os.PathLike[str],
     secure_ft.errors.BundleError
         Naming the first file that failed, or the release policy's rule that refused it (exit code 4).
     """
-    from secure_ft.records.bundle_snapshot import read_bundle_snapshot
     from secure_ft.errors import BundleError, ExportRefused
+    from secure_ft.records.bundle_snapshot import read_bundle_snapshot
     from secure_ft.release.export import verify_snapshot
 
     snapshot = read_bundle_snapshot(Path(bundle))

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from secure_ft.errors import BundleError
-from secure_ft.text.models import predict, resolve_device
 from secure_ft.serving.bundle_loader import VerifiedBundle
+from secure_ft.text.models import predict, resolve_device
 from secure_ft.text.text_front_end import TextFrontEnd, identity_front_end
 
 REPORT_FILE = "audit_report.json"

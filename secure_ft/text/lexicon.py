@@ -38,8 +38,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from secure_ft.records.atomic_files import atomic_write_folder, atomic_write_text
 from secure_ft.errors import ResourceError
+from secure_ft.records.atomic_files import atomic_write_folder, atomic_write_text
 
 ROOT_ENV = "SECURE_FT_RESOURCES"
 WORDNET_DIR_ENV = "SECURE_FT_WORDNET_DIR"

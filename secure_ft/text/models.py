@@ -22,11 +22,11 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from secure_ft.records.config import ModelConfig
 from secure_ft.errors import ModelError
+from secure_ft.records.config import ModelConfig
 from secure_ft.records.model_identity import DIGEST_ALGORITHM, HASH_FILE, model_digest
-from secure_ft.text.pooling import MEAN, MEAN_NORMALIZED, MEAN_POOLINGS, sentence_transformers_pooling, use_mean_pooling
 from secure_ft.text.label_name_head import LABEL_NAMES, init_head_from_label_names, resolve_head_init
+from secure_ft.text.pooling import MEAN, MEAN_NORMALIZED, MEAN_POOLINGS, sentence_transformers_pooling, use_mean_pooling
 
 if TYPE_CHECKING:
     from secure_ft.text.spelling import SpellingFrontEnd

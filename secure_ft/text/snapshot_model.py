@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from secure_ft.records.bundle_snapshot import BundleSnapshot
 from secure_ft.errors import ModelError
+from secure_ft.records.bundle_snapshot import BundleSnapshot
 from secure_ft.text.models import WEIGHTS_FILE, _quiet_transformers, check_loaded_model, load_front_end
-from secure_ft.text.onnx_encoder import GRAPH_FILE, GRAPH_FOLDER, SETTINGS_FILE, OnnxEncoder, graph_classifier, read_settings
+from secure_ft.text.onnx_encoder import (GRAPH_FILE, GRAPH_FOLDER, SETTINGS_FILE, OnnxEncoder, graph_classifier,
+                                         read_settings)
 
 #: the model folder inside a bundle
 MODEL_FOLDER = "model"

@@ -54,8 +54,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from secure_ft.records.atomic_files import atomic_write_folder
 from secure_ft.errors import ModelError
+from secure_ft.records.atomic_files import atomic_write_folder
 
 FOLDER = "front_end"
 CONFIG_FILE = "config.json"

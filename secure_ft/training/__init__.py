@@ -1,7 +1,8 @@
 """Training: from a run config to a trained model in a run directory, central or on several processes.
 
 Every training, plain, private (`secure_ft.privacy`) or federated (`federated`), runs through
-the one loop in ``training_loop``.
+the one loop in ``training_loop``; ``torchrun -m secure_ft.distributed`` (an entry point, beside
+``secure_ft/cli.py``) runs it on several processes.
 
 ``central_run``        one central run: config → run directory holding the trained model
 ``training_loop``      the one fine-tuning loop (``fit``)
@@ -11,7 +12,6 @@ the one loop in ``training_loop``.
 ``probe``              the frozen-encoder probe: embeddings computed once, a linear head trained on them
 ``probe_recipe``       the probe's fixed recipe (no tuning on private data)
 ``robust_training``    robustness-focused training: the front end and the augmented training set
-``distributed``        central DP training on several processes or GPUs with ``torchrun``
 ``finished_run``       a finished run directory read back, to be audited, gated and exported
 ``effective_config``   what a run of a config file will train with, and where each value comes from
 ``console``            what the command line prints about a finished training run

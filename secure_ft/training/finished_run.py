@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from secure_ft.training.central_run import TrainedRun
+from secure_ft.errors import DataError, RunDirectoryError
 from secure_ft.records.config import RunConfig
 from secure_ft.records.data import load_splits
-from secure_ft.errors import DataError, RunDirectoryError
 from secure_ft.records.model_identity import model_digest
 from secure_ft.records.run_directory import DATA_FILE, RunDirectory
+from secure_ft.training.central_run import TrainedRun
 
 
 def load_finished_run(run_dir: str | Path) -> tuple[TrainedRun, RunConfig]:

@@ -36,8 +36,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
-from secure_ft.privacy.bookkeeping_clipping import BookKeepingLoss, BookKeepingModule, BookKeepingTensor
 from secure_ft.errors import PrivacyError
+from secure_ft.privacy.bookkeeping_clipping import BookKeepingLoss, BookKeepingModule, BookKeepingTensor
 
 
 def stack_copies(original: TensorDataset, copies: list[TensorDataset]) -> TensorDataset:

@@ -37,10 +37,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from secure_ft.records.config import ModelConfig
-from secure_ft.text.embedding_cache import EmbeddingCache, cache_key, text_sha256
 from secure_ft.errors import ModelError
+from secure_ft.records.config import ModelConfig
 from secure_ft.records.model_identity import model_digest
+from secure_ft.text.embedding_cache import EmbeddingCache, cache_key, text_sha256
 from secure_ft.text.models import probe_pooling, resolve_model_source
 
 log = logging.getLogger(__name__)

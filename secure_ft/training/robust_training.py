@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from secure_ft.text.augmentation import Perturber, WordNetSynonyms
 from secure_ft.records.config import RunConfig
-from secure_ft.training.probe import trainee_and_datasets
 from secure_ft.records.robust_training_config import RobustTrainingConfig
+from secure_ft.text.augmentation import Perturber, WordNetSynonyms
 from secure_ft.text.spelling import SpellingFrontEnd, text_words
 from secure_ft.text.text_classifier import describe_front_end
 from secure_ft.training.multiplicity import stack_copies
+from secure_ft.training.probe import trainee_and_datasets
 from secure_ft.training.training_loop import encode
 
 if TYPE_CHECKING:

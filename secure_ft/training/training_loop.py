@@ -30,10 +30,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
-from secure_ft.training.accumulation import AccumulatingOptimizer, pieces
+from secure_ft.errors import CheckpointError
 from secure_ft.records.checkpoint import CheckpointStore
 from secure_ft.records.config import TrainingConfig
-from secure_ft.errors import CheckpointError
+from secure_ft.training.accumulation import AccumulatingOptimizer, pieces
 from secure_ft.training.multiplicity import collate_copies, copies_per_example
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from secure_ft.records.config import PrivacyConfig, RunConfig
 from secure_ft.errors import ModelError
+from secure_ft.records.config import PrivacyConfig, RunConfig
 from secure_ft.training.probe_recipe import apply_probe_recipe
 
 PROBE_MAX_ROWS_DP = 7_500

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from audits.gate import Verdict
 from audits.result import AuditResult
-from secure_ft.records.atomic_files import atomic_write_text
-from secure_ft.records.config import RunConfig
 from secure_ft.pipeline.report.document import REPORT_SCHEMA_VERSION, build_report, withhold_text
 from secure_ft.pipeline.report.html import SECTIONS, render_html
+from secure_ft.records.atomic_files import atomic_write_text
+from secure_ft.records.config import RunConfig
 from secure_ft.records.run_directory import REPORT_HTML_FILE, REPORT_JSON_FILE
 
 __all__ = ["write_report", "build_report", "render_html", "withhold_text", "REPORT_SCHEMA_VERSION",

@@ -50,15 +50,15 @@ from pydantic import ValidationError
 
 from audits.gate import Verdict
 from audits.result import AuditResult
-from secure_ft.records.config import RunConfig
 from secure_ft.errors import BundleError
+from secure_ft.records.config import RunConfig
+from secure_ft.records.model_identity import HASH_FILE, model_digest
 from secure_ft.records.policy import Policy, omitted_key_warnings
+from secure_ft.records.run_directory import (DATA_FILE, METRICS_FILE, MODEL_DIR, POLICY_FILE, PRIVACY_FILE,
+                                             PROVENANCE_FILE, TRANSFER_FILE)
+from secure_ft.records.run_ledger import verify_ledger
 from secure_ft.release.human_oversight import documentation_section
 from secure_ft.release.verdict_explanations import failure_explanations, interval_warnings
-from secure_ft.records.run_ledger import verify_ledger
-from secure_ft.records.model_identity import HASH_FILE, model_digest
-from secure_ft.records.run_directory import (DATA_FILE, METRICS_FILE, MODEL_DIR, POLICY_FILE, PRIVACY_FILE, PROVENANCE_FILE,
-                                     TRANSFER_FILE)
 
 REPORT_SCHEMA_VERSION = "1.0"
 REPORT_KIND = "secure-ft audit report"

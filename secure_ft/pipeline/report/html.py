@@ -16,8 +16,8 @@ from typing import Any, Iterable
 
 import yaml
 
-from secure_ft.records.policy import describe_policy
 from secure_ft.pipeline.report import plots
+from secure_ft.records.policy import describe_policy
 from secure_ft.release.verdict_explanations import audit_status, check_outcome, format_estimate, format_number
 
 SECTIONS = (

@@ -1,7 +1,7 @@
 """Central DP training on several processes or GPUs with ``torchrun``.
 
-    torchrun --nproc_per_node 2 -m secure_ft.training.distributed --config run.yaml [--out runs/]
-    torchrun --nproc_per_node 2 -m secure_ft.training.distributed --resume runs/run-…
+    torchrun --nproc_per_node 2 -m secure_ft.distributed --config run.yaml [--out runs/]
+    torchrun --nproc_per_node 2 -m secure_ft.distributed --resume runs/run-…
 
 Every process holds the whole (small) training set and a replica of the model. The model is
 wrapped in Opacus' ``DifferentiallyPrivateDistributedDataParallel`` and the optimizer becomes
@@ -42,8 +42,8 @@ def _init_process_group() -> tuple[int, int]:
     import torch.distributed as dist
 
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise SystemExit("secure_ft.training.distributed must be started by torchrun (RANK / WORLD_SIZE are not set), e.g.\n"
-                         "  torchrun --nproc_per_node 2 -m secure_ft.training.distributed --config run.yaml")
+        raise SystemExit("secure_ft.distributed must be started by torchrun (RANK / WORLD_SIZE are not set), e.g.\n"
+                         "  torchrun --nproc_per_node 2 -m secure_ft.distributed --config run.yaml")
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))  # "cuda" then means this process's GPU
         dist.init_process_group("nccl")
@@ -58,13 +58,13 @@ def train_distributed(config, run_dir: Path | None, *, resume: bool, rank: int,
     import torch.distributed as dist
 
     from secure_ft.records.data import load_splits
+    from secure_ft.records.run_directory import RunDirectory, new_run_dir
     from secure_ft.text.models import apply_transfer, load_base_model, resolve_device
     from secure_ft.training.central_run import make_engine, train_run
-    from secure_ft.records.run_directory import RunDirectory, new_run_dir
     from secure_ft.training.training_loop import encode, fit, seed_everything
 
     if config is not None and config.privacy.mode != "dp":
-        raise SystemExit("secure_ft.training.distributed trains central DP runs; set privacy.mode: dp")
+        raise SystemExit("secure_ft.distributed trains central DP runs; set privacy.mode: dp")
     if config is not None:
         from secure_ft.training.transfer_choice import resolve_run_config
 
@@ -100,7 +100,7 @@ def train_distributed(config, run_dir: Path | None, *, resume: bool, rank: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="torchrun … -m secure_ft.training.distributed", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="torchrun … -m secure_ft.distributed", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="run config YAML (default: the built-in demo)")
     parser.add_argument("--out", help="folder for run directories (default: config output_dir)")
     parser.add_argument("--run-dir", help="exact run directory to create (default: a new one under --out)")
@@ -108,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
+    from secure_ft.errors import SecureFTError
     from secure_ft.records.config import load_config
     from secure_ft.records.offline_environment import quiet_third_party
-    from secure_ft.errors import SecureFTError
 
     rank, world_size = _init_process_group()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
