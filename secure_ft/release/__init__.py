@@ -18,7 +18,8 @@ check before they trust a byte.
 ``model_card``             the bundle's model card, written from the audit report
 ``bundle_usage``           how to load and check a bundle, written from what the loader reads
 
-May import: `secure_ft.records`, `secure_ft.text`, `secure_ft.privacy` and `audits` (the
-verdict's types). Never training code, serving or the pipeline. Exports nothing itself:
-``from secure_ft.release.export import export_bundle, verify_bundle``.
+May import the layers below it (records, text and models, training and privacy, federated
+learning, audits); it uses `secure_ft.records`, `secure_ft.text` and the gate's types from
+`audits`. Never serving, the pipeline or the commands (``tests/test_architecture.py``). Exports
+nothing itself: ``from secure_ft.release.export import export_bundle, verify_bundle``.
 """
