@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 from types import ModuleType
 from typing import Iterator
@@ -103,14 +104,18 @@ def import_textattack(resources: OfflineResources) -> ModuleType:
 
 
 TEXTATTACK_LOGGER = "textattack.shared.utils.install"
+_OWN_MODEL_UNKNOWN = re.compile(r"Unknown if model of class <class '(secure_ft|audits|federated)\.")
 _seen_messages: set[str] = set()
 
 
 def _once_in_the_main_process(record: logging.LogRecord) -> bool:
     """TextAttack's INFO lines ("Goal function … compatible with model …", repeated for every attack
-    it builds) once per message in the main process, never from attack workers; warnings always."""
+    it builds) once per message in the main process, never from attack workers; warnings always,
+    except its "Unknown if model of class …" about secure-ft's own classifiers."""
     if record.levelno >= logging.WARNING:
-        return True
+        # TextAttack knows only the model classes in its own table and warns about any other at every
+        # attack it builds; secure-ft's classifiers return class scores, what its goal functions need
+        return not _OWN_MODEL_UNKNOWN.match(record.getMessage())
     import multiprocessing
 
     if multiprocessing.parent_process() is not None:

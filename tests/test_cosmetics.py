@@ -60,8 +60,15 @@ def test_textattack_info_lines_appear_once_and_secure_ft_loggers_stay_alive(text
             logger.info("Goal function <UntargetedClassification> compatible with model FastClassifierWrapper.")
         logger.warning("a real warning")
         logger.warning("a real warning")
+        for _ in range(3):
+            logger.warning("Unknown if model of class <class 'secure_ft.text.onnx_encoder.GraphSequenceClassifier'> "
+                           "compatible with goal function <class 'UntargetedClassification'>.")
+        logger.warning("Unknown if model of class <class 'somebody.Else'> compatible with goal function <class 'X'>.")
     finally:
         logger.removeHandler(handler)
     assert sum("compatible with model" in line for line in shown) == 1
     assert shown.count("a real warning") == 2
+    # about secure-ft's own classifiers the warning is a false alarm; about anybody else's it stays
+    assert [line for line in shown if line.startswith("Unknown if model")] == \
+        ["Unknown if model of class <class 'somebody.Else'> compatible with goal function <class 'X'>."]
     assert not logging.getLogger("secure_ft.pipeline.main_job").disabled  # textattack's dictConfig disabled it before

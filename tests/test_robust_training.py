@@ -61,6 +61,7 @@ def test_metrics_and_ledger_say_the_vocabulary_is_outside_the_dp_guarantee(front
     summary = json.loads((trained.run_dir / "metrics.json").read_text())["robust_training"]
     assert summary["uses_private_vocabulary"] is True
     assert summary["front_end"]["kind"] == "symspell" and "NOT covered" in summary["front_end"]["note"]
+    assert summary["front_end"]["all_capitals_kept_up_to"] == 5  # longer all-capitals words are corrected
     ledger = [json.loads(line) for line in (trained.run_dir / "ledger.jsonl").read_text().splitlines()]
     saved = next(entry for entry in ledger if entry.get("event") == "model_saved")
     assert saved["data"]["front_end"] == "spelling" and saved["data"]["uses_private_vocabulary"] is True

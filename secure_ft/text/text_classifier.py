@@ -93,6 +93,8 @@ def describe_front_end(front_end) -> dict[str, Any] | None:
     config = front_end.config()
     summary = {key: config.get(key) for key in ("kind", "max_edit_distance", "words", "sources",
                                                  "uses_private_vocabulary", "dictionary_sha256")}
+    # None: a front end saved before long all-capitals words were corrected leaves them all alone
+    summary["all_capitals_kept_up_to"] = config.get("acronym_max_length")
     if summary["uses_private_vocabulary"]:
         summary["note"] = ("the front end's dictionary holds words from the training data: it is NOT covered by the "
                            "differential-privacy guarantee (the saved dictionary shows which words occur in the data)")
