@@ -41,6 +41,23 @@ class PrivacyGuarantee:
     path: Path
     scopes: list[ScopedGuarantee]
     details: dict[str, Any] = field(default_factory=dict)  # the other recorded fields, as written
+    site_details: dict[str, dict[str, Any]] = field(default_factory=dict)  # a federation's sites, as written
+
+    def canary_noise(self) -> tuple[float | None, float | None, str]:
+        """(σ, C) a canary run imitating this run trains with, and where they come from.
+
+        A central run's own σ and C. A federation states them per site: the least noisy site's
+        (the smallest σ), so the canaries measure the weakest noise any site's records had; when
+        a site trained without DP, (None, None) — so did its records.
+        """
+        if self.details.get("noise_multiplier") is not None and self.details.get("max_grad_norm") is not None:
+            return float(self.details["noise_multiplier"]), float(self.details["max_grad_norm"]), "the run"
+        noises = [(values.get("noise_multiplier"), values.get("max_grad_norm"), site)
+                  for site, values in sorted(self.site_details.items())]
+        if not noises or any(sigma is None or clip is None for sigma, clip, _ in noises):
+            return None, None, "none (the run states no noise multiplier for every site)" if noises else "none"
+        sigma, clip, site = min(noises, key=lambda item: (float(item[0]), item[2]))
+        return float(sigma), float(clip), f"site {site}, the least noisy of {len(noises)}"
 
     @property
     def delta(self) -> float | None:
@@ -99,4 +116,5 @@ def read_guarantee(run_dir: Path) -> PrivacyGuarantee | None:
     if not scopes:
         raise AuditError(f"{path}: no 'epsilon'/'delta' recorded (neither for the run, 'central' nor 'sites')")
     details = {key: value for key, value in raw.items() if key not in ("epsilon", "delta", "central", "sites")}
-    return PrivacyGuarantee(path=path, scopes=scopes, details=details)
+    site_details = {site: dict(values) for site, values in sites.items()}
+    return PrivacyGuarantee(path=path, scopes=scopes, details=details, site_details=site_details)

@@ -33,7 +33,8 @@ and as recorded: ``accountant``, ``noise_multiplier``, ``max_grad_norm``, ``samp
 ``epsilon_comparison``: {``accountant_epsilon`` (null if none or unbounded),
 ``empirical_lower_bound``, ``empirical_point_estimate`` (largest over attacks)}.
 ``canary``: null, or {``canaries`` [{``sha256``, ``rank``, ``exposure``}], ``count``, ``repeats``,
-``candidates``, ``steps``, ``dp``, ``noise_multiplier``, ``max_grad_norm``, ``mean_exposure``,
+``candidates``, ``steps``, ``dp``, ``noise_multiplier``, ``max_grad_norm``, ``noise_from`` (the run, or a
+federation's least noisy site), ``mean_exposure``,
 ``max_exposure``, ``max_possible_exposure``, ``chance_exposure``, ``format``}.
 
 Evidence (under ``audits/privacy/``): ``roc_<attack>.csv`` (every ROC point) and, with
@@ -282,8 +283,9 @@ def privacy_audit(context: AuditContext) -> AuditResult:
 
     canary = None
     if settings.canaries:
-        details = guarantee.details if guarantee is not None else {}
-        canary = canary_report(context, details.get("noise_multiplier"), details.get("max_grad_norm"))
+        sigma, clip, noise_from = guarantee.canary_noise() if guarantee is not None else (None, None, "none")
+        canary = canary_report(context, sigma, clip)
+        canary["noise_from"] = noise_from
         evidence.append(_write_csv(context, "canaries.csv", pd.DataFrame(canary["canaries"])))
     checks += threshold_checks(policy, {"max_exposure": canary["max_exposure"] if canary else None}, group="canary",
                                missing_note="" if canary else "canary test is off; set audits.privacy.canaries > 0")

@@ -126,6 +126,19 @@ def test_a_simulated_federation_records_every_sites_history_composed_sequentiall
     (row,) = withhold_text(budget)["entries"]  # what the report shows, test texts withheld
     assert row["kind_note"] == "federated simulation, 3 sites, composed sequentially: conservative"
 
+    # the canary audit of this federation trains with its least noisy site's σ, as pre-flight plans it
+    from audits._guarantee import read_guarantee
+    from secure_ft.pipeline.preflight import planned_canary_history, planned_federation_history
+
+    sigma, clip, noise_from = read_guarantee(trained.run_dir).canary_noise()
+    least_noisy = min(privacy["sites"], key=lambda site: privacy["sites"][site]["noise_multiplier"])
+    assert sigma == privacy["sites"][least_noisy]["noise_multiplier"] == min(s for s, _, _ in every_site)
+    assert clip == privacy["sites"][least_noisy]["max_grad_norm"] and noise_from.endswith("least noisy of 3")
+    federation = dp_federation.model_copy(update={"mode": "federated"})
+    planned_sites, _, _ = planned_federation_history(federation, trained.splits)
+    planned_canary, words = planned_canary_history(federation, len(trained.splits.train), planned_sites)
+    assert planned_canary[0][0] == pytest.approx(sigma, rel=1e-9) and words.startswith("canary audit: DP-SGD")
+
     config_file = tmp_path / "federated.yaml"
     config_file.write_text(dp_federation.to_yaml())
     assert main(["privacy", "budget", "--data", str(dp_federation.data.source), "--config", str(config_file)]) == 0
@@ -243,6 +256,19 @@ def test_preflight_refuses_a_simulated_federation_that_would_break_the_lifetime_
 
 
 # -- the canary audit ------------------------------------------------------------------------------
+
+def test_a_canary_run_copies_the_least_noise_any_record_had():
+    from audits._guarantee import PrivacyGuarantee
+
+    central = PrivacyGuarantee(Path("privacy.json"), [], {"noise_multiplier": 1.2, "max_grad_norm": 0.5})
+    assert central.canary_noise() == (1.2, 0.5, "the run")
+    sites = {"b": {"noise_multiplier": 0.9, "max_grad_norm": 2.0}, "a": {"noise_multiplier": 1.4, "max_grad_norm": 1.0}}
+    federation = PrivacyGuarantee(Path("privacy.json"), [], {}, site_details=sites)
+    assert federation.canary_noise() == (0.9, 2.0, "site b, the least noisy of 2")
+    sites["c"] = {"epsilon": None}  # a site that trained without DP: its records had no noise at all
+    assert PrivacyGuarantee(Path("privacy.json"), [], {}, site_details=sites).canary_noise()[:2] == (None, None)
+    assert PrivacyGuarantee(Path("privacy.json"), [], {}).canary_noise()[:2] == (None, None)
+
 
 def test_the_canary_run_is_recorded_and_the_data_sets_epsilon_includes_it(toy_csv, tiny_model_dir, tmp_path):
     from types import SimpleNamespace

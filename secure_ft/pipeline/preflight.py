@@ -516,13 +516,14 @@ def planned_canary_history(config: RunConfig, train_rows: int, run_history: list
                            ) -> tuple[list[list[float]] | None, str]:
     """What the privacy audit's canary run will spend (`audits._canary.canary_plan`), and its words.
 
-    The canary run copies the audited run's noise multiplier from ``privacy.json``: a central
-    DP run's σ (the one `planned_history` computes); a federated run's ``privacy.json`` states
-    none at its top level, so its canary run trains without DP (ε = ∞).
+    The canary run copies the audited run's noise multiplier from ``privacy.json``
+    (`audits._guarantee.PrivacyGuarantee.canary_noise`): a central DP run's σ (the one
+    `planned_history` computes); a simulated federation's least noisy site's σ (the smallest
+    in the sites' plan). No DP anywhere: the canary run trains without DP (ε = ∞).
     """
     from audits._canary import canary_plan
 
-    sigma = run_history[0][0] if run_history and config.mode != "federated" else None
+    sigma = min(step[0] for step in run_history) if run_history else None
     history = canary_plan(config, train_rows, sigma, config.privacy.max_grad_norm if sigma is not None else None)
     if history is None:
         return None, ("canary audit: a throw-away run without DP on up to 512 training rows (the audited run "
