@@ -42,7 +42,7 @@ def test_the_guides_worked_example_is_the_shipped_example():
 
 def test_the_example_policy_asks_the_default_policys_performance_bar():
     example, _ = load_policy(ROOT / "examples" / "deployed-federation-policy.yaml")
-    default, _ = load_policy(ROOT / "secure_ft" / "policies" / "regulated-default.yaml")
+    default, _ = load_policy(ROOT / "secure_ft" / "records" / "policies" / "regulated-default.yaml")
     assert example.performance.min_gain_over_majority == default.performance.min_gain_over_majority
 
 

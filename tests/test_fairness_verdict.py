@@ -171,7 +171,7 @@ def test_shipped_regulated_policies_ask_for_review():
 
     from secure_ft.records.policy import load_policy
 
-    folder = resources.files("secure_ft") / "policies"
+    folder = resources.files("secure_ft.records") / "policies"
     for name, mode in (("regulated-default.yaml", "review"), ("strict.yaml", "review"), ("research.yaml", "warn")):
         policy = load_policy(str(folder / name))[0]
         assert policy.fairness.inconclusive == mode and policy.fairness.min_positives == 10

@@ -89,7 +89,7 @@ def test_shipped_policies_load_and_are_ordered_by_strictness():
 
     from secure_ft.records.policy import load_policy
 
-    folder = resources.files("secure_ft") / "policies"
+    folder = resources.files("secure_ft.records") / "policies"
     policies = {path.name: load_policy(str(path))[0] for path in folder.iterdir() if path.name.endswith(".yaml")}
     assert {"regulated-default.yaml", "strict.yaml", "research.yaml"} <= set(policies)
     strict, default, research = policies["strict.yaml"], policies["regulated-default.yaml"], policies["research.yaml"]

@@ -24,7 +24,7 @@ from secure_ft.records.policy import default_policy_path, load_policy
 from toy_data import TOY_CARD
 
 ROOT = Path(__file__).resolve().parents[1]
-POLICIES = ROOT / "secure_ft" / "policies"
+POLICIES = ROOT / "secure_ft" / "records" / "policies"
 
 
 def make_policy(tmp_path: Path, **changes):

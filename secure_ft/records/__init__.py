@@ -7,9 +7,9 @@ digest. The modules here know those inputs and that layout; nothing here trains,
 ``config``                  the pydantic run config (YAML in and out, the built-in default)
 ``robust_training_config``  its ``training.robustness`` section
 ``data``                    load, validate, split and fingerprint a labelled text set (``builtin:NAME``
-                            reads ``secure_ft/demo_data/``)
+                            reads ``secure_ft/records/demo_data/``)
 ``policy``                  the export policy: which audits a model must pass, each threshold
-                            (shipped policies in ``secure_ft/policies/``)
+                            (shipped policies in ``secure_ft/records/policies/``)
 ``technical_documentation`` the ``card:`` statements and what a policy requires of them
 ``run_directory``           the run directory's layout: the one module that knows its file names
 ``run_ledger``              the append-only, hash-chained log of a run

@@ -80,7 +80,7 @@ class DatasetSplits:
 def builtin_path(name: str) -> Path:
     if name not in _BUILTIN_FILES:
         raise DataError(f"unknown built-in dataset {name!r}; choose one of {', '.join(_BUILTIN_FILES)}")
-    return Path(str(resources.files("secure_ft") / "demo_data" / _BUILTIN_FILES[name]))
+    return Path(str(resources.files("secure_ft.records") / "demo_data" / _BUILTIN_FILES[name]))
 
 
 def read_table(source: str, fmt: str = "auto", hf_split: str = "train") -> tuple[pd.DataFrame, str]:

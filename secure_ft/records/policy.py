@@ -1,7 +1,7 @@
 """Export policy: which audits a model must pass, and each threshold.
 
 A policy is a YAML file validated like the run config. The shipped default
-(`secure_ft/policies/regulated-default.yaml`) is meant for regulated use: DP required,
+(`secure_ft/records/policies/regulated-default.yaml`) is meant for regulated use: DP required,
 bounded ε, bounded group gaps (judged on the pessimistic end of the confidence interval),
 a minimum accuracy under attack for every recipe and a membership-inference AUC close to
 chance.
@@ -361,7 +361,7 @@ def omitted_key_warnings(raw: dict, policy: Policy) -> list[str]:
     return warnings
 
 def default_policy_path() -> Path:
-    return Path(str(resources.files("secure_ft") / "policies" / DEFAULT_POLICY_NAME))
+    return Path(str(resources.files("secure_ft.records") / "policies" / DEFAULT_POLICY_NAME))
 
 
 def load_policy(path: str | Path | None = None) -> tuple[Policy, str]:
@@ -388,7 +388,7 @@ def load_policy(path: str | Path | None = None) -> tuple[Policy, str]:
 # --- names that cannot lie ---------------------------------------------------------------------
 
 def shipped_policy_digests() -> dict[str, str]:
-    """Name → SHA-256 of each policy file shipped with this secure-ft (``secure_ft/policies/*.yaml``)."""
+    """Name → SHA-256 of each policy file shipped with this secure-ft (``secure_ft/records/policies/*.yaml``)."""
     folder = default_policy_path().parent
     digests = {}
     for path in sorted(folder.glob("*.yaml")):

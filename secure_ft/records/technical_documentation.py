@@ -36,7 +36,7 @@ def builtin_card(source: str) -> dict[str, Any]:
     """The shipped statements of a built-in data set (``builtin:cfpb``), or {} for any other source."""
     if not source.startswith("builtin:"):
         return {}
-    path = Path(str(resources.files("secure_ft") / "demo_data" / source.removeprefix("builtin:") / CARD_FILE))
+    path = Path(str(resources.files("secure_ft.records") / "demo_data" / source.removeprefix("builtin:") / CARD_FILE))
     if not path.is_file():
         return {}
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
